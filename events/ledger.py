@@ -1,0 +1,127 @@
+"""Data of the ledger's commands and facts (types in events/types.py)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from events.fields import AccountId, Amount, Count, EventData, HoldId, Name, Timestamp
+from events.quote import Quote, Usage
+
+Origin = Literal["plan", "top-up", "subscription", "refund", "promotion", "adjustment"]
+MAX_TTL_SECONDS = 24 * 3600
+
+
+class CreditsGrant(EventData):
+    account_id: AccountId
+    amount: Amount
+    expires_at: Timestamp | None = None
+    tiers: list[Name] | None = Field(default=None, min_length=1, max_length=16)
+    models: list[Name] | None = Field(default=None, min_length=1, max_length=64)
+    origin: Origin = "top-up"
+    reference: Name | None = None  # e.g. the plan period or slice booking this grant is for
+
+
+class HoldAuthorize(EventData):
+    account_id: AccountId
+    amount: Amount
+    ttl_seconds: int = Field(default=300, strict=True, ge=1, le=MAX_TTL_SECONDS)
+    tier: Name | None = None
+    model: Name | None = None
+    quote: Quote | None = None
+
+
+class HoldSettle(EventData):
+    hold_id: HoldId
+    amount: Amount
+    usage: Usage | None = None
+
+
+class HoldRefund(EventData):
+    hold_id: HoldId
+    amount: Amount | None = None  # for a settled hold: how much to return (default: all of it)
+
+
+class HoldsSweep(EventData):
+    pass
+
+
+class Timings(EventData):
+    ttft_ms: Count | None = None
+    total_ms: Count = 0
+    engine_ms: Count = 0
+
+
+class InferenceCompleted(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    model: Name
+    tier: Name | None = None
+    cluster: Name | None = None
+    usage: Usage
+    timings: Timings = Timings()
+
+
+class InferenceError(EventData):
+    type: str = Field(max_length=128)
+    message: str = Field(max_length=4096)
+
+
+class InferenceFailed(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    model: Name
+    tier: Name | None = None
+    cluster: Name | None = None
+    usage: Usage = Usage(prompt_tokens=0, completion_tokens=0)
+    timings: Timings = Timings()
+    error: InferenceError
+
+
+class CreditsGranted(EventData):
+    account_id: AccountId
+    lot_id: str
+    amount: Amount
+    origin: Origin
+    expires_at: Timestamp | None = None
+    available: Count
+
+
+class HoldAuthorized(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    amount: Amount
+    expires_at: Timestamp
+
+
+class HoldDeclined(EventData):
+    account_id: AccountId
+    amount: Amount
+    reason: str
+    available: Count
+
+
+class HoldSettled(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    captured: Count
+    released: Count
+
+
+class HoldRefunded(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    refunded: Count
+
+
+class HoldExpired(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    released: Count
+
+
+class HoldsSwept(EventData):
+    accounts: Count
+    holds_expired: Count
+    lots_expired: Count

@@ -1,0 +1,29 @@
+"""Every CloudEvent type Tollgate consumes or emits: ``io.tollgate.<noun>.<verb>.v1``."""
+
+from typing import Final
+
+PREFIX: Final = "io.tollgate."
+
+# Ledger commands (consumed by the ledger functions).
+CREDITS_GRANT: Final = "io.tollgate.credits.grant.v1"
+HOLD_AUTHORIZE: Final = "io.tollgate.hold.authorize.v1"
+HOLD_SETTLE: Final = "io.tollgate.hold.settle.v1"
+HOLD_REFUND: Final = "io.tollgate.hold.refund.v1"
+HOLDS_SWEEP: Final = "io.tollgate.holds.sweep.v1"
+
+# Ledger facts (replies and emitted events).
+CREDITS_GRANTED: Final = "io.tollgate.credits.granted.v1"
+HOLD_AUTHORIZED: Final = "io.tollgate.hold.authorized.v1"
+HOLD_DECLINED: Final = "io.tollgate.hold.declined.v1"
+HOLD_SETTLED: Final = "io.tollgate.hold.settled.v1"
+HOLD_REFUNDED: Final = "io.tollgate.hold.refunded.v1"
+HOLD_EXPIRED: Final = "io.tollgate.hold.expired.v1"
+HOLDS_SWEPT: Final = "io.tollgate.holds.swept.v1"
+
+# The inference path (emitted by infer, consumed by settle/refund).
+INFERENCE_COMPLETED: Final = "io.tollgate.inference.completed.v1"
+INFERENCE_FAILED: Final = "io.tollgate.inference.failed.v1"
+
+# Routing.
+ROUTE_REQUESTED: Final = "io.tollgate.route.requested.v1"
+ROUTE_DECIDED: Final = "io.tollgate.route.decided.v1"

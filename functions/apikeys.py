@@ -1,0 +1,75 @@
+"""API keys: issued once, stored only as a SHA-256 hash, resolved to an account per request.
+
+Keys belong to the platform, not to one function: the admin API issues and revokes them, the
+ingress resolves them, both through the same items in the shared table:
+  ``APIKEY#<sha256>``/``KEY``  -> {account_id, key_id, revoked}   (what a request resolves)
+  ``ACCT#<id>``/``KEY#<key_id>`` -> {hash, created, revoked}       (the account's listing)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any
+
+from functions.errors import NotFound, Unauthorized
+from functions.store import Absent, Item, Store
+
+PREFIX = "tg_"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeys:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def issue(self, account_id: str) -> dict[str, Any]:
+        key = PREFIX + secrets.token_urlsafe(32)
+        digest = _digest(key)
+        key_id = digest[:16]
+        now = int(time.time())
+        # The resolvable item last: until it exists the key does not work, so a crash between
+        # the two writes leaves at most a listed key that never worked.
+        self.store.put(
+            Item(f"ACCT#{account_id}", f"KEY#{key_id}", 1,
+                 {"hash": digest, "created": now, "revoked": False}), Absent())
+        self.store.put(
+            Item(f"APIKEY#{digest}", "KEY", 1,
+                 {"account_id": account_id, "key_id": key_id, "revoked": False}), Absent())
+        return {"key": key, "key_id": key_id, "account_id": account_id, "created": now}
+
+    def revoke(self, account_id: str, key_id: str) -> dict[str, Any]:
+        listed = self.store.get(f"ACCT#{account_id}", f"KEY#{key_id}")
+        if listed is None:
+            raise NotFound(f"account {account_id} has no key {key_id}")
+        digest = listed.data["hash"]
+        # The resolvable item first: the key stops working even if the listing update is lost.
+        resolvable = self.store.get(f"APIKEY#{digest}", "KEY")
+        if resolvable is not None:
+            self.store.put(Item(resolvable.pk, resolvable.sk, resolvable.version + 1,
+                                {**resolvable.data, "revoked": True}))
+        self.store.put(Item(listed.pk, listed.sk, listed.version + 1,
+                            {**listed.data, "revoked": True}))
+        return {"key_id": key_id, "account_id": account_id, "revoked": True}
+
+    def list(self, account_id: str) -> list[dict[str, Any]]:
+        items = self.store.query(f"ACCT#{account_id}", "KEY#", limit=1000)
+        return [
+            {"key_id": i.sk.removeprefix("KEY#"), "created": i.data["created"],
+             "revoked": i.data["revoked"]}
+            for i in items
+        ]
+
+    def resolve(self, key: str) -> str:
+        """The account of a live key; Unauthorized (401) for anything else."""
+        if not key.startswith(PREFIX):
+            raise Unauthorized("invalid API key: Tollgate keys start with tg_")
+        item = self.store.get(f"APIKEY#{_digest(key)}", "KEY")
+        if item is None or item.data["revoked"]:
+            raise Unauthorized("invalid or revoked API key")
+        account_id: str = item.data["account_id"]
+        return account_id

@@ -1,0 +1,118 @@
+"""The Flask app factory every function runs on: CloudEvents on POST /, health, readiness, metrics.
+
+A handler takes the received event and returns a Reply (sent back as a binary-mode CloudEvent
+with HTTP 200, which a Knative Trigger forwards to the Broker) or None (HTTP 204)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from functions.cloudevent import Incoming, Reply, make_event, parse_http, to_binary
+from functions.errors import FunctionError, NotFound, Unavailable
+from functions.metrics import EVENT_SECONDS, EVENTS
+from functions.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Incoming], Reply | None]
+MAX_EVENT_BYTES = 1 << 20
+
+
+def create_app(
+    name: str,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    blueprints: Sequence[Any] = (),
+    ready: Callable[[], None] | None = None,
+    max_body_bytes: int = MAX_EVENT_BYTES,
+) -> Flask:
+    """A function's HTTP app. ``ready`` raises when the function cannot serve (e.g. store down)."""
+    app = Flask(name)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    routes = dict(handlers or {})
+    source = f"/tollgate/{name}"
+
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
+
+    @app.post("/")
+    def receive() -> Response | tuple[Response, int]:
+        incoming = parse_http(dict(request.headers), request.get_data())
+        handler = routes.get(incoming.type)
+        if handler is None:
+            raise NotFound(
+                f"function {name} does not handle {incoming.type}; it handles: "
+                + (", ".join(sorted(routes)) or "no events"),
+            )
+        started = time.perf_counter()
+        status = "5xx"
+        try:
+            reply = handler(incoming)
+            status = "2xx"
+        except FunctionError as exc:
+            status = f"{exc.status // 100}xx"
+            raise
+        finally:
+            EVENTS.labels(name, incoming.type, status).inc()
+            EVENT_SECONDS.labels(name, incoming.type).observe(time.perf_counter() - started)
+        if reply is None:
+            return Response(status=204)
+        message = to_binary(
+            make_event(reply.type, source, reply.data, subject=reply.subject,
+                       caused_by=incoming.key)
+        )
+        return Response(message.body, status=200, headers=message.headers)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok", function=name)
+
+    @app.get("/readyz")
+    def readyz() -> Response | tuple[Response, int]:
+        if ready is not None:
+            try:
+                ready()
+            except Exception as exc:  # any failure means "do not send traffic here"
+                return jsonify(status="unavailable", function=name, reason=str(exc)), 503
+        return jsonify(status="ready", function=name)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+    register_error_handlers(app)
+    return app
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error is JSON {"error": {"code", "message"}} with its status."""
+
+    @app.errorhandler(FunctionError)
+    def function_error(exc: FunctionError) -> tuple[Response, int]:
+        return jsonify(exc.body()), exc.status
+
+    @app.errorhandler(StoreUnavailable)
+    def store_down(exc: StoreUnavailable) -> tuple[Response, int]:
+        log.warning("store unavailable: %s", exc)
+        error = Unavailable(f"the store is unavailable, retry later: {exc}")
+        return jsonify(error.body()), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify({"error": {"code": code, "message": exc.description}}), status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        body = {"error": {"code": "internal_error", "message": f"internal error: {exc}"}}
+        return jsonify(body), 500

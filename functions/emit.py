@@ -1,0 +1,73 @@
+"""Emitting events to ``K_SINK`` (the Broker on Knative, the local broker under ``tollgate up``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import requests
+
+from functions.cloudevent import make_event, to_binary
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+FIRST_BACKOFF_S = 0.1
+TIMEOUT_S = 5.0
+
+
+class EmitFailed(Exception):
+    """The sink refused the event or stayed unreachable after every retry."""
+
+
+class Emitter:
+    """POSTs binary-mode CloudEvents to one sink, retrying transient failures with backoff.
+
+    Retries reuse the event id, so a sink that got the event but whose answer was lost dedupes
+    the retry (at-least-once delivery, as Knative gives it)."""
+
+    def __init__(self, sink: str | None, *, session: requests.Session | None = None) -> None:
+        self.sink = sink
+        self._session = session or requests.Session()
+
+    @classmethod
+    def from_env(cls) -> Emitter:
+        return cls(os.environ.get("K_SINK") or None)
+
+    def emit(
+        self,
+        type: str,
+        source: str,
+        data: dict[str, Any],
+        *,
+        id: str | None = None,
+        subject: str | None = None,
+        caused_by: str | None = None,
+    ) -> None:
+        if self.sink is None:
+            log.info("K_SINK is not set; not emitting %s", type)
+            return
+        message = to_binary(
+            make_event(type, source, data, id=id, subject=subject, caused_by=caused_by)
+        )
+        backoff = FIRST_BACKOFF_S
+        problem = ""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                response = self._session.post(
+                    self.sink, headers=message.headers, data=message.body, timeout=TIMEOUT_S
+                )
+            except requests.RequestException as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            else:
+                if response.status_code < 300:
+                    return
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    break  # the sink will never accept this event; retrying cannot help
+            if attempt < MAX_ATTEMPTS:
+                time.sleep(backoff)
+                backoff *= 2
+        raise EmitFailed(f"could not deliver {type} to {self.sink}: {problem}")

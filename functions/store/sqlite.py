@@ -1,0 +1,161 @@
+"""The embedded store: one sqlite file in WAL mode, the same item model and conditions as DynamoDB.
+
+Each thread gets its own connection; every write is one statement in autocommit, so a put is
+atomic and durable on its own. Processes share the file safely (sqlite's own locking).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from functions.store.port import (
+    MAX_QUERY_LIMIT,
+    Absent,
+    Condition,
+    ConditionFailed,
+    Item,
+    StoreUnavailable,
+    VersionIs,
+    check_item,
+    decode_data,
+    encode_data,
+    prefix_end,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+  pk TEXT NOT NULL,
+  sk TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  data TEXT NOT NULL,
+  expires_at INTEGER,
+  PRIMARY KEY (pk, sk)
+) WITHOUT ROWID
+"""
+_BUSY_TIMEOUT_S = 30.0
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn().execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open sqlite store {self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=_BUSY_TIMEOUT_S,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a commit survives a process crash; FULL adds an fsync per
+                # commit, needed only against power loss.
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open sqlite store {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def get(self, pk: str, sk: str) -> Item | None:
+        try:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT pk, sk, version, data, expires_at FROM items WHERE pk = ? AND sk = ?",
+                    (pk, sk),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite read failed: {exc}") from exc
+        return _item(row) if row else None
+
+    def put(self, item: Item, condition: Condition | None = None) -> None:
+        check_item(item)
+        data = encode_data(item.data)
+        args = (item.pk, item.sk, item.version, data, item.expires_at)
+        try:
+            conn = self._conn()
+            if isinstance(condition, Absent):
+                try:
+                    conn.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?)", args)
+                except sqlite3.IntegrityError as exc:
+                    raise ConditionFailed(f"item {item.pk}/{item.sk} exists") from exc
+            elif isinstance(condition, VersionIs):
+                cur = conn.execute(
+                    "UPDATE items SET version = ?, data = ?, expires_at = ? "
+                    "WHERE pk = ? AND sk = ? AND version = ?",
+                    (item.version, data, item.expires_at, item.pk, item.sk, condition.version),
+                )
+                if cur.rowcount != 1:
+                    raise ConditionFailed(
+                        f"item {item.pk}/{item.sk} is not at version {condition.version}"
+                    )
+            else:
+                conn.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)", args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite write failed: {exc}") from exc
+
+    def query(
+        self,
+        pk: str,
+        prefix: str = "",
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        if not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT}, got {limit}")
+        sql = "SELECT pk, sk, version, data, expires_at FROM items WHERE pk = ?"
+        args: list[object] = [pk]
+        if prefix:
+            # Range instead of LIKE: exact byte-order semantics, like DynamoDB's begins_with.
+            sql += " AND sk >= ?"
+            args.append(prefix)
+            end = prefix_end(prefix)
+            if end is not None:
+                sql += " AND sk < ?"
+                args.append(end)
+        if after is not None:
+            sql += " AND sk < ?" if descending else " AND sk > ?"
+            args.append(after)
+        sql += " ORDER BY sk " + ("DESC" if descending else "ASC") + " LIMIT ?"
+        args.append(limit)
+        try:
+            rows = self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite query failed: {exc}") from exc
+        return [_item(r) for r in rows]
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite store {self.path} does not answer: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def _item(row: tuple[str, str, int, str, int | None]) -> Item:
+    return Item(pk=row[0], sk=row[1], version=row[2], data=decode_data(row[3]), expires_at=row[4])

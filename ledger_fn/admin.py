@@ -1,0 +1,131 @@
+"""The ledger's admin HTTP API (JSON, ``Authorization: Bearer $TOLLGATE_ADMIN_TOKEN``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import Field
+
+from events.fields import AccountId, Amount, EventData, Name, Timestamp
+from events.ledger import Origin
+from functions.apikeys import ApiKeys
+from functions.errors import BadRequest
+from functions.http import json_body, require_bearer
+from ledger_fn.handlers import epoch, iso
+from ledger_fn.ledger import Ledger
+
+MAX_SLICES = 64
+
+
+class NewAccount(EventData):
+    account_id: AccountId
+    name: str | None = Field(default=None, max_length=200)
+    plan: Name | None = None
+    slice_ids: list[Name] = Field(default_factory=list, max_length=MAX_SLICES)
+
+
+class AccountChange(EventData):
+    name: str | None = Field(default=None, max_length=200)
+    plan: Name | None = None
+    slice_ids: list[Name] | None = Field(default=None, max_length=MAX_SLICES)
+
+
+class NewGrant(EventData):
+    amount: Amount
+    expires_at: Timestamp | None = None
+    tiers: list[Name] | None = Field(default=None, min_length=1, max_length=16)
+    models: list[Name] | None = Field(default=None, min_length=1, max_length=64)
+    origin: Origin = "top-up"
+    reference: Name | None = None
+
+
+def _lot_view(lot: dict[str, Any]) -> dict[str, Any]:
+    return {**lot, "expires_at": iso(lot["expires_at"])}
+
+
+def admin_blueprint(ledger: Ledger, keys: ApiKeys, admin_token: str | None) -> Blueprint:
+    bp = Blueprint("ledger_admin", __name__)
+
+    @bp.before_request
+    def authenticate() -> None:
+        require_bearer(admin_token)
+
+    def account_view(account_id: str) -> dict[str, Any]:
+        meta = ledger.meta(account_id).data
+        balance = ledger.balance(account_id)
+        balance["lots"] = [_lot_view(lot) for lot in balance["lots"]]
+        return {**meta, **balance}
+
+    @bp.post("/accounts")
+    def create_account() -> tuple[Response, int]:
+        body = json_body(NewAccount)
+        meta = body.model_dump(exclude={"account_id"}, exclude_none=True)
+        ledger.open_account(body.account_id, meta)
+        return jsonify(account_view(body.account_id)), 201
+
+    @bp.get("/accounts")
+    def list_accounts() -> Response:
+        return jsonify(accounts=list(ledger.accounts()))
+
+    @bp.get("/accounts/<account_id>")
+    def get_account(account_id: str) -> Response:
+        return jsonify(account_view(account_id))
+
+    @bp.patch("/accounts/<account_id>")
+    def change_account(account_id: str) -> Response:
+        changes = json_body(AccountChange).model_dump(exclude_none=True)
+        ledger.update_meta(account_id, changes)
+        return jsonify(account_view(account_id))
+
+    @bp.get("/accounts/<account_id>/balance")
+    def balance(account_id: str) -> Response:
+        view = ledger.balance(account_id)
+        view["lots"] = [_lot_view(lot) for lot in view["lots"]]
+        return jsonify(view)
+
+    @bp.post("/accounts/<account_id>/keys")
+    def issue_key(account_id: str) -> tuple[Response, int]:
+        ledger.meta(account_id)  # 404 for unknown accounts
+        return jsonify(keys.issue(account_id)), 201
+
+    @bp.get("/accounts/<account_id>/keys")
+    def list_keys(account_id: str) -> Response:
+        ledger.meta(account_id)
+        return jsonify(keys=keys.list(account_id))
+
+    @bp.delete("/accounts/<account_id>/keys/<key_id>")
+    def revoke_key(account_id: str, key_id: str) -> Response:
+        return jsonify(keys.revoke(account_id, key_id))
+
+    @bp.post("/accounts/<account_id>/grants")
+    def grant(account_id: str) -> tuple[Response, int]:
+        body = json_body(NewGrant)
+        args = body.model_dump(exclude_none=True)
+        args["expires_at"] = epoch(body.expires_at)
+        # Idempotency-Key (as Stripe's API): a retried POST grants once.
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 200:
+            raise BadRequest("Idempotency-Key must be 1..200 characters")
+        result = ledger.execute(
+            account_id, "grant", args,
+            key=f"admin-grant#{key}" if key else None,
+            payload=body.model_dump(mode="json"),
+        )
+        return jsonify({**result, "expires_at": iso(result["expires_at"])}), 201
+
+    @bp.get("/accounts/<account_id>/journal")
+    def journal(account_id: str) -> Response:
+        try:
+            after = int(request.args.get("after", "0"))
+            limit = int(request.args.get("limit", "100"))
+        except ValueError:
+            raise BadRequest("after and limit must be whole numbers") from None
+        entries = ledger.journal(account_id, after=after, limit=limit)
+        next_after = entries[-1]["seq"] if len(entries) == limit else None
+        return jsonify(entries=entries, next_after=next_after)
+
+    return bp
+
+
+__all__ = ["admin_blueprint"]

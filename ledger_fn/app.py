@@ -1,0 +1,44 @@
+"""The ledger functions' apps: one codebase, deployed as several functions (authorize, settle,
+refund, grant, sweep, ledger-admin), or all at once as ``ledger``."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from functions.apikeys import ApiKeys
+from functions.app import create_app as create_function_app
+from functions.config import Settings
+from functions.emit import Emitter
+from functions.store import Store, open_store
+from ledger_fn.admin import admin_blueprint
+from ledger_fn.handlers import LedgerHandlers, handlers_for
+from ledger_fn.ledger import Ledger
+
+EVENT_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep")
+FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "ledger")
+
+
+def create_app(
+    function: str = "ledger",
+    *,
+    settings: Settings | None = None,
+    store: Store | None = None,
+    ledger: Ledger | None = None,
+) -> Flask:
+    if function not in FUNCTIONS:
+        raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
+    settings = settings or Settings.from_env()
+    store = store or open_store(settings.store_url)
+    ledger = ledger or Ledger(store)
+    handlers = LedgerHandlers(ledger, Emitter(settings.sink), source=f"/tollgate/{function}")
+    names = list(EVENT_FUNCTIONS) if function == "ledger" else (
+        [function] if function in EVENT_FUNCTIONS else [])
+    blueprints = []
+    if function in ("ledger", "ledger-admin"):
+        blueprints.append(admin_blueprint(ledger, ApiKeys(store), settings.admin_token))
+    return create_function_app(
+        function,
+        handlers=handlers_for(handlers.routes(), names),
+        blueprints=blueprints,
+        ready=store.ping,
+    )

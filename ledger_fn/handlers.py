@@ -1,0 +1,141 @@
+"""CloudEvent handlers of the ledger functions: validate, apply once, reply with the fact.
+
+Each command is applied under its event's source + id as idempotency key, inside the same
+journal write as its effect (ledger_fn/ledger.py), so a redelivery — even one after a crash —
+returns the first result and a redelivery with different data is refused (409)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from events import types
+from events.ledger import (
+    CreditsGrant,
+    HoldAuthorize,
+    HoldRefund,
+    HoldSettle,
+    HoldsSweep,
+    InferenceCompleted,
+    InferenceFailed,
+)
+from functions.app import Handler
+from functions.cloudevent import Incoming, Reply
+from functions.emit import Emitter
+from functions.errors import BadRequest
+from functions.validation import validate
+from ledger_fn.ledger import Ledger
+from ledger_fn.state import account_of
+
+
+def iso(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def epoch(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+class LedgerHandlers:
+    def __init__(self, ledger: Ledger, emitter: Emitter, source: str = "/tollgate/ledger") -> None:
+        self.ledger = ledger
+        self.emitter = emitter
+        self.source = source
+
+    def _run(self, event: Incoming, account_id: str, kind: Any, args: dict[str, Any]
+             ) -> dict[str, Any]:
+        return self.ledger.execute(account_id, kind, args, key=event.key, payload=event.data)
+
+    def grant(self, event: Incoming) -> Reply:
+        cmd = validate(CreditsGrant, event.data, f"{event.type} data")
+        args = cmd.model_dump(exclude={"account_id"}, exclude_none=True)
+        args["expires_at"] = epoch(cmd.expires_at)
+        r = self._run(event, cmd.account_id, "grant", args)
+        return Reply(types.CREDITS_GRANTED, {
+            "account_id": cmd.account_id, "lot_id": r["lot_id"], "amount": r["amount"],
+            "origin": r["origin"], "expires_at": iso(r["expires_at"]),
+            "available": r["available"],
+        }, subject=cmd.account_id)
+
+    def authorize(self, event: Incoming) -> Reply:
+        cmd = validate(HoldAuthorize, event.data, f"{event.type} data")
+        args = cmd.model_dump(mode="json", exclude={"account_id"}, exclude_none=True)
+        r = self._run(event, cmd.account_id, "authorize", args)
+        if r.get("declined"):
+            return Reply(types.HOLD_DECLINED, {
+                "account_id": cmd.account_id, "amount": cmd.amount, "reason": r["reason"],
+                "available": r["available"],
+            }, subject=cmd.account_id)
+        return Reply(types.HOLD_AUTHORIZED, {
+            "hold_id": r["hold_id"], "account_id": cmd.account_id, "amount": r["amount"],
+            "expires_at": iso(r["expires_at"]),
+        }, subject=cmd.account_id)
+
+    def settle(self, event: Incoming) -> Reply:
+        cmd = validate(HoldSettle, event.data, f"{event.type} data")
+        args: dict[str, Any] = {"hold_id": cmd.hold_id, "amount": cmd.amount}
+        return self._settled(self._run(event, account_of(cmd.hold_id), "settle", args))
+
+    def completed(self, event: Incoming) -> Reply:
+        done = validate(InferenceCompleted, event.data, f"{event.type} data")
+        account_id = self._owner(done.hold_id, done.account_id)
+        args = {"hold_id": done.hold_id, "usage": done.usage.model_dump(),
+                "engine_ms": done.timings.engine_ms}
+        return self._settled(self._run(event, account_id, "settle", args))
+
+    def _settled(self, r: dict[str, Any]) -> Reply:
+        return Reply(types.HOLD_SETTLED, {
+            "hold_id": r["hold_id"], "account_id": r["account_id"], "captured": r["captured"],
+            "released": r["released"],
+        }, subject=r["account_id"])
+
+    def refund(self, event: Incoming) -> Reply:
+        cmd = validate(HoldRefund, event.data, f"{event.type} data")
+        args = cmd.model_dump(exclude_none=True)
+        return self._refunded(self._run(event, account_of(cmd.hold_id), "refund", args))
+
+    def failed(self, event: Incoming) -> Reply:
+        failure = validate(InferenceFailed, event.data, f"{event.type} data")
+        account_id = self._owner(failure.hold_id, failure.account_id)
+        return self._refunded(self._run(event, account_id, "refund", {"hold_id": failure.hold_id}))
+
+    def _refunded(self, r: dict[str, Any]) -> Reply:
+        return Reply(types.HOLD_REFUNDED, {
+            "hold_id": r["hold_id"], "account_id": r["account_id"], "refunded": r["refunded"],
+        }, subject=r["account_id"])
+
+    def sweep(self, event: Incoming) -> Reply:
+        validate(HoldsSweep, event.data, f"{event.type} data")
+        swept = self.ledger.sweep()
+        for expired in swept.pop("expired"):
+            self.emitter.emit(types.HOLD_EXPIRED, self.source, expired,
+                              caused_by=f"expire#{expired['hold_id']}")
+        return Reply(types.HOLDS_SWEPT, swept)
+
+    @staticmethod
+    def _owner(hold_id: str, account_id: str) -> str:
+        owner = account_of(hold_id)
+        if owner != account_id:
+            raise BadRequest(f"hold {hold_id} belongs to account {owner}, not {account_id}")
+        return owner
+
+    def routes(self) -> dict[str, dict[str, Callable[[Incoming], Reply]]]:
+        """Event types per deployable ledger function (names as in template.yaml)."""
+        return {
+            "grant": {types.CREDITS_GRANT: self.grant},
+            "authorize": {types.HOLD_AUTHORIZE: self.authorize},
+            "settle": {types.HOLD_SETTLE: self.settle, types.INFERENCE_COMPLETED: self.completed},
+            "refund": {types.HOLD_REFUND: self.refund, types.INFERENCE_FAILED: self.failed},
+            "sweep": {types.HOLDS_SWEEP: self.sweep},
+        }
+
+
+def handlers_for(table: dict[str, dict[str, Callable[[Incoming], Reply]]], names: list[str]
+                 ) -> dict[str, Handler]:
+    merged: dict[str, Handler] = {}
+    for name in names:
+        merged.update(table[name])
+    return merged

@@ -1,0 +1,381 @@
+"""An account's token state and the pure transition function over it.
+
+``apply(state, op)`` is the whole ledger: given the state after journal entry N and the operation
+of entry N+1, it returns the state after N+1 and the operation's result. It reads no clock and no
+store, so replaying the journal (recovery, ``tollgate ledger verify``, the hypothesis model test)
+recomputes exactly what was committed.
+
+Invariants, asserted after every operation:
+  granted == available + held + spent + expired; nothing negative;
+  available == sum of lots' remaining; held == sum of open holds' amounts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from events.quote import Quote, Usage
+from functions.errors import BadRequest, Conflict, NotFound
+
+# Explicit limits: they keep one account's state within a single store item (DynamoDB: 400 KB).
+MAX_OPEN_HOLDS = 256
+MAX_LOTS = 256
+MAX_SETTLED_KEPT = 512  # settled holds remembered for later refunds
+MAX_RECENT_KEYS = 1024  # idempotency keys remembered per account
+RECENT_WINDOW_S = 24 * 3600  # ... and for how long
+REFUND_WINDOW_S = 30 * 24 * 3600
+
+
+class Lot(BaseModel):
+    id: str
+    amount: int
+    remaining: int
+    origin: str
+    expires_at: int | None = None
+    tiers: list[str] | None = None
+    models: list[str] | None = None
+    reference: str | None = None
+    seq: int  # journal entry that granted it: the tie-breaker in draw order
+
+    def buys(self, tier: str | None, model: str | None) -> bool:
+        return (self.tiers is None or tier in self.tiers) and (
+            self.models is None or model in self.models
+        )
+
+    @property
+    def restricted(self) -> bool:
+        return self.tiers is not None or self.models is not None
+
+
+class Hold(BaseModel):
+    id: str
+    amount: int
+    expires_at: int
+    allocations: list[tuple[str, int]]  # (lot id, amount) in draw order
+    tier: str | None = None
+    model: str | None = None
+    quote: Quote | None = None
+    seq: int
+
+
+class Settled(BaseModel):
+    captured: int
+    refunded: int = 0
+    at: int
+
+
+class Recent(BaseModel):
+    seq: int
+    digest: str
+    at: int
+
+
+class AccountState(BaseModel):
+    account_id: str
+    seq: int = 0
+    head: str = "0" * 64  # hash of the last journal entry
+    granted: int = 0
+    available: int = 0
+    held: int = 0
+    spent: int = 0
+    expired: int = 0
+    refunded: int = 0  # informational: part of granted that came back as refund lots
+    lots: dict[str, Lot] = Field(default_factory=dict)
+    holds: dict[str, Hold] = Field(default_factory=dict)
+    settled: dict[str, Settled] = Field(default_factory=dict)
+    recent: dict[str, Recent] = Field(default_factory=dict)
+
+    def balances(self) -> dict[str, int]:
+        return {
+            "granted": self.granted,
+            "available": self.available,
+            "held": self.held,
+            "spent": self.spent,
+            "expired": self.expired,
+        }
+
+    def check(self) -> None:
+        """Assert the invariants; a failure here is a bug, never a user error."""
+        assert self.granted == self.available + self.held + self.spent + self.expired, self
+        assert min(self.granted, self.available, self.held, self.spent, self.expired) >= 0
+        assert self.available == sum(lot.remaining for lot in self.lots.values())
+        assert self.held == sum(hold.amount for hold in self.holds.values())
+        assert all(lot.remaining >= 0 for lot in self.lots.values())
+
+
+OpKind = Literal[
+    "open", "grant", "authorize", "settle", "refund", "expire_hold", "expire_lot"
+]
+
+
+class Op(BaseModel):
+    """One journaled operation: what was asked, when, and under which idempotency key."""
+
+    kind: OpKind
+    at: int
+    key: str | None = None
+    digest: str | None = None  # payload hash of the command behind ``key``
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+def hold_id_for(account_id: str, seq: int) -> str:
+    return f"{account_id}:{seq}"
+
+
+def account_of(hold_id: str) -> str:
+    """The account a hold id belongs to; BadRequest if it is not a hold id at all."""
+    account_id, sep, seq = hold_id.rpartition(":")
+    if not sep or not account_id or not seq.isdigit():
+        raise BadRequest(f"{hold_id!r} is not a hold id (expected <account_id>:<number>)")
+    return account_id
+
+
+def apply(state: AccountState, op: Op) -> tuple[AccountState, dict[str, Any]]:
+    """The state after ``op`` and its result. Raises a FunctionError (and changes nothing) when
+    the op cannot apply; a declined authorization is a result, not an error."""
+    new = state.model_copy(deep=True)
+    new.seq = state.seq + 1
+    result = _APPLY[op.kind](new, op)
+    _forget_old(new, op)
+    if op.key is not None:
+        assert op.digest is not None
+        new.recent[op.key] = Recent(seq=new.seq, digest=op.digest, at=op.at)
+    new.check()
+    return new, result
+
+
+def _open(state: AccountState, op: Op) -> dict[str, Any]:
+    if state.seq != 1:
+        raise Conflict(f"account {state.account_id} is already open")
+    return {"account_id": state.account_id}
+
+
+def _grant(state: AccountState, op: Op) -> dict[str, Any]:
+    a = op.args
+    amount = int(a["amount"])
+    assert amount > 0
+    expires_at = a.get("expires_at")
+    if expires_at is not None and expires_at <= op.at:
+        raise BadRequest("expires_at is in the past; a grant must expire in the future")
+    live = [lot for lot in state.lots.values() if lot.remaining > 0]
+    if len(live) >= MAX_LOTS:
+        raise Conflict(f"account {state.account_id} has {MAX_LOTS} live lots, the limit")
+    lot = Lot(
+        id=f"lot-{state.seq}",
+        amount=amount,
+        remaining=amount,
+        origin=a.get("origin", "top-up"),
+        expires_at=expires_at,
+        tiers=a.get("tiers"),
+        models=a.get("models"),
+        reference=a.get("reference"),
+        seq=state.seq,
+    )
+    state.lots[lot.id] = lot
+    state.granted += amount
+    state.available += amount
+    if lot.origin == "refund":
+        state.refunded += amount
+    return {
+        "account_id": state.account_id,
+        "lot_id": lot.id,
+        "amount": amount,
+        "origin": lot.origin,
+        "expires_at": expires_at,
+        "available": state.available,
+    }
+
+
+def _draw_order(lot: Lot) -> tuple[int, int, int]:
+    # Restricted lots first (use the narrow credits while they fit), then the soonest to expire.
+    never = 2**63
+    return (0 if lot.restricted else 1, lot.expires_at or never, lot.seq)
+
+
+def spendable(state: AccountState, tier: str | None, model: str | None, at: int) -> list[Lot]:
+    lots = [
+        lot
+        for lot in state.lots.values()
+        if lot.remaining > 0
+        and (lot.expires_at is None or lot.expires_at > at)
+        and lot.buys(tier, model)
+    ]
+    return sorted(lots, key=_draw_order)
+
+
+def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
+    a = op.args
+    amount, tier, model = int(a["amount"]), a.get("tier"), a.get("model")
+    assert amount > 0
+    lots = spendable(state, tier, model, op.at)
+    usable = sum(lot.remaining for lot in lots)
+    reason = None
+    if len(state.holds) >= MAX_OPEN_HOLDS:
+        reason = f"too many open holds ({MAX_OPEN_HOLDS}); settle or refund some first"
+    elif usable < amount:
+        scope = f" for tier {tier or 'any'} / model {model or 'any'}" if (tier or model) else ""
+        reason = f"insufficient credits: {usable} available{scope}, {amount} needed"
+    if reason is not None:
+        return {"declined": True, "account_id": state.account_id, "amount": amount,
+                "reason": reason, "available": usable}
+    allocations: list[tuple[str, int]] = []
+    left = amount
+    for lot in lots:
+        take = min(lot.remaining, left)
+        lot.remaining -= take
+        allocations.append((lot.id, take))
+        left -= take
+        if left == 0:
+            break
+    hold = Hold(
+        id=hold_id_for(state.account_id, state.seq),
+        amount=amount,
+        expires_at=op.at + int(a["ttl_seconds"]),
+        allocations=allocations,
+        tier=tier,
+        model=model,
+        quote=Quote.model_validate(a["quote"]) if a.get("quote") else None,
+        seq=state.seq,
+    )
+    state.holds[hold.id] = hold
+    state.available -= amount
+    state.held += amount
+    return {"hold_id": hold.id, "account_id": state.account_id, "amount": amount,
+            "expires_at": hold.expires_at}
+
+
+def open_hold(state: AccountState, hold_id: str) -> Hold:
+    hold = state.holds.get(hold_id)
+    if hold is not None:
+        return hold
+    if hold_id in state.settled:
+        raise Conflict(f"hold {hold_id} is already settled")
+    seq = hold_id.rpartition(":")[2]
+    if seq.isdigit() and int(seq) < state.seq:
+        raise Conflict(f"hold {hold_id} is no longer open (settled, refunded or expired)")
+    raise NotFound(f"no hold {hold_id}")
+
+
+def _release(state: AccountState, hold: Hold, keep: int, at: int) -> int:
+    """Close ``hold``: ``keep`` credits become spent, the rest go back to their lots (or to
+    expired, for lots that have expired meanwhile). Returns the amount released."""
+    assert 0 <= keep <= hold.amount
+    to_capture = keep
+    released = 0
+    for lot_id, amount in hold.allocations:
+        captured = min(amount, to_capture)
+        to_capture -= captured
+        back = amount - captured
+        if back == 0:
+            continue
+        lot = state.lots[lot_id]
+        if lot.expires_at is not None and lot.expires_at <= at:
+            state.expired += back
+        else:
+            lot.remaining += back
+            state.available += back
+            released += back
+    del state.holds[hold.id]
+    state.held -= hold.amount
+    state.spent += keep
+    return released
+
+
+def _settle(state: AccountState, op: Op) -> dict[str, Any]:
+    hold = open_hold(state, op.args["hold_id"])
+    if "usage" in op.args and op.args.get("amount") is None:
+        if hold.quote is None:
+            raise BadRequest(
+                f"hold {hold.id} carries no quote to price usage by; settle it with "
+                "io.tollgate.hold.settle.v1 and an amount"
+            )
+        usage = Usage.model_validate(op.args["usage"])
+        wanted = hold.quote.charge(usage, int(op.args.get("engine_ms", 0)))
+    else:
+        wanted = int(op.args["amount"])
+    captured = min(wanted, hold.amount)  # a settle captures at most the hold
+    released = _release(state, hold, captured, op.at)
+    state.settled[hold.id] = Settled(captured=captured, at=op.at)
+    return {"hold_id": hold.id, "account_id": state.account_id, "captured": captured,
+            "released": released, "requested": wanted}
+
+
+def _refund(state: AccountState, op: Op) -> dict[str, Any]:
+    hold_id, amount = op.args["hold_id"], op.args.get("amount")
+    if hold_id in state.holds:
+        hold = state.holds[hold_id]
+        if amount is not None and amount != hold.amount:
+            raise BadRequest(
+                f"hold {hold_id} is open and is voided whole ({hold.amount}); omit amount"
+            )
+        released = _release(state, hold, 0, op.at)
+        return {"hold_id": hold_id, "account_id": state.account_id, "refunded": hold.amount,
+                "voided": True, "released": released}
+    settled = state.settled.get(hold_id)
+    if settled is None:
+        open_hold(state, hold_id)  # raises the precise NotFound / Conflict
+        raise AssertionError("unreachable: the hold is not open")
+    refundable = settled.captured - settled.refunded
+    amount = refundable if amount is None else int(amount)
+    if amount <= 0 or amount > refundable:
+        raise Conflict(f"hold {hold_id} has {refundable} refundable credits, asked {amount}")
+    settled.refunded += amount
+    lot = Lot(id=f"lot-{state.seq}", amount=amount, remaining=amount, origin="refund",
+              reference=hold_id, seq=state.seq)
+    state.lots[lot.id] = lot
+    state.granted += amount
+    state.available += amount
+    state.refunded += amount
+    return {"hold_id": hold_id, "account_id": state.account_id, "refunded": amount,
+            "voided": False, "lot_id": lot.id}
+
+
+def _expire_hold(state: AccountState, op: Op) -> dict[str, Any]:
+    hold = open_hold(state, op.args["hold_id"])
+    if hold.expires_at > op.at:
+        raise Conflict(f"hold {hold.id} is not due to expire until {hold.expires_at}")
+    released = _release(state, hold, 0, op.at)
+    return {"hold_id": hold.id, "account_id": state.account_id, "released": released}
+
+
+def _expire_lot(state: AccountState, op: Op) -> dict[str, Any]:
+    lot = state.lots.get(op.args["lot_id"])
+    if lot is None or lot.remaining == 0:
+        raise Conflict(f"lot {op.args['lot_id']} has nothing left to expire")
+    if lot.expires_at is None or lot.expires_at > op.at:
+        raise Conflict(f"lot {lot.id} is not due to expire")
+    amount = lot.remaining
+    lot.remaining = 0
+    state.available -= amount
+    state.expired += amount
+    return {"account_id": state.account_id, "lot_id": lot.id, "expired": amount}
+
+
+def _forget_old(state: AccountState, op: Op) -> None:
+    """Drop what no later operation can need, oldest first, within the explicit limits."""
+    held_lots = {lot_id for hold in state.holds.values() for lot_id, _ in hold.allocations}
+    for lot_id in [k for k, lot in state.lots.items() if lot.remaining == 0]:
+        if lot_id not in held_lots:
+            del state.lots[lot_id]
+    _trim(state.settled, op.at - REFUND_WINDOW_S, MAX_SETTLED_KEPT)
+    _trim(state.recent, op.at - RECENT_WINDOW_S, MAX_RECENT_KEYS)
+
+
+def _trim(entries: dict[str, Any], oldest: int, limit: int) -> None:
+    for key in [k for k, v in entries.items() if v.at < oldest]:
+        del entries[key]
+    while len(entries) > limit:
+        del entries[next(iter(entries))]  # dicts keep insertion order: the oldest first
+
+
+_APPLY = {
+    "open": _open,
+    "grant": _grant,
+    "authorize": _authorize,
+    "settle": _settle,
+    "refund": _refund,
+    "expire_hold": _expire_hold,
+    "expire_lot": _expire_lot,
+}
