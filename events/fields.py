@@ -13,7 +13,9 @@ MAX_AMOUNT = 2**63 - 1
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT)]
 Count = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)]
 AccountId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+Name = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+]
 HoldId = Annotated[str, Field(min_length=3, max_length=160)]
 
 

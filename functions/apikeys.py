@@ -35,11 +35,23 @@ class ApiKeys:
         # The resolvable item last: until it exists the key does not work, so a crash between
         # the two writes leaves at most a listed key that never worked.
         self.store.put(
-            Item(f"ACCT#{account_id}", f"KEY#{key_id}", 1,
-                 {"hash": digest, "created": now, "revoked": False}), Absent())
+            Item(
+                f"ACCT#{account_id}",
+                f"KEY#{key_id}",
+                1,
+                {"hash": digest, "created": now, "revoked": False},
+            ),
+            Absent(),
+        )
         self.store.put(
-            Item(f"APIKEY#{digest}", "KEY", 1,
-                 {"account_id": account_id, "key_id": key_id, "revoked": False}), Absent())
+            Item(
+                f"APIKEY#{digest}",
+                "KEY",
+                1,
+                {"account_id": account_id, "key_id": key_id, "revoked": False},
+            ),
+            Absent(),
+        )
         return {"key": key, "key_id": key_id, "account_id": account_id, "created": now}
 
     def revoke(self, account_id: str, key_id: str) -> dict[str, Any]:
@@ -50,17 +62,27 @@ class ApiKeys:
         # The resolvable item first: the key stops working even if the listing update is lost.
         resolvable = self.store.get(f"APIKEY#{digest}", "KEY")
         if resolvable is not None:
-            self.store.put(Item(resolvable.pk, resolvable.sk, resolvable.version + 1,
-                                {**resolvable.data, "revoked": True}))
-        self.store.put(Item(listed.pk, listed.sk, listed.version + 1,
-                            {**listed.data, "revoked": True}))
+            self.store.put(
+                Item(
+                    resolvable.pk,
+                    resolvable.sk,
+                    resolvable.version + 1,
+                    {**resolvable.data, "revoked": True},
+                )
+            )
+        self.store.put(
+            Item(listed.pk, listed.sk, listed.version + 1, {**listed.data, "revoked": True})
+        )
         return {"key_id": key_id, "account_id": account_id, "revoked": True}
 
     def list(self, account_id: str) -> list[dict[str, Any]]:
         items = self.store.query(f"ACCT#{account_id}", "KEY#", limit=1000)
         return [
-            {"key_id": i.sk.removeprefix("KEY#"), "created": i.data["created"],
-             "revoked": i.data["revoked"]}
+            {
+                "key_id": i.sk.removeprefix("KEY#"),
+                "created": i.data["created"],
+                "revoked": i.data["revoked"],
+            }
             for i in items
         ]
 

@@ -66,8 +66,9 @@ def create_app(
         if reply is None:
             return Response(status=204)
         message = to_binary(
-            make_event(reply.type, source, reply.data, subject=reply.subject,
-                       caused_by=incoming.key)
+            make_event(
+                reply.type, source, reply.data, subject=reply.subject, caused_by=incoming.key
+            )
         )
         return Response(message.body, status=200, headers=message.headers)
 

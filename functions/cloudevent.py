@@ -53,7 +53,14 @@ class Reply:
 
 
 _CORE_ATTRIBUTES = {
-    "type", "source", "id", "time", "subject", "specversion", "datacontenttype", "dataschema",
+    "type",
+    "source",
+    "id",
+    "time",
+    "subject",
+    "specversion",
+    "datacontenttype",
+    "dataschema",
 }
 
 

@@ -1,8 +1,9 @@
 """Idempotent handling, after AWS Powertools' idempotency utility: one wrapper, stored results,
 and a payload-hash check that refuses a redelivery whose data differs.
 
-A record moves IN_PROGRESS -> COMPLETED (or RELEASED when the work raised). A redelivery of a COMPLETED key gets the stored result;
-one that races an IN_PROGRESS record gets 503 (Knative retries it later and then finds the result).
+A record moves IN_PROGRESS -> COMPLETED (or RELEASED when the work raised). A redelivery of a
+COMPLETED key gets the stored result; one that races an IN_PROGRESS record gets 503 (Knative
+retries it later and then finds the result).
 An IN_PROGRESS record older than ``in_progress_s`` belonged to a process that died: the next
 delivery takes it over. The wrapped work must therefore be safe to run again after a crash —
 ledger commands are (see ledger_fn/account.py: each keeps its own dedupe record atomically with
@@ -54,7 +55,9 @@ class Idempotency:
         pk, sk = f"IDEM#{key}", "IDEM"
         now = int(self.clock())
         claim = Item(
-            pk, sk, 1,
+            pk,
+            sk,
+            1,
             {"status": IN_PROGRESS, "hash": digest, "started": now},
             expires_at=now + self.expires_s,
         )
@@ -75,22 +78,33 @@ class Idempotency:
                 return result
             fresh = now - int(existing.data["started"]) < self.in_progress_s
             if existing.data["status"] == IN_PROGRESS and fresh:
-                raise Unavailable(f"event {key} is being handled right now; retry shortly") from None
+                raise Unavailable(
+                    f"event {key} is being handled right now; retry shortly"
+                ) from None
             claim = Item(pk, sk, existing.version + 1, {**claim.data}, claim.expires_at)
             try:
                 self.store.put(claim, VersionIs(existing.version))
             except ConditionFailed:
-                raise Unavailable(f"event {key} is being handled right now; retry shortly") from None
+                raise Unavailable(
+                    f"event {key} is being handled right now; retry shortly"
+                ) from None
         try:
             result = work()
         except BaseException:
             # Let the next delivery take over at once instead of waiting out in_progress_s.
-            released = Item(pk, sk, claim.version + 1, {**claim.data, "status": RELEASED},
-                            expires_at=claim.expires_at)
+            released = Item(
+                pk,
+                sk,
+                claim.version + 1,
+                {**claim.data, "status": RELEASED},
+                expires_at=claim.expires_at,
+            )
             self.store.put(released, VersionIs(claim.version))
             raise
         done = Item(
-            pk, sk, claim.version + 1,
+            pk,
+            sk,
+            claim.version + 1,
             {"status": COMPLETED, "hash": digest, "started": now, "result": result},
             expires_at=claim.expires_at,
         )

@@ -108,7 +108,9 @@ def admin_blueprint(ledger: Ledger, keys: ApiKeys, admin_token: str | None) -> B
         if key is not None and not 1 <= len(key) <= 200:
             raise BadRequest("Idempotency-Key must be 1..200 characters")
         result = ledger.execute(
-            account_id, "grant", args,
+            account_id,
+            "grant",
+            args,
             key=f"admin-grant#{key}" if key else None,
             payload=body.model_dump(mode="json"),
         )

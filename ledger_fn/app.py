@@ -31,8 +31,11 @@ def create_app(
     store = store or open_store(settings.store_url)
     ledger = ledger or Ledger(store)
     handlers = LedgerHandlers(ledger, Emitter(settings.sink), source=f"/tollgate/{function}")
-    names = list(EVENT_FUNCTIONS) if function == "ledger" else (
-        [function] if function in EVENT_FUNCTIONS else [])
+    names = (
+        list(EVENT_FUNCTIONS)
+        if function == "ledger"
+        else ([function] if function in EVENT_FUNCTIONS else [])
+    )
     blueprints = []
     if function in ("ledger", "ledger-admin"):
         blueprints.append(admin_blueprint(ledger, ApiKeys(store), settings.admin_token))

@@ -16,7 +16,10 @@ from functions.store import open_store
 from ledger_fn.ledger import Ledger
 
 store_option = click.option(
-    "--store", envvar="TOLLGATE_STORE", default=DEFAULT_STORE, show_default=True,
+    "--store",
+    envvar="TOLLGATE_STORE",
+    default=DEFAULT_STORE,
+    show_default=True,
     help="Store URL (sqlite:///path.db or dynamodb://host:port/table); env TOLLGATE_STORE.",
 )
 
@@ -52,11 +55,22 @@ def create_account(account_id: str, plan: str | None, store: str) -> None:
 @click.option("--origin", default="top-up", show_default=True)
 @click.option("--idempotency-key", default=None, help="Grant at most once under this key.")
 @store_option
-def grant(account_id: str, amount: int, expires_at: datetime | None, tiers: tuple[str, ...],
-          models: tuple[str, ...], origin: str, idempotency_key: str | None, store: str) -> None:
+def grant(
+    account_id: str,
+    amount: int,
+    expires_at: datetime | None,
+    tiers: tuple[str, ...],
+    models: tuple[str, ...],
+    origin: str,
+    idempotency_key: str | None,
+    store: str,
+) -> None:
     """Grant AMOUNT credits (integer) to ACCOUNT_ID."""
-    args: dict[str, Any] = {"amount": amount, "origin": origin,
-                            "expires_at": int(expires_at.timestamp()) if expires_at else None}
+    args: dict[str, Any] = {
+        "amount": amount,
+        "origin": origin,
+        "expires_at": int(expires_at.timestamp()) if expires_at else None,
+    }
     if tiers:
         args["tiers"] = list(tiers)
     if models:
@@ -78,10 +92,12 @@ def balance(account_id: str, store: str) -> None:
 @store_option
 def issue_key(account_id: str, store: str) -> None:
     """Issue an API key (shown once)."""
+
     def issue() -> dict[str, Any]:
         opened = open_store(store)
         Ledger(opened).meta(account_id)
         return ApiKeys(opened).issue(account_id)
+
     _run(issue)
 
 
@@ -118,8 +134,10 @@ def verify(store: str) -> None:
     report = _ledger(store).verify()
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}", err=True)
-    click.echo(f"{report.accounts} accounts, {report.entries} journal entries: "
-               + ("ok" if report.ok else f"{len(report.problems)} problems"))
+    click.echo(
+        f"{report.accounts} accounts, {report.entries} journal entries: "
+        + ("ok" if report.ok else f"{len(report.problems)} problems")
+    )
     sys.exit(0 if report.ok else 1)
 
 

@@ -45,8 +45,9 @@ class LedgerHandlers:
         self.emitter = emitter
         self.source = source
 
-    def _run(self, event: Incoming, account_id: str, kind: Any, args: dict[str, Any]
-             ) -> dict[str, Any]:
+    def _run(
+        self, event: Incoming, account_id: str, kind: Any, args: dict[str, Any]
+    ) -> dict[str, Any]:
         return self.ledger.execute(account_id, kind, args, key=event.key, payload=event.data)
 
     def grant(self, event: Incoming) -> Reply:
@@ -54,25 +55,44 @@ class LedgerHandlers:
         args = cmd.model_dump(exclude={"account_id"}, exclude_none=True)
         args["expires_at"] = epoch(cmd.expires_at)
         r = self._run(event, cmd.account_id, "grant", args)
-        return Reply(types.CREDITS_GRANTED, {
-            "account_id": cmd.account_id, "lot_id": r["lot_id"], "amount": r["amount"],
-            "origin": r["origin"], "expires_at": iso(r["expires_at"]),
-            "available": r["available"],
-        }, subject=cmd.account_id)
+        return Reply(
+            types.CREDITS_GRANTED,
+            {
+                "account_id": cmd.account_id,
+                "lot_id": r["lot_id"],
+                "amount": r["amount"],
+                "origin": r["origin"],
+                "expires_at": iso(r["expires_at"]),
+                "available": r["available"],
+            },
+            subject=cmd.account_id,
+        )
 
     def authorize(self, event: Incoming) -> Reply:
         cmd = validate(HoldAuthorize, event.data, f"{event.type} data")
         args = cmd.model_dump(mode="json", exclude={"account_id"}, exclude_none=True)
         r = self._run(event, cmd.account_id, "authorize", args)
         if r.get("declined"):
-            return Reply(types.HOLD_DECLINED, {
-                "account_id": cmd.account_id, "amount": cmd.amount, "reason": r["reason"],
-                "available": r["available"],
-            }, subject=cmd.account_id)
-        return Reply(types.HOLD_AUTHORIZED, {
-            "hold_id": r["hold_id"], "account_id": cmd.account_id, "amount": r["amount"],
-            "expires_at": iso(r["expires_at"]),
-        }, subject=cmd.account_id)
+            return Reply(
+                types.HOLD_DECLINED,
+                {
+                    "account_id": cmd.account_id,
+                    "amount": cmd.amount,
+                    "reason": r["reason"],
+                    "available": r["available"],
+                },
+                subject=cmd.account_id,
+            )
+        return Reply(
+            types.HOLD_AUTHORIZED,
+            {
+                "hold_id": r["hold_id"],
+                "account_id": cmd.account_id,
+                "amount": r["amount"],
+                "expires_at": iso(r["expires_at"]),
+            },
+            subject=cmd.account_id,
+        )
 
     def settle(self, event: Incoming) -> Reply:
         cmd = validate(HoldSettle, event.data, f"{event.type} data")
@@ -82,15 +102,24 @@ class LedgerHandlers:
     def completed(self, event: Incoming) -> Reply:
         done = validate(InferenceCompleted, event.data, f"{event.type} data")
         account_id = self._owner(done.hold_id, done.account_id)
-        args = {"hold_id": done.hold_id, "usage": done.usage.model_dump(),
-                "engine_ms": done.timings.engine_ms}
+        args = {
+            "hold_id": done.hold_id,
+            "usage": done.usage.model_dump(),
+            "engine_ms": done.timings.engine_ms,
+        }
         return self._settled(self._run(event, account_id, "settle", args))
 
     def _settled(self, r: dict[str, Any]) -> Reply:
-        return Reply(types.HOLD_SETTLED, {
-            "hold_id": r["hold_id"], "account_id": r["account_id"], "captured": r["captured"],
-            "released": r["released"],
-        }, subject=r["account_id"])
+        return Reply(
+            types.HOLD_SETTLED,
+            {
+                "hold_id": r["hold_id"],
+                "account_id": r["account_id"],
+                "captured": r["captured"],
+                "released": r["released"],
+            },
+            subject=r["account_id"],
+        )
 
     def refund(self, event: Incoming) -> Reply:
         cmd = validate(HoldRefund, event.data, f"{event.type} data")
@@ -103,16 +132,23 @@ class LedgerHandlers:
         return self._refunded(self._run(event, account_id, "refund", {"hold_id": failure.hold_id}))
 
     def _refunded(self, r: dict[str, Any]) -> Reply:
-        return Reply(types.HOLD_REFUNDED, {
-            "hold_id": r["hold_id"], "account_id": r["account_id"], "refunded": r["refunded"],
-        }, subject=r["account_id"])
+        return Reply(
+            types.HOLD_REFUNDED,
+            {
+                "hold_id": r["hold_id"],
+                "account_id": r["account_id"],
+                "refunded": r["refunded"],
+            },
+            subject=r["account_id"],
+        )
 
     def sweep(self, event: Incoming) -> Reply:
         validate(HoldsSweep, event.data, f"{event.type} data")
         swept = self.ledger.sweep()
         for expired in swept.pop("expired"):
-            self.emitter.emit(types.HOLD_EXPIRED, self.source, expired,
-                              caused_by=f"expire#{expired['hold_id']}")
+            self.emitter.emit(
+                types.HOLD_EXPIRED, self.source, expired, caused_by=f"expire#{expired['hold_id']}"
+            )
         return Reply(types.HOLDS_SWEPT, swept)
 
     @staticmethod
@@ -133,8 +169,9 @@ class LedgerHandlers:
         }
 
 
-def handlers_for(table: dict[str, dict[str, Callable[[Incoming], Reply]]], names: list[str]
-                 ) -> dict[str, Handler]:
+def handlers_for(
+    table: dict[str, dict[str, Callable[[Incoming], Reply]]], names: list[str]
+) -> dict[str, Handler]:
     merged: dict[str, Handler] = {}
     for name in names:
         merged.update(table[name])

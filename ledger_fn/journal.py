@@ -19,9 +19,16 @@ def entry_sk(seq: int) -> str:
     return f"J#{seq:012d}"
 
 
-def chain_hash(prev: str, seq: int, op: Op, result: dict[str, Any], balances: dict[str, int]) -> str:
-    body = {"prev": prev, "seq": seq, "op": op.model_dump(mode="json"), "result": result,
-            "balances": balances}
+def chain_hash(
+    prev: str, seq: int, op: Op, result: dict[str, Any], balances: dict[str, int]
+) -> str:
+    body = {
+        "prev": prev,
+        "seq": seq,
+        "op": op.model_dump(mode="json"),
+        "result": result,
+        "balances": balances,
+    }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -11,6 +11,7 @@ and ``ACCOUNTS``/``<id>``, the registry the sweep walks.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -63,7 +64,7 @@ class Ledger:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
-        checkpoint_every: int = 16,
+        checkpoint_every: int = 64,
     ) -> None:
         assert checkpoint_every >= 1
         self.store = store
@@ -81,10 +82,9 @@ class Ledger:
         registry item (crash before the journal write) is harmless, the sweep skips it."""
         now = int(self.clock())
         self.store.put(Item(REGISTRY, account_id, 1, {"created": now}))
-        try:
+        # On a retry after a crash META exists already: the journal decides if the account does.
+        with contextlib.suppress(ConditionFailed):
             self.store.put(Item(account_pk(account_id), "META", 1, dict(meta or {})), Absent())
-        except ConditionFailed:
-            pass  # a retry after a crash: the journal decides whether the account exists
         try:
             self._commit(account_id, Op(kind="open", at=now), create=True)
         except ConditionFailed:
@@ -105,8 +105,9 @@ class Ledger:
             item = self.meta(account_id)
             data = {**item.data, **changes}
             try:
-                self.store.put(Item(item.pk, item.sk, item.version + 1, data),
-                               VersionIs(item.version))
+                self.store.put(
+                    Item(item.pk, item.sk, item.version + 1, data), VersionIs(item.version)
+                )
                 return data
             except ConditionFailed:
                 continue
@@ -237,8 +238,9 @@ class Ledger:
         if loaded is None or loaded.state.seq - loaded.checkpoint_seq < self.checkpoint_every:
             return
         version = loaded.checkpoint_version
-        item = Item(account_pk(account_id), "STATE", version + 1,
-                    loaded.state.model_dump(mode="json"))
+        item = Item(
+            account_pk(account_id), "STATE", version + 1, loaded.state.model_dump(mode="json")
+        )
         try:
             self.store.put(item, VersionIs(version) if version else Absent())
             fresh = _Loaded(loaded.state, version + 1, loaded.state.seq)
@@ -268,12 +270,17 @@ class Ledger:
                 if result is not None:
                     expired.append(result)
             for lot in [
-                lot for lot in state.lots.values()
+                lot
+                for lot in state.lots.values()
                 if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= now
             ]:
                 lots += self._try(account_id, "expire_lot", {"lot_id": lot.id}) is not None
-        return {"accounts": accounts, "holds_expired": len(expired), "lots_expired": lots,
-                "expired": expired}
+        return {
+            "accounts": accounts,
+            "holds_expired": len(expired),
+            "lots_expired": lots,
+            "expired": expired,
+        }
 
     def _try(self, account_id: str, kind: OpKind, args: dict[str, Any]) -> dict[str, Any] | None:
         try:
@@ -317,15 +324,18 @@ class Ledger:
                 if saved.seq > state.seq:
                     report.problems.append(
                         f"account {account_id}: checkpoint at {saved.seq} is past the journal"
-                        f" end {state.seq}")
+                        f" end {state.seq}"
+                    )
                 elif saved.seq == state.seq and saved.balances() != state.balances():
                     report.problems.append(
-                        f"account {account_id}: checkpoint balances differ from the journal")
+                        f"account {account_id}: checkpoint balances differ from the journal"
+                    )
         return report
 
 
-def replay(state: AccountState, entry: dict[str, Any], *, check_result: bool = False
-           ) -> AccountState:
+def replay(
+    state: AccountState, entry: dict[str, Any], *, check_result: bool = False
+) -> AccountState:
     """Apply one stored journal entry, checking that it chains to ``state``."""
     seq = entry["seq"]
     if seq != state.seq + 1 or entry["prev"] != state.head:
@@ -335,8 +345,9 @@ def replay(state: AccountState, entry: dict[str, Any], *, check_result: bool = F
         raise CorruptJournal(f"entry {seq} does not match its hash")
     new, result = apply(state, op)
     if check_result and (result != entry["result"] or new.balances() != entry["balances"]):
-        raise CorruptJournal(f"entry {seq}: replay gives {new.balances()}, journal says "
-                             f"{entry['balances']}")
+        raise CorruptJournal(
+            f"entry {seq}: replay gives {new.balances()}, journal says {entry['balances']}"
+        )
     new.head = entry["hash"]
     return new
 

@@ -105,9 +105,7 @@ class AccountState(BaseModel):
         assert all(lot.remaining >= 0 for lot in self.lots.values())
 
 
-OpKind = Literal[
-    "open", "grant", "authorize", "settle", "refund", "expire_hold", "expire_lot"
-]
+OpKind = Literal["open", "grant", "authorize", "settle", "refund", "expire_hold", "expire_lot"]
 
 
 class Op(BaseModel):
@@ -135,7 +133,7 @@ def account_of(hold_id: str) -> str:
 def apply(state: AccountState, op: Op) -> tuple[AccountState, dict[str, Any]]:
     """The state after ``op`` and its result. Raises a FunctionError (and changes nothing) when
     the op cannot apply; a declined authorization is a result, not an error."""
-    new = state.model_copy(deep=True)
+    new = _copy(state)
     new.seq = state.seq + 1
     result = _APPLY[op.kind](new, op)
     _forget_old(new, op)
@@ -144,6 +142,20 @@ def apply(state: AccountState, op: Op) -> tuple[AccountState, dict[str, Any]]:
         new.recent[op.key] = Recent(seq=new.seq, digest=op.digest, at=op.at)
     new.check()
     return new, result
+
+
+def _copy(state: AccountState) -> AccountState:
+    """A copy that ``apply`` may change: lots are mutated in place, so they are copied; holds,
+    settled and recent entries are only ever replaced, so sharing them is safe (and keeps an
+    operation's cost independent of how many of them the account remembers)."""
+    return state.model_copy(
+        update={
+            "lots": {k: lot.model_copy() for k, lot in state.lots.items()},
+            "holds": dict(state.holds),
+            "settled": dict(state.settled),
+            "recent": dict(state.recent),
+        }
+    )
 
 
 def _open(state: AccountState, op: Op) -> dict[str, Any]:
@@ -218,8 +230,13 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
         scope = f" for tier {tier or 'any'} / model {model or 'any'}" if (tier or model) else ""
         reason = f"insufficient credits: {usable} available{scope}, {amount} needed"
     if reason is not None:
-        return {"declined": True, "account_id": state.account_id, "amount": amount,
-                "reason": reason, "available": usable}
+        return {
+            "declined": True,
+            "account_id": state.account_id,
+            "amount": amount,
+            "reason": reason,
+            "available": usable,
+        }
     allocations: list[tuple[str, int]] = []
     left = amount
     for lot in lots:
@@ -242,8 +259,12 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
     state.holds[hold.id] = hold
     state.available -= amount
     state.held += amount
-    return {"hold_id": hold.id, "account_id": state.account_id, "amount": amount,
-            "expires_at": hold.expires_at}
+    return {
+        "hold_id": hold.id,
+        "account_id": state.account_id,
+        "amount": amount,
+        "expires_at": hold.expires_at,
+    }
 
 
 def open_hold(state: AccountState, hold_id: str) -> Hold:
@@ -298,8 +319,13 @@ def _settle(state: AccountState, op: Op) -> dict[str, Any]:
     captured = min(wanted, hold.amount)  # a settle captures at most the hold
     released = _release(state, hold, captured, op.at)
     state.settled[hold.id] = Settled(captured=captured, at=op.at)
-    return {"hold_id": hold.id, "account_id": state.account_id, "captured": captured,
-            "released": released, "requested": wanted}
+    return {
+        "hold_id": hold.id,
+        "account_id": state.account_id,
+        "captured": captured,
+        "released": released,
+        "requested": wanted,
+    }
 
 
 def _refund(state: AccountState, op: Op) -> dict[str, Any]:
@@ -311,8 +337,13 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
                 f"hold {hold_id} is open and is voided whole ({hold.amount}); omit amount"
             )
         released = _release(state, hold, 0, op.at)
-        return {"hold_id": hold_id, "account_id": state.account_id, "refunded": hold.amount,
-                "voided": True, "released": released}
+        return {
+            "hold_id": hold_id,
+            "account_id": state.account_id,
+            "refunded": hold.amount,
+            "voided": True,
+            "released": released,
+        }
     settled = state.settled.get(hold_id)
     if settled is None:
         open_hold(state, hold_id)  # raises the precise NotFound / Conflict
@@ -321,15 +352,26 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
     amount = refundable if amount is None else int(amount)
     if amount <= 0 or amount > refundable:
         raise Conflict(f"hold {hold_id} has {refundable} refundable credits, asked {amount}")
-    settled.refunded += amount
-    lot = Lot(id=f"lot-{state.seq}", amount=amount, remaining=amount, origin="refund",
-              reference=hold_id, seq=state.seq)
+    state.settled[hold_id] = settled.model_copy(update={"refunded": settled.refunded + amount})
+    lot = Lot(
+        id=f"lot-{state.seq}",
+        amount=amount,
+        remaining=amount,
+        origin="refund",
+        reference=hold_id,
+        seq=state.seq,
+    )
     state.lots[lot.id] = lot
     state.granted += amount
     state.available += amount
     state.refunded += amount
-    return {"hold_id": hold_id, "account_id": state.account_id, "refunded": amount,
-            "voided": False, "lot_id": lot.id}
+    return {
+        "hold_id": hold_id,
+        "account_id": state.account_id,
+        "refunded": amount,
+        "voided": False,
+        "lot_id": lot.id,
+    }
 
 
 def _expire_hold(state: AccountState, op: Op) -> dict[str, Any]:
@@ -364,10 +406,9 @@ def _forget_old(state: AccountState, op: Op) -> None:
 
 
 def _trim(entries: dict[str, Any], oldest: int, limit: int) -> None:
-    for key in [k for k, v in entries.items() if v.at < oldest]:
-        del entries[key]
-    while len(entries) > limit:
-        del entries[next(iter(entries))]  # dicts keep insertion order: the oldest first
+    # Dicts keep insertion order, which is commit order: the oldest entries come first.
+    while entries and (len(entries) > limit or next(iter(entries.values())).at < oldest):
+        del entries[next(iter(entries))]
 
 
 _APPLY = {

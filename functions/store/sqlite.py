@@ -122,19 +122,21 @@ class SqliteStore:
     ) -> list[Item]:
         if not 1 <= limit <= MAX_QUERY_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT}, got {limit}")
+        # One lower and one upper bound at most: with two of either, sqlite seeks by one and
+        # filters by the other, turning a tail read into a scan of the whole partition.
+        lower: tuple[str, str] | None = (">=", prefix) if prefix else None
+        end = prefix_end(prefix) if prefix else None
+        upper: tuple[str, str] | None = ("<", end) if end is not None else None
+        if after is not None and not descending and (lower is None or after >= lower[1]):
+            lower = (">", after)
+        if after is not None and descending and (upper is None or after <= upper[1]):
+            upper = ("<", after)
         sql = "SELECT pk, sk, version, data, expires_at FROM items WHERE pk = ?"
         args: list[object] = [pk]
-        if prefix:
-            # Range instead of LIKE: exact byte-order semantics, like DynamoDB's begins_with.
-            sql += " AND sk >= ?"
-            args.append(prefix)
-            end = prefix_end(prefix)
-            if end is not None:
-                sql += " AND sk < ?"
-                args.append(end)
-        if after is not None:
-            sql += " AND sk < ?" if descending else " AND sk > ?"
-            args.append(after)
+        for bound in (lower, upper):
+            if bound is not None:
+                sql += f" AND sk {bound[0]} ?"
+                args.append(bound[1])
         sql += " ORDER BY sk " + ("DESC" if descending else "ASC") + " LIMIT ?"
         args.append(limit)
         try:

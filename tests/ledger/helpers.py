@@ -32,8 +32,15 @@ class Clock:
             self.now += seconds
 
 
-def send(client: FlaskClient, type: str, data: dict[str, Any], *, id: str | None = None,
-         source: str = "/tests", structured: bool = False) -> Any:
+def send(
+    client: FlaskClient,
+    type: str,
+    data: dict[str, Any],
+    *,
+    id: str | None = None,
+    source: str = "/tests",
+    structured: bool = False,
+) -> Any:
     """POST a CloudEvent to a function app; returns the Flask test response."""
     event = make_event(type, source, data, id=id or f"evt-{next(_ids)}")
     message = to_structured(event) if structured else to_binary(event)

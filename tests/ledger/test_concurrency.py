@@ -23,18 +23,24 @@ def worker(store: Store, seed: int, outcomes: list[tuple[str, str, int]]) -> Non
     rng = random.Random(seed)
     ledger = Ledger(store, checkpoint_every=4)
     for i in range(OPS_PER_WORKER):
-        result = ledger.execute("race", "authorize",
-                                {"amount": rng.randint(50, 400), "ttl_seconds": 1},
-                                key=f"w{seed}-a{i}")
+        result = ledger.execute(
+            "race",
+            "authorize",
+            {"amount": rng.randint(50, 400), "ttl_seconds": 1},
+            key=f"w{seed}-a{i}",
+        )
         if result.get("declined"):
             continue
         hold = result["hold_id"]
         choice = rng.random()
         try:
             if choice < 0.5:
-                r = ledger.execute("race", "settle",
-                                   {"hold_id": hold, "amount": rng.randint(1, 400)},
-                                   key=f"w{seed}-s{i}")
+                r = ledger.execute(
+                    "race",
+                    "settle",
+                    {"hold_id": hold, "amount": rng.randint(1, 400)},
+                    key=f"w{seed}-s{i}",
+                )
                 outcomes.append(("settle", hold, r["captured"]))
             elif choice < 0.8:
                 r = ledger.execute("race", "refund", {"hold_id": hold}, key=f"w{seed}-r{i}")
@@ -73,8 +79,9 @@ def open_race_account(store: Store) -> Ledger:
 def test_sixteen_threads_never_overspend(real_store: Store) -> None:
     ledger = open_race_account(real_store)
     outcomes: list[tuple[str, str, int]] = []
-    threads = [threading.Thread(target=worker, args=(real_store, seed, outcomes))
-               for seed in range(16)]
+    threads = [
+        threading.Thread(target=worker, args=(real_store, seed, outcomes)) for seed in range(16)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -84,8 +91,10 @@ def test_sixteen_threads_never_overspend(real_store: Store) -> None:
 
 def _process(url: str, seed: int, queue: Any) -> None:
     outcomes: list[tuple[str, str, int]] = []
-    threads = [threading.Thread(target=worker, args=(open_store(url), seed * 10 + n, outcomes))
-               for n in range(4)]
+    threads = [
+        threading.Thread(target=worker, args=(open_store(url), seed * 10 + n, outcomes))
+        for n in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -94,8 +103,9 @@ def _process(url: str, seed: int, queue: Any) -> None:
 
 
 @pytest.mark.slow
-def test_four_processes_of_four_threads_never_overspend(real_store: Store,
-                                                        real_store_url: str) -> None:
+def test_four_processes_of_four_threads_never_overspend(
+    real_store: Store, real_store_url: str
+) -> None:
     ledger = open_race_account(real_store)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

@@ -45,8 +45,9 @@ CHILD = textwrap.dedent("""
 
 def run_child(url: str, die_after: int) -> int:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.run([sys.executable, "-c", CHILD, url, str(die_after)], env=env,
-                          timeout=120).returncode
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, url, str(die_after)], env=env, timeout=120
+    ).returncode
 
 
 def recover_and_finish(store: Store) -> Ledger:
@@ -62,8 +63,7 @@ def recover_and_finish(store: Store) -> Ledger:
 
 
 @pytest.mark.parametrize("die_after", range(1, 10))
-def test_a_crash_after_any_write_loses_and_creates_nothing(tmp_path: Path, die_after: int
-                                                            ) -> None:
+def test_a_crash_after_any_write_loses_and_creates_nothing(tmp_path: Path, die_after: int) -> None:
     url = f"sqlite:///{tmp_path}/crash.db"
     assert run_child(url, die_after) in (0, 17)
     store = open_store(url)

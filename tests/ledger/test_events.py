@@ -34,35 +34,38 @@ def reply(response: Any) -> tuple[str, dict[str, Any]]:
 
 
 def authorize(client: FlaskClient, amount: int = 500, **kw: Any) -> str:
-    kind, data = reply(send(client, types.HOLD_AUTHORIZE,
-                            {"account_id": "acme", "amount": amount}, **kw))
+    kind, data = reply(
+        send(client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": amount}, **kw)
+    )
     assert kind == types.HOLD_AUTHORIZED
     hold_id: str = data["hold_id"]
     return hold_id
 
 
 @pytest.mark.parametrize("structured", [False, True])
-def test_authorize_settle_in_each_mode(client: FlaskClient, ledger: Ledger,
-                                       structured: bool) -> None:
+def test_authorize_settle_in_each_mode(
+    client: FlaskClient, ledger: Ledger, structured: bool
+) -> None:
     hold = authorize(client, 500, structured=structured)
-    kind, data = reply(send(client, types.HOLD_SETTLE, {"hold_id": hold, "amount": 120},
-                            structured=structured))
+    kind, data = reply(
+        send(client, types.HOLD_SETTLE, {"hold_id": hold, "amount": 120}, structured=structured)
+    )
     assert kind == types.HOLD_SETTLED
     assert (data["captured"], data["released"]) == (120, 380)
     assert invariant(ledger, "acme")["spent"] == 120
 
 
 def test_decline_is_a_reply_not_an_error(client: FlaskClient, ledger: Ledger) -> None:
-    kind, data = reply(send(client, types.HOLD_AUTHORIZE,
-                            {"account_id": "acme", "amount": 10_001}))
+    kind, data = reply(send(client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 10_001}))
     assert kind == types.HOLD_DECLINED
     assert "insufficient credits" in data["reason"] and data["available"] == 10_000
     assert invariant(ledger, "acme")["held"] == 0
 
 
 @pytest.mark.parametrize("structured", [False, True])
-def test_every_command_delivered_twice_has_one_effect(client: FlaskClient, ledger: Ledger,
-                                                      structured: bool) -> None:
+def test_every_command_delivered_twice_has_one_effect(
+    client: FlaskClient, ledger: Ledger, structured: bool
+) -> None:
     commands = [
         (types.CREDITS_GRANT, {"account_id": "acme", "amount": 5}),
         (types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 50}),
@@ -72,8 +75,14 @@ def test_every_command_delivered_twice_has_one_effect(client: FlaskClient, ledge
         again = send(client, event_type, data, id="dup-" + event_type, structured=not structured)
         assert reply(first) == reply(again)
         assert first.headers["ce-id"] == again.headers["ce-id"]
-    hold = reply(send(client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 50},
-                      id="dup-" + types.HOLD_AUTHORIZE))[1]["hold_id"]
+    hold = reply(
+        send(
+            client,
+            types.HOLD_AUTHORIZE,
+            {"account_id": "acme", "amount": 50},
+            id="dup-" + types.HOLD_AUTHORIZE,
+        )
+    )[1]["hold_id"]
     for event_type, data in [
         (types.HOLD_SETTLE, {"hold_id": hold, "amount": 7}),
         (types.HOLD_REFUND, {"hold_id": hold, "amount": 7}),
@@ -96,12 +105,21 @@ def test_redelivery_with_different_data_is_refused(client: FlaskClient, ledger: 
 def test_inference_completed_settles_by_quote_and_duplicates_charge_once(
     client: FlaskClient, ledger: Ledger
 ) -> None:
-    quote = {"price_book": "2026-11", "input_per_million": 1_000_000,
-             "output_per_million": 2_000_000}
-    _, data = reply(send(client, types.HOLD_AUTHORIZE,
-                         {"account_id": "acme", "amount": 300, "quote": quote}))
-    completed = {"hold_id": data["hold_id"], "account_id": "acme", "model": "smollm2",
-                 "tier": "edge", "usage": {"prompt_tokens": 20, "completion_tokens": 30}}
+    quote = {
+        "price_book": "2026-11",
+        "input_per_million": 1_000_000,
+        "output_per_million": 2_000_000,
+    }
+    _, data = reply(
+        send(client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 300, "quote": quote})
+    )
+    completed = {
+        "hold_id": data["hold_id"],
+        "account_id": "acme",
+        "model": "smollm2",
+        "tier": "edge",
+        "usage": {"prompt_tokens": 20, "completion_tokens": 30},
+    }
     kind, settled = reply(send(client, types.INFERENCE_COMPLETED, completed, id="c1"))
     assert kind == types.HOLD_SETTLED and settled["captured"] == 80
     assert reply(send(client, types.INFERENCE_COMPLETED, completed, id="c1"))[1] == settled
@@ -112,8 +130,12 @@ def test_inference_completed_settles_by_quote_and_duplicates_charge_once(
 
 def test_inference_failed_refunds_the_hold(client: FlaskClient, ledger: Ledger) -> None:
     hold = authorize(client, 400)
-    failed = {"hold_id": hold, "account_id": "acme", "model": "m",
-              "error": {"type": "engine", "message": "died"}}
+    failed = {
+        "hold_id": hold,
+        "account_id": "acme",
+        "model": "m",
+        "error": {"type": "engine", "message": "died"},
+    }
     kind, data = reply(send(client, types.INFERENCE_FAILED, failed))
     assert kind == types.HOLD_REFUNDED and data["refunded"] == 400
     assert invariant(ledger, "acme")["available"] == 10_000
@@ -144,10 +166,16 @@ def test_bad_amounts_are_refused_and_change_nothing(
         (types.HOLD_REFUND, {"hold_id": "nobody:3"}, 404),
         (types.CREDITS_GRANT, {"account_id": "acme", "amount": 5, "surprise": 1}, 400),
         (types.CREDITS_GRANT, {"account_id": "bad id!", "amount": 5}, 400),
-        (types.CREDITS_GRANT, {"account_id": "acme", "amount": 5,
-                               "expires_at": "2020-01-01T00:00:00Z"}, 400),
-        (types.CREDITS_GRANT, {"account_id": "acme", "amount": 5,
-                               "expires_at": "2099-01-01T00:00:00"}, 400),
+        (
+            types.CREDITS_GRANT,
+            {"account_id": "acme", "amount": 5, "expires_at": "2020-01-01T00:00:00Z"},
+            400,
+        ),
+        (
+            types.CREDITS_GRANT,
+            {"account_id": "acme", "amount": 5, "expires_at": "2099-01-01T00:00:00"},
+            400,
+        ),
         (types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 5, "ttl_seconds": 0}, 400),
         ("io.tollgate.unknown.v1", {}, 404),
     ],
@@ -167,14 +195,31 @@ def test_bad_commands_get_a_clear_4xx_and_change_nothing(
     [
         ({"Content-Type": "application/json"}, b'{"amount": 5}'),
         ({"Content-Type": "application/cloudevents+json"}, b"{not json"),
-        ({"ce-specversion": "1.0", "ce-type": types.CREDITS_GRANT, "ce-source": "/t",
-          "ce-id": "x", "Content-Type": "application/json"}, b"[1, 2]"),
-        ({"ce-specversion": "1.0", "ce-type": types.CREDITS_GRANT, "ce-source": "/t",
-          "ce-id": "x", "Content-Type": "application/json"}, b"{oops"),
+        (
+            {
+                "ce-specversion": "1.0",
+                "ce-type": types.CREDITS_GRANT,
+                "ce-source": "/t",
+                "ce-id": "x",
+                "Content-Type": "application/json",
+            },
+            b"[1, 2]",
+        ),
+        (
+            {
+                "ce-specversion": "1.0",
+                "ce-type": types.CREDITS_GRANT,
+                "ce-source": "/t",
+                "ce-id": "x",
+                "Content-Type": "application/json",
+            },
+            b"{oops",
+        ),
     ],
 )
-def test_malformed_events_are_400(client: FlaskClient, ledger: Ledger,
-                                  headers: dict[str, str], body: bytes) -> None:
+def test_malformed_events_are_400(
+    client: FlaskClient, ledger: Ledger, headers: dict[str, str], body: bytes
+) -> None:
     before = ledger.balance("acme")
     response = client.post("/", headers=headers, data=body)
     assert response.status_code == 400
@@ -184,8 +229,9 @@ def test_malformed_events_are_400(client: FlaskClient, ledger: Ledger,
 
 def test_each_function_handles_only_its_types(sqlite_store: Store, ledger: Ledger) -> None:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    settle = create_app("settle", settings=settings, store=sqlite_store,
-                        ledger=ledger).test_client()
+    settle = create_app(
+        "settle", settings=settings, store=sqlite_store, ledger=ledger
+    ).test_client()
     response = send(settle, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 5})
     assert response.status_code == 404
     assert types.INFERENCE_COMPLETED in response.get_json()["error"]["message"]
@@ -196,8 +242,9 @@ def test_sweep_expires_overdue_holds(sqlite_store: Store) -> None:
     clock = Clock()
     ledger = funded(sqlite_store, clock, "acme", 1000)
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    client = create_app("ledger", settings=settings, store=sqlite_store,
-                        ledger=ledger).test_client()
+    client = create_app(
+        "ledger", settings=settings, store=sqlite_store, ledger=ledger
+    ).test_client()
     authorize(client, 300)
     clock.advance(301)
     kind, data = reply(send(client, types.HOLDS_SWEEP, {}))
@@ -210,4 +257,7 @@ def test_health_readiness_metrics(client: FlaskClient) -> None:
     assert client.get("/readyz").get_json()["status"] == "ready"
     send(client, types.CREDITS_GRANT, {"account_id": "acme", "amount": 1})
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'tollgate_events_total{function="ledger",status="2xx",type="io.tollgate.credits.grant.v1"}' in metrics
+    assert (
+        'tollgate_events_total{function="ledger",status="2xx",type="io.tollgate.credits.grant.v1"}'
+        in metrics
+    )

@@ -54,8 +54,13 @@ def test_settle_captures_at_most_the_hold_and_releases_the_rest(acct: AccountSta
     hold = run(acct, "authorize", amount=300, ttl_seconds=60)["hold_id"]
     result = run(acct, "settle", hold_id=hold, amount=500)
     assert (result["captured"], result["released"], result["requested"]) == (300, 0, 500)
-    assert acct.balances() == {"granted": 1000, "available": 700, "held": 0, "spent": 300,
-                               "expired": 0}
+    assert acct.balances() == {
+        "granted": 1000,
+        "available": 700,
+        "held": 0,
+        "spent": 300,
+        "expired": 0,
+    }
 
 
 def test_settle_by_usage_prices_with_the_quote_on_the_hold(acct: AccountState) -> None:
@@ -89,8 +94,13 @@ def test_refund_voids_an_open_hold_or_returns_a_settled_amount(acct: AccountStat
     with pytest.raises(Conflict):
         run(acct, "refund", hold_id=settled, amount=51)
     assert run(acct, "refund", hold_id=settled)["refunded"] == 50
-    assert acct.balances() == {"granted": 1080, "available": 1000, "held": 0, "spent": 80,
-                               "expired": 0}
+    assert acct.balances() == {
+        "granted": 1080,
+        "available": 1000,
+        "held": 0,
+        "spent": 80,
+        "expired": 0,
+    }
 
 
 def test_refund_of_open_hold_refuses_a_partial_amount(acct: AccountState) -> None:
@@ -109,8 +119,13 @@ def test_expiry_of_holds_and_lots(acct: AccountState) -> None:
     assert run(acct, "expire_lot", at=T0 + 60, lot_id=lot)["expired"] == 40
     # The hold's credits go back to a lot that has expired meanwhile: they expire too.
     assert run(acct, "expire_hold", at=T0 + 100, hold_id=hold)["released"] == 0
-    assert acct.balances() == {"granted": 100, "available": 0, "held": 0, "spent": 0,
-                               "expired": 100}
+    assert acct.balances() == {
+        "granted": 100,
+        "available": 0,
+        "held": 0,
+        "spent": 0,
+        "expired": 100,
+    }
 
 
 def test_grant_in_the_past_is_refused(acct: AccountState) -> None:

@@ -1,0 +1,131 @@
+"""The admin HTTP API: accounts, keys, grants, balances, journal pages, auth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from functions.apikeys import ApiKeys
+from functions.config import Settings
+from functions.errors import Unauthorized
+from functions.store import Store
+from ledger_fn.app import create_app
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture
+def client(sqlite_store: Store) -> FlaskClient:
+    settings = Settings(store_url="unused", admin_token="s3cret", sink=None, port=0)
+    return create_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+
+
+def post(client: FlaskClient, path: str, body: Any, **headers: str) -> Any:
+    return client.post(path, json=body, headers={**AUTH, **headers})
+
+
+def test_account_lifecycle(client: FlaskClient, sqlite_store: Store) -> None:
+    created = post(
+        client, "/accounts", {"account_id": "acme", "plan": "edge-pro", "slice_ids": ["slice-1"]}
+    )
+    assert created.status_code == 201
+    assert created.get_json()["plan"] == "edge-pro"
+    assert post(client, "/accounts", {"account_id": "acme"}).status_code == 409
+
+    grant = post(
+        client,
+        "/accounts/acme/grants",
+        {"amount": 1000, "expires_at": "2099-01-01T00:00:00Z", "tiers": ["edge"]},
+        **{"Idempotency-Key": "g-1"},
+    )
+    assert grant.status_code == 201
+    again = post(
+        client,
+        "/accounts/acme/grants",
+        {"amount": 1000, "expires_at": "2099-01-01T00:00:00Z", "tiers": ["edge"]},
+        **{"Idempotency-Key": "g-1"},
+    )
+    assert again.get_json() == grant.get_json()
+    other = post(client, "/accounts/acme/grants", {"amount": 5}, **{"Idempotency-Key": "g-1"})
+    assert other.status_code == 409
+
+    balance = client.get("/accounts/acme/balance", headers=AUTH).get_json()
+    assert (balance["granted"], balance["available"]) == (1000, 1000)
+    assert balance["lots"][0]["expires_at"] == "2099-01-01T00:00:00Z"
+    assert balance["lots"][0]["tiers"] == ["edge"]
+
+    changed = client.patch("/accounts/acme", json={"slice_ids": ["s-2"]}, headers=AUTH)
+    assert changed.get_json()["slice_ids"] == ["s-2"]
+
+    page = client.get("/accounts/acme/journal?limit=1", headers=AUTH).get_json()
+    assert page["entries"][0]["op"]["kind"] == "open" and page["next_after"] == 1
+    rest = client.get("/accounts/acme/journal?after=1", headers=AUTH).get_json()
+    assert [e["op"]["kind"] for e in rest["entries"]] == ["grant"]
+
+
+def test_keys_are_shown_once_stored_hashed_and_revocable(
+    client: FlaskClient, sqlite_store: Store
+) -> None:
+    post(client, "/accounts", {"account_id": "acme"})
+    issued = post(client, "/accounts/acme/keys", {})
+    assert issued.status_code == 201
+    key, key_id = issued.get_json()["key"], issued.get_json()["key_id"]
+    keys = ApiKeys(sqlite_store)
+    assert keys.resolve(key) == "acme"
+    listed = client.get("/accounts/acme/keys", headers=AUTH).get_json()["keys"]
+    assert listed == [{"key_id": key_id, "created": listed[0]["created"], "revoked": False}]
+    assert key not in str(sqlite_store.query("ACCT#acme", "KEY#"))
+    assert client.delete(f"/accounts/acme/keys/{key_id}", headers=AUTH).status_code == 200
+    with pytest.raises(Unauthorized):
+        keys.resolve(key)
+    assert post(client, "/accounts/nobody/keys", {}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic x"}, 401)],
+)
+def test_admin_needs_the_token(client: FlaskClient, headers: dict[str, str], status: int) -> None:
+    response = client.post("/accounts", json={"account_id": "x"}, headers=headers)
+    assert response.status_code == status
+    assert "bearer" in response.get_json()["error"]["message"].lower()
+
+
+def test_admin_is_disabled_without_a_token(sqlite_store: Store) -> None:
+    settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
+    client = create_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+    response = client.get("/accounts", headers=AUTH)
+    assert response.status_code == 503
+    assert "TOLLGATE_ADMIN_TOKEN" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": 1.5},
+        {"amount": "5"},
+        {"amount": 0},
+        {"amount": -1},
+        {"amount": 2**63},
+        {"amount": 5, "expires_at": "yesterday"},
+        {},
+        [1],
+    ],
+)
+def test_bad_grants_are_400_and_change_nothing(client: FlaskClient, body: Any) -> None:
+    post(client, "/accounts", {"account_id": "acme"})
+    response = post(client, "/accounts/acme/grants", body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"]
+    assert client.get("/accounts/acme/balance", headers=AUTH).get_json()["granted"] == 0
+
+
+def test_unknown_account_and_bad_json(client: FlaskClient) -> None:
+    assert client.get("/accounts/nobody/balance", headers=AUTH).status_code == 404
+    assert post(client, "/accounts/nobody/grants", {"amount": 5}).status_code == 404
+    response = client.post(
+        "/accounts", data="{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
