@@ -10,6 +10,8 @@ compare the ratios within one run, not across runs.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from events import types  # noqa: E402
 from functions.cloudevent import make_event, to_binary  # noqa: E402
-from functions.store import ConditionFailed, Item, Store, VersionIs, open_store  # noqa: E402
+from functions.store import Absent, ConditionFailed, Item, Store, VersionIs, open_store  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
 from tests.dynamodb_local import DynamoDBLocal, java_missing  # noqa: E402
 
@@ -72,14 +74,14 @@ def bare_write(store: Store, run: str) -> Callable[[int, int], None]:
         while True:
             item = store.get(pk, "C")
             if item is None:
-                try:
-                    store.put(Item(pk, "C", 1, {"n": 0}), None)
-                except ConditionFailed:
-                    pass
+                with contextlib.suppress(ConditionFailed):
+                    store.put(Item(pk, "C", 1, {"n": 0}), Absent())
                 continue
             try:
-                store.put(Item(pk, "C", item.version + 1, {"n": item.data["n"] + 1}),
-                          VersionIs(item.version))
+                store.put(
+                    Item(pk, "C", item.version + 1, {"n": item.data["n"] + 1}),
+                    VersionIs(item.version),
+                )
                 return
             except ConditionFailed:
                 continue
@@ -96,10 +98,8 @@ def ledger_cycle(ledger: Ledger, run: str, clients: int) -> Callable[[int, int],
 
     def work(client: int, i: int) -> None:
         account = f"{run}-{client}"
-        hold = ledger.execute(account, "authorize", {"amount": 100, "ttl_seconds": 60},
-                              key=f"a{i}")
-        ledger.execute(account, "settle", {"hold_id": hold["hold_id"], "amount": 40},
-                       key=f"s{i}")
+        hold = ledger.execute(account, "authorize", {"amount": 100, "ttl_seconds": 60}, key=f"a{i}")
+        ledger.execute(account, "settle", {"hold_id": hold["hold_id"], "amount": 40}, key=f"s{i}")
 
     return work
 
@@ -122,7 +122,9 @@ def peak_rss_of_served_ledger(url: str) -> float:
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "serve", "ledger", "--port", str(port)],
         env={**os.environ, "TOLLGATE_STORE": url, "TOLLGATE_ADMIN_TOKEN": "bench"},
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -134,16 +136,19 @@ def peak_rss_of_served_ledger(url: str) -> float:
                 time.sleep(0.1)
         auth = {"Authorization": "Bearer bench"}
         requests.post(base + "/accounts", json={"account_id": "mem"}, headers=auth, timeout=10)
-        requests.post(base + "/accounts/mem/grants", json={"amount": 10**15}, headers=auth,
-                      timeout=10)
+        requests.post(
+            base + "/accounts/mem/grants", json={"amount": 10**15}, headers=auth, timeout=10
+        )
         session = requests.Session()
         for _ in range(500):
-            msg = to_binary(make_event(types.HOLD_AUTHORIZE, "/bench",
-                                       {"account_id": "mem", "amount": 100}))
+            msg = to_binary(
+                make_event(types.HOLD_AUTHORIZE, "/bench", {"account_id": "mem", "amount": 100})
+            )
             r = session.post(base + "/", headers=msg.headers, data=msg.body, timeout=10)
-            hold = r.headers.get("ce-type") and __import__("json").loads(r.content)["hold_id"]
-            msg = to_binary(make_event(types.HOLD_SETTLE, "/bench",
-                                       {"hold_id": hold, "amount": 40}))
+            hold = json.loads(r.content)["hold_id"]
+            msg = to_binary(
+                make_event(types.HOLD_SETTLE, "/bench", {"hold_id": hold, "amount": 40})
+            )
             session.post(base + "/", headers=msg.headers, data=msg.body, timeout=10)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
@@ -180,8 +185,9 @@ def main() -> None:
     console.print(table)
     console.print("aim: a cycle costs <= 3 bare writes")
     rss = peak_rss_of_served_ledger(sqlite_url)
-    console.print(f"peak RSS of `tollgate serve ledger` after 500 HTTP cycles: {rss:.1f} MB "
-                  "(aim < 150 MB)")
+    console.print(
+        f"peak RSS of `tollgate serve ledger` after 500 HTTP cycles: {rss:.1f} MB (aim < 150 MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from infra.iac_commands import COMMANDS
 from infra.serve import serve
 from ledger_fn.cli import ledger
 
@@ -16,5 +17,7 @@ def main() -> None:
 
 main.add_command(serve)
 main.add_command(ledger)
+for command in COMMANDS:
+    main.add_command(command)
 if __name__ == "__main__":
     main()

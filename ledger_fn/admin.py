@@ -10,6 +10,7 @@ from pydantic import Field
 from events.fields import AccountId, Amount, EventData, Name, Timestamp
 from events.ledger import Origin
 from functions.apikeys import ApiKeys
+from functions.deadletters import DeadLetters
 from functions.errors import BadRequest
 from functions.http import json_body, require_bearer
 from ledger_fn.handlers import epoch, iso
@@ -44,7 +45,9 @@ def _lot_view(lot: dict[str, Any]) -> dict[str, Any]:
     return {**lot, "expires_at": iso(lot["expires_at"])}
 
 
-def admin_blueprint(ledger: Ledger, keys: ApiKeys, admin_token: str | None) -> Blueprint:
+def admin_blueprint(
+    ledger: Ledger, keys: ApiKeys, dead_letters: DeadLetters, admin_token: str | None
+) -> Blueprint:
     bp = Blueprint("ledger_admin", __name__)
 
     @bp.before_request
@@ -126,6 +129,10 @@ def admin_blueprint(ledger: Ledger, keys: ApiKeys, admin_token: str | None) -> B
         entries = ledger.journal(account_id, after=after, limit=limit)
         next_after = entries[-1]["seq"] if len(entries) == limit else None
         return jsonify(entries=entries, next_after=next_after)
+
+    @bp.get("/deadletters")
+    def list_dead_letters() -> Response:
+        return jsonify(events=dead_letters.list(after=request.args.get("after"), limit=100))
 
     return bp
 

@@ -8,6 +8,7 @@ from flask import Flask
 from functions.apikeys import ApiKeys
 from functions.app import create_app as create_function_app
 from functions.config import Settings
+from functions.deadletters import DeadLetters
 from functions.emit import Emitter
 from functions.store import Store, open_store
 from ledger_fn.admin import admin_blueprint
@@ -37,11 +38,18 @@ def create_app(
         else ([function] if function in EVENT_FUNCTIONS else [])
     )
     blueprints = []
+    fallback = None
     if function in ("ledger", "ledger-admin"):
-        blueprints.append(admin_blueprint(ledger, ApiKeys(store), settings.admin_token))
+        # The admin function is also the platform's dead-letter sink (template.yaml).
+        dead_letters = DeadLetters(store)
+        fallback = dead_letters.keep if function == "ledger-admin" else None
+        blueprints.append(
+            admin_blueprint(ledger, ApiKeys(store), dead_letters, settings.admin_token)
+        )
     return create_function_app(
         function,
         handlers=handlers_for(handlers.routes(), names),
         blueprints=blueprints,
         ready=store.ping,
+        fallback=fallback,
     )

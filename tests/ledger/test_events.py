@@ -261,3 +261,36 @@ def test_health_readiness_metrics(client: FlaskClient) -> None:
         'tollgate_events_total{function="ledger",status="2xx",type="io.tollgate.credits.grant.v1"}'
         in metrics
     )
+
+
+def test_a_knative_ping_runs_the_command_it_names(sqlite_store: Store) -> None:
+    clock = Clock()
+    ledger = funded(sqlite_store, clock, "acme", 1000)
+    settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
+    client = create_app("sweep", settings=settings, store=sqlite_store, ledger=ledger)
+    ledger.execute("acme", "authorize", {"amount": 100, "ttl_seconds": 10})
+    clock.advance(11)
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-type": "dev.knative.sources.ping",
+        "ce-source": "/apis/v1/namespaces/tollgate/pingsources/hold-sweep",
+        "ce-id": "ping-1",
+        "ce-tollgatetype": types.HOLDS_SWEEP,
+        "Content-Type": "application/json",
+    }
+    response = client.test_client().post("/", headers=headers, data=b"{}")
+    kind, data = reply(response)
+    assert kind == types.HOLDS_SWEPT and data["holds_expired"] == 1
+
+
+def test_dead_letters_are_kept_once_and_listed(sqlite_store: Store) -> None:
+    settings = Settings(store_url="unused", admin_token="tok", sink=None, port=0)
+    client = create_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+    event = {"hold_id": "acme:3", "amount": 5}
+    for _ in range(2):
+        response = send(client, types.HOLD_SETTLE, event, id="lost-1")
+        assert response.status_code == 204
+    listed = client.get("/deadletters", headers={"Authorization": "Bearer tok"}).get_json()
+    assert [(e["type"], e["id"], e["data"]) for e in listed["events"]] == [
+        (types.HOLD_SETTLE, "lost-1", event)
+    ]

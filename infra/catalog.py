@@ -1,0 +1,68 @@
+"""The one table of what each function kind consumes and emits.
+
+Validation ("a trigger for an event type nobody emits", "a trigger to a function that does not
+consume that type") and rendering read it; nothing else may restate it. A template entry can add
+types on top (``consumes``/``emits``), which is how network-slice consumers get declared without a
+code change here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from events import types as t
+
+
+@dataclass(frozen=True)
+class FunctionKind:
+    consumes: frozenset[str]
+    emits: frozenset[str]
+
+
+def _kind(consumes: tuple[str, ...] = (), emits: tuple[str, ...] = ()) -> FunctionKind:
+    return FunctionKind(frozenset(consumes), frozenset(emits))
+
+
+FUNCTION_KINDS: Final = MappingProxyType(
+    {
+        "authorize": _kind((t.HOLD_AUTHORIZE,), (t.HOLD_AUTHORIZED, t.HOLD_DECLINED)),
+        "settle": _kind((t.HOLD_SETTLE, t.INFERENCE_COMPLETED), (t.HOLD_SETTLED,)),
+        "refund": _kind((t.HOLD_REFUND, t.INFERENCE_FAILED), (t.HOLD_REFUNDED,)),
+        "grant": _kind((t.CREDITS_GRANT,), (t.CREDITS_GRANTED,)),
+        "sweep": _kind((t.HOLDS_SWEEP,), (t.HOLD_EXPIRED, t.HOLDS_SWEPT)),
+        "ledger-admin": _kind(),
+        "route": _kind((t.ROUTE_REQUESTED,), (t.ROUTE_DECIDED,)),
+        # The ingress asks authorize and route with CloudEvents and reports the outcome itself
+        # when it fails over, so it emits the same facts infer does.
+        "ingress": _kind(
+            (),
+            (t.HOLD_AUTHORIZE, t.ROUTE_REQUESTED, t.INFERENCE_COMPLETED, t.INFERENCE_FAILED),
+        ),
+        "infer": _kind((), (t.INFERENCE_COMPLETED, t.INFERENCE_FAILED)),
+    }
+)
+
+# Deployed once per cluster x hosted model rather than once per platform.
+INFER: Final = "infer"
+
+# Network-slice types (issue 6) are declared in the template before events/types.py lists them.
+NETWORK_PREFIX: Final = "io.tollgate.network."
+
+# Knative's PingSource always sends this type; it cannot be overridden, so a scheduled command
+# carries its Tollgate type in the ``tollgatetype`` extension instead (see render.py).
+PING_EVENT_TYPE: Final = "dev.knative.sources.ping"
+PING_TYPE_EXTENSION: Final = "tollgatetype"
+
+
+def known_event_types() -> frozenset[str]:
+    """Every event type constant in events/types.py."""
+    return frozenset(
+        value
+        for name, value in vars(t).items()
+        if name.isupper()
+        and isinstance(value, str)
+        and value.startswith(t.PREFIX)
+        and value != t.PREFIX
+    )

@@ -1,0 +1,369 @@
+"""Cross-field checks: what each field's type cannot see on its own.
+
+Each check yields a Problem whose path is the YAML path of the offending value (the loader adds
+the line) and whose message says what would be valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from urllib.parse import urlparse
+
+from infra.catalog import FUNCTION_KINDS, INFER, NETWORK_PREFIX, known_event_types
+from infra.fields import format_parameters
+from infra.problems import Problem
+from infra.template import Template
+
+
+def cross_check(t: Template) -> list[Problem]:
+    return [
+        *_duplicates(t),
+        *_table(t),
+        *_clusters(t),
+        *_prices(t),
+        *_plans(t),
+        *_functions(t),
+        *_event_types(t),
+        *_eventing(t),
+        *_camara(t),
+        *_local(t),
+    ]
+
+
+def _dupes(section: tuple[str | int, ...], keys: Iterable[str], what: str) -> Iterator[Problem]:
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            yield Problem(
+                (*section, i),
+                f"duplicate {what} {key!r}: already declared at index {seen[key]}; "
+                "each must be unique",
+            )
+        seen.setdefault(key, i)
+
+
+def _duplicates(t: Template) -> Iterator[Problem]:
+    yield from _dupes(("tiers",), (x.name for x in t.tiers), "tier name")
+    yield from _dupes(("clusters",), (x.name for x in t.clusters), "cluster name")
+    yield from _dupes(("clusters",), (x.context for x in t.clusters), "kube context")
+    yield from _dupes(("models",), (x.name for x in t.models), "model name")
+    yield from _dupes(("models",), (x.served_name for x in t.models), "model servedName")
+    yield from _dupes(("plans",), (x.name for x in t.plans), "plan name")
+    yield from _dupes(("functions",), (x.name for x in t.functions), "function name")
+    yield from _dupes(
+        ("priceBook", "prices"),
+        (f"{p.model}@{p.tier}" for p in t.price_book.prices),
+        "price for model@tier",
+    )
+    ev = ("eventing",)
+    yield from _dupes((*ev, "triggers"), (x.resource_name for x in t.eventing.triggers), "trigger")
+    yield from _dupes((*ev, "pings"), (x.name for x in t.eventing.pings), "ping name")
+    yield from _dupes((*ev, "producers"), (x.name for x in t.eventing.producers), "producer")
+    yield from _dupes(
+        ("camara", "subscriptions"), (x.name for x in t.camara.subscriptions), "subscription"
+    )
+    for i, c in enumerate(t.clusters):
+        yield from _dupes(("clusters", i, "models"), c.models, "model on a cluster")
+
+
+def _table(t: Template) -> Iterator[Problem]:
+    url = urlparse(t.table.store)
+    if url.scheme not in ("dynamodb", "dynamodbs") or url.path.lstrip("/") != t.table.name:
+        yield Problem(
+            ("table", "store"),
+            f"store {t.table.store!r} must be a DynamoDB URL naming table {t.table.name!r}: "
+            f"dynamodb:///{t.table.name} (AWS) or dynamodb://host:port/{t.table.name}",
+        )
+
+
+def _clusters(t: Template) -> Iterator[Problem]:
+    tiers = {x.name: x for x in t.tiers}
+    models = {m.name: m for m in t.models}
+    for i, c in enumerate(t.clusters):
+        tier = tiers.get(c.tier)
+        if tier is None:
+            yield Problem(
+                ("clusters", i, "tier"), f"unknown tier {c.tier!r}; tiers: {', '.join(tiers)}"
+            )
+            continue
+        if c.rtt_ms not in tier.rtt_ms:
+            yield Problem(
+                ("clusters", i, "rttMs"),
+                f"{c.rtt_ms} ms is outside tier {tier.name!r}'s "
+                f"{tier.rtt_ms.min}-{tier.rtt_ms.max} ms; move the cluster or widen the tier",
+            )
+        for j, name in enumerate(c.models):
+            where = ("clusters", i, "models", j)
+            model = models.get(name)
+            if model is None:
+                yield Problem(
+                    where,
+                    f"unknown model {name!r} on cluster {c.name!r}; "
+                    f"declared models: {', '.join(models)}",
+                )
+                continue
+            if tier.max_parameters is not None and model.parameters > tier.max_parameters:
+                fits = [
+                    x.name
+                    for x in t.tiers
+                    if x.max_parameters is None or model.parameters <= x.max_parameters
+                ]
+                yield Problem(
+                    where,
+                    f"model {name!r} ({format_parameters(model.parameters)} parameters) is too "
+                    f"large for cluster {c.name!r}: tier {tier.name!r} hosts at most "
+                    f"{format_parameters(tier.max_parameters)}; tiers that fit: "
+                    f"{', '.join(fits) or 'none'}",
+                )
+            if model.engine == "vllm":
+                gpu = c.gpu
+                if gpu is None:
+                    yield Problem(
+                        where,
+                        f"model {name!r} runs on vllm and needs {model.gpus} GPU(s), but cluster "
+                        f"{c.name!r} declares no gpu; host a llamacpp model here or add gpu",
+                    )
+                elif model.gpus > gpu.count or model.gpu_memory_gib > model.gpus * gpu.memory_gib:
+                    yield Problem(
+                        where,
+                        f"model {name!r} needs {model.gpus} GPU(s) with {model.gpu_memory_gib} "
+                        f"GiB in all; cluster {c.name!r} has {gpu.count} x {gpu.type} of "
+                        f"{gpu.memory_gib} GiB",
+                    )
+
+
+def _prices(t: Template) -> Iterator[Problem]:
+    hosted = {(m, c.tier): c.name for c in t.clusters for m in c.models}
+    priced = set()
+    models = {m.name for m in t.models}
+    tiers = {x.name for x in t.tiers}
+    for i, p in enumerate(t.price_book.prices):
+        where = ("priceBook", "prices", i)
+        priced.add((p.model, p.tier))
+        if p.model not in models:
+            yield Problem((*where, "model"), f"unknown model {p.model!r}; models: {sorted(models)}")
+        elif p.tier not in tiers:
+            yield Problem((*where, "tier"), f"unknown tier {p.tier!r}; tiers: {sorted(tiers)}")
+        elif (p.model, p.tier) not in hosted:
+            yield Problem(
+                where,
+                f"price for model {p.model!r} on tier {p.tier!r}, but no {p.tier} cluster hosts "
+                "it; remove the price or add the model to a cluster of that tier",
+            )
+    for (model, tier), cluster in sorted(hosted.items()):
+        if (model, tier) not in priced and model in models and tier in tiers:
+            yield Problem(
+                ("priceBook", "prices"),
+                f"no price for model {model!r} on tier {tier!r} (hosted on cluster {cluster!r}); "
+                f"add {{model: {model}, tier: {tier}, inputPerMillion: N, outputPerMillion: N}}",
+            )
+
+
+def _plans(t: Template) -> Iterator[Problem]:
+    tiers = {x.name for x in t.tiers}
+    models = {m.name for m in t.models}
+    for i, plan in enumerate(t.plans):
+        for j, tier in enumerate(plan.tiers):
+            if tier not in tiers:
+                yield Problem(
+                    ("plans", i, "tiers", j), f"unknown tier {tier!r}; tiers: {sorted(tiers)}"
+                )
+        for j, model in enumerate(plan.models):
+            if model not in models:
+                yield Problem(
+                    ("plans", i, "models", j), f"unknown model {model!r}; models: {sorted(models)}"
+                )
+
+
+def _functions(t: Template) -> Iterator[Problem]:
+    clusters = {c.name for c in t.clusters}
+    for i, f in enumerate(t.functions):
+        if f.name not in FUNCTION_KINDS:
+            yield Problem(
+                ("functions", i, "name"),
+                f"unknown function {f.name!r}; functions: {', '.join(FUNCTION_KINDS)}",
+            )
+        for j, cluster in enumerate(f.clusters):
+            if cluster not in clusters:
+                yield Problem(
+                    ("functions", i, "clusters", j),
+                    f"unknown cluster {cluster!r}; clusters: {', '.join(sorted(clusters))}",
+                )
+        if f.name == INFER and f.clusters:
+            yield Problem(
+                ("functions", i, "clusters"),
+                "infer runs on every cluster that hosts a model: list models under "
+                "clusters[].models instead",
+            )
+        if f.min_scale > f.max_scale:
+            yield Problem(("functions", i, "minScale"), f"minScale {f.min_scale} exceeds maxScale")
+    if any(c.models for c in t.clusters) and t.infer_function() is None:
+        yield Problem(
+            ("functions",),
+            "clusters host models but no 'infer' function is declared to serve them; add one",
+        )
+
+
+def consumers(t: Template) -> dict[str, set[str]]:
+    """Event types each declared function consumes: the catalog's plus the template's extras."""
+    return {
+        f.name: set(FUNCTION_KINDS[f.name].consumes) | set(f.consumes)
+        for f in t.functions
+        if f.name in FUNCTION_KINDS
+    }
+
+
+def emitters(t: Template, *, pings: bool = True) -> dict[str, set[str]]:
+    """Who puts each event type on the home broker, by event type (optionally not the pings)."""
+    out: dict[str, set[str]] = {}
+
+    def add(types: Iterable[str], who: str) -> None:
+        for type_ in types:
+            out.setdefault(type_, set()).add(who)
+
+    for f in t.functions:
+        if f.name in FUNCTION_KINDS:
+            add(FUNCTION_KINDS[f.name].emits | set(f.emits), f"function {f.name}")
+    for p in t.eventing.producers:
+        add(p.emits, f"producer {p.name}")
+    for ping in t.eventing.pings if pings else ():
+        add([ping.type], f"ping {ping.name}")
+    for s in t.camara.subscriptions:
+        add(s.emits, f"camara subscription {s.name}")
+    return out
+
+
+def _event_types(t: Template) -> Iterator[Problem]:
+    """Catch typos: a type must be in events/types.py, or be a network type issue 6 adds."""
+    known = known_event_types()
+    declared: list[tuple[tuple[str | int, ...], str]] = []
+    for i, f in enumerate(t.functions):
+        declared += [(("functions", i, "consumes", j), x) for j, x in enumerate(f.consumes)]
+        declared += [(("functions", i, "emits", j), x) for j, x in enumerate(f.emits)]
+    for i, p in enumerate(t.eventing.producers):
+        declared += [(("eventing", "producers", i, "emits", j), x) for j, x in enumerate(p.emits)]
+    for i, s in enumerate(t.camara.subscriptions):
+        declared += [(("camara", "subscriptions", i, "emits", j), x) for j, x in enumerate(s.emits)]
+    declared += [(("eventing", "pings", i, "type"), p.type) for i, p in enumerate(t.eventing.pings)]
+    for where, type_ in declared:
+        if type_ not in known and not type_.startswith(NETWORK_PREFIX):
+            yield Problem(
+                where,
+                f"unknown event type {type_}: use one of events/types.py "
+                f"({', '.join(sorted(known))}) or an {NETWORK_PREFIX}* type",
+            )
+
+
+def _eventing(t: Template) -> Iterator[Problem]:
+    ev = t.eventing
+    clusters = {c.name for c in t.clusters}
+    if ev.home not in clusters:
+        yield Problem(
+            ("eventing", "home"),
+            f"unknown cluster {ev.home!r}; clusters: {', '.join(sorted(clusters))}",
+        )
+        return
+    on_home = {f.name for f in t.functions if ev.home in t.function_clusters(f)}
+    deliveries = [(("eventing", "delivery"), ev.delivery)] + [
+        (("eventing", "triggers", i, "delivery"), tr.delivery)
+        for i, tr in enumerate(ev.triggers)
+        if tr.delivery
+    ]
+    for where, delivery in deliveries:
+        if delivery and delivery.dead_letter_sink not in on_home:
+            yield Problem(
+                (*where, "deadLetterSink"),
+                f"dead-letter sink {delivery.dead_letter_sink!r} is not a function on the home "
+                f"cluster {ev.home!r}; functions there: {', '.join(sorted(on_home))}",
+            )
+    consumed = consumers(t)
+    emitted = emitters(t)
+    triggered: set[str] = set()
+    for i, tr in enumerate(ev.triggers):
+        at: tuple[str | int, ...] = ("eventing", "triggers", i)
+        triggered.add(tr.type)
+        if tr.function not in consumed:
+            yield Problem(
+                (*at, "function"),
+                f"unknown function {tr.function!r}; declared functions: {', '.join(consumed)}",
+            )
+        elif tr.function not in on_home:
+            yield Problem(
+                (*at, "function"),
+                f"function {tr.function!r} does not run on the home cluster {ev.home!r}, "
+                "where the broker and its triggers live; add it to that function's clusters",
+            )
+        elif tr.type not in consumed[tr.function]:
+            yield Problem(
+                (*at, "type"),
+                f"function {tr.function!r} does not consume {tr.type}; it consumes: "
+                f"{', '.join(sorted(consumed[tr.function])) or 'nothing'}",
+            )
+        if tr.type not in emitted:
+            yield Problem(
+                (*at, "type"),
+                f"trigger for {tr.type}, which nobody emits; emitted types: "
+                f"{', '.join(sorted(emitted))}. Declare the producer under eventing.producers "
+                "or remove the trigger",
+            )
+    for i, ping in enumerate(ev.pings):
+        if ping.type not in triggered:
+            yield Problem(
+                ("eventing", "pings", i, "type"),
+                f"ping {ping.name!r} sends {ping.type} but no trigger consumes it; add a trigger "
+                "for that type",
+            )
+
+
+def _camara(t: Template) -> Iterator[Problem]:
+    clusters = {c.name for c in t.clusters}
+    for i, s in enumerate(t.camara.subscriptions):
+        where = ("camara", "subscriptions", i)
+        if s.cluster not in clusters:
+            yield Problem(
+                (*where, "cluster"),
+                f"unknown cluster {s.cluster!r}; clusters: {', '.join(sorted(clusters))}",
+            )
+        prefix = f"org.camaraproject.{s.api}.{s.api_version}."
+        for j, type_ in enumerate(s.event_types):
+            if not type_.startswith(prefix):
+                yield Problem(
+                    (*where, "eventTypes", j),
+                    f"{type_!r} is not a notification of {s.api} {s.api_version}; "
+                    f"types start with {prefix}",
+                )
+
+
+def _local(t: Template) -> Iterator[Problem]:
+    tiers = {x.name: x for x in t.tiers}
+    models = {m.name: m for m in t.models}
+    model = models.get(t.local.model)
+    if model is None:
+        yield Problem(
+            ("local", "model"), f"unknown model {t.local.model!r}; models: {', '.join(models)}"
+        )
+    elif model.engine != "llamacpp":
+        yield Problem(
+            ("local", "model"),
+            f"model {model.name!r} runs on {model.engine}; tollgate up runs a llamacpp model",
+        )
+    for name, local in t.local.tiers.items():
+        where = ("local", "tiers", name)
+        tier = tiers.get(name)
+        if tier is None:
+            yield Problem(where, f"unknown tier {name!r}; tiers: {', '.join(tiers)}")
+            continue
+        if local.emulated_rtt_ms not in tier.rtt_ms:
+            yield Problem(
+                (*where, "emulatedRttMs"),
+                f"{local.emulated_rtt_ms} ms is outside tier {name!r}'s "
+                f"{tier.rtt_ms.min}-{tier.rtt_ms.max} ms",
+            )
+        if model is not None and not any(
+            model.name in c.models for c in t.clusters if c.tier == name
+        ):
+            yield Problem(
+                where,
+                f"local model {model.name!r} is hosted on no {name} cluster; tollgate up serves "
+                "the same models as the template, so add it to a cluster of that tier",
+            )

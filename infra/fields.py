@@ -1,0 +1,154 @@
+"""Field types the template is built from; each error message says what would be valid."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Knative appends "-00001-deployment-<hash>" to service names; 40 leaves room under 63.
+_MAX_NAME = 40
+
+
+def _name(value: str) -> str:
+    if len(value) > _MAX_NAME or not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use lowercase letters, digits and '-', starting and "
+            f"ending with a letter or digit, at most {_MAX_NAME} characters (e.g. 'edge-lyon-1')"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+def _money(value: Any) -> Any:
+    # Money is integers everywhere: a float here would silently round somewhere downstream.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"money must be an integer number of credits, got {value!r}; "
+            "floats and strings are refused (write e.g. 120)"
+        )
+    return value
+
+
+Credits = Annotated[int, BeforeValidator(_money), Field(ge=0)]
+
+_PARAMS = re.compile(r"^(\d+(?:\.\d+)?)([MB])$")
+
+
+def _parameters(value: Any) -> Any:
+    if isinstance(value, str) and (m := _PARAMS.match(value)):
+        count = Decimal(m.group(1)) * (10**6 if m.group(2) == "M" else 10**9)
+        if count == count.to_integral_value():
+            return int(count)
+    raise ValueError(
+        f"parameter count {value!r} is not valid: write a number with M or B: 135M, 8B, 70B"
+    )
+
+
+def format_parameters(count: int) -> str:
+    if count % 10**9 == 0:
+        return f"{count // 10**9}B"
+    return f"{Decimal(count) / 10**6:f}M"
+
+
+# Dumped (to the ConfigMap the functions read) as written: 70B, not 70000000000.
+Parameters = Annotated[
+    int, BeforeValidator(_parameters), PlainSerializer(format_parameters, when_used="json")
+]
+
+
+# Go durations as Knative annotations take them ("15m", "1800s").
+_GO_DURATION = re.compile(r"^[1-9]\d*(s|m|h)$")
+
+
+def _go_duration(value: str) -> str:
+    if not _GO_DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration: use a whole number with s, m or h (15m)")
+    return value
+
+
+GoDuration = Annotated[str, AfterValidator(_go_duration)]
+
+
+def go_duration_seconds(value: str) -> int:
+    return int(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
+
+
+def _at_most_an_hour(value: str) -> str:
+    if go_duration_seconds(value) > 3600:
+        raise ValueError(f"{value!r} is too long: Knative allows a scale-down delay of at most 1h")
+    return value
+
+
+ScaleDownDelay = Annotated[str, AfterValidator(_go_duration), AfterValidator(_at_most_an_hour)]
+
+
+_ISO_DURATION = re.compile(r"^PT(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?$")
+
+
+def _iso_duration(value: str) -> str:
+    if not _ISO_DURATION.match(value):
+        raise ValueError(f"{value!r} is not an ISO-8601 duration: use e.g. PT0.5S, PT2S or PT1M")
+    return value
+
+
+IsoDuration = Annotated[str, AfterValidator(_iso_duration)]
+
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. 500m, 2, 256Mi, 16Gi")
+    return value
+
+
+Quantity = Annotated[str, AfterValidator(_quantity)]
+
+_EVENT_TYPE = re.compile(r"^io\.tollgate\.[a-z0-9-]+(\.[a-z0-9-]+)+\.v[0-9]+$")
+
+
+def _event_type(value: str) -> str:
+    if not _EVENT_TYPE.match(value):
+        raise ValueError(
+            f"{value!r} is not a Tollgate event type: use io.tollgate.<noun>.<verb>.v<N> "
+            "(the constants in events/types.py)"
+        )
+    return value
+
+
+EventType = Annotated[str, AfterValidator(_event_type)]
+
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+_CRON_DESCRIPTORS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"})
+_CRON_ITEM = re.compile(r"^(\*|(\d+)(?:-(\d+))?)(?:/([1-9]\d*))?$")
+
+
+def _cron(value: str) -> str:
+    if value in _CRON_DESCRIPTORS:
+        return value
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"schedule {value!r} is not a cron expression: use five fields "
+            "'minute hour day-of-month month day-of-week' (e.g. '0 0 1 * *') or @hourly/@daily/…"
+        )
+    for text, (low, high), what in zip(fields, _CRON_RANGES, _CRON_NAMES, strict=True):
+        for item in text.split(","):
+            m = _CRON_ITEM.match(item)
+            numbers = [int(g) for g in (m.group(2), m.group(3)) if g] if m else []
+            if not m or any(n < low or n > high for n in numbers):
+                raise ValueError(
+                    f"schedule {value!r}: {what} field {text!r} is not valid; "
+                    f"use *, */n, a number or range within {low}-{high}"
+                )
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_cron)]

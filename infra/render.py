@@ -1,0 +1,446 @@
+"""Render a Template to Kubernetes/Knative manifests, one ordered list per cluster.
+
+The order of each list is the order deploy applies them: namespace and config first, then the
+broker (the SinkBinding resolves it), the SinkBinding (its webhook injects K_SINK when services
+are admitted), the services, and last the triggers and ping sources that point at them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from functions.store import dynamodb
+from infra.catalog import INFER, PING_EVENT_TYPE, PING_TYPE_EXTENSION
+from infra.checks import emitters
+from infra.fields import go_duration_seconds
+from infra.template import Cluster, Delivery, Function, Model, Ping, Template, Trigger
+
+Manifest = dict[str, Any]
+
+PART_OF = {"app.kubernetes.io/part-of": "tollgate"}
+KSVC = "serving.knative.dev/v1"
+TEMPLATE_CONFIGMAP = "tollgate-template"
+TEMPLATE_DIR = "/etc/tollgate"
+SINK_BINDING = "tollgate-sink"
+# The vLLM server in the same pod; the infer container proxies to it over loopback.
+VLLM_PORT = 8000
+# Generation can stream for minutes; Knative's default request timeout is 300 s.
+INFER_TIMEOUT_S = 900
+
+
+def render(t: Template) -> dict[str, list[Manifest]]:
+    """Manifests per cluster name, in apply order (clusters in template order)."""
+    return {c.name: _cluster(t, c) for c in t.clusters}
+
+
+def _cluster(t: Template, c: Cluster) -> list[Manifest]:
+    home = c.name == t.eventing.home
+    out: list[Manifest] = [
+        _namespace(t),
+        _config_features(),
+        _template_configmap(t),
+    ]
+    if home:
+        out.append(_broker(t))
+    out.append(_sink_binding(t, home))
+    out.extend(_function_service(t, c, f) for f in t.functions if _runs_on(t, f, c))
+    out.extend(_infer_service(t, c, t.model(m)) for m in c.models)
+    if home:
+        out.extend(m for tr in t.eventing.triggers for m in _triggers(t, tr))
+        out.extend(_ping(t, p) for p in t.eventing.pings)
+    return out
+
+
+def _namespace(t: Template) -> Manifest:
+    # Knative's SinkBinding webhook only injects K_SINK in namespaces that opt in.
+    labels = {"bindings.knative.dev/include": "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": t.namespace, "labels": labels},
+    }
+
+
+def _runs_on(t: Template, f: Function, c: Cluster) -> bool:
+    return f.name != INFER and c.name in t.function_clusters(f)
+
+
+def _meta(t: Template, name: str, labels: dict[str, str] | None = None) -> Manifest:
+    return {"name": name, "namespace": t.namespace, "labels": {**PART_OF, **(labels or {})}}
+
+
+def _config_features() -> Manifest:
+    # Knative gates these pod-spec fields behind feature flags; the GPU services need them.
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "config-features", "namespace": "knative-serving"},
+        "data": {
+            "kubernetes.podspec-nodeselector": "enabled",
+            "kubernetes.podspec-tolerations": "enabled",
+            "kubernetes.podspec-emptydir": "enabled",
+            # Probes on the vLLM sidecar keep a pod unready until the model has loaded.
+            # (Multi-container pods themselves need no flag since Knative 1.0.)
+            "multi-container-probing": "enabled",
+        },
+    }
+
+
+def _template_configmap(t: Template) -> Manifest:
+    # route and ingress read tiers, models and prices from the same template at runtime.
+    body = t.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(t, TEMPLATE_CONFIGMAP),
+        "data": {"template.yaml": dump(body)},
+    }
+
+
+def _ksvc_ref(name: str) -> Manifest:
+    return {"ref": {"apiVersion": KSVC, "kind": "Service", "name": name}}
+
+
+def _broker_ref(t: Template) -> Manifest:
+    broker = t.eventing.broker
+    return {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": broker}}
+
+
+def delivery_spec(d: Delivery) -> Manifest:
+    return {
+        "retry": d.retry,
+        "backoffPolicy": d.backoff_policy,
+        "backoffDelay": d.backoff_delay,
+        "deadLetterSink": _ksvc_ref(d.dead_letter_sink),
+    }
+
+
+def _broker(t: Template) -> Manifest:
+    return {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": _meta(t, t.eventing.broker),
+        "spec": {"delivery": delivery_spec(t.eventing.delivery)},
+    }
+
+
+def _sink_binding(t: Template, home: bool) -> Manifest:
+    # Home services emit to the broker beside them; other clusters reach it over its ingress URL.
+    sink = _broker_ref(t) if home else {"uri": t.eventing.home_broker_url}
+    return {
+        "apiVersion": "sources.knative.dev/v1",
+        "kind": "SinkBinding",
+        "metadata": _meta(t, SINK_BINDING),
+        "spec": {
+            "subject": {
+                "apiVersion": KSVC,
+                "kind": "Service",
+                "selector": {"matchLabels": PART_OF},
+            },
+            "sink": sink,
+        },
+    }
+
+
+def _trigger_parts(t: Template, tr: Trigger) -> list[tuple[str, dict[str, str]]]:
+    """(trigger name, filter attributes) for each way ``tr.type`` reaches the broker.
+
+    A PingSource cannot set the CloudEvent type, so scheduled commands arrive as Knative's ping
+    type with the Tollgate type in an extension and need a trigger of their own.
+    """
+    parts: list[tuple[str, dict[str, str]]] = []
+    if tr.type in emitters(t, pings=False):
+        parts.append((tr.resource_name, {"type": tr.type}))
+    if any(p.type == tr.type for p in t.eventing.pings):
+        parts.append(
+            (f"{tr.resource_name}-ping", {"type": PING_EVENT_TYPE, PING_TYPE_EXTENSION: tr.type})
+        )
+    return parts
+
+
+def _triggers(t: Template, tr: Trigger) -> list[Manifest]:
+    return [
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": _meta(t, name, {"tollgate.io/function": tr.function}),
+            "spec": {
+                "broker": t.eventing.broker,
+                "filter": {"attributes": attributes},
+                "subscriber": _ksvc_ref(tr.function),
+                "delivery": delivery_spec(tr.delivery or t.eventing.delivery),
+            },
+        }
+        for name, attributes in _trigger_parts(t, tr)
+    ]
+
+
+def _ping_data(data: dict[str, str]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _ping(t: Template, p: Ping) -> Manifest:
+    return {
+        "apiVersion": "sources.knative.dev/v1",
+        "kind": "PingSource",
+        "metadata": _meta(t, p.name),
+        "spec": {
+            "schedule": p.schedule,
+            "data": _ping_data(p.data),
+            "sink": _broker_ref(t),
+            "ceOverrides": {"extensions": {PING_TYPE_EXTENSION: p.type}},
+        },
+    }
+
+
+def _annotations(
+    min_scale: int, max_scale: int, scale_down_delay: str | None, progress_deadline: str | None
+) -> dict[str, str]:
+    out = {
+        "autoscaling.knative.dev/min-scale": str(min_scale),
+        "autoscaling.knative.dev/max-scale": str(max_scale),
+    }
+    if scale_down_delay:
+        out["autoscaling.knative.dev/scale-down-delay"] = scale_down_delay
+    if progress_deadline:
+        out["serving.knative.dev/progress-deadline"] = progress_deadline
+    return out
+
+
+def _env(t: Template, c: Cluster, extra: dict[str, str]) -> list[Manifest]:
+    plain = {
+        "TOLLGATE_CLUSTER": c.name,
+        "TOLLGATE_TIER": c.tier,
+        "TOLLGATE_TEMPLATE": f"{TEMPLATE_DIR}/template.yaml",
+        **extra,
+    }
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in plain.items()]
+    env.append(
+        {
+            "name": "TOLLGATE_ADMIN_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": t.admin_secret, "key": "token"}},
+        }
+    )
+    return env
+
+
+def _tollgate_container(
+    t: Template, c: Cluster, function: str, env: dict[str, str], cpu: str, memory: str
+) -> Manifest:
+    container: Manifest = {
+        "name": "tollgate",
+        "image": t.image,
+        "command": ["tollgate"],
+        "args": ["serve", function],
+        # Knative passes PORT=8080; only this container may declare a port.
+        "ports": [{"name": "http1", "containerPort": 8080}],
+        "env": _env(t, c, env),
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}},
+        "volumeMounts": [{"name": "template", "mountPath": TEMPLATE_DIR, "readOnly": True}],
+        # Every function serves these (functions/app.py); /readyz checks its dependencies.
+        "readinessProbe": {"httpGet": {"path": "/readyz"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz"}, "periodSeconds": 30},
+    }
+    if t.table.credentials_secret and function != INFER:
+        container["envFrom"] = [{"secretRef": {"name": t.table.credentials_secret}}]
+    return container
+
+
+_TEMPLATE_VOLUME = {"name": "template", "configMap": {"name": TEMPLATE_CONFIGMAP}}
+
+
+def _service(
+    t: Template, name: str, labels: dict[str, str], annotations: dict[str, str], spec: Manifest
+) -> Manifest:
+    return {
+        "apiVersion": KSVC,
+        "kind": "Service",
+        "metadata": _meta(t, name, labels),
+        "spec": {
+            "template": {
+                "metadata": {"labels": {**PART_OF, **labels}, "annotations": annotations},
+                "spec": spec,
+            }
+        },
+    }
+
+
+def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
+    env = {"TOLLGATE_STORE": t.table.store, "AWS_REGION": t.table.region}
+    container = _tollgate_container(t, c, f.name, env, f.resources.cpu, f.resources.memory)
+    if f.image:
+        container["image"] = f.image
+    return _service(
+        t,
+        f.name,
+        {"tollgate.io/function": f.name},
+        _annotations(f.min_scale, f.max_scale, f.scale_down_delay, f.progress_deadline),
+        {
+            "containerConcurrency": f.concurrency,
+            "containers": [container],
+            "volumes": [_TEMPLATE_VOLUME],
+        },
+    )
+
+
+def infer_service_name(model: Model) -> str:
+    return f"{INFER}-{model.name}"
+
+
+def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
+    base = t.infer_function()
+    assert base is not None  # validated: clusters host models only with an infer function
+    s = m.serving
+    progress = s.progress_deadline or base.progress_deadline
+    concurrency = base.concurrency if s.concurrency is None else s.concurrency
+    annotations = _annotations(
+        base.min_scale if s.min_scale is None else s.min_scale,
+        s.max_scale or base.max_scale,
+        s.scale_down_delay or base.scale_down_delay,
+        progress,
+    )
+    labels = {"tollgate.io/function": INFER, "tollgate.io/model": m.name}
+    spec: Manifest = {
+        "containerConcurrency": concurrency,
+        "timeoutSeconds": INFER_TIMEOUT_S,
+        "volumes": [_TEMPLATE_VOLUME],
+    }
+    # Names as infer_fn/config.py reads them.
+    env = {"TOLLGATE_MODEL_NAME": m.served_name, "TOLLGATE_ENGINE": m.engine}
+    if m.engine == "llamacpp":
+        env["TOLLGATE_N_CTX"] = str(m.context_length)
+        infer = _tollgate_container(t, c, INFER, env, m.resources.cpu, m.resources.memory)
+        spec["containers"] = [infer]
+        return _service(t, infer_service_name(m), labels, annotations, spec)
+    env |= {
+        "TOLLGATE_ENGINE": "openai-upstream",
+        "TOLLGATE_UPSTREAM_URL": f"http://127.0.0.1:{VLLM_PORT}",
+        "TOLLGATE_UPSTREAM_MODEL": m.served_name,
+        # vLLM batches: pass on as many requests as Knative admits to the pod.
+        "TOLLGATE_CONCURRENCY": str(max(concurrency, 1)),
+    }
+    if progress:
+        env["TOLLGATE_LOAD_TIMEOUT_SECONDS"] = str(go_duration_seconds(progress))
+    infer = _tollgate_container(t, c, INFER, env, base.resources.cpu, base.resources.memory)
+    spec["containers"] = [infer, _vllm_container(m, progress)]
+    spec["volumes"] = [
+        _TEMPLATE_VOLUME,
+        # Tensor-parallel workers share memory through /dev/shm; the default 64 MiB is too small.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+        {"name": "model-cache", "emptyDir": {}},
+    ]
+    assert c.gpu is not None  # validated: vllm models only on GPU clusters
+    if c.gpu.node_selector:
+        spec["nodeSelector"] = dict(c.gpu.node_selector)
+    if c.gpu.tolerations:
+        spec["tolerations"] = [
+            tol.model_dump(by_alias=True, exclude_none=True) for tol in c.gpu.tolerations
+        ]
+    return _service(t, infer_service_name(m), labels, annotations, spec)
+
+
+def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
+    health = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
+    # Loading weights takes minutes: let the startup probe wait up to the progress deadline.
+    period = 10
+    startup_s = go_duration_seconds(progress_deadline) if progress_deadline else 600
+    gpus = str(m.gpus)
+    return {
+        "name": "vllm",
+        "image": m.image,
+        "args": [
+            "--model",
+            m.served_name,
+            "--served-model-name",
+            m.served_name,
+            "--port",
+            str(VLLM_PORT),
+            "--tensor-parallel-size",
+            gpus,
+            *m.args,
+        ],
+        "env": [
+            {
+                "name": "HUGGING_FACE_HUB_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": "tollgate-hf", "key": "token", "optional": True}
+                },
+            }
+        ],
+        "resources": {
+            "requests": {
+                "cpu": m.resources.cpu,
+                "memory": m.resources.memory,
+                "nvidia.com/gpu": gpus,
+            },
+            "limits": {"memory": m.resources.memory, "nvidia.com/gpu": gpus},
+        },
+        "startupProbe": {
+            **health,
+            "periodSeconds": period,
+            "failureThreshold": startup_s // period,
+        },
+        "readinessProbe": {**health, "periodSeconds": 5},
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "model-cache", "mountPath": "/root/.cache/huggingface"},
+        ],
+    }
+
+
+def table_definition(t: Template) -> Manifest:
+    """CreateTable input plus the TTL setting, for ops provisioning DynamoDB or Alternator.
+
+    The store adapter owns the layout; the template only names the table (checks.py verifies
+    its declared keys match).
+    """
+    return {
+        **dynamodb.table_definition(t.table.name),
+        "TimeToLiveSpecification": {"AttributeName": dynamodb.TTL_ATTRIBUTE, "Enabled": True},
+    }
+
+
+def manifest_filename(index: int, manifest: Manifest) -> str:
+    return f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML for humans and kubectl: no &anchors for shared dicts, multi-line text as |."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(manifest: Manifest) -> str:
+    return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def write(t: Template, out: Path) -> list[Path]:
+    """Write one folder per cluster plus table/; returns the files written, in order."""
+    written: list[Path] = []
+    for cluster, manifests in render(t).items():
+        folder = out / cluster
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.yaml"):
+            stale.unlink()  # a resource dropped from the template must not linger on disk
+        for i, manifest in enumerate(manifests):
+            path = folder / manifest_filename(i, manifest)
+            path.write_text(dump(manifest), encoding="utf-8")
+            written.append(path)
+    table = out / "table" / f"{t.table.name}.json"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(json.dumps(table_definition(t), indent=2) + "\n", encoding="utf-8")
+    written.append(table)
+    return written

@@ -1,0 +1,432 @@
+"""``template.yaml``: the platform as ops declare it, loaded into frozen, typed models.
+
+``load_template(path)`` is the only way in; both the Knative renderer and ``tollgate up`` read
+tiers, clusters, models, prices and plans through it, so there is one source of truth.
+Errors name the file, the YAML path and the line, and say what would be valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Literal, Protocol, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
+
+from infra.fields import (
+    Credits,
+    Cron,
+    EventType,
+    GoDuration,
+    IsoDuration,
+    Name,
+    Parameters,
+    Quantity,
+    ScaleDownDelay,
+)
+from infra.problems import Problem
+from infra.problems import TemplateError as TemplateError  # re-exported: callers catch it here
+from infra.yaml_lines import load_located
+
+API_VERSION = "tollgate.io/v1alpha1"
+
+
+class _Model(BaseModel):
+    # Fields are snake_case in Python and camelCase in the file, like Kubernetes resources.
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel)
+
+
+class Metadata(_Model):
+    name: Name
+    namespace: Name = "tollgate"
+    operator: str
+
+
+class Table(_Model):
+    """The one DynamoDB-compatible table; keys and TTL are what the store adapters rely on."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{3,255}$")
+    # What functions get as TOLLGATE_STORE (dynamodb:///t for AWS, dynamodb://host:port/t else).
+    store: str
+    region: str
+    partition_key: Literal["pk"] = "pk"
+    sort_key: Literal["sk"] = "sk"
+    billing_mode: Literal["PAY_PER_REQUEST"] = "PAY_PER_REQUEST"
+    ttl_attribute: Literal["expires_at"] = "expires_at"
+    # Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for Alternator; None on AWS (IRSA).
+    credentials_secret: Name | None = None
+
+
+class RttRange(_Model):
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RttRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+    def __contains__(self, ms: int) -> bool:
+        return self.min <= ms <= self.max
+
+
+class Tier(_Model):
+    name: Name
+    rtt_ms: RttRange
+    # None: no upper bound (the cloud tier hosts the largest models).
+    max_parameters: Parameters | None = None
+
+
+class Toleration(_Model):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+class Gpu(_Model):
+    type: str
+    count: int = Field(ge=1)
+    memory_gib: int = Field(ge=1, alias="memoryGiB")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+
+
+class Cluster(_Model):
+    name: Name
+    tier: Name
+    context: str = Field(min_length=1)
+    region: str
+    jurisdiction: str = Field(pattern=r"^[A-Z]{2}$")
+    rtt_ms: int = Field(ge=0)
+    # Knative's domain on this cluster: services answer at https://NAME.NAMESPACE.DOMAIN.
+    domain: str
+    gpu: Gpu | None = None
+    models: tuple[Name, ...] = ()
+
+    def service_url(self, service: str, namespace: str) -> str:
+        return f"https://{service}.{namespace}.{self.domain}"
+
+
+class Resources(_Model):
+    cpu: Quantity
+    memory: Quantity
+
+
+class Serving(_Model):
+    """Knative scaling knobs; any unset one falls back to the function's own setting."""
+
+    min_scale: int | None = Field(default=None, ge=0)
+    max_scale: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=0)
+    scale_down_delay: ScaleDownDelay | None = None
+    progress_deadline: GoDuration | None = None
+
+
+class Model(_Model):
+    name: Name
+    # The id applications pass as "model" (and vLLM's --model / --served-model-name).
+    served_name: str
+    parameters: Parameters
+    engine: Literal["llamacpp", "vllm"]
+    context_length: int = Field(ge=256)
+    resources: Resources
+    # vLLM only: the server image, its extra args, GPUs per replica and GPU memory it needs.
+    image: str | None = None
+    args: tuple[str, ...] = ()
+    gpus: int = Field(default=0, ge=0)
+    gpu_memory_gib: int = Field(default=0, ge=0, alias="gpuMemoryGiB")
+    serving: Serving = Serving()
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> Model:
+        if self.engine == "vllm" and (self.image is None or self.gpus < 1):
+            raise ValueError("a vllm model needs image (vllm/vllm-openai:TAG) and gpus >= 1")
+        if self.engine == "llamacpp" and (self.image or self.args or self.gpus):
+            raise ValueError(
+                "a llamacpp model runs in-process in the tollgate image on CPU: "
+                "remove image, args and gpus"
+            )
+        return self
+
+
+class Price(_Model):
+    """Integer credits per million input/output tokens, or per second of engine time."""
+
+    model: Name
+    tier: Name
+    input_per_million: Credits
+    output_per_million: Credits
+    per_engine_second: Credits | None = None
+
+
+class PriceBook(_Model):
+    version: str = Field(min_length=1)
+    effective_from: dt.date
+    prices: tuple[Price, ...]
+
+
+class _Plan(_Model):
+    name: Name
+    # Empty means every tier / model.
+    tiers: tuple[Name, ...] = ()
+    models: tuple[Name, ...] = ()
+    latency_target_ms: int | None = Field(default=None, ge=1)
+    residency: tuple[str, ...] = ()
+
+
+class MonthlyBundle(_Plan):
+    kind: Literal["monthlyBundle"]
+    credits: Credits
+    rollover: bool = False
+
+
+class Subscription(_Plan):
+    kind: Literal["subscription"]
+    credits: Credits
+    rollover: bool = False
+    top_ups: tuple[Credits, ...] = ()
+
+
+class PayPerInference(_Plan):
+    kind: Literal["payPerInference"]
+    top_ups: tuple[Credits, ...] = Field(min_length=1)
+
+
+class PerSecond(_Plan):
+    """Seconds of inference on models up to a size, charged at the price book's per-second rate."""
+
+    kind: Literal["perSecond"]
+    engine_seconds: int = Field(ge=1)
+    max_parameters: Parameters
+    rollover: bool = False
+
+
+Plan = Annotated[
+    MonthlyBundle | Subscription | PayPerInference | PerSecond, Field(discriminator="kind")
+]
+
+
+class Function(_Model):
+    name: Name
+    image: str | None = None
+    # Where it runs; empty means the eventing home cluster. Ignored for infer (see clusters.models).
+    clusters: tuple[Name, ...] = ()
+    min_scale: int = Field(default=0, ge=0)
+    max_scale: int = Field(ge=1)
+    concurrency: int = Field(default=0, ge=0)
+    scale_down_delay: ScaleDownDelay | None = None
+    progress_deadline: GoDuration | None = None
+    resources: Resources
+    # On top of infra.catalog's table, e.g. network-slice events a function also handles.
+    consumes: tuple[EventType, ...] = ()
+    emits: tuple[EventType, ...] = ()
+
+
+class Delivery(_Model):
+    retry: int = Field(ge=0)
+    backoff_policy: Literal["exponential", "linear"] = "exponential"
+    backoff_delay: IsoDuration
+    # A function on the home cluster that records undeliverable events.
+    dead_letter_sink: Name
+
+
+class Trigger(_Model):
+    type: EventType
+    function: Name
+    name: Name | None = None
+    delivery: Delivery | None = None
+
+    @property
+    def resource_name(self) -> str:
+        """Explicit name, else FUNCTION-NOUN-VERB from io.tollgate.NOUN.VERB.vN."""
+        if self.name:
+            return self.name
+        middle = self.type.removeprefix("io.tollgate.").rsplit(".", 1)[0]
+        return f"{self.function}-{middle.replace('.', '-')}"
+
+
+class Producer(_Model):
+    """A system outside the platform that posts events to the broker (e.g. the operator's BSS)."""
+
+    name: Name
+    emits: tuple[EventType, ...] = Field(min_length=1)
+
+
+class Ping(_Model):
+    name: Name
+    schedule: Cron
+    type: EventType
+    data: dict[str, str] = Field(default_factory=dict)
+
+
+class Eventing(_Model):
+    home: Name
+    broker: Name = "default"
+    # How clusters other than home reach the home broker (their SinkBinding's sink).
+    home_broker_url: str = Field(pattern=r"^https?://")
+    delivery: Delivery
+    producers: tuple[Producer, ...] = ()
+    triggers: tuple[Trigger, ...]
+    pings: tuple[Ping, ...] = ()
+
+
+class CamaraSubscription(_Model):
+    name: Name
+    api: str
+    api_version: str = Field(pattern=r"^v\d+$")
+    api_root: str = Field(pattern=r"^https://")
+    event_types: tuple[str, ...] = Field(min_length=1)
+    cluster: Name
+    # The io.tollgate.network.* types the adapter turns these notifications into.
+    emits: tuple[EventType, ...] = ()
+
+
+class Camara(_Model):
+    # Read by the events endpoint at runtime; only the variable's name lives in the template.
+    credential_env: str = Field(default="TOLLGATE_CAMARA_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    subscriptions: tuple[CamaraSubscription, ...] = ()
+
+
+class LocalTier(_Model):
+    emulated_rtt_ms: int = Field(ge=0)
+
+
+class Local(_Model):
+    """How ``tollgate up`` runs this template on one machine."""
+
+    model: Name
+    tiers: dict[str, LocalTier]
+
+
+class Template(_Model):
+    api_version: Literal["tollgate.io/v1alpha1"]
+    kind: Literal["Platform"]
+    metadata: Metadata
+    image: str
+    admin_secret: Name = "tollgate-admin"
+    table: Table
+    tiers: tuple[Tier, ...] = Field(min_length=1)
+    clusters: tuple[Cluster, ...] = Field(min_length=1)
+    models: tuple[Model, ...] = Field(min_length=1)
+    price_book: PriceBook
+    plans: tuple[Plan, ...] = ()
+    functions: tuple[Function, ...]
+    eventing: Eventing
+    camara: Camara = Camara()
+    local: Local
+
+    # -- lookups for the renderer, the router and ``tollgate up`` ---------------------------
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    def tier(self, name: str) -> Tier:
+        return _one(self.tiers, name, "tier")
+
+    def cluster(self, name: str) -> Cluster:
+        return _one(self.clusters, name, "cluster")
+
+    def plan(self, name: str) -> MonthlyBundle | Subscription | PayPerInference | PerSecond:
+        return _one(self.plans, name, "plan")
+
+    def model(self, name: str) -> Model:
+        """By template name or by the id applications send (``served_name``)."""
+        for m in self.models:
+            if name in (m.name, m.served_name):
+                return m
+        raise KeyError(f"no model {name!r}; models: {', '.join(m.name for m in self.models)}")
+
+    def clusters_for_tier(self, tier: str) -> tuple[Cluster, ...]:
+        return tuple(c for c in self.clusters if c.tier == tier)
+
+    def clusters_for_model(self, model: str) -> tuple[Cluster, ...]:
+        name = self.model(model).name
+        return tuple(c for c in self.clusters if name in c.models)
+
+    def tiers_for_model(self, model: str) -> tuple[str, ...]:
+        hosting = {c.tier for c in self.clusters_for_model(model)}
+        return tuple(t.name for t in self.tiers if t.name in hosting)
+
+    def price_for(self, model: str, tier: str) -> Price:
+        name = self.model(model).name
+        for p in self.price_book.prices:
+            if p.model == name and p.tier == tier:
+                return p
+        raise KeyError(f"no price for model {name!r} on tier {tier!r}")
+
+    def home(self) -> Cluster:
+        return self.cluster(self.eventing.home)
+
+    def function_clusters(self, function: Function) -> tuple[str, ...]:
+        return function.clusters or (self.eventing.home,)
+
+    def infer_function(self) -> Function | None:
+        return next((f for f in self.functions if f.name == "infer"), None)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_N = TypeVar("_N", bound=_Named)
+
+
+def _one(items: Iterable[_N], name: str, what: str) -> _N:
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(f"no {what} {name!r}")
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_template(path: str | Path) -> Template:
+    """Parse, type-check and cross-check a template; raise TemplateError naming every problem."""
+    path = Path(path)
+    return parse_template(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_template(text: str, file: str = "template.yaml") -> Template:
+    # Imported here: checks.py reads these model classes, so it can only load after them.
+    from infra.checks import cross_check
+
+    try:
+        located = load_located(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise TemplateError(file, [Problem((), f"not valid YAML: {exc}", line)]) from None
+    if not isinstance(located.data, dict):
+        raise TemplateError(
+            file, [Problem((), "the template must be a mapping starting with apiVersion", 1)]
+        )
+    try:
+        template = Template.model_validate(located.data)
+    except ValidationError as exc:
+        problems = [
+            Problem(tuple(e["loc"]), _explain(e), located.line_of(tuple(e["loc"])))
+            for e in exc.errors()
+        ]
+        raise TemplateError(file, problems) from None
+    problems = [Problem(p.path, p.message, located.line_of(p.path)) for p in cross_check(template)]
+    if problems:
+        raise TemplateError(file, problems)
+    return template
+
+
+def _explain(error: ErrorDetails) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown field (check spelling; fields are camelCase as in the shipped template)"
+    if error["type"] == "literal_error" and error["loc"] and error["loc"][0] == "apiVersion":
+        return f"{message}; this loader reads {API_VERSION}"
+    return message

@@ -1,0 +1,235 @@
+"""Rendering: golden files for the shipped template, Knative's own schemas, and what GPU needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from infer_fn.config import InferConfig
+from infra.catalog import FUNCTION_KINDS, PING_EVENT_TYPE
+from infra.checks import consumers
+from infra.iac_commands import render as render_command
+from infra.render import dump, manifest_filename, render, table_definition, write
+from infra.template import Template, parse_template
+from tests.infra.conftest import GOLDEN, SHIPPED, check_golden
+from tests.infra.structural import CORE_SCHEMAS, load_schemas, validate, validate_resource
+
+Manifest = dict[str, Any]
+
+
+def _by(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def _consumed_type(attributes: dict[str, str]) -> str:
+    """The Tollgate type a trigger delivers: scheduled commands carry it in the extension."""
+    return attributes.get("tollgatetype", attributes["type"])
+
+
+def test_golden_files(shipped: Template, tmp_path: Path) -> None:
+    written = write(shipped, tmp_path)
+    for path in written:
+        check_golden(f"render/{path.relative_to(tmp_path)}", path.read_text(encoding="utf-8"))
+    # No golden file is left over from a resource the template no longer declares.
+    golden = {p.relative_to(GOLDEN / "render") for p in (GOLDEN / "render").rglob("*.*")}
+    assert golden == {p.relative_to(tmp_path) for p in written}
+
+
+def test_render_is_stable(shipped: Template) -> None:
+    assert render(shipped) == render(shipped)
+
+
+def test_every_manifest_validates_against_knative_schemas(shipped: Template) -> None:
+    schemas = {**load_schemas(), **CORE_SCHEMAS}
+    checked = 0
+    for cluster, manifests in render(shipped).items():
+        for m in manifests:
+            key = (m["apiVersion"], m["kind"])
+            assert key in schemas, f"{cluster}: no schema for {key}"
+            errors = validate_resource(m, schemas[key])
+            assert not errors, f"{cluster}/{m['kind']}/{m['metadata']['name']}: {errors}"
+            checked += 1
+    assert checked > 40
+
+
+def test_schema_check_rejects_what_the_api_server_would(shipped: Template) -> None:
+    schemas = load_schemas()
+    service = _by(render(shipped)["regional-paris-1"], "Service")["authorize"]
+    schema = schemas[("serving.knative.dev/v1", "Service")]
+    bad = json.loads(json.dumps(service))
+    bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    bad["spec"]["template"]["spec"]["containerConcurrency"] = "100"
+    errors = validate(bad, schema)
+    assert any("imagePullPolicyy: unknown field" in e for e in errors)
+    assert any("containerConcurrency: expected integer" in e for e in errors)
+
+
+def test_gpu_inference_service(shipped: Template) -> None:
+    svc = _by(render(shipped)["edge-lyon-5g-1"], "Service")["infer-llama31-8b"]
+    template = svc["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+    assert annotations["autoscaling.knative.dev/scale-down-delay"] == "15m"
+    assert annotations["serving.knative.dev/progress-deadline"] == "20m"
+    spec = template["spec"]
+    infer, vllm = spec["containers"]
+    # Knative: exactly one container of a multi-container pod declares the serving port.
+    assert "ports" in infer and "ports" not in vllm
+    env = {e["name"]: e.get("value") for e in infer["env"]}
+    assert env["TOLLGATE_ENGINE"] == "openai-upstream"
+    assert env["TOLLGATE_UPSTREAM_URL"] == "http://127.0.0.1:8000"
+    assert env["TOLLGATE_UPSTREAM_MODEL"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert env["TOLLGATE_CONCURRENCY"] == "32"
+    assert env["TOLLGATE_LOAD_TIMEOUT_SECONDS"] == "1200"
+    assert infer["args"] == ["serve", "infer"]
+    assert vllm["image"] == "vllm/vllm-openai:v0.6.6"
+    assert vllm["args"][:2] == ["--model", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # The startup probe waits out the whole progress deadline (20m) for the weights to load.
+    probe = vllm["startupProbe"]
+    assert probe["httpGet"] == {"path": "/health", "port": 8000}
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 1200
+    assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+def test_tensor_parallel_70b(shipped: Template) -> None:
+    svc = _by(render(shipped)["cloud-frankfurt-1"], "Service")["infer-llama33-70b"]
+    vllm = svc["spec"]["template"]["spec"]["containers"][1]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert vllm["args"][vllm["args"].index("--tensor-parallel-size") + 1] == "4"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
+
+
+def test_cpu_inference_uses_llamacpp_in_process(shipped: Template) -> None:
+    svc = _by(render(shipped)["edge-lyon-5g-1"], "Service")["infer-smollm2-135m"]
+    spec = svc["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOLLGATE_ENGINE"] == "llamacpp"
+    assert env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
+    assert env["TOLLGATE_N_CTX"] == "8192"
+    assert "nodeSelector" not in spec and "nvidia.com/gpu" not in container["resources"]["limits"]
+
+
+def test_function_services_and_secrets(shipped: Template) -> None:
+    services = _by(render(shipped)["regional-paris-1"], "Service")
+    for name in FUNCTION_KINDS.keys() - {"infer"}:
+        container = services[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == shipped.image
+        assert container["command"] == ["tollgate"] and container["args"] == ["serve", name]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["TOLLGATE_STORE"]["value"] == "dynamodb:///tollgate-ledger"
+        assert env["TOLLGATE_ADMIN_TOKEN"]["valueFrom"] == {
+            "secretKeyRef": {"name": "tollgate-admin", "key": "token"}
+        }
+    authorize = services["authorize"]["spec"]["template"]
+    assert authorize["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "1"
+    assert authorize["spec"]["containerConcurrency"] == 100
+
+
+def test_one_trigger_per_consumed_type_with_delivery(shipped: Template) -> None:
+    home = render(shipped)["regional-paris-1"]
+    triggers = _by(home, "Trigger")
+    consumed = consumers(shipped)
+    for trigger in triggers.values():
+        spec = trigger["spec"]
+        function = spec["subscriber"]["ref"]["name"]
+        attributes = spec["filter"]["attributes"]
+        assert _consumed_type(attributes) in consumed[function]
+        delivery = spec["delivery"]
+        assert delivery["backoffPolicy"] == "exponential"
+        assert delivery["backoffDelay"].startswith("PT") and delivery["retry"] >= 5
+        assert delivery["deadLetterSink"]["ref"]["name"] == "ledger-admin"
+    declared = {(tr.type, tr.function) for tr in shipped.eventing.triggers}
+    rendered = {
+        (_consumed_type(t["spec"]["filter"]["attributes"]), t["spec"]["subscriber"]["ref"]["name"])
+        for t in triggers.values()
+    }
+    assert rendered == declared
+    assert triggers["settle-inference-completed"]["spec"]["delivery"]["retry"] == 12
+
+
+def test_pings_reach_their_consumer_through_the_broker(shipped: Template) -> None:
+    home = render(shipped)["regional-paris-1"]
+    pings = _by(home, "PingSource")
+    assert pings["holds-sweep"]["spec"]["schedule"] == "* * * * *"
+    assert pings["monthly-grants"]["spec"]["schedule"] == "0 0 1 * *"
+    assert pings["monthly-grants"]["spec"]["data"] == '{"plans":"due"}'
+    sweep = _by(home, "Trigger")["sweep-holds-sweep-ping"]["spec"]["filter"]["attributes"]
+    assert sweep == {"type": PING_EVENT_TYPE, "tollgatetype": "io.tollgate.holds.sweep.v1"}
+    assert pings["holds-sweep"]["spec"]["ceOverrides"]["extensions"] == {
+        "tollgatetype": "io.tollgate.holds.sweep.v1"
+    }
+
+
+def test_eventing_lives_on_home_and_edges_emit_to_it(shipped: Template) -> None:
+    rendered = render(shipped)
+    edge = rendered["edge-lyon-5g-1"]
+    assert not _by(edge, "Broker") and not _by(edge, "Trigger") and not _by(edge, "PingSource")
+    assert _by(edge, "SinkBinding")["tollgate-sink"]["spec"]["sink"] == {
+        "uri": shipped.eventing.home_broker_url
+    }
+    home_sink = _by(rendered["regional-paris-1"], "SinkBinding")["tollgate-sink"]["spec"]
+    assert home_sink["sink"]["ref"]["kind"] == "Broker"
+    assert home_sink["subject"]["selector"] == {
+        "matchLabels": {"app.kubernetes.io/part-of": "tollgate"}
+    }
+    for manifests in rendered.values():
+        features = _by(manifests, "ConfigMap")["config-features"]["data"]
+        assert features["kubernetes.podspec-nodeselector"] == "enabled"
+        assert features["kubernetes.podspec-tolerations"] == "enabled"
+
+
+def test_table_definition(shipped: Template) -> None:
+    definition = table_definition(shipped)
+    assert definition["TableName"] == "tollgate-ledger"
+    assert definition["BillingMode"] == "PAY_PER_REQUEST"
+    assert definition["TimeToLiveSpecification"] == {
+        "AttributeName": "expires_at",
+        "Enabled": True,
+    }
+
+
+def test_render_command_writes_the_rendered_files(shipped: Template, tmp_path: Path) -> None:
+    stale = tmp_path / "edge-lyon-5g-1" / "99-service-gone.yaml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("stale", encoding="utf-8")
+    result = CliRunner().invoke(render_command, ["--out", str(tmp_path), str(SHIPPED)])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists()
+    manifest = render(shipped)["edge-lyon-5g-1"][0]
+    path = tmp_path / "edge-lyon-5g-1" / manifest_filename(0, manifest)
+    assert path.read_text(encoding="utf-8") == dump(manifest)
+
+
+def test_functions_read_the_same_template_from_their_configmap(shipped: Template) -> None:
+    for manifests in render(shipped).values():
+        configmap = _by(manifests, "ConfigMap")["tollgate-template"]
+        assert parse_template(configmap["data"]["template.yaml"]) == shipped
+
+
+def test_infer_env_is_what_infer_reads(shipped: Template) -> None:
+    services = _by(render(shipped)["regional-paris-1"], "Service")
+    for name, engine in (
+        ("infer-smollm2-135m", "llamacpp"),
+        ("infer-llama33-70b", "openai-upstream"),
+    ):
+        container = services[name]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        config = InferConfig.from_env(env)
+        assert config.engine == engine
+        assert config.tier == "regional" and config.cluster == "regional-paris-1"
+        assert config.model_name == shipped.model(name.removeprefix("infer-")).served_name
+
+
+def test_namespace_opts_into_sink_binding(shipped: Template) -> None:
+    for manifests in render(shipped).values():
+        namespace = _by(manifests, "Namespace")["tollgate"]
+        assert namespace["metadata"]["labels"] == {"bindings.knative.dev/include": "true"}

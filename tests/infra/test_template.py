@@ -1,0 +1,286 @@
+"""The template loader: the shipped file, the typed API other code uses, and precise errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from functions.store import dynamodb
+from infra.template import Template, TemplateError, parse_template
+from tests.infra.conftest import SHIPPED
+
+TEXT = SHIPPED.read_text(encoding="utf-8")
+
+
+def _line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    """1-based line of the n-th line containing ``needle``."""
+    hits = [i + 1 for i, line in enumerate(text.splitlines()) if needle in line]
+    assert len(hits) >= occurrence, f"{needle!r} not found {occurrence} time(s)"
+    return hits[occurrence - 1]
+
+
+def _errors(text: str) -> TemplateError:
+    with pytest.raises(TemplateError) as caught:
+        parse_template(text, "t.yaml")
+    return caught.value
+
+
+def _broken(old: str, new: str, count: int = 1) -> str:
+    assert old in TEXT, f"{old!r} is not in the shipped template"
+    return TEXT.replace(old, new, count)
+
+
+def _assert_problem(err: TemplateError, where: str, line: int, fragment: str) -> None:
+    for p in err.problems:
+        if p.where() == where and fragment in p.message:
+            assert p.line == line, f"{where}: line {p.line}, expected {line}\n{err}"
+            assert f"t.yaml:{line}: {where}: " in str(err)
+            return
+    raise AssertionError(f"no problem at {where} containing {fragment!r}; got:\n{err}")
+
+
+def test_shipped_template_is_realistic(shipped: Template) -> None:
+    tiers = {t.name: t for t in shipped.tiers}
+    assert list(tiers) == ["edge", "regional", "cloud"]
+    assert (tiers["edge"].rtt_ms.min, tiers["edge"].rtt_ms.max) == (5, 15)
+    assert tiers["edge"].max_parameters == 13 * 10**9
+    assert tiers["cloud"].max_parameters is None
+    assert len(shipped.clusters_for_tier("edge")) >= 2
+    assert shipped.clusters_for_tier("regional") and shipped.clusters_for_tier("cloud")
+    assert {m.engine for m in shipped.models} == {"llamacpp", "vllm"}
+    # SmolLM2 is the local default and hosted on every tier, so `tollgate up` mirrors the file.
+    smol = shipped.model("SmolLM2-135M-Instruct")
+    assert smol.engine == "llamacpp" and smol.parameters == 135 * 10**6
+    assert shipped.tiers_for_model(smol.name) == ("edge", "regional", "cloud")
+    assert shipped.local.model == smol.name
+    assert {p.kind for p in shipped.plans} == {
+        "monthlyBundle",
+        "subscription",
+        "payPerInference",
+        "perSecond",
+    }
+
+
+def test_api_for_router_and_up(shipped: Template) -> None:
+    price = shipped.price_for("meta-llama/Llama-3.1-8B-Instruct", "edge")
+    assert (price.input_per_million, price.output_per_million) == (450, 900)
+    assert isinstance(price.input_per_million, int)
+    assert shipped.price_for("llama31-8b", "edge") == price
+    with pytest.raises(KeyError, match="no price for model 'llama31-8b' on tier 'cloud'"):
+        shipped.price_for("llama31-8b", "cloud")
+    with pytest.raises(KeyError, match="no model 'gpt-5'"):
+        shipped.model("gpt-5")
+    assert [c.name for c in shipped.clusters_for_model("llama33-70b")] == [
+        "regional-paris-1",
+        "cloud-frankfurt-1",
+    ]
+    edge = shipped.cluster("edge-lyon-5g-1")
+    assert edge.tier == "edge" and edge.jurisdiction == "FR" and edge.rtt_ms == 8
+    assert edge.gpu is not None and edge.gpu.type == "nvidia-l4"
+    assert edge.service_url("infer-llama31-8b", shipped.namespace) == (
+        "https://infer-llama31-8b.tollgate.edge-lyon-1.tollgate.demo-telco.example"
+    )
+    assert shipped.local.tiers["edge"].emulated_rtt_ms == 10
+    assert shipped.plan("developer").kind == "subscription"
+    assert shipped.home().name == "regional-paris-1"
+
+
+def test_models_are_frozen(shipped: Template) -> None:
+    with pytest.raises(ValueError, match="frozen"):
+        shipped.tiers[0].name = "x"
+
+
+def test_table_matches_the_store_adapter(shipped: Template) -> None:
+    definition = dynamodb.table_definition(shipped.table.name)
+    keys = {k["KeyType"]: k["AttributeName"] for k in definition["KeySchema"]}
+    assert (shipped.table.partition_key, shipped.table.sort_key) == (keys["HASH"], keys["RANGE"])
+    assert shipped.table.billing_mode == definition["BillingMode"]
+    assert shipped.table.ttl_attribute == dynamodb.TTL_ATTRIBUTE
+
+
+def test_unknown_model_on_a_cluster() -> None:
+    text = _broken("models: [smollm2-135m, llama33-70b]", "models: [smollm2-135m, mistral-7b]")
+    err = _errors(text)
+    line = _line_of(text, "models: [smollm2-135m, mistral-7b]")
+    _assert_problem(err, "clusters[3].models[1]", line, "unknown model 'mistral-7b'")
+    _assert_problem(err, "clusters[3].models[1]", line, "declared models: smollm2-135m, llama31-8b")
+
+
+def test_model_too_large_for_its_cluster() -> None:
+    old = "models: [smollm2-135m, llama31-8b]"
+    text = _broken(old, "models: [smollm2-135m, llama31-8b, llama33-70b]")
+    err = _errors(text)
+    _assert_problem(
+        err,
+        "clusters[0].models[2]",
+        _line_of(text, "llama33-70b]"),
+        "model 'llama33-70b' (70B parameters) is too large for cluster 'edge-lyon-5g-1': "
+        "tier 'edge' hosts at most 13B; tiers that fit: regional, cloud",
+    )
+
+
+def test_trigger_for_an_event_type_nobody_emits() -> None:
+    text = _broken(
+        "emits: [io.tollgate.credits.grant.v1, io.tollgate.hold.settle.v1, "
+        "io.tollgate.hold.refund.v1]",
+        "emits: [io.tollgate.credits.grant.v1, io.tollgate.hold.refund.v1]",
+    )
+    err = _errors(text)
+    _assert_problem(
+        err,
+        "eventing.triggers[6].type",
+        _line_of(text, "- type: io.tollgate.hold.settle.v1"),
+        "trigger for io.tollgate.hold.settle.v1, which nobody emits",
+    )
+
+
+def test_trigger_to_a_function_that_does_not_consume_the_type() -> None:
+    text = _broken(
+        "{type: io.tollgate.route.requested.v1, function: route}",
+        "{type: io.tollgate.route.requested.v1, function: grant}",
+    )
+    _assert_problem(
+        _errors(text),
+        "eventing.triggers[1].type",
+        _line_of(text, "function: grant}"),
+        "function 'grant' does not consume io.tollgate.route.requested.v1; "
+        "it consumes: io.tollgate.credits.grant.v1",
+    )
+
+
+def test_price_missing_for_a_hosted_model() -> None:
+    text = "\n".join(
+        line for line in TEXT.splitlines() if "{model: llama31-8b, tier: regional" not in line
+    )
+    _assert_problem(
+        _errors(text),
+        "priceBook.prices",
+        _line_of(text, "  prices:"),
+        "no price for model 'llama31-8b' on tier 'regional' (hosted on cluster 'regional-paris-1')",
+    )
+
+
+def test_duplicate_names() -> None:
+    text = _broken("- name: edge-marseille-5g-1", "- name: edge-lyon-5g-1")
+    _assert_problem(
+        _errors(text),
+        "clusters[1]",
+        _line_of(text, "- name: edge-lyon-5g-1", occurrence=2),
+        "duplicate cluster name 'edge-lyon-5g-1': already declared at index 0",
+    )
+
+
+def test_float_money_is_refused() -> None:
+    text = _broken("inputPerMillion: 60,", "inputPerMillion: 60.5,")
+    _assert_problem(
+        _errors(text),
+        "priceBook.prices[0].inputPerMillion",
+        _line_of(text, "inputPerMillion: 60.5"),
+        "money must be an integer number of credits, got 60.5",
+    )
+
+
+def test_bad_cron() -> None:
+    text = _broken('schedule: "0 0 1 * *"', 'schedule: "0 0 32 * *"')
+    _assert_problem(
+        _errors(text),
+        "eventing.pings[1].schedule",
+        _line_of(text, 'schedule: "0 0 32 * *"'),
+        "day of month field '32' is not valid; use *, */n, a number or range within 1-31",
+    )
+
+
+def test_unknown_field_names_its_line() -> None:
+    text = _broken("    engine: llamacpp\n", "    engine: llamacpp\n    quantization: q4\n")
+    _assert_problem(
+        _errors(text), "models[0].quantization", _line_of(text, "quantization: q4"), "unknown field"
+    )
+
+
+def test_wrong_api_version() -> None:
+    text = _broken("apiVersion: tollgate.io/v1alpha1", "apiVersion: tollgate.io/v2")
+    _assert_problem(_errors(text), "apiVersion", 3, "this loader reads tollgate.io/v1alpha1")
+
+
+def test_vllm_model_on_a_cluster_without_gpu() -> None:
+    start = TEXT.index("    gpu:\n", TEXT.index("- name: edge-marseille-5g-1"))
+    end = TEXT.index("    models:", start)
+    text = TEXT[:start] + TEXT[end:]
+    _assert_problem(
+        _errors(text),
+        "clusters[1].models[1]",
+        _line_of(text, "models: [smollm2-135m, llama31-8b]", occurrence=2),
+        "model 'llama31-8b' runs on vllm and needs 1 GPU(s), but cluster 'edge-marseille-5g-1' "
+        "declares no gpu",
+    )
+
+
+def test_local_rtt_outside_its_tier() -> None:
+    text = _broken("edge: {emulatedRttMs: 10}", "edge: {emulatedRttMs: 40}")
+    _assert_problem(
+        _errors(text),
+        "local.tiers.edge.emulatedRttMs",
+        _line_of(text, "edge: {emulatedRttMs: 40}"),
+        "40 ms is outside tier 'edge''s 5-15 ms",
+    )
+
+
+def test_not_yaml_names_the_line() -> None:
+    text = _broken("  operator: Demo Telco", "  operator: [Demo Telco")
+    err = _errors(text)
+    assert err.problems[0].message.startswith("not valid YAML")
+    assert err.problems[0].line is not None and err.problems[0].line >= 8
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = _broken("inputPerMillion: 60,", "inputPerMillion: 60.5,")
+    text = text.replace("outputPerMillion: 120,", "outputPerMillion: -1,", 1)
+    wheres = {p.where() for p in _errors(text).problems}
+    assert {"priceBook.prices[0].inputPerMillion", "priceBook.prices[0].outputPerMillion"} <= wheres
+
+
+def test_bad_event_type() -> None:
+    text = _broken(
+        "{type: io.tollgate.route.requested.v1, function: route}",
+        "{type: route.requested, function: route}",
+    )
+    _assert_problem(
+        _errors(text),
+        "eventing.triggers[1].type",
+        _line_of(text, "{type: route.requested, function: route}"),
+        "'route.requested' is not a Tollgate event type: use io.tollgate.<noun>.<verb>.v<N>",
+    )
+
+
+def test_scale_down_delay_within_knative_limit() -> None:
+    text = _broken("scaleDownDelay: 15m", "scaleDownDelay: 2h")
+    _assert_problem(
+        _errors(text),
+        "functions[8].scaleDownDelay",
+        _line_of(text, "scaleDownDelay: 2h"),
+        "'2h' is too long: Knative allows a scale-down delay of at most 1h",
+    )
+
+
+def test_misspelt_event_type_of_a_producer() -> None:
+    text = _broken(
+        "emits: [io.tollgate.credits.grant.v1, io.tollgate.hold.settle.v1,",
+        "emits: [io.tollgate.credit.grant.v1, io.tollgate.hold.settle.v1,",
+    )
+    _assert_problem(
+        _errors(text),
+        "eventing.producers[0].emits[0]",
+        _line_of(text, "io.tollgate.credit.grant.v1"),
+        "unknown event type io.tollgate.credit.grant.v1: use one of events/types.py",
+    )
+
+
+def test_network_types_are_declared_in_the_template() -> None:
+    # Issue 6 adds consumers of io.tollgate.network.* by declaring them, not by changing code.
+    quality = "io.tollgate.network.quality.changed.v1"
+    site = "      cluster: edge-lyon-5g-1\n"
+    route = "    - {type: io.tollgate.route.requested.v1, function: route}\n"
+    text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{quality}],")
+    text = text.replace(site, f"{site}      emits: [{quality}]\n")
+    text = text.replace(route, f"{route}    - {{type: {quality}, function: route}}\n")
+    declared = next(f for f in parse_template(text).functions if f.name == "route")
+    assert quality in declared.consumes
