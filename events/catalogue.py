@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from events import ledger, types
+from events import ledger, routing, types
 
 MODELS: dict[str, type[BaseModel]] = {
     types.CREDITS_GRANT: ledger.CreditsGrant,
@@ -23,6 +23,8 @@ MODELS: dict[str, type[BaseModel]] = {
     types.HOLDS_SWEPT: ledger.HoldsSwept,
     types.INFERENCE_COMPLETED: ledger.InferenceCompleted,
     types.INFERENCE_FAILED: ledger.InferenceFailed,
+    types.ROUTE_REQUESTED: routing.RouteRequested,
+    types.ROUTE_DECIDED: routing.RouteDecided,
 }
 
 

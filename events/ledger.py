@@ -93,6 +93,7 @@ class HoldAuthorized(EventData):
     account_id: AccountId
     amount: Amount
     expires_at: Timestamp
+    available: Count | None = None  # what the account has left to spend after this hold
 
 
 class HoldDeclined(EventData):

@@ -1,7 +1,9 @@
 """Errors a function answers with, each carrying its HTTP status and a message a person can act on.
 
 Status codes follow Knative delivery: 4xx is never retried (the event can never be accepted),
-5xx is retried (a transient failure)."""
+5xx is retried (a transient failure). Bodies have OpenAI's error shape
+(``{"error": {"message", "type", "code", "param"}}``), so the official client raises its matching
+exception for errors from any Tollgate endpoint."""
 
 from __future__ import annotations
 
@@ -11,41 +13,67 @@ from typing import Any
 class FunctionError(Exception):
     status = 500
     code = "internal_error"
+    type = "server_error"
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, **details: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
         self.details = details
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "code": self.code,
+                "param": self.param,
+                **self.details,
+            }
+        }
 
 
 class BadRequest(FunctionError):
     status = 400
     code = "bad_request"
+    type = "invalid_request_error"
 
 
 class Unauthorized(FunctionError):
     status = 401
     code = "unauthorized"
+    type = "authentication_error"
+
+
+class PaymentRequired(FunctionError):
+    status = 402
+    code = "insufficient_quota"
+    type = "insufficient_quota"
 
 
 class Forbidden(FunctionError):
     status = 403
     code = "forbidden"
+    type = "permission_error"
 
 
 class NotFound(FunctionError):
     status = 404
     code = "not_found"
+    type = "not_found_error"
 
 
 class Conflict(FunctionError):
     status = 409
     code = "conflict"
+    type = "invalid_request_error"
 
 
 class Unavailable(FunctionError):
     status = 503
     code = "unavailable"
+    type = "server_error"

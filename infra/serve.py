@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 from flask import Flask
 
+from functions.config import Settings
 from functions.server import serve as serve_app
+from functions.store import open_store
+from infra.wiring import topology_from_env
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
-FUNCTIONS = (*LEDGER_FUNCTIONS, "infer")
+FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer")
+PROBE_INTERVAL_S = 2.0
 
 
 def build_app(function: str) -> Flask:
@@ -23,7 +28,37 @@ def build_app(function: str) -> Flask:
         from infer_fn.app import create_app as infer_app
 
         return infer_app()
+    if function == "route":
+        from router_fn.route_app import create_app as route_app
+
+        settings = Settings.from_env()
+        return route_app(topology_from_env(os.environ), open_store(settings.store_url))
+    if function == "ingress":
+        return _ingress()
     raise click.BadParameter(f"unknown function {function!r}; one of {', '.join(FUNCTIONS)}")
+
+
+def _ingress() -> Flask:
+    from router_fn.ingress_app import create_app as ingress_app
+    from router_fn.ledger_client import LedgerClient
+    from router_fn.probe import start_probing
+    from router_fn.tierstate import TierStates
+
+    settings = Settings.from_env()
+    authorize_url = os.environ.get("TOLLGATE_LEDGER_URL")
+    if not authorize_url:
+        raise click.UsageError(
+            "the ingress needs TOLLGATE_LEDGER_URL: the URL of the authorize (or ledger) function"
+        )
+    topology = topology_from_env(os.environ)
+    store = open_store(settings.store_url)
+    states = TierStates(store)
+    interval = float(os.environ.get("TOLLGATE_PROBE_INTERVAL_S", PROBE_INTERVAL_S))
+    if interval > 0:
+        # Keeps health and load of every infer function fresh in the shared tier state.
+        start_probing(topology, states, interval_s=interval)
+    ledger = LedgerClient(authorize_url, os.environ.get("TOLLGATE_REFUND_URL") or None)
+    return ingress_app(topology, store, ledger, admin_token=settings.admin_token, states=states)
 
 
 @click.command("serve")

@@ -90,6 +90,7 @@ class LedgerHandlers:
                 "account_id": cmd.account_id,
                 "amount": r["amount"],
                 "expires_at": iso(r["expires_at"]),
+                "available": r.get("available"),
             },
             subject=cmd.account_id,
         )

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from functions.accounts import META_SK, account_pk
 from functions.errors import BadRequest, Conflict, NotFound, Unavailable
 from functions.idempotency import payload_hash
 from functions.store import Absent, ConditionFailed, Item, Store, VersionIs
@@ -30,10 +31,6 @@ REGISTRY = "ACCOUNTS"
 MAX_COMMIT_ATTEMPTS = 200
 CACHE_ACCOUNTS = 4096
 PAGE = 500
-
-
-def account_pk(account_id: str) -> str:
-    return f"ACCT#{account_id}"
 
 
 class CorruptJournal(Exception):
@@ -84,7 +81,7 @@ class Ledger:
         self.store.put(Item(REGISTRY, account_id, 1, {"created": now}))
         # On a retry after a crash META exists already: the journal decides if the account does.
         with contextlib.suppress(ConditionFailed):
-            self.store.put(Item(account_pk(account_id), "META", 1, dict(meta or {})), Absent())
+            self.store.put(Item(account_pk(account_id), META_SK, 1, dict(meta or {})), Absent())
         try:
             self._commit(account_id, Op(kind="open", at=now), create=True)
         except ConditionFailed:
@@ -95,7 +92,7 @@ class Ledger:
         return self.store.get(account_pk(account_id), entry_sk(1)) is not None
 
     def meta(self, account_id: str) -> Item:
-        item = self.store.get(account_pk(account_id), "META")
+        item = self.store.get(account_pk(account_id), META_SK)
         if item is None or not self.exists(account_id):
             raise NotFound(f"no account {account_id}")
         return item

@@ -264,6 +264,7 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
         "account_id": state.account_id,
         "amount": amount,
         "expires_at": hold.expires_at,
+        "available": state.available,
     }
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from functions.accounts import account_pk
 from functions.store import Store, open_store
 from functions.store.sqlite import SqliteStore
-from ledger_fn.ledger import Ledger, account_pk
+from ledger_fn.ledger import Ledger
 from tests.ledger.helpers import invariant
 
 # The child runs ledger commands on a store whose put() kills the process (os._exit, no cleanup)

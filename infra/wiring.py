@@ -1,0 +1,86 @@
+"""From template.yaml to what each function is given: the router's Topology."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from events.quote import Quote
+from infra.render import infer_service_name
+from infra.template import Cluster, Model, Template, load_template
+from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+
+InferUrl = Callable[[Cluster, Model], str]
+
+
+def knative_infer_url(template: Template) -> InferUrl:
+    """Infer functions as Knative serves them: https://infer-<model>.<namespace>.<domain>."""
+    return lambda cluster, model: cluster.service_url(infer_service_name(model), template.namespace)
+
+
+def topology(
+    template: Template, infer_url: InferUrl | None = None, *, local: bool = False
+) -> Topology:
+    """``local``: `tollgate up`, where each tier's RTT is emulated (template ``local.tiers``)."""
+    url = infer_url or knative_infer_url(template)
+
+    def rtt(c: Cluster) -> int:
+        return template.local.tiers[c.tier].emulated_rtt_ms if local else c.rtt_ms
+
+    clusters = tuple(
+        ClusterSpec(
+            name=c.name,
+            tier=c.tier,
+            jurisdiction=c.jurisdiction,
+            rtt_ms=rtt(c),
+            max_parameters=template.tier(c.tier).max_parameters,
+            infer_urls={m: url(c, template.model(m)) for m in c.models},
+            gpu=c.gpu.type if c.gpu else None,
+            emulated=local,
+        )
+        for c in template.clusters
+    )
+    models = {
+        m.name: ModelSpec(m.name, m.served_name, m.parameters, m.context_length)
+        for m in template.models
+    }
+    quotes = {
+        (p.model, p.tier): Quote(
+            price_book=template.price_book.version,
+            input_per_million=p.input_per_million,
+            output_per_million=p.output_per_million,
+            per_engine_second=p.per_engine_second or 0,
+        )
+        for p in template.price_book.prices
+    }
+    plans = {
+        p.name: PlanSpec(
+            name=p.name,
+            kind=p.kind,
+            tiers=frozenset(p.tiers),
+            models=frozenset(p.models),
+            latency_target_ms=p.latency_target_ms,
+            residency=frozenset(p.residency),
+            max_parameters=getattr(p, "max_parameters", None),
+            per_engine_second=p.kind == "perSecond",
+        )
+        for p in template.plans
+    }
+    return Topology(clusters, models, quotes, plans, template.price_book.version)
+
+
+def local_infer_url(endpoints_file: Path) -> InferUrl:
+    """Infer URLs `tollgate up` wrote: {"clusters": {cluster: {model: url}}}."""
+    clusters = json.loads(endpoints_file.read_text())["clusters"]
+    return lambda cluster, model: str(clusters[cluster.name][model.name])
+
+
+def topology_from_env(environ: Mapping[str, str]) -> Topology:
+    """The topology a function process serves: TOLLGATE_TEMPLATE (default ./template.yaml), and
+    under `tollgate up` TOLLGATE_LOCAL_ENDPOINTS (the local infer URLs, RTT emulated)."""
+    template = load_template(environ.get("TOLLGATE_TEMPLATE", "template.yaml"))
+    endpoints = environ.get("TOLLGATE_LOCAL_ENDPOINTS")
+    if endpoints:
+        return topology(template, local_infer_url(Path(endpoints)), local=True)
+    return topology(template)

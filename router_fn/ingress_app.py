@@ -1,0 +1,25 @@
+"""The ingress function's app: the OpenAI-compatible API, health, metrics, and (optionally) the
+tier prober keeping the shared live state fresh."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from functions.app import create_app as create_function_app
+from functions.store import Store
+from router_fn.ingress import Ingress
+from router_fn.ledger_client import LedgerClient
+from router_fn.tierstate import TierStates
+from router_fn.topology import Topology
+
+
+def create_app(
+    topology: Topology,
+    store: Store,
+    ledger: LedgerClient,
+    *,
+    admin_token: str | None = None,
+    states: TierStates | None = None,
+) -> Flask:
+    ingress = Ingress(topology, store, ledger, states or TierStates(store), admin_token=admin_token)
+    return create_function_app("ingress", blueprints=[ingress.blueprint()], ready=store.ping)

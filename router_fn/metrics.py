@@ -1,0 +1,17 @@
+"""The ingress's metrics on /metrics."""
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "tollgate_ingress_requests_total",
+    "Inference requests by chosen tier and outcome",
+    ["tier", "outcome"],
+)
+FAILOVERS = Counter(
+    "tollgate_ingress_failovers_total", "Attempts that failed before output, by tier", ["tier"]
+)
+OVERHEAD = Histogram(
+    "tollgate_ingress_overhead_seconds",
+    "Time from request to the infer call: key, route, quote and authorize",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

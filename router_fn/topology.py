@@ -1,0 +1,75 @@
+"""What the router and ingress know of the platform: clusters, models, prices, plans.
+
+The router owns this shape; ``infra`` fills it from template.yaml (router_fn never imports infra),
+so tests can build a topology by hand and the template stays the one source of truth."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from events.quote import Quote
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the template's name, e.g. "smollm2-135m"
+    served_name: str  # the id applications send, e.g. "SmolLM2-135M-Instruct"
+    parameters: int
+    context_length: int
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    tier: str
+    jurisdiction: str  # ISO 3166-1 alpha-2, where the data is processed
+    rtt_ms: int  # network round trip from the users it serves
+    max_parameters: int | None  # the tier's largest model; None: no limit
+    # model name -> base URL of that model's infer function on this cluster
+    infer_urls: Mapping[str, str] = field(default_factory=dict)
+    gpu: str | None = None
+    emulated: bool = False  # `tollgate up`: the RTT is added locally, not real
+
+    def hosts(self, model: str) -> bool:
+        return model in self.infer_urls
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    name: str
+    kind: str
+    tiers: frozenset[str] = frozenset()  # empty: every tier
+    models: frozenset[str] = frozenset()  # empty: every model
+    latency_target_ms: int | None = None
+    residency: frozenset[str] = frozenset()  # empty: anywhere
+    max_parameters: int | None = None
+    per_engine_second: bool = False  # priced per engine second instead of per token
+
+
+@dataclass(frozen=True)
+class Topology:
+    clusters: tuple[ClusterSpec, ...]
+    models: Mapping[str, ModelSpec]
+    quotes: Mapping[tuple[str, str], Quote]  # (model name, tier) -> the price book's rates
+    plans: Mapping[str, PlanSpec] = field(default_factory=dict)
+    price_book: str = ""
+
+    def model(self, requested: str) -> ModelSpec | None:
+        """The model an application asked for, by served name or template name."""
+        for spec in self.models.values():
+            if requested in (spec.served_name, spec.name):
+                return spec
+        return None
+
+    def cluster(self, name: str) -> ClusterSpec:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise KeyError(name)
+
+    def quote(self, model: str, tier: str, *, per_engine_second: bool = False) -> Quote | None:
+        quote = self.quotes.get((model, tier))
+        if quote is None or not per_engine_second:
+            return quote
+        return quote.model_copy(update={"unit": "engine_second"})

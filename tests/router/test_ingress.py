@@ -1,0 +1,242 @@
+"""The ingress over real HTTP: a real ledger function, real sqlite, and upstream infer servers
+that answer as the infer function does (canned, so each failure mode can be chosen)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask, Response, request
+
+from events.quote import Quote
+from functions.apikeys import ApiKeys
+from functions.config import Settings
+from functions.store import Store
+from ledger_fn.app import create_app as ledger_app
+from ledger_fn.ledger import Ledger
+from router_fn.ingress_app import create_app as ingress_app
+from router_fn.ledger_client import LedgerClient
+from router_fn.tierstate import TierStates
+from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+from tests.http_server import serving
+
+QUOTE = Quote(price_book="t1", input_per_million=1_000_000, output_per_million=2_000_000)
+CHEAP = Quote(price_book="t1", input_per_million=500_000, output_per_million=1_000_000)
+
+
+@dataclass
+class Upstream:
+    """A stand-in infer function: ``mode`` picks how it answers."""
+
+    mode: str = "ok"
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> Flask:
+        app = Flask("upstream")
+
+        @app.post("/v1/chat/completions")
+        def chat() -> Response:
+            body = request.get_json()
+            self.calls.append({"body": body, "headers": dict(request.headers)})
+            if self.mode == "500":
+                return Response('{"error": {"message": "engine down"}}', status=503)
+            if self.mode == "400":
+                error = {"message": "prompt too long", "code": "context_length_exceeded"}
+                return Response(json.dumps({"error": error}), status=400)
+            usage = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+            if body.get("stream"):
+                chunks = [
+                    {"choices": [{"delta": {"content": w}, "index": 0}]} for w in ("Par", "is")
+                ]
+                text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+                return Response(text, mimetype="text/event-stream")
+            reply = {
+                "object": "chat.completion",
+                "choices": [{"message": {"role": "assistant", "content": "Paris"}, "index": 0}],
+                "usage": usage,
+            }
+            return Response(json.dumps(reply), mimetype="application/json")
+
+        return app
+
+
+@dataclass
+class Platform:
+    url: str
+    key: str
+    ledger: Ledger
+    edge: Upstream
+    regional: Upstream
+
+
+MODEL = ModelSpec("tiny", "Tiny-1", 135_000_000, 4096)
+
+
+def topology(edge_url: str, regional_url: str) -> Topology:
+    clusters = (
+        ClusterSpec("edge-a", "edge", "FR", 8, 13 * 10**9, {"tiny": edge_url}),
+        ClusterSpec("regional-b", "regional", "FR", 30, 70 * 10**9, {"tiny": regional_url}),
+    )
+    return Topology(
+        clusters,
+        {"tiny": MODEL, "big": ModelSpec("big", "Big-70B", 70 * 10**9, 8192)},
+        {("tiny", "edge"): QUOTE, ("tiny", "regional"): CHEAP},
+        {"no-tiny": PlanSpec("no-tiny", "payPerInference", models=frozenset({"big"}))},
+    )
+
+
+@pytest.fixture
+def platform(sqlite_store: Store) -> Iterator[Platform]:
+    ledger = Ledger(sqlite_store)
+    ledger.open_account("acme")
+    ledger.execute("acme", "grant", {"amount": 100_000})
+    key = ApiKeys(sqlite_store).issue("acme")["key"]
+    edge, regional = Upstream(), Upstream()
+    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
+    with ExitStack() as stack:
+        ledger_url = stack.enter_context(
+            serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
+        )
+        edge_url = stack.enter_context(serving(edge.app()))
+        regional_url = stack.enter_context(serving(regional.app()))
+        app = ingress_app(
+            topology(edge_url, regional_url),
+            sqlite_store,
+            LedgerClient(ledger_url),
+            admin_token="adm",
+            states=TierStates(sqlite_store),
+        )
+        url = stack.enter_context(serving(app))
+        yield Platform(url, key, ledger, edge, regional)
+
+
+def chat(
+    p: Platform, *, key: str | None = None, headers: dict[str, str] | None = None, **body: Any
+) -> requests.Response:
+    payload = {
+        "model": "Tiny-1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 20,
+        **body,
+    }
+    auth = {"Authorization": f"Bearer {key or p.key}", **(headers or {})}
+    return requests.post(p.url + "/v1/chat/completions", json=payload, headers=auth, timeout=30)
+
+
+def test_a_request_is_routed_held_and_priced(platform: Platform) -> None:
+    r = chat(platform, headers={"x-tollgate-latency-budget-ms": "20"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "Paris"
+    assert r.headers["x-tollgate-tier"] == "edge"  # only the edge meets a 20 ms budget
+    assert "edge-a" in r.headers["x-tollgate-route-reason"]
+    hold_id = r.headers["x-tollgate-hold-id"]
+    # Priced by the quote: 11 prompt x 1 + 5 completion x 2 credits.
+    assert r.headers["x-tollgate-credits-charged"] == "21"
+    sent = platform.edge.calls[0]
+    assert sent["headers"]["X-Tollgate-Hold-Id"] == hold_id
+    assert sent["body"]["model"] == "Tiny-1" and sent["body"]["max_tokens"] == 20
+    balance = platform.ledger.balance("acme")
+    # Settlement is asynchronous (the infer function's completed event): the hold is open.
+    assert balance["held"] > 0
+    assert int(r.headers["x-tollgate-credits-left"]) == 100_000 - 21
+
+
+def test_without_a_budget_the_cheaper_tier_wins(platform: Platform) -> None:
+    r = chat(platform)
+    assert r.headers["x-tollgate-tier"] == "regional"
+
+
+def test_failover_before_the_first_byte_costs_nothing(platform: Platform) -> None:
+    platform.regional.mode = "500"
+    r = chat(platform)
+    assert r.status_code == 200
+    assert r.headers["x-tollgate-tier"] == "edge"
+    assert len(platform.regional.calls) == 1 and len(platform.edge.calls) == 1
+    balance = platform.ledger.balance("acme")
+    assert balance["open_holds"] == 1  # only the serving attempt's hold; the failed one voided
+    assert balance["spent"] == 0
+
+
+def test_every_tier_failing_is_503_with_reasons_and_nothing_held(platform: Platform) -> None:
+    platform.regional.mode = platform.edge.mode = "500"
+    r = chat(platform)
+    assert r.status_code == 503
+    message = r.json()["error"]["message"]
+    assert "regional-b" in message and "edge-a" in message
+    assert platform.ledger.balance("acme")["held"] == 0
+
+
+def test_a_request_the_engine_refuses_is_not_failed_over(platform: Platform) -> None:
+    platform.regional.mode = "400"
+    r = chat(platform)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert platform.edge.calls == []
+    assert platform.ledger.balance("acme")["held"] == 0
+
+
+def test_streaming_passes_through(platform: Platform) -> None:
+    r = chat(platform, stream=True)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert "Par" in r.text and r.text.rstrip().endswith("data: [DONE]")
+    assert "x-tollgate-credits-charged" not in r.headers
+
+
+def test_not_enough_credits_is_402_and_no_inference_runs(
+    platform: Platform, sqlite_store: Store
+) -> None:
+    platform.ledger.open_account("poor")
+    platform.ledger.execute("poor", "grant", {"amount": 50})
+    poor = ApiKeys(sqlite_store).issue("poor")["key"]
+    r = chat(platform, key=poor, max_tokens=100)
+    assert r.status_code == 402
+    assert r.json()["error"]["type"] == "insufficient_quota"
+    assert "50 available" in r.json()["error"]["message"]
+    assert platform.edge.calls == [] and platform.regional.calls == []
+    assert platform.ledger.balance("poor")["held"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"key": "tg_wrong"}, 401, "unauthorized"),
+        ({"key": "nonsense"}, 401, "unauthorized"),
+        ({"model": "Nope-1"}, 404, "model_not_found"),
+        ({"max_tokens": 1.5}, 400, "bad_request"),
+        ({"messages": []}, 400, "bad_request"),
+        ({"headers": {"x-tollgate-residency": "US"}}, 503, "no_feasible_tier"),
+        ({"headers": {"x-tollgate-latency-budget-ms": "soon"}}, 400, "bad_request"),
+    ],
+)
+def test_bad_requests(platform: Platform, kwargs: dict[str, Any], status: int, code: str) -> None:
+    r = chat(platform, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    assert r.json()["error"]["message"]
+    assert platform.edge.calls == [] and platform.regional.calls == []
+
+
+def test_plan_without_the_model_is_403_and_models_lists_what_the_key_may_use(
+    platform: Platform, sqlite_store: Store
+) -> None:
+    models = requests.get(
+        platform.url + "/v1/models", headers={"Authorization": f"Bearer {platform.key}"}, timeout=10
+    )
+    assert [m["id"] for m in models.json()["data"]] == ["Tiny-1"]
+    platform.ledger.update_meta("acme", {"plan": "no-tiny"})
+    other = ApiKeys(sqlite_store).issue("acme")["key"]  # a fresh key: no cached profile
+    assert chat(platform, key=other).status_code == 403
+
+
+def test_tiers_view_needs_the_admin_token(platform: Platform) -> None:
+    assert requests.get(platform.url + "/tiers", timeout=10).status_code == 401
+    view = requests.get(
+        platform.url + "/tiers", headers={"Authorization": "Bearer adm"}, timeout=10
+    ).json()
+    assert [c["cluster"] for c in view["clusters"]] == ["edge-a", "regional-b"]
