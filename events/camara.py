@@ -52,6 +52,9 @@ class CloudEvent(OpenEventData):
     data: dict[str, Any]
 
 
+Handler = Callable[[CloudEvent, SubscriptionBinding], list[Mapped]]
+
+
 # -- network-slice-booking ------------------------------------------------------------------
 
 
@@ -263,7 +266,7 @@ class SubscriptionEnded(OpenEventData):
 def _lifecycle(
     state: Literal["started", "updated", "ended"],
     model: type[SubscriptionStarted | SubscriptionUpdated | SubscriptionEnded],
-) -> Callable[[CloudEvent, SubscriptionBinding], list[Mapped]]:
+) -> Handler:
     def handle(event: CloudEvent, binding: SubscriptionBinding) -> list[Mapped]:
         data = parse(model, event.data, f"{event.type} data")
         reason, description = data.reason()
@@ -283,8 +286,6 @@ def _lifecycle(
 
     return handle
 
-
-Handler = Callable[[CloudEvent, SubscriptionBinding], list[Mapped]]
 
 # Keyed by "<api>.<version>.<event>": a new API version is a new contract, added on purpose.
 HANDLERS: Final[Mapping[str, Handler]] = {

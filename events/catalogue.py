@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from events import ledger, routing, types
+from events import ledger, network, routing, types
 
 MODELS: dict[str, type[BaseModel]] = {
     types.CREDITS_GRANT: ledger.CreditsGrant,
@@ -14,6 +14,8 @@ MODELS: dict[str, type[BaseModel]] = {
     types.HOLD_SETTLE: ledger.HoldSettle,
     types.HOLD_REFUND: ledger.HoldRefund,
     types.HOLDS_SWEEP: ledger.HoldsSweep,
+    types.PLANS_RENEW: ledger.PlansRenew,
+    types.PLANS_RENEWED: ledger.PlansRenewed,
     types.CREDITS_GRANTED: ledger.CreditsGranted,
     types.HOLD_AUTHORIZED: ledger.HoldAuthorized,
     types.HOLD_DECLINED: ledger.HoldDeclined,
@@ -25,14 +27,8 @@ MODELS: dict[str, type[BaseModel]] = {
     types.INFERENCE_FAILED: ledger.InferenceFailed,
     types.ROUTE_REQUESTED: routing.RouteRequested,
     types.ROUTE_DECIDED: routing.RouteDecided,
+    **network.MODELS,
 }
-
-
-def register(event_type: str, model: type[BaseModel]) -> None:
-    """Add a type defined in another events module (routing, network events)."""
-    assert event_type.startswith(types.PREFIX), event_type
-    existing = MODELS.setdefault(event_type, model)
-    assert existing is model, f"{event_type} is registered twice"
 
 
 def parse(event_type: str, data: dict[str, Any]) -> BaseModel:

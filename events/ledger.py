@@ -47,6 +47,15 @@ class HoldsSweep(EventData):
     pass
 
 
+class PlansRenew(EventData):
+    """The monthly schedule: grant every account its plan's credits for the current period."""
+
+
+class PlansRenewed(EventData):
+    accounts: Count
+    granted: Count
+
+
 class Timings(EventData):
     ttft_ms: Count | None = None
     total_ms: Count = 0

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, model_validator
 
-from events import catalogue
 from events.fields import EventData, Name, Timestamp
 
 SLICE_BOOKED: Final = "io.tollgate.network.slice.booked.v1"
@@ -117,6 +116,3 @@ MODELS: Final[dict[str, type[EventData]]] = {
     ROAMING_CHANGED: RoamingChanged,
     SUBSCRIPTION_CHANGED: SubscriptionChanged,
 }
-
-for _type, _model in MODELS.items():
-    catalogue.register(_type, _model)

@@ -10,6 +10,7 @@ HOLD_AUTHORIZE: Final = "io.tollgate.hold.authorize.v1"
 HOLD_SETTLE: Final = "io.tollgate.hold.settle.v1"
 HOLD_REFUND: Final = "io.tollgate.hold.refund.v1"
 HOLDS_SWEEP: Final = "io.tollgate.holds.sweep.v1"
+PLANS_RENEW: Final = "io.tollgate.plans.renew.v1"
 
 # Ledger facts (replies and emitted events).
 CREDITS_GRANTED: Final = "io.tollgate.credits.granted.v1"
@@ -19,6 +20,7 @@ HOLD_SETTLED: Final = "io.tollgate.hold.settled.v1"
 HOLD_REFUNDED: Final = "io.tollgate.hold.refunded.v1"
 HOLD_EXPIRED: Final = "io.tollgate.hold.expired.v1"
 HOLDS_SWEPT: Final = "io.tollgate.holds.swept.v1"
+PLANS_RENEWED: Final = "io.tollgate.plans.renewed.v1"
 
 # The inference path (emitted by infer, consumed by settle/refund).
 INFERENCE_COMPLETED: Final = "io.tollgate.inference.completed.v1"

@@ -1,4 +1,5 @@
-"""An account's profile (plan, slices), as the admin API stores it and the ingress reads it.
+"""An account's profile (plan, slices), as the admin API stores it and the ingress reads it,
+and the index from network slices to accounts that booking events are resolved through.
 
 The ledger owns writing it (``ACCT#<id>``/``META``); this module is the one place that knows the
 item's key, so readers in other functions do not reach into the ledger's layout."""
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.store import Store
+from functions.errors import Conflict
+from functions.store import Item, Store
 
 META_SK = "META"
+SLICE_SK = "ACCOUNT"
 
 
 def account_pk(account_id: str) -> str:
@@ -19,3 +22,25 @@ def account_pk(account_id: str) -> str:
 def read_profile(store: Store, account_id: str) -> dict[str, Any] | None:
     item = store.get(account_pk(account_id), META_SK)
     return None if item is None else item.data
+
+
+def slice_pk(slice_id: str) -> str:
+    return f"SLICE#{slice_id}"
+
+
+def bind_slices(store: Store, account_id: str, slice_ids: list[str]) -> None:
+    """Point each network slice at its account (a booking event names only the slice).
+    A slice bound to another account is refused: one slice's bundle goes to one account."""
+    for slice_id in slice_ids:
+        item = store.get(slice_pk(slice_id), SLICE_SK)
+        if item is not None and item.data["account_id"] != account_id:
+            raise Conflict(
+                f"slice {slice_id} is bound to account {item.data['account_id']}; unbind it there"
+            )
+    for slice_id in slice_ids:
+        store.put(Item(slice_pk(slice_id), SLICE_SK, 1, {"account_id": account_id}))
+
+
+def account_for_slice(store: Store, slice_id: str) -> str | None:
+    item = store.get(slice_pk(slice_id), SLICE_SK)
+    return None if item is None else str(item.data["account_id"])

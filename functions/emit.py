@@ -31,6 +31,7 @@ class Emitter:
     def __init__(self, sink: str | None, *, session: requests.Session | None = None) -> None:
         self.sink = sink
         self._session = session or requests.Session()
+        self._session.trust_env = False  # no proxy lookups from the environment per event
 
     @classmethod
     def from_env(cls) -> Emitter:

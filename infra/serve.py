@@ -11,7 +11,7 @@ from flask import Flask
 from functions.config import Settings
 from functions.server import serve as serve_app
 from functions.store import open_store
-from infra.wiring import topology_from_env
+from infra.wiring import plan_grants, template_from_env, topology_from_env
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
 FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer")
@@ -23,7 +23,7 @@ def build_app(function: str) -> Flask:
     if function in LEDGER_FUNCTIONS:
         from ledger_fn.app import create_app as ledger_app
 
-        return ledger_app(function)
+        return ledger_app(function, plans=plan_grants(template_from_env(os.environ)))
     if function == "infer":
         from infer_fn.app import create_app as infer_app
 

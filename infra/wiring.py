@@ -8,7 +8,8 @@ from pathlib import Path
 
 from events.quote import Quote
 from infra.render import infer_service_name
-from infra.template import Cluster, Model, Template, load_template
+from infra.template import Cluster, Model, PerSecond, Template, load_template
+from ledger_fn.plans import PlanGrant
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 
 InferUrl = Callable[[Cluster, Model], str]
@@ -70,17 +71,50 @@ def topology(
     return Topology(clusters, models, quotes, plans, template.price_book.version)
 
 
-def local_infer_url(endpoints_file: Path) -> InferUrl:
-    """Infer URLs `tollgate up` wrote: {"clusters": {cluster: {model: url}}}."""
-    clusters = json.loads(endpoints_file.read_text())["clusters"]
-    return lambda cluster, model: str(clusters[cluster.name][model.name])
-
-
 def topology_from_env(environ: Mapping[str, str]) -> Topology:
     """The topology a function process serves: TOLLGATE_TEMPLATE (default ./template.yaml), and
-    under `tollgate up` TOLLGATE_LOCAL_ENDPOINTS (the local infer URLs, RTT emulated)."""
-    template = load_template(environ.get("TOLLGATE_TEMPLATE", "template.yaml"))
+    under `tollgate up` TOLLGATE_LOCAL_ENDPOINTS, a JSON file of the local infer URLs
+    ({"clusters": {cluster: {model: url}}, "emulated": true}); emulated tiers get their RTT from
+    the template's ``local.tiers`` and the ingress adds it to each call."""
+    template = template_from_env(environ)
     endpoints = environ.get("TOLLGATE_LOCAL_ENDPOINTS")
-    if endpoints:
-        return topology(template, local_infer_url(Path(endpoints)), local=True)
-    return topology(template)
+    if not endpoints:
+        return topology(template)
+    local = json.loads(Path(endpoints).read_text())
+    urls = local["clusters"]
+    return topology(
+        template,
+        lambda cluster, model: str(urls[cluster.name][model.name]),
+        local=bool(local.get("emulated", True)),
+    )
+
+
+def plan_grants(template: Template) -> dict[str, PlanGrant]:
+    """What each plan grants per period, in credits. A per-second plan sells engine seconds on
+    models up to a size: it grants enough credits for that many seconds at the dearest
+    per-second rate it may run at, so every allowed model gets at least the seconds sold."""
+    grants = {}
+    for plan in template.plans:
+        if isinstance(plan, PerSecond):
+            rates = [
+                p.per_engine_second or 0
+                for p in template.price_book.prices
+                if (not plan.tiers or p.tier in plan.tiers)
+                and template.model(p.model).parameters <= plan.max_parameters
+            ]
+            credits = plan.engine_seconds * max(rates, default=0)
+        else:
+            credits = getattr(plan, "credits", 0)
+        grants[plan.name] = PlanGrant(
+            name=plan.name,
+            kind=plan.kind,
+            credits=credits,
+            tiers=plan.tiers,
+            models=plan.models,
+            rollover=getattr(plan, "rollover", False),
+        )
+    return grants
+
+
+def template_from_env(environ: Mapping[str, str]) -> Template:
+    return load_template(environ.get("TOLLGATE_TEMPLATE", "template.yaml"))

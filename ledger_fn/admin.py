@@ -9,12 +9,14 @@ from pydantic import Field
 
 from events.fields import AccountId, Amount, EventData, Name, Timestamp
 from events.ledger import Origin
+from functions.accounts import bind_slices
 from functions.apikeys import ApiKeys
 from functions.deadletters import DeadLetters
 from functions.errors import BadRequest
 from functions.http import json_body, require_bearer
 from ledger_fn.handlers import epoch, iso
 from ledger_fn.ledger import Ledger
+from ledger_fn.plans import Plans
 
 MAX_SLICES = 64
 
@@ -46,7 +48,11 @@ def _lot_view(lot: dict[str, Any]) -> dict[str, Any]:
 
 
 def admin_blueprint(
-    ledger: Ledger, keys: ApiKeys, dead_letters: DeadLetters, admin_token: str | None
+    ledger: Ledger,
+    plans: Plans,
+    keys: ApiKeys,
+    dead_letters: DeadLetters,
+    admin_token: str | None,
 ) -> Blueprint:
     bp = Blueprint("ledger_admin", __name__)
 
@@ -58,12 +64,14 @@ def admin_blueprint(
         meta = ledger.meta(account_id).data
         balance = ledger.balance(account_id)
         balance["lots"] = [_lot_view(lot) for lot in balance["lots"]]
-        return {**meta, **balance}
+        return {**meta, **balance, **plans.next_grant(account_id)}
 
     @bp.post("/accounts")
     def create_account() -> tuple[Response, int]:
         body = json_body(NewAccount)
         meta = body.model_dump(exclude={"account_id"}, exclude_none=True)
+        _check_plan(body.plan)
+        bind_slices(ledger.store, body.account_id, body.slice_ids)
         ledger.open_account(body.account_id, meta)
         return jsonify(account_view(body.account_id)), 201
 
@@ -77,7 +85,12 @@ def admin_blueprint(
 
     @bp.patch("/accounts/<account_id>")
     def change_account(account_id: str) -> Response:
-        changes = json_body(AccountChange).model_dump(exclude_none=True)
+        change = json_body(AccountChange)
+        changes = change.model_dump(exclude_none=True)
+        _check_plan(change.plan)
+        ledger.meta(account_id)  # 404 before binding anything to an unknown account
+        if change.slice_ids is not None:
+            bind_slices(ledger.store, account_id, change.slice_ids)
         ledger.update_meta(account_id, changes)
         return jsonify(account_view(account_id))
 
@@ -129,6 +142,13 @@ def admin_blueprint(
         entries = ledger.journal(account_id, after=after, limit=limit)
         next_after = entries[-1]["seq"] if len(entries) == limit else None
         return jsonify(entries=entries, next_after=next_after)
+
+    def _check_plan(plan: str | None) -> None:
+        if plan is not None and plan not in plans.plans:
+            raise BadRequest(
+                f"unknown plan {plan!r}; plans: {', '.join(sorted(plans.plans)) or 'none'}",
+                param="plan",
+            )
 
     @bp.get("/deadletters")
     def list_dead_letters() -> Response:

@@ -3,6 +3,8 @@ refund, grant, sweep, ledger-admin), or all at once as ``ledger``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from flask import Flask
 
 from functions.apikeys import ApiKeys
@@ -14,6 +16,7 @@ from functions.store import Store, open_store
 from ledger_fn.admin import admin_blueprint
 from ledger_fn.handlers import LedgerHandlers, handlers_for
 from ledger_fn.ledger import Ledger
+from ledger_fn.plans import PlanGrant, Plans
 
 EVENT_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep")
 FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "ledger")
@@ -25,13 +28,18 @@ def create_app(
     settings: Settings | None = None,
     store: Store | None = None,
     ledger: Ledger | None = None,
+    plans: Mapping[str, PlanGrant] | None = None,
 ) -> Flask:
+    """``plans``: what each plan grants (from template.yaml, wired by infra); none: no plans."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
     ledger = ledger or Ledger(store)
-    handlers = LedgerHandlers(ledger, Emitter(settings.sink), source=f"/tollgate/{function}")
+    plan_book = Plans(ledger, plans or {})
+    handlers = LedgerHandlers(
+        ledger, plan_book, Emitter(settings.sink), source=f"/tollgate/{function}"
+    )
     names = (
         list(EVENT_FUNCTIONS)
         if function == "ledger"
@@ -44,7 +52,7 @@ def create_app(
         dead_letters = DeadLetters(store)
         fallback = dead_letters.keep if function == "ledger-admin" else None
         blueprints.append(
-            admin_blueprint(ledger, ApiKeys(store), dead_letters, settings.admin_token)
+            admin_blueprint(ledger, plan_book, ApiKeys(store), dead_letters, settings.admin_token)
         )
     return create_function_app(
         function,

@@ -6,7 +6,7 @@ returns the first result and a redelivery with different data is refused (409)."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,14 +19,20 @@ from events.ledger import (
     HoldsSweep,
     InferenceCompleted,
     InferenceFailed,
+    PlansRenew,
 )
+from events.network import SLICE_BOOKED, SliceBooked
+from functions.accounts import account_for_slice
 from functions.app import Handler
 from functions.cloudevent import Incoming, Reply
 from functions.emit import Emitter
 from functions.errors import BadRequest
 from functions.validation import validate
 from ledger_fn.ledger import Ledger
+from ledger_fn.plans import Plans
 from ledger_fn.state import account_of
+
+log = logging.getLogger(__name__)
 
 
 def iso(epoch: int | None) -> str | None:
@@ -40,8 +46,11 @@ def epoch(moment: datetime | None) -> int | None:
 
 
 class LedgerHandlers:
-    def __init__(self, ledger: Ledger, emitter: Emitter, source: str = "/tollgate/ledger") -> None:
+    def __init__(
+        self, ledger: Ledger, plans: Plans, emitter: Emitter, source: str = "/tollgate/ledger"
+    ) -> None:
         self.ledger = ledger
+        self.plans = plans
         self.emitter = emitter
         self.source = source
 
@@ -54,18 +63,34 @@ class LedgerHandlers:
         cmd = validate(CreditsGrant, event.data, f"{event.type} data")
         args = cmd.model_dump(exclude={"account_id"}, exclude_none=True)
         args["expires_at"] = epoch(cmd.expires_at)
-        r = self._run(event, cmd.account_id, "grant", args)
+        return self._granted(self._run(event, cmd.account_id, "grant", args))
+
+    def slice_booked(self, event: Incoming) -> Reply | None:
+        """A network slice booked for an enterprise: its account gets its plan's bundle, once."""
+        booked = validate(SliceBooked, event.data, f"{event.type} data")
+        account_id = account_for_slice(self.ledger.store, booked.slice_id)
+        if account_id is None:
+            log.info("slice %s is bound to no account; nothing to grant", booked.slice_id)
+            return None
+        result = self.plans.grant_slice(account_id, booked.slice_id)
+        return None if result is None else self._granted(result)
+
+    def renew(self, event: Incoming) -> Reply:
+        validate(PlansRenew, event.data, f"{event.type} data")
+        return Reply(types.PLANS_RENEWED, self.plans.renew_all())
+
+    def _granted(self, r: dict[str, Any]) -> Reply:
         return Reply(
             types.CREDITS_GRANTED,
             {
-                "account_id": cmd.account_id,
+                "account_id": r["account_id"],
                 "lot_id": r["lot_id"],
                 "amount": r["amount"],
                 "origin": r["origin"],
                 "expires_at": iso(r["expires_at"]),
                 "available": r["available"],
             },
-            subject=cmd.account_id,
+            subject=r["account_id"],
         )
 
     def authorize(self, event: Incoming) -> Reply:
@@ -159,10 +184,14 @@ class LedgerHandlers:
             raise BadRequest(f"hold {hold_id} belongs to account {owner}, not {account_id}")
         return owner
 
-    def routes(self) -> dict[str, dict[str, Callable[[Incoming], Reply]]]:
+    def routes(self) -> dict[str, dict[str, Handler]]:
         """Event types per deployable ledger function (names as in template.yaml)."""
         return {
-            "grant": {types.CREDITS_GRANT: self.grant},
+            "grant": {
+                types.CREDITS_GRANT: self.grant,
+                SLICE_BOOKED: self.slice_booked,
+                types.PLANS_RENEW: self.renew,
+            },
             "authorize": {types.HOLD_AUTHORIZE: self.authorize},
             "settle": {types.HOLD_SETTLE: self.settle, types.INFERENCE_COMPLETED: self.completed},
             "refund": {types.HOLD_REFUND: self.refund, types.INFERENCE_FAILED: self.failed},
@@ -170,9 +199,7 @@ class LedgerHandlers:
         }
 
 
-def handlers_for(
-    table: dict[str, dict[str, Callable[[Incoming], Reply]]], names: list[str]
-) -> dict[str, Handler]:
+def handlers_for(table: dict[str, dict[str, Handler]], names: list[str]) -> dict[str, Handler]:
     merged: dict[str, Handler] = {}
     for name in names:
         merged.update(table[name])

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
@@ -45,7 +45,8 @@ from router_fn.openai_request import (
     prompt_tokens_bound,
 )
 from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
-from router_fn.tierstate import ClusterState, TierStates
+from router_fn.tierstate import TierStates
+from router_fn.tierview import tiers_view
 from router_fn.topology import ModelSpec, PlanSpec, Topology
 from router_fn.ttl_cache import TTLCache
 
@@ -100,6 +101,7 @@ class Ingress:
         self.sleep = sleep
         self._callers: TTLCache[str, Caller] = TTLCache(AUTH_CACHE_S)
         self._session = requests.Session()
+        self._session.trust_env = False  # no proxy lookups from the environment per request
         # One pool per host: 2 cores serve few concurrent upstreams; keep them alive.
         adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64)
         self._session.mount("http://", adapter)
@@ -337,20 +339,7 @@ class Ingress:
         @bp.get("/tiers")
         def tiers() -> Response:
             require_bearer(self.admin_token)
-            live = self.states.snapshot()
-            return jsonify(
-                clusters=[
-                    {
-                        "cluster": c.name,
-                        "tier": c.tier,
-                        "jurisdiction": c.jurisdiction,
-                        "rtt_ms": c.rtt_ms,
-                        "emulated": c.emulated,
-                        "state": _view(live.get(c.name)),
-                    }
-                    for c in self.topology.clusters
-                ]
-            )
+            return jsonify(clusters=tiers_view(self.topology, self.states.snapshot()))
 
         return bp
 
@@ -412,9 +401,3 @@ def _plan_allows_model(plan: PlanSpec, model: ModelSpec) -> bool:
     if plan.models and model.name not in plan.models:
         return False
     return plan.max_parameters is None or model.parameters <= plan.max_parameters
-
-
-def _view(state: ClusterState | None) -> dict[str, Any]:
-    if state is None:
-        return {"known": False}
-    return {"known": True, **asdict(state)}

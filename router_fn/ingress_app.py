@@ -3,7 +3,7 @@ tier prober keeping the shared live state fresh."""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
 from functions.store import Store
@@ -20,6 +20,9 @@ def create_app(
     *,
     admin_token: str | None = None,
     states: TierStates | None = None,
+    network: Blueprint | None = None,
 ) -> Flask:
+    """``network``: the endpoint network systems POST their notifications to (``/events``)."""
     ingress = Ingress(topology, store, ledger, states or TierStates(store), admin_token=admin_token)
-    return create_function_app("ingress", blueprints=[ingress.blueprint()], ready=store.ping)
+    blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
+    return create_function_app("ingress", blueprints=blueprints, ready=store.ping)

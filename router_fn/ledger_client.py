@@ -34,6 +34,7 @@ class LedgerClient:
         self.refund_url = refund_url or authorize_url
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        self._session.trust_env = False  # no proxy lookups from the environment per request
 
     def authorize(
         self,

@@ -12,6 +12,7 @@ from functions.config import Settings
 from functions.errors import Unauthorized
 from functions.store import Store
 from ledger_fn.app import create_app
+from ledger_fn.plans import PlanGrant
 
 AUTH = {"Authorization": "Bearer s3cret"}
 
@@ -19,7 +20,10 @@ AUTH = {"Authorization": "Bearer s3cret"}
 @pytest.fixture
 def client(sqlite_store: Store) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token="s3cret", sink=None, port=0)
-    return create_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+    plans = {"edge-pro": PlanGrant("edge-pro", "monthlyBundle", 5000, tiers=("edge",))}
+    return create_app(
+        "ledger-admin", settings=settings, store=sqlite_store, plans=plans
+    ).test_client()
 
 
 def post(client: FlaskClient, path: str, body: Any, **headers: str) -> Any:
@@ -32,6 +36,10 @@ def test_account_lifecycle(client: FlaskClient, sqlite_store: Store) -> None:
     )
     assert created.status_code == 201
     assert created.get_json()["plan"] == "edge-pro"
+    assert created.get_json()["next_grant"]["credits"] == 5000
+    assert post(client, "/accounts", {"account_id": "b", "plan": "gold"}).status_code == 400
+    taken = post(client, "/accounts", {"account_id": "b", "slice_ids": ["slice-1"]})
+    assert taken.status_code == 409 and "slice-1" in taken.get_json()["error"]["message"]
     assert post(client, "/accounts", {"account_id": "acme"}).status_code == 409
 
     grant = post(

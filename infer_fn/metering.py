@@ -1,0 +1,164 @@
+"""Per-request metering: exact tokens and timings, reported as metrics and — when the ingress put
+a hold on the request — as `inference.completed` / `inference.failed` events for settlement.
+
+Event data is built with the catalogue's own models (`events.ledger`), so what settle and refund
+validate is what we send. Every number is an integer (token counts, milliseconds): money
+downstream is integral. Events go out after the response, so delivery retries never delay a
+client. A client that disconnects mid-stream got what was produced: that is `completed`, with the
+usage up to the cut."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from events.fields import AccountId, HoldId, Name
+from events.ledger import InferenceCompleted, InferenceError, InferenceFailed, Timings
+from events.quote import Usage
+from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
+from functions.emit import EmitFailed
+from infer_fn import metrics
+from infer_fn.engines.base import Generation
+
+log = logging.getLogger(__name__)
+
+HOLD_ID = "x-tollgate-hold-id"
+ACCOUNT_ID = "x-tollgate-account-id"
+TIER = "x-tollgate-tier"
+CLUSTER = "x-tollgate-cluster"
+
+
+class EventSink(Protocol):
+    """The slice of `functions.emit.Emitter` metering uses (tests pass their own)."""
+
+    def emit(
+        self, type: str, source: str, data: dict[str, Any], *, id: str | None = None
+    ) -> None: ...
+
+
+class BadHold(ValueError):
+    """Hold headers the settlement events could not carry: refused before any work is done."""
+
+
+_CHECKS: dict[str, TypeAdapter[str]] = {
+    HOLD_ID: TypeAdapter(HoldId),
+    ACCOUNT_ID: TypeAdapter(AccountId),
+    TIER: TypeAdapter(Name),
+    CLUSTER: TypeAdapter(Name),
+}
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold_id: str
+    account_id: str
+    tier: str
+    cluster: str
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], *, tier: str, cluster: str) -> Hold | None:
+        """`headers` keyed in lower case; the ingress sets them, tier/cluster default to ours."""
+        given = {name: headers.get(name, "").strip() for name in _CHECKS}
+        if not given[HOLD_ID]:
+            return None
+        if not given[ACCOUNT_ID]:
+            raise BadHold(f"{HOLD_ID} needs {ACCOUNT_ID}")
+        given[TIER] = given[TIER] or tier
+        given[CLUSTER] = given[CLUSTER] or cluster
+        for name, check in _CHECKS.items():
+            try:
+                check.validate_python(given[name])
+            except ValidationError as exc:
+                raise BadHold(f"{name}: {exc.errors()[0]['msg']}") from None
+        return cls(given[HOLD_ID], given[ACCOUNT_ID], given[TIER], given[CLUSTER])
+
+
+@dataclass
+class Meter:
+    """One request's clock, from its arrival to the end of its response."""
+
+    request_id: str
+    model: str
+    endpoint: str
+    hold: Hold | None
+    arrived: float = field(default_factory=time.perf_counter)
+    first_text: float | None = None
+
+    def mark_text(self) -> None:
+        if self.first_text is None:
+            self.first_text = time.perf_counter()
+            metrics.TTFT_SECONDS.observe(self.first_text - self.arrived)
+
+    def finish(
+        self,
+        gen: Generation,
+        emitter: EventSink,
+        *,
+        outcome: str,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """Record the request; `error` (type, message) makes it an `inference.failed` event."""
+        ended = time.perf_counter()
+        prompt, completion, engine_seconds = (
+            gen.prompt_tokens,
+            gen.completion_tokens,
+            gen.engine_seconds,
+        )
+        metrics.REQUESTS.labels(self.endpoint, outcome).inc()
+        metrics.REQUEST_SECONDS.observe(ended - self.arrived)
+        metrics.TOKENS.labels("prompt").inc(prompt)
+        metrics.TOKENS.labels("completion").inc(completion)
+        if completion and engine_seconds > 0:
+            metrics.TOKENS_PER_SECOND.set(completion / engine_seconds)
+        if self.hold is None:
+            return
+        total_ms = _ms(ended - self.arrived)
+        usage = Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+        ttft = self.first_text
+        timings = Timings(
+            ttft_ms=total_ms if ttft is None else _ms(ttft - self.arrived),
+            total_ms=total_ms,
+            engine_ms=_ms(engine_seconds),
+        )
+        hold = self.hold
+        event: InferenceCompleted | InferenceFailed
+        if error is None:
+            event = InferenceCompleted(
+                hold_id=hold.hold_id,
+                account_id=hold.account_id,
+                model=self.model,
+                tier=hold.tier,
+                cluster=hold.cluster,
+                usage=usage,
+                timings=timings,
+            )
+        else:
+            event = InferenceFailed(
+                hold_id=hold.hold_id,
+                account_id=hold.account_id,
+                model=self.model,
+                tier=hold.tier,
+                cluster=hold.cluster,
+                usage=usage,
+                timings=timings,
+                error=InferenceError(type=error[0][:128], message=error[1][:4096]),
+            )
+        kind = INFERENCE_FAILED if error is not None else INFERENCE_COMPLETED
+        data = event.model_dump(mode="json")
+        source = f"/tollgate/infer/{hold.tier}/{hold.cluster}"
+        try:
+            emitter.emit(kind, source, data, id=self.request_id)
+        except EmitFailed:  # the response is already out: a lost event must be loud, not fatal
+            metrics.EMIT_FAILURES.inc()
+            log.exception("could not emit %s for hold %s", kind, hold.hold_id)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

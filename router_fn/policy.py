@@ -1,0 +1,318 @@
+"""Which cluster serves a request: a pure, deterministic decision that explains itself.
+
+1. Feasible: not excluded (it already failed this request), in the pinned tier if one is pinned,
+   hosts the model, the model fits the tier's size limit, the plan allows the tier, model and
+   size, the cluster's jurisdiction is allowed (the residency hint intersected with the plan's),
+   the prompt fits the model's context, the price book prices the model on that tier, and its
+   infer function is not known to be unhealthy. Each infeasible cluster gets its reason.
+2. Predicted latency (ms) = RTT + queue wait + cold start if the model is not warm there. Queue
+   wait = queue depth x service time / running requests (the slots draining the queue); service
+   time = the request's completion tokens (max_tokens, else a default) at the observed tokens/s,
+   else a default speed. It is the time until the engine starts on the request, which is what
+   the choice of cluster changes; generation itself is not in it. Unknown load (never scraped or
+   stale) is assumed cold with an empty queue: scale-to-zero services are cold unless seen warm.
+3. Rank: with a latency budget (the hint, else the plan's target), clusters meeting it first,
+   cheapest first (the price book's rate for this request), then fastest; if none meets it, the
+   fastest. Without a budget, cheapest then fastest. A degraded cluster goes last for a request
+   with a budget while a non-degraded feasible one exists; otherwise it ranks as usual. Names
+   break every tie, so the same inputs always give the same decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from router_fn.tierstate import ClusterState, Load
+from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+
+MAX_HEADER = 299
+_EMPTY = ClusterState("")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Estimates used when live state does not tell (defaults sized for the template's models:
+    SmolLM2 on CPU loads in ~2 s, an 8B model in vLLM ~35 s, a 70B one minutes)."""
+
+    tokens_per_second: float = 40.0  # one request's decode speed until one is observed
+    cold_start_ms_base: int = 2000
+    cold_start_ms_per_billion: int = 4000
+    # Completion tokens assumed when the request does not bound them (price and service time).
+    completion_tokens: int = 256
+
+
+DEFAULT_CONFIG = PolicyConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    model: ModelSpec
+    latency_budget_ms: int | None = None  # x-tollgate-latency-budget-ms; None: the plan's
+    residency: frozenset[str] = frozenset()  # x-tollgate-residency; empty: no hint
+    tier: str | None = None  # x-tollgate-tier: pinned
+    prompt_tokens: int = 0
+    max_tokens: int | None = None
+    exclude: frozenset[str] = frozenset()  # clusters that already failed this request
+
+
+class Candidate(NamedTuple):  # a tuple: built per cluster per request, cheaper than a dataclass
+    cluster: str
+    tier: str
+    url: str  # the model's infer function on that cluster
+    predicted_ms: int
+    meets_budget: bool
+    degraded: bool
+    price: int  # micro-credits of this request at the tier's rate (for ordering only)
+
+
+class Decision(NamedTuple):
+    model: str
+    chosen: Candidate
+    alternatives: tuple[Candidate, ...]  # the other feasible clusters, in failover order
+    rejected: Mapping[str, str]  # infeasible cluster -> why
+    reasons: tuple[str, ...]
+    budget_ms: int | None
+
+    @property
+    def cluster(self) -> str:
+        return self.chosen.cluster
+
+    @property
+    def tier(self) -> str:
+        return self.chosen.tier
+
+    @property
+    def url(self) -> str:
+        return self.chosen.url
+
+    @property
+    def predicted_ms(self) -> int:
+        return self.chosen.predicted_ms
+
+
+class NoRoute(Exception):
+    """No cluster can serve the request. ``retryable`` is True when a cluster was ruled out
+    only by its health or by an earlier failure of this request (it may work again later);
+    False when the request can never be routed as asked (a 4xx, not a 503)."""
+
+    def __init__(self, model: str, rejected: Mapping[str, str], *, retryable: bool) -> None:
+        self.model = model
+        self.rejected = dict(rejected)
+        self.retryable = retryable
+        detail = "; ".join(f"{c}: {r}" for c, r in self.rejected.items()) or "no clusters"
+        super().__init__(f"no feasible cluster for {model}: {detail}")
+
+
+def decide(
+    request: RouteRequest,
+    topology: Topology,
+    live: Mapping[str, ClusterState],
+    plan: PlanSpec | None,
+    config: PolicyConfig = DEFAULT_CONFIG,
+) -> Decision:
+    model = request.model
+    budget = request.latency_budget_ms
+    if budget is None and plan is not None:
+        budget = plan.latency_target_ms
+    allowed = _residency(request.residency, plan.residency if plan else frozenset())
+    completion = request.max_tokens if request.max_tokens is not None else config.completion_tokens
+    service_ms = int(completion * 1000 / config.tokens_per_second)
+
+    name = model.name
+    per_second = plan is not None and plan.per_engine_second
+    feasible: list[Candidate] = []
+    rejected: dict[str, str] = {}
+    retryable = False  # some cluster is ruled out only for now (health, an earlier failure)
+    unknown_load: set[str] = set()
+    for cluster in topology.clusters:
+        if cluster.name in request.exclude:
+            rejected[cluster.name] = "excluded: already failed for this request"
+            retryable = True
+            continue
+        why = _infeasible(request, cluster, plan, allowed, topology)
+        if why is not None:
+            rejected[cluster.name] = why
+            continue
+        state = live.get(cluster.name, _EMPTY)
+        endpoint = state.endpoint(name)
+        health = endpoint.health
+        if health is not None and not health.healthy:
+            rejected[cluster.name] = f"unhealthy: {health.detail or 'probe failed'}"
+            retryable = True
+            continue
+        load = endpoint.load
+        predicted = cluster.rtt_ms
+        if load is None:
+            unknown_load.add(cluster.name)
+            predicted += _cold_start_ms(model, cluster.name, load, live, config)
+        else:
+            if load.queue_depth > 0:
+                predicted += _wait_ms(load, service_ms, completion)
+            if not load.warm:
+                predicted += _cold_start_ms(model, cluster.name, load, live, config)
+        quote = topology.quotes[(name, cluster.tier)]
+        if per_second:
+            price = quote.per_engine_second
+        else:
+            price = (
+                request.prompt_tokens * quote.input_per_million
+                + completion * quote.output_per_million
+            )
+        feasible.append(
+            Candidate(
+                cluster.name,
+                cluster.tier,
+                cluster.infer_urls[name],
+                predicted,
+                budget is None or predicted <= budget,
+                bool(state.degradations),
+                price,
+            )
+        )
+    if not feasible:
+        raise NoRoute(model.name, rejected, retryable=retryable)
+
+    avoid_degraded = budget is not None and any(not c.degraded for c in feasible)
+    feasible.sort(
+        key=lambda c: (
+            avoid_degraded and c.degraded,
+            not c.meets_budget,
+            c.price if c.meets_budget else 0,
+            c.predicted_ms,
+            c.cluster,
+        )
+    )
+    chosen = feasible[0]
+    reasons = [_why_chosen(chosen, feasible, budget)]
+    if request.tier is not None:
+        reasons.append(f"pinned to tier {request.tier}")
+    if allowed is not None:
+        reasons.append(f"residency {','.join(sorted(allowed)) or 'none'}")
+    for c in feasible:
+        if c.degraded:
+            cause = live[c.cluster].degraded
+            assert cause is not None
+            verb = "avoided" if avoid_degraded else "used"
+            reasons.append(f"{verb} degraded {c.cluster}: {cause.cause}")
+    if chosen.cluster in unknown_load:
+        reasons.append(f"{chosen.cluster}: load unknown, assumed cold")
+    return Decision(
+        model=model.name,
+        chosen=chosen,
+        alternatives=tuple(feasible[1:]),
+        rejected=rejected,
+        reasons=tuple(reasons),
+        budget_ms=budget,
+    )
+
+
+def _residency(hint: frozenset[str], plan: frozenset[str]) -> frozenset[str] | None:
+    """Allowed jurisdictions, or None for anywhere. A hint narrows the plan, never widens it."""
+    if hint and plan:
+        return hint & plan
+    return hint or plan or None
+
+
+def _infeasible(
+    request: RouteRequest,
+    cluster: ClusterSpec,
+    plan: PlanSpec | None,
+    allowed: frozenset[str] | None,
+    topology: Topology,
+) -> str | None:
+    model = request.model
+    if request.tier is not None and cluster.tier != request.tier:
+        return f"not in pinned tier {request.tier}"
+    if not cluster.hosts(model.name):
+        return f"does not host {model.name}"
+    if cluster.max_parameters is not None and model.parameters > cluster.max_parameters:
+        return (
+            f"{model.name} ({size(model.parameters)}) exceeds tier {cluster.tier}'s "
+            f"{size(cluster.max_parameters)} limit"
+        )
+    if plan is not None:
+        if plan.tiers and cluster.tier not in plan.tiers:
+            return f"plan {plan.name} does not include tier {cluster.tier}"
+        if plan.models and model.name not in plan.models:
+            return f"plan {plan.name} does not include {model.name}"
+        if plan.max_parameters is not None and model.parameters > plan.max_parameters:
+            return f"plan {plan.name} allows models up to {size(plan.max_parameters)}"
+    if allowed is not None and cluster.jurisdiction not in allowed:
+        where = ",".join(sorted(allowed)) or "nowhere (hint and plan disjoint)"
+        return f"residency: {cluster.jurisdiction} not in {where}"
+    if request.prompt_tokens > model.context_length:
+        return f"prompt of {request.prompt_tokens} tokens exceeds context {model.context_length}"
+    if (model.name, cluster.tier) not in topology.quotes:
+        return f"no price for {model.name} on tier {cluster.tier}"
+    return None
+
+
+def _wait_ms(load: Load, service_ms: int, completion_tokens: int) -> int:
+    """Requests queue only when every slot is busy, so ``running`` is the parallelism: the
+    queue drains ``running`` requests per service time."""
+    if load.tokens_per_second:  # the observed speed beats the default
+        service_ms = int(completion_tokens * 1000 / load.tokens_per_second)
+    return load.queue_depth * service_ms // max(1, load.running)
+
+
+def _cold_start_ms(
+    model: ModelSpec,
+    cluster: str,
+    load: Load | None,
+    live: Mapping[str, ClusterState],
+    config: PolicyConfig,
+) -> int:
+    """This endpoint's last observed cold start, else the slowest seen for the model elsewhere,
+    else a size-based default."""
+    if load is not None and load.cold_start_ms is not None:
+        return load.cold_start_ms
+    seen = [
+        other.load.cold_start_ms
+        for name in sorted(live)
+        if name != cluster
+        and (other := live[name].endpoint(model.name)).load is not None
+        and other.load.cold_start_ms is not None
+    ]
+    if seen:
+        return max(seen)
+    return config.cold_start_ms_base + model.parameters * config.cold_start_ms_per_billion // 10**9
+
+
+def _why_chosen(chosen: Candidate, ranked: list[Candidate], budget: int | None) -> str:
+    head = f"{chosen.cluster}: "
+    predicted = f"predicted {chosen.predicted_ms} ms"
+    if budget is not None and not chosen.meets_budget:
+        return head + f"fastest ({predicted}), none meets {budget} ms budget"
+    rivals = [c for c in ranked[1:] if c.meets_budget]
+    if not rivals:
+        price = "only one in budget" if budget is not None else "only feasible"
+    elif chosen.price < min(c.price for c in rivals):
+        price = "cheapest"
+    elif chosen.price == min(c.price for c in rivals):
+        price = "cheapest, fastest at that price"
+    else:
+        price = "best non-degraded"
+    if budget is None:
+        return head + f"no latency budget ({predicted}), {price}"
+    return head + f"meets {budget} ms budget ({predicted}), {price}"
+
+
+def size(parameters: int) -> str:
+    """135M, 8B, 70B: how the template writes model sizes."""
+    if parameters >= 10**9:
+        n = parameters / 10**9
+        return f"{n:g}B"
+    return f"{parameters / 10**6:g}M"
+
+
+def reason_header(decision: Decision) -> str:
+    """x-tollgate-route-reason: the reasons, then the rejections, ASCII, under 300 chars."""
+    parts = list(decision.reasons)
+    parts.extend(f"{c}: {r}" for c, r in decision.rejected.items())
+    text = "; ".join(parts).encode("ascii", "replace").decode("ascii")
+    text = " ".join(text.split())  # no CR/LF/tabs in a header value
+    if len(text) > MAX_HEADER:
+        text = text[: MAX_HEADER - 3] + "..."
+    return text

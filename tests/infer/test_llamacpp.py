@@ -1,0 +1,233 @@
+"""The real SmolLM2 model on CPU, served by infer_fn over HTTP and called with the official client.
+
+Usage must equal llama-cpp-python's own count for the same request (its high-level API on the
+same file) and the model's tokenization of the answer."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import llama_cpp
+import openai
+import pytest
+import requests
+
+from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
+from infer_fn.app import create_app
+from infer_fn.config import InferConfig
+from infer_fn.engines.llamacpp import LlamaCppEngine
+from tests.infer.conftest import (
+    FRANCE_MESSAGES,
+    MODEL,
+    Server,
+    Sink,
+    free_port,
+    own_chat,
+    own_completion,
+)
+from tests.infer.fakes import FaultyEngine
+
+pytestmark = pytest.mark.model
+
+HOLD = {"x-tollgate-hold-id": "hold-p", "x-tollgate-account-id": "acct-p"}
+
+
+@pytest.fixture
+def api(
+    serve: type[Server], model_config: InferConfig, llama_engine: LlamaCppEngine, sink: Sink
+) -> Iterator[openai.OpenAI]:
+    server = serve(create_app(model_config, engine=llama_engine))
+    yield openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+
+
+def test_paris_without_streaming(
+    api: openai.OpenAI, reference: llama_cpp.Llama, llama_engine: LlamaCppEngine
+) -> None:
+    reply = api.chat.completions.create(
+        model=MODEL,
+        messages=FRANCE_MESSAGES,
+        temperature=0,
+        max_tokens=32,
+    )
+    text = reply.choices[0].message.content or ""
+    assert "Paris" in text
+    own = own_chat(reference, 32)
+    assert own["choices"][0]["message"]["content"] == text
+    assert reply.usage is not None
+    assert reply.usage.model_dump(exclude_none=True) == own["usage"]
+    # The answer re-tokenized by the model is exactly the metered completion.
+    assert reply.usage.completion_tokens == llama_engine.count_tokens(text)
+
+
+def test_paris_streaming_with_usage(
+    api: openai.OpenAI, reference: llama_cpp.Llama, sink: Sink
+) -> None:
+    chunks = list(
+        api.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE_MESSAGES,
+            temperature=0,
+            max_tokens=32,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=HOLD,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    usage = chunks[-1].usage
+    assert usage is not None
+    own = own_chat(reference, 32)
+    assert usage.model_dump(exclude_none=True) == own["usage"]
+    [event] = sink.wait_for(1)
+    assert event["type"] == INFERENCE_COMPLETED
+    assert event.data["usage"] == own["usage"]
+
+
+def test_completions_endpoint(api: openai.OpenAI, reference: llama_cpp.Llama) -> None:
+    prompt = "The capital of France is"
+    reply = api.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8)
+    assert "Paris" in reply.choices[0].text
+    own = own_completion(reference, prompt, 8)
+    assert reply.choices[0].text == own["choices"][0]["text"]
+    assert reply.usage is not None
+    assert reply.usage.model_dump(exclude_none=True) == own["usage"]
+
+
+def test_stop_sequences_are_honoured(api: openai.OpenAI) -> None:
+    reply = api.completions.create(
+        model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=16, stop=["."]
+    )
+    assert reply.choices[0].text == " Paris"
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_prompt_over_the_context_window_is_400_and_the_model_still_answers(
+    api: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Paris " * 3000}]
+        )
+    assert refused.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model=MODEL, messages=FRANCE_MESSAGES, max_tokens=2030)
+    with pytest.raises(openai.NotFoundError):
+        api.chat.completions.create(model="gpt-4o", messages=FRANCE_MESSAGES)
+    reply = api.chat.completions.create(model=MODEL, messages=FRANCE_MESSAGES, temperature=0)
+    assert "Paris" in (reply.choices[0].message.content or "")
+
+
+def test_disconnect_stops_the_real_model(
+    serve: type[Server], model_config: InferConfig, llama_engine: LlamaCppEngine, sink: Sink
+) -> None:
+    server = serve(create_app(model_config, engine=llama_engine))
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0,
+    }
+    with requests.post(
+        f"{server.url}/v1/chat/completions", json=body, headers=HOLD, stream=True, timeout=60
+    ) as reply:
+        lines = reply.iter_lines(chunk_size=None)
+        seen = 0
+        while seen < 5:
+            seen += b'"content":"' in next(lines)
+    [event] = sink.wait_for(1, timeout=30)
+    assert event["type"] == INFERENCE_COMPLETED
+    assert 4 <= event.data["usage"]["completion_tokens"] < 400
+
+
+def test_engine_failure_mid_stream_on_the_real_model(
+    serve: type[Server], model_config: InferConfig, llama_engine: LlamaCppEngine, sink: Sink
+) -> None:
+    server = serve(create_app(model_config, engine=FaultyEngine(llama_engine, fail_after=3)))
+    api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in api.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE_MESSAGES,
+            stream=True,
+            extra_headers=HOLD,
+        ):
+            pass
+    [event] = sink.wait_for(1)
+    assert event["type"] == INFERENCE_FAILED
+    assert event.data["usage"]["completion_tokens"] >= 3
+    # The lock was released: the same engine answers right after.
+    healthy = serve(create_app(model_config, engine=llama_engine))
+    reply = requests.post(
+        f"{healthy.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": FRANCE_MESSAGES, "temperature": 0},
+        timeout=60,
+    )
+    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+
+
+def test_cold_start_warm_and_idle_unload_of_the_real_model(
+    serve: type[Server], model_config: InferConfig
+) -> None:
+    engine = LlamaCppEngine(model_config.resolved_model_path(), MODEL, n_ctx=512, threads=None)
+    config = dataclasses.replace(model_config, idle_seconds=1.0)
+    server = serve(create_app(config, engine=engine))
+    body = {"model": MODEL, "messages": FRANCE_MESSAGES, "temperature": 0, "max_tokens": 12}
+    first = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    second = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert int(first.headers["x-tollgate-cold-start-ms"]) > 0
+    assert second.headers["x-tollgate-cold-start-ms"] == "0"
+    assert first.json()["choices"] == second.json()["choices"]
+    end = time.monotonic() + 10
+    while engine.loaded and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not engine.loaded
+
+
+def test_configured_from_the_environment_and_served_like_on_knative(sink: Sink) -> None:
+    """`create_app()` reads its config from env and runs on the runtime's `serve` (waitress)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "K_SINK": sink.url,
+        "TOLLGATE_TIER": "edge",
+        "TOLLGATE_CLUSTER": "edge-lyon-3",
+        "TOLLGATE_N_CTX": "1024",
+    }
+    code = (
+        "from functions.server import serve; from infer_fn.app import create_app; "
+        "serve(create_app())"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/readyz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+            assert process.poll() is None and time.monotonic() < deadline
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+        stream = api.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE_MESSAGES,
+            temperature=0,
+            stream=True,
+            extra_headers={"x-tollgate-hold-id": "h-env", "x-tollgate-account-id": "a-env"},
+        )
+        assert "Paris" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        [event] = sink.wait_for(1)
+        assert event["source"] == "/tollgate/infer/edge/edge-lyon-3"
+        assert event.data["usage"]["prompt_tokens"] == 42
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,174 @@
+"""Metering: exact usage reaches a real CloudEvents sink after the response — on success, on a
+client that disconnects mid-stream and on an engine that fails mid-stream."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+import requests
+from openai.types.chat import ChatCompletionMessageParam
+
+from events.ledger import InferenceCompleted, InferenceFailed
+from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
+from infer_fn.app import create_app
+from infer_fn.config import InferConfig
+from tests.infer.conftest import Server, Sink
+from tests.infer.fakes import FaultyEngine, ScriptedEngine
+
+WORDS = [f"w{i}" for i in range(40)]
+HOLD = {
+    "x-tollgate-hold-id": "hold-7",
+    "x-tollgate-account-id": "acct-7",
+    "x-tollgate-tier": "regional",
+    "x-tollgate-cluster": "fra-2",
+}
+TWO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "two words"}]
+CHAT = {"model": "scripted", "messages": TWO}
+
+
+def _ints(value: object) -> Iterator[object]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _ints(item)
+    elif not isinstance(value, str):
+        yield value
+
+
+def test_completed_event_carries_exact_usage_and_integer_timings(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
+    server = serve(create_app(config, engine=ScriptedEngine(WORDS[:6], token_seconds=0.01)))
+    reply = requests.post(
+        f"{server.url}/v1/chat/completions", json=CHAT, headers=HOLD, timeout=10
+    ).json()
+    [event] = sink.wait_for(1)
+    assert event["type"] == INFERENCE_COMPLETED
+    assert event["id"] == reply["id"]
+    assert event["source"] == "/tollgate/infer/regional/fra-2"
+    data = event.data
+    assert isinstance(data, dict)
+    assert {k: data[k] for k in ("hold_id", "account_id", "model", "tier", "cluster")} == {
+        "hold_id": "hold-7",
+        "account_id": "acct-7",
+        "model": "scripted",
+        "tier": "regional",
+        "cluster": "fra-2",
+    }
+    assert (
+        data["usage"]
+        == reply["usage"]
+        == {
+            "prompt_tokens": 2,
+            "completion_tokens": 6,
+            "total_tokens": 8,
+        }
+    )
+    timings = data["timings"]
+    assert set(timings) == {"ttft_ms", "total_ms", "engine_ms"}
+    assert 0 < timings["ttft_ms"] <= timings["total_ms"]
+    assert 60 <= timings["engine_ms"] <= timings["total_ms"]
+    assert all(isinstance(v, int) and not isinstance(v, bool) for v in _ints(data))
+    InferenceCompleted.model_validate(data)  # the catalogue's model, as settle reads it
+
+
+def test_streamed_request_is_metered_like_its_usage_chunk(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
+    server = serve(create_app(config, engine=ScriptedEngine(WORDS)))
+    api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+    chunks = list(
+        api.chat.completions.create(
+            model="scripted",
+            messages=TWO,
+            max_tokens=7,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=HOLD,
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None
+    [event] = sink.wait_for(1)
+    assert event["type"] == INFERENCE_COMPLETED
+    assert event.data["usage"] == usage.model_dump(exclude_none=True)
+    assert event.data["usage"]["completion_tokens"] == 7
+
+
+def test_no_hold_no_event(serve: type[Server], config: InferConfig, sink: Sink) -> None:
+    server = serve(create_app(config, engine=ScriptedEngine(WORDS[:2])))
+    assert requests.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=10).ok
+    time.sleep(0.3)
+    assert sink.events == []
+
+
+def test_client_disconnect_stops_generation_and_meters_produced_tokens(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
+    engine = ScriptedEngine(WORDS, token_seconds=0.05)
+    server = serve(create_app(config, engine=engine))
+    port = int(server.url.rsplit(":", 1)[1])
+    body = b'{"model": "scripted", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    head = "".join(f"{k}: {v}\r\n" for k, v in HOLD.items())
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\n"
+            + head.encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b'"content":"') < 4:  # the role chunk and three words
+            received += conn.recv(4096)
+    # The client is gone: generation must stop long before the 40 words (2 s) are produced.
+    assert engine.closed.wait(5)
+    [event] = sink.wait_for(1)
+    produced = engine.generations[-1].completion_tokens
+    assert 3 <= produced < len(WORDS)
+    assert event["type"] == INFERENCE_COMPLETED
+    assert event.data["usage"]["completion_tokens"] == produced
+    assert event.data["usage"]["prompt_tokens"] == 1
+
+
+def test_engine_failure_mid_stream_ends_with_an_error_event_and_meters_what_was_produced(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
+    server = serve(create_app(config, engine=FaultyEngine(ScriptedEngine(WORDS), fail_after=3)))
+    api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+    pieces: list[str] = []
+    with pytest.raises(openai.APIError, match="injected fault"):
+        for chunk in api.chat.completions.create(
+            model="scripted",
+            messages=TWO,
+            stream=True,
+            extra_headers=HOLD,
+        ):
+            pieces.extend(c.delta.content for c in chunk.choices if c.delta.content)
+    assert pieces == ["w0", " w1", " w2"]
+    [event] = sink.wait_for(1)
+    assert event["type"] == INFERENCE_FAILED
+    assert event.data["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert event.data["error"]["type"] == "engine_error"
+    InferenceFailed.model_validate(event.data)
+    assert "injected fault" in event.data["error"]["message"]
+    # The engine serves the next request.
+    assert (
+        requests.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=10).status_code == 500
+    )
+
+
+def test_engine_failure_without_stream_is_500_and_metered(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
+    inner = ScriptedEngine(WORDS)
+    server = serve(create_app(config, engine=FaultyEngine(inner, fail_after=2)))
+    reply = requests.post(f"{server.url}/v1/chat/completions", json=CHAT, headers=HOLD, timeout=10)
+    assert reply.status_code == 500
+    assert reply.json()["error"]["code"] == "engine_failed"
+    [event] = sink.wait_for(1)
+    assert event["type"] == INFERENCE_FAILED
+    assert event.data["usage"]["completion_tokens"] == 2

@@ -1,0 +1,99 @@
+"""Plans: monthly grants exactly once per account and period; slice bookings grant once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from flask.testing import FlaskClient
+
+from events import types
+from events.network import SLICE_BOOKED
+from functions.accounts import bind_slices
+from functions.config import Settings
+from functions.store import Store
+from ledger_fn.app import create_app
+from ledger_fn.ledger import Ledger
+from ledger_fn.plans import PlanGrant, Plans, period_end
+from tests.ledger.helpers import Clock, invariant, send
+
+NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
+PLANS = {
+    "bundle": PlanGrant("bundle", "monthlyBundle", 1000, tiers=("edge", "regional")),
+    "dev": PlanGrant("dev", "subscription", 300, rollover=True),
+    "payg": PlanGrant("payg", "payPerInference", 0),
+}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOV_15)
+
+
+@pytest.fixture
+def ledger(sqlite_store: Store, clock: Clock) -> Ledger:
+    ledger = Ledger(sqlite_store, clock=clock)
+    for account, plan in (("a", "bundle"), ("b", "dev"), ("c", "payg"), ("d", None)):
+        ledger.open_account(account, {"plan": plan} if plan else {})
+    return ledger
+
+
+@pytest.fixture
+def client(sqlite_store: Store, ledger: Ledger) -> FlaskClient:
+    settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
+    app = create_app("grant", settings=settings, store=sqlite_store, ledger=ledger, plans=PLANS)
+    return app.test_client()
+
+
+def test_monthly_grants_run_once_per_account_and_period(
+    client: FlaskClient, ledger: Ledger, clock: Clock
+) -> None:
+    for ping in ("p1", "p2"):  # the schedule fires twice
+        response = send(client, types.PLANS_RENEW, {}, id=ping)
+        assert response.status_code == 200
+    assert ledger.balance("a")["granted"] == 1000
+    assert ledger.balance("b")["granted"] == 300
+    assert ledger.balance("c")["granted"] == ledger.balance("d")["granted"] == 0
+    lot = ledger.balance("a")["lots"][0]
+    assert lot["expires_at"] == period_end("2026-11") and lot["tiers"] == ["edge", "regional"]
+    assert lot["origin"] == "plan" and lot["reference"] == "plan:bundle:2026-11"
+    assert ledger.balance("b")["lots"][0]["expires_at"] is None  # rolls over
+    clock.now = datetime(2026, 12, 1, 0, 5, tzinfo=UTC).timestamp()
+    send(client, types.PLANS_RENEW, {}, id="p3")
+    assert ledger.balance("a")["granted"] == 2000
+    invariant(ledger, "a")
+
+
+def test_a_slice_booking_grants_the_plan_bundle_once(
+    client: FlaskClient, ledger: Ledger, sqlite_store: Store
+) -> None:
+    bind_slices(sqlite_store, "a", ["slice-42"])
+    for status, event_id in (("AVAILABLE", "s1"), ("OPERATING", "s2"), ("OPERATING", "s2")):
+        data = {
+            "slice_id": "slice-42",
+            "status": status,
+            "source_event": "org.camaraproject.network-slice-booking.v0.status-changed",
+        }
+        response = send(client, SLICE_BOOKED, data, id=event_id)
+        assert response.status_code == 200
+    balance = ledger.balance("a")
+    assert balance["granted"] == 1000
+    assert balance["lots"][0]["reference"] == "slice:slice-42"
+
+
+def test_a_booking_for_an_unbound_slice_changes_nothing(
+    client: FlaskClient, ledger: Ledger
+) -> None:
+    data = {"slice_id": "nobody", "status": "AVAILABLE", "source_event": "x"}
+    assert send(client, SLICE_BOOKED, data).status_code == 204
+    assert all(ledger.balance(a)["granted"] == 0 for a in "abcd")
+
+
+def test_a_late_schedule_does_not_grant_a_finished_period(ledger: Ledger, clock: Clock) -> None:
+    plans = Plans(ledger, PLANS, clock=clock)
+    assert plans.grant_period("a", "2026-10") is None
+    assert ledger.balance("a")["granted"] == 0
+    assert plans.next_grant("a") == {
+        "plan": "bundle",
+        "next_grant": {"at": period_end("2026-11"), "credits": 1000},
+    }
