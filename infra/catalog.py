@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from events import network
 from events import types as t
+from events.catalogue import MODELS
+from functions.app import PING_TYPE
+from functions.app import PING_TYPE_EXTENSION as PING_EXTENSION
 
 
 @dataclass(frozen=True)
@@ -30,15 +34,20 @@ FUNCTION_KINDS: Final = MappingProxyType(
         "authorize": _kind((t.HOLD_AUTHORIZE,), (t.HOLD_AUTHORIZED, t.HOLD_DECLINED)),
         "settle": _kind((t.HOLD_SETTLE, t.INFERENCE_COMPLETED), (t.HOLD_SETTLED,)),
         "refund": _kind((t.HOLD_REFUND, t.INFERENCE_FAILED), (t.HOLD_REFUNDED,)),
-        "grant": _kind((t.CREDITS_GRANT,), (t.CREDITS_GRANTED,)),
+        "grant": _kind(
+            (t.CREDITS_GRANT, t.PLANS_RENEW, network.SLICE_BOOKED),
+            (t.CREDITS_GRANTED, t.PLANS_RENEWED),
+        ),
         "sweep": _kind((t.HOLDS_SWEEP,), (t.HOLD_EXPIRED, t.HOLDS_SWEPT)),
         "ledger-admin": _kind(),
-        "route": _kind((t.ROUTE_REQUESTED,), (t.ROUTE_DECIDED,)),
-        # The ingress asks authorize and route with CloudEvents and reports the outcome itself
-        # when it fails over, so it emits the same facts infer does.
+        "route": _kind(
+            (t.ROUTE_REQUESTED, network.SITE_DEGRADED, network.SITE_RESTORED), (t.ROUTE_DECIDED,)
+        ),
+        # The ingress asks authorize with CloudEvents and reports a failed attempt itself when
+        # it fails over; its events endpoint publishes what network systems tell us.
         "ingress": _kind(
             (),
-            (t.HOLD_AUTHORIZE, t.ROUTE_REQUESTED, t.INFERENCE_COMPLETED, t.INFERENCE_FAILED),
+            (t.HOLD_AUTHORIZE, t.INFERENCE_COMPLETED, t.INFERENCE_FAILED, *network.MODELS),
         ),
         "infer": _kind((), (t.INFERENCE_COMPLETED, t.INFERENCE_FAILED)),
     }
@@ -50,19 +59,12 @@ INFER: Final = "infer"
 # Network-slice types (issue 6) are declared in the template before events/types.py lists them.
 NETWORK_PREFIX: Final = "io.tollgate.network."
 
-# Knative's PingSource always sends this type; it cannot be overridden, so a scheduled command
-# carries its Tollgate type in the ``tollgatetype`` extension instead (see render.py).
-PING_EVENT_TYPE: Final = "dev.knative.sources.ping"
-PING_TYPE_EXTENSION: Final = "tollgatetype"
+# Knative's PingSource always sends its own type; a scheduled command carries its Tollgate type
+# in an extension instead (see render.py), which the function runtime reads.
+PING_EVENT_TYPE: Final = PING_TYPE
+PING_TYPE_EXTENSION: Final = PING_EXTENSION
 
 
 def known_event_types() -> frozenset[str]:
-    """Every event type constant in events/types.py."""
-    return frozenset(
-        value
-        for name, value in vars(t).items()
-        if name.isupper()
-        and isinstance(value, str)
-        and value.startswith(t.PREFIX)
-        and value != t.PREFIX
-    )
+    """Every event type the catalogue has a model for."""
+    return frozenset(MODELS)

@@ -47,9 +47,9 @@ def test_plan_uses_kn_where_kn_can_express_the_resource(shipped: Template) -> No
         "--retry 5 --backoff-policy exponential --backoff-delay PT0.5S --dl-sink ksvc:ledger-admin"
     ) in text
     assert (
-        "kn trigger create route-route-requested --namespace tollgate --context "
-        "tollgate-regional-paris-1 --broker default --filter type=io.tollgate.route.requested.v1 "
-        "--sink ksvc:route"
+        "kn trigger create route-network-site-degraded --namespace tollgate --context "
+        "tollgate-regional-paris-1 --broker default "
+        "--filter type=io.tollgate.network.site.degraded.v1 --sink ksvc:route"
     ) in text
     assert (
         "kn source ping create holds-sweep --namespace tollgate --context "
@@ -59,7 +59,7 @@ def test_plan_uses_kn_where_kn_can_express_the_resource(shipped: Template) -> No
     # A trigger with its own delivery goes through kubectl: kn trigger has no delivery flags.
     assert (
         "kubectl --context tollgate-regional-paris-1 apply -f "
-        "out/regional-paris-1/22-trigger-settle-inference-completed.yaml"
+        "out/regional-paris-1/24-trigger-settle-inference-completed.yaml"
     ) in text
     # GPU services wait as long as their progress deadline for the model to load.
     assert (

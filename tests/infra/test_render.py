@@ -161,7 +161,7 @@ def test_pings_reach_their_consumer_through_the_broker(shipped: Template) -> Non
     pings = _by(home, "PingSource")
     assert pings["holds-sweep"]["spec"]["schedule"] == "* * * * *"
     assert pings["monthly-grants"]["spec"]["schedule"] == "0 0 1 * *"
-    assert pings["monthly-grants"]["spec"]["data"] == '{"plans":"due"}'
+    assert pings["monthly-grants"]["spec"]["data"] == "{}"
     sweep = _by(home, "Trigger")["sweep-holds-sweep-ping"]["spec"]["filter"]["attributes"]
     assert sweep == {"type": PING_EVENT_TYPE, "tollgatetype": "io.tollgate.holds.sweep.v1"}
     assert pings["holds-sweep"]["spec"]["ceOverrides"]["extensions"] == {

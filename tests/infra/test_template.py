@@ -127,7 +127,7 @@ def test_trigger_for_an_event_type_nobody_emits() -> None:
     err = _errors(text)
     _assert_problem(
         err,
-        "eventing.triggers[6].type",
+        "eventing.triggers[9].type",
         _line_of(text, "- type: io.tollgate.hold.settle.v1"),
         "trigger for io.tollgate.hold.settle.v1, which nobody emits",
     )
@@ -135,15 +135,15 @@ def test_trigger_for_an_event_type_nobody_emits() -> None:
 
 def test_trigger_to_a_function_that_does_not_consume_the_type() -> None:
     text = _broken(
-        "{type: io.tollgate.route.requested.v1, function: route}",
-        "{type: io.tollgate.route.requested.v1, function: grant}",
+        "{type: io.tollgate.plans.renew.v1, function: grant}",
+        "{type: io.tollgate.plans.renew.v1, function: route}",
     )
     _assert_problem(
         _errors(text),
-        "eventing.triggers[1].type",
-        _line_of(text, "function: grant}"),
-        "function 'grant' does not consume io.tollgate.route.requested.v1; "
-        "it consumes: io.tollgate.credits.grant.v1",
+        "eventing.triggers[4].type",
+        _line_of(text, "{type: io.tollgate.plans.renew.v1, function: route}"),
+        "function 'route' does not consume io.tollgate.plans.renew.v1; "
+        "it consumes: io.tollgate.network.site.degraded.v1",
     )
 
 
@@ -240,12 +240,12 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_bad_event_type() -> None:
     text = _broken(
-        "{type: io.tollgate.route.requested.v1, function: route}",
+        "{type: io.tollgate.plans.renew.v1, function: grant}",
         "{type: route.requested, function: route}",
     )
     _assert_problem(
         _errors(text),
-        "eventing.triggers[1].type",
+        "eventing.triggers[4].type",
         _line_of(text, "{type: route.requested, function: route}"),
         "'route.requested' is not a Tollgate event type: use io.tollgate.<noun>.<verb>.v<N>",
     )
@@ -278,7 +278,7 @@ def test_network_types_are_declared_in_the_template() -> None:
     # Issue 6 adds consumers of io.tollgate.network.* by declaring them, not by changing code.
     quality = "io.tollgate.network.quality.changed.v1"
     site = "      cluster: edge-lyon-5g-1\n"
-    route = "    - {type: io.tollgate.route.requested.v1, function: route}\n"
+    route = "    - {type: io.tollgate.network.site.restored.v1, function: route}\n"
     text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{quality}],")
     text = text.replace(site, f"{site}      emits: [{quality}]\n")
     text = text.replace(route, f"{route}    - {{type: {quality}, function: route}}\n")
