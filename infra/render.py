@@ -271,6 +271,12 @@ def _service(
 
 def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
     env = {"TOLLGATE_STORE": t.table.store, "AWS_REGION": t.table.region}
+    if f.name == "ingress":
+        # The ingress calls authorize and (after a failed attempt) refund synchronously, inside
+        # the cluster; its events endpoint checks network systems' bearer from this variable.
+        local = f"{t.namespace}.svc.cluster.local"
+        env["TOLLGATE_LEDGER_URL"] = f"http://authorize.{local}"
+        env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
     container = _tollgate_container(t, c, f.name, env, f.resources.cpu, f.resources.memory)
     if f.image:
         container["image"] = f.image
