@@ -26,12 +26,9 @@ node_modules/.installed: package.json package-lock.json
 
 dynamodb-local: node_modules/.installed
 
-# Until the router/ingress and `tollgate up` land, `make up` serves the ledger (events + admin
-# API) on :8080 with its state under .tollgate/.
+# The whole platform on this machine from template.yaml (state in .tollgate/; Ctrl-C stops it).
 up: install
-	TOLLGATE_STORE=$${TOLLGATE_STORE:-sqlite:///$(CURDIR)/.tollgate/tollgate.db} \
-	TOLLGATE_ADMIN_TOKEN=$${TOLLGATE_ADMIN_TOKEN:-$$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))' | tee /dev/stderr)} \
-	$(VENV)/bin/tollgate serve ledger --port $${PORT:-8080}
+	$(VENV)/bin/tollgate up
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
+from events.catalogue import json_schemas
 from infra.iac_commands import COMMANDS
 from infra.serve import serve
+from infra.up import up
 from ledger_fn.cli import ledger
 
 
@@ -15,9 +19,17 @@ def main() -> None:
     """Tollgate: prepaid AI-inference credits on the operator's own network."""
 
 
+@main.command("events")
+def events_schemas() -> None:
+    """Print the JSON Schema of every CloudEvent type's data (the event catalogue)."""
+    click.echo(json.dumps(json_schemas(), indent=2))
+
+
 main.add_command(serve)
 main.add_command(ledger)
+main.add_command(up)
 for command in COMMANDS:
     main.add_command(command)
+
 if __name__ == "__main__":
     main()

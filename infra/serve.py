@@ -6,11 +6,15 @@ import logging
 import os
 
 import click
-from flask import Flask
+from flask import Blueprint, Flask
 
+from events.adapter import Mapped
 from functions.config import Settings
+from functions.emit import Emitter
+from functions.idempotency import Idempotency
 from functions.server import serve as serve_app
-from functions.store import open_store
+from functions.store import Store, open_store
+from infra.template import Template
 from infra.wiring import plan_grants, template_from_env, topology_from_env
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
@@ -58,7 +62,39 @@ def _ingress() -> Flask:
         # Keeps health and load of every infer function fresh in the shared tier state.
         start_probing(topology, states, interval_s=interval)
     ledger = LedgerClient(authorize_url, os.environ.get("TOLLGATE_REFUND_URL") or None)
-    return ingress_app(topology, store, ledger, admin_token=settings.admin_token, states=states)
+    network = network_blueprint(template_from_env(os.environ), store, Emitter(settings.sink))
+    return ingress_app(
+        topology, store, ledger, admin_token=settings.admin_token, states=states, network=network
+    )
+
+
+def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blueprint:
+    """The events endpoint: network notifications in their own formats, published to the broker
+    as our io.tollgate.network.* events (ids derived from the notification, so a replay that
+    gets past the endpoint's own dedupe is deduped downstream)."""
+    from events.camara import SubscriptionBinding
+    from router_fn.network_events import network_events_blueprint
+
+    def publish(events: list[Mapped], key: str) -> None:
+        for index, event in enumerate(events):
+            emitter.emit(
+                event.type,
+                "/tollgate/network",
+                event.data,
+                id=f"{key}#{index}",
+                subject=event.subject,
+            )
+
+    subscriptions = {
+        s.name: SubscriptionBinding(s.name, s.api, frozenset(s.event_types), s.cluster)
+        for s in template.camara.subscriptions
+    }
+    return network_events_blueprint(
+        publish,
+        credential=os.environ.get(template.camara.credential_env) or None,
+        subscriptions=subscriptions,
+        idempotency=Idempotency(store),
+    )
 
 
 @click.command("serve")

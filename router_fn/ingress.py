@@ -78,7 +78,8 @@ class Attempt:
     hold: Hold
     quote: Quote
     upstream: requests.Response
-    first: bytes  # the first chunk of a stream, read before answering (failover stays possible)
+    chunks: Iterator[bytes]  # the body's one iterator (a second iter_content would start empty)
+    first: bytes  # its first chunk, read before answering (so failover stays possible)
 
 
 class Ingress:
@@ -191,7 +192,7 @@ class Ingress:
                 mimetype="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        payload = attempt.first + attempt.upstream.content
+        payload = attempt.first + b"".join(attempt.chunks)
         attempt.upstream.close()
         headers.update(_charges(attempt, payload))
         return Response(payload, status=200, mimetype="application/json", headers=headers)
@@ -288,14 +289,15 @@ class Ingress:
             # The request itself is wrong (e.g. longer than the context): no tier would take it.
             error = _upstream_error(upstream)
             raise _AttemptFailed(error.message, final=error)
+        chunks = upstream.iter_content(chunk_size=None)
         try:
-            first = next(upstream.iter_content(chunk_size=None), b"")
+            first = next(chunks, b"")
         except requests.RequestException as exc:
             upstream.close()
             raise _AttemptFailed(
                 f"failed before the first byte ({exc.__class__.__name__})"
             ) from exc
-        return Attempt(candidate, hold, quote, upstream, first)
+        return Attempt(candidate, hold, quote, upstream, chunks, first)
 
     def _refund(
         self, hold: Hold, caller: Caller, model: ModelSpec, candidate: Candidate, error: str
@@ -358,7 +360,7 @@ def _relay(attempt: Attempt) -> Iterator[bytes]:
     try:
         if attempt.first:
             yield attempt.first
-        yield from attempt.upstream.iter_content(chunk_size=None)
+        yield from attempt.chunks
     except requests.RequestException as exc:
         log.warning("upstream %s broke mid-stream: %s", attempt.candidate.cluster, exc)
         # The infer function died mid-stream: it can emit no event, so the hold returns to the

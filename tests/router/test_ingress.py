@@ -53,8 +53,9 @@ class Upstream:
                 chunks = [
                     {"choices": [{"delta": {"content": w}, "index": 0}]} for w in ("Par", "is")
                 ]
-                text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-                return Response(text, mimetype="text/event-stream")
+                events = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+                # One write per event, as a real stream arrives: the relay must pass them all.
+                return Response(iter(events), mimetype="text/event-stream")
             reply = {
                 "object": "chat.completion",
                 "choices": [{"message": {"role": "assistant", "content": "Paris"}, "index": 0}],

@@ -1,0 +1,240 @@
+"""``tollgate up``: the whole platform from template.yaml on one machine.
+
+The broker (Knative Broker/Trigger semantics) and the ping scheduler run in this process; every
+function runs as ``tollgate serve <function>`` in a child process, exactly as in its container,
+with its log under ``<state-dir>/logs/``. State (the sqlite store, the broker queue, the admin
+token, the demo key) lives in the state dir, so a restart keeps every balance and every event.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+import requests
+from rich.console import Console
+from rich.table import Table
+
+from infra.broker import Broker, BrokerServer
+from infra.broker_queue import BrokerQueue
+from infra.demo import Demo, admin_token, ensure_demo, token_file
+from infra.local import LEDGER, LocalPlatform, free_port, plan, write_json
+from infra.scheduler import Scheduler, http_sender
+from infra.serve import FUNCTIONS
+from infra.supervisor import ChildFailed, Supervisor
+from infra.template import Template, TemplateError, load_template
+
+WATCH_EVERY_S = 0.5
+STARTUP_TIMEOUT_S = 120.0
+
+# soft_wrap: keys, tokens and commands must stay on one line to be copied.
+console = Console(soft_wrap=True)
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived: leave whatever we were doing and shut down."""
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    # Later signals are ignored: shutting down must not be cut short by an impatient Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stop(signal.Signals(signum).name)
+
+
+@click.command("up")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of the ingress (the OpenAI-compatible API).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".tollgate"),
+    show_default=True,
+    help="Where the store, the broker queue, tokens and logs live.",
+)
+@click.option(
+    "--template",
+    "template_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("template.yaml"),
+    show_default=True,
+)
+@click.option(
+    "--startup-timeout",
+    type=float,
+    default=STARTUP_TIMEOUT_S,
+    show_default=True,
+    help="Seconds each function may take to answer /healthz.",
+)
+def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) -> None:
+    """Run the whole platform locally: broker, ledger, route, ingress and an infer per tier."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # One access-log line per event would bury what matters (retries, dead letters).
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        template = load_template(template_path)
+    except (OSError, TemplateError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token, generated = admin_token(state_dir)
+    broker_port = free_port()
+    platform = plan(
+        template,
+        template_path,
+        state_dir,
+        ingress_port=port,
+        broker_url=f"http://127.0.0.1:{broker_port}",
+        admin_token=token,
+        servable=FUNCTIONS,
+    )
+    write_json(platform.endpoints_file, platform.endpoints)
+    supervisor = Supervisor(state_dir / "logs")
+    broker = BrokerServer(
+        Broker(BrokerQueue(state_dir / "broker.db"), platform.subscriptions), broker_port
+    )
+    scheduler = Scheduler(template.namespace, template.eventing.pings, http_sender(broker.url))
+    endpoints_json = state_dir / "endpoints.json"
+    status = 0
+    try:
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        # Children are forked before this process starts any thread (fork + threads can leave
+        # a child holding a lock nobody will release); the broker's socket already listens, so
+        # an early event waits in its backlog.
+        children = [supervisor.start(spec) for spec in platform.processes]
+        broker.start()
+        for child in children:
+            supervisor.wait_healthy(child, startup_timeout)
+        scheduler.start()
+        admin = platform.url(LEDGER)
+        assert admin is not None  # the ledger is always servable
+        demo = ensure_demo(admin, token, state_dir)
+        write_json(endpoints_json, _endpoints(platform, broker.url, port, state_dir))
+        _summary(
+            template, platform, supervisor, broker.url, port, demo, token, generated, state_dir
+        )
+        status = _watch(supervisor)
+    except _Stop as stop:
+        console.print(f"\n[bold]{stop}[/]: stopping…")
+    except (ChildFailed, requests.RequestException) as exc:
+        console.print(str(exc), style="red", markup=False)
+        status = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        scheduler.stop()
+        supervisor.stop()
+        broker.stop()
+        # Stale URLs would mislead tools: the file exists exactly while the platform runs.
+        endpoints_json.unlink(missing_ok=True)
+        console.print("stopped.")
+    sys.exit(status)
+
+
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW_S = 60.0
+
+
+def _watch(supervisor: Supervisor) -> int:
+    """Block until a signal (raised as _Stop). A child that dies is restarted, as Knative
+    restarts a crashed container; one that keeps dying (a crash loop) stops everything (1)."""
+    restarts: list[float] = []
+    while True:
+        time.sleep(WATCH_EVERY_S)
+        dead = supervisor.dead()
+        if dead is None:
+            continue
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < CRASH_LOOP_WINDOW_S] + [now]
+        console.print(
+            f"{dead.spec.name} exited with status {dead.process.returncode}; its last log "
+            f"lines ({dead.log_path}):\n{dead.tail()}",
+            style="red",
+            markup=False,
+        )
+        if len(restarts) > CRASH_LOOP_RESTARTS:
+            console.print(f"{len(restarts)} restarts within {CRASH_LOOP_WINDOW_S:.0f}s: stopping")
+            return 1
+        supervisor.restart(dead)
+        console.print(f"restarted {dead.spec.name}")
+
+
+def _endpoints(platform: LocalPlatform, broker: str, port: int, state_dir: Path) -> dict[str, Any]:
+    ingress = f"http://127.0.0.1:{port}"
+    return {
+        "ingress": ingress,
+        "admin": platform.url(LEDGER),
+        "broker": broker,
+        # The network-events endpoint (CAMARA, 3GPP) is served by the ingress.
+        "events": ingress + "/events",
+        "infer": dict(platform.infer),
+        "admin_token_file": str(token_file(state_dir).resolve()),
+    }
+
+
+def _summary(
+    template: Template,
+    platform: LocalPlatform,
+    supervisor: Supervisor,
+    broker: str,
+    port: int,
+    demo: Demo,
+    token: str,
+    generated: bool,
+    state_dir: Path,
+) -> None:
+    table = Table(title=f"tollgate up: {template.metadata.name}", title_justify="left")
+    for column in ("process", "url", "pid"):
+        table.add_column(column, no_wrap=True)
+    table.add_row("broker", broker, "(this process)")
+    for child in supervisor.children:
+        table.add_row(child.spec.name, child.spec.url, str(child.process.pid))
+    console.print(table)
+    console.print(f"Logs: {supervisor.log_dir}/<process>.log", markup=False)
+    for name in platform.skipped:
+        console.print(f"[yellow]not started: `tollgate serve {name}` does not exist yet[/]")
+    rtt = ", ".join(f"{t} +{v.emulated_rtt_ms} ms" for t, v in template.local.tiers.items())
+    console.print(f"Tiers (emulated RTT): {rtt}; model {template.local.model} on CPU everywhere.")
+    if generated:
+        console.print(f"Admin token (generated, kept in {token_file(state_dir)}): {token}")
+    else:
+        console.print(f"Admin token: $TOLLGATE_ADMIN_TOKEN or {token_file(state_dir)}")
+    base = f"http://127.0.0.1:{port}/v1"
+    model = template.model(template.local.model).served_name
+    what = "created" if demo.created else "kept from the last run"
+    console.print(f"\nDemo account [bold]{demo.account}[/] ({what}), API key: {demo.key}\n")
+    console.print("curl:", style="bold")
+    console.print(
+        f"curl -s {base}/chat/completions -H 'Authorization: Bearer {demo.key}' "
+        f'-H \'Content-Type: application/json\' -d \'{{"model": "{model}", '
+        f'"messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}\' -i',
+        markup=False,
+    )
+    console.print("\nPython (openai):", style="bold")
+    console.print(
+        "from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{base}", api_key="{demo.key}")\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{model}", max_tokens=32,\n'
+        '    messages=[{"role": "user", "content": "Say hello"}],\n'
+        ")\n"
+        "print(reply.choices[0].message.content)",
+        markup=False,
+    )
+    console.print(
+        f"\nBalance: curl -s -H 'Authorization: Bearer <admin token>' "
+        f"{platform.url(LEDGER)}/accounts/{demo.account}/balance",
+        markup=False,
+    )
+    console.print(f"Endpoints for tools: {state_dir / 'endpoints.json'}. Ctrl-C stops.")
