@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +29,9 @@ from rich.console import Console
 from rich.table import Table
 from waitress.server import create_server
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe
 from infer_fn.app import create_app
 from infer_fn.config import DEFAULT_MODEL_NAME, InferConfig
 from infer_fn.engines.base import SamplingParams
@@ -84,20 +86,6 @@ def over_http(url: str, max_tokens: int) -> Run:
     return Run((first or ended) - started, ended - started, tokens)
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{model}, {os.cpu_count()} cores, load average {load}, Python {platform.python_version()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
@@ -105,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console(width=120)
-    console.print(f"[bold]machine[/]: {machine()}")
+    console.print(f"[bold]machine[/]: {describe()}")
     config = InferConfig(idle_seconds=0)
     engine = LlamaCppEngine(
         config.resolved_model_path(), config.model_name, n_ctx=config.n_ctx, threads=config.threads

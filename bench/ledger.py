@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
 from events import types  # noqa: E402
 from functions.cloudevent import make_event, to_binary  # noqa: E402
 from functions.store import Absent, ConditionFailed, Item, Store, VersionIs, open_store  # noqa: E402
@@ -36,15 +36,6 @@ from ledger_fn.ledger import Ledger  # noqa: E402
 from tests.dynamodb_local import DynamoDBLocal, java_missing  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def rate(clients: int, work: Callable[[int, int], None]) -> float:
@@ -160,7 +151,7 @@ def peak_rss_of_served_ledger(url: str) -> float:
 
 def main() -> None:
     console = Console()
-    console.print(f"[bold]bench/ledger.py[/] on {machine()}; {SECONDS:g} s per figure")
+    console.print(f"[bold]bench/ledger.py[/] on {describe()}; {SECONDS:g} s per figure")
     tmp = tempfile.TemporaryDirectory()
     sqlite_url = f"sqlite:///{tmp.name}/bench.db"
     rows = store_rows("sqlite", sqlite_url)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
 from functions.store.sqlite import SqliteStore  # noqa: E402
 from infra.template import load_template  # noqa: E402
 from infra.wiring import topology as template_topology  # noqa: E402
@@ -32,15 +32,6 @@ from router_fn.tierstate import TierStates  # noqa: E402
 from router_fn.topology import Topology  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "50000"))
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def seed(states: TierStates, topology: Topology) -> None:
@@ -128,7 +119,7 @@ def main() -> None:
         ]
         store.close()
 
-    table = Table(title=f"Route decision time - {machine()}")
+    table = Table(title=f"Route decision time - {describe()}")
     table.add_column("what")
     table.add_column("p50 µs", justify="right")
     table.add_column("p99 µs", justify="right")

@@ -9,7 +9,7 @@ import pytest
 from functions.errors import Conflict, Unavailable
 from functions.idempotency import Idempotency, payload_hash
 from functions.store import Store
-from tests.ledger.helpers import Clock
+from tests.clock import Clock
 
 
 def test_payload_hash_ignores_key_order() -> None:

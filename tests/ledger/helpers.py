@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -11,25 +10,9 @@ from flask.testing import FlaskClient
 from functions.cloudevent import make_event, to_binary, to_structured
 from functions.store import Store
 from ledger_fn.ledger import Ledger
+from tests.clock import Clock
 
-START = 1_800_000_000
 _ids = itertools.count(1)
-
-
-class Clock:
-    """A settable clock; tests move time instead of sleeping."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 def send(

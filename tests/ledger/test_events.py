@@ -13,7 +13,8 @@ from functions.config import Settings
 from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
-from tests.ledger.helpers import Clock, funded, invariant, send
+from tests.clock import Clock
+from tests.ledger.helpers import funded, invariant, send
 
 
 @pytest.fixture

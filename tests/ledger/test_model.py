@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 from functions.errors import Conflict, NotFound
 from functions.store.sqlite import SqliteStore
 from ledger_fn.ledger import Ledger
-from tests.ledger.helpers import Clock
+from tests.clock import Clock
 
 amounts = st.integers(min_value=1, max_value=10_000)
 

@@ -15,7 +15,8 @@ from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans, period_end
-from tests.ledger.helpers import Clock, invariant, send
+from tests.clock import Clock
+from tests.ledger.helpers import invariant, send
 
 NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
 PLANS = {

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 
 from events.quote import Quote
 from router_fn.tierstate import ClusterState, Degradation, Endpoint, Health, Load
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+from tests.clock import START
 
-START = 1_800_000_000.0
 B = 10**9
 SMALL = ModelSpec("small", "Small-135M", 135 * 10**6, 8192)
 MID = ModelSpec("mid", "org/Mid-8B", 8 * B, 16384)
@@ -112,19 +111,3 @@ def all_warm(*changed: ClusterState, model: str = "small") -> dict[str, ClusterS
     live = {c.name: state(c.name, model, load_=load()) for c in CLUSTERS}
     live.update({s.name: s for s in changed})
     return live
-
-
-class Clock:
-    """A settable clock: tests move time instead of sleeping."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds

@@ -16,7 +16,8 @@ from functions.store import Store
 from router_fn.probe import BackgroundProber, Prober, parse_metrics, start_probing
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, Topology
-from tests.router.helpers import Clock, topology
+from tests.clock import Clock
+from tests.router.helpers import topology
 
 
 def metrics_text(queue: int = 0, running: int = 0, loaded: bool = True, cold: float = 0) -> str:

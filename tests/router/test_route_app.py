@@ -14,8 +14,9 @@ from functions.cloudevent import parse_http
 from functions.store import Store
 from router_fn.route_app import create_app
 from router_fn.tierstate import TierStates
+from tests.clock import START, Clock
 from tests.ledger.helpers import send
-from tests.router.helpers import START, Clock, topology
+from tests.router.helpers import topology
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 from functions.store import Item, Store, StoreUnavailable
 from router_fn.tierstate import TierStates
 from router_fn.tierview import tiers_view
-from tests.router.helpers import START, Clock, topology
+from tests.clock import START, Clock
+from tests.router.helpers import topology
 
 
 def states(store: Store, clock: Clock) -> TierStates:
