@@ -16,13 +16,22 @@ class FunctionError(Exception):
     type = "server_error"
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, **details: Any
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        **details: Any,
     ) -> None:
+        """``status``: for an error relayed from another service, the status it answered."""
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if status is not None:
+            self.status = status
         self.details = details
 
     def body(self) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from functions.accounts import META_SK, account_pk
 from functions.errors import BadRequest, Conflict, NotFound, Unavailable
 from functions.idempotency import payload_hash
 from functions.store import Absent, ConditionFailed, Item, Store, VersionIs
-from ledger_fn.journal import GENESIS, chain_hash, entry_data, entry_sk
-from ledger_fn.state import AccountState, Op, OpKind, account_of, apply
+from ledger_fn.journal import chain_hash, entry_data, entry_sk
+from ledger_fn.state import AccountState, Op, OpKind, apply
 
 REGISTRY = "ACCOUNTS"
 MAX_COMMIT_ATTEMPTS = 200
@@ -150,9 +150,6 @@ class Ledger:
         a replay returns the first result; a replay with another ``payload`` is a Conflict."""
         digest = payload_hash(payload if payload is not None else args) if key else None
         return self._commit(account_id, Op(kind=kind, at=0, key=key, digest=digest, args=args))
-
-    def hold_account(self, hold_id: str) -> str:
-        return account_of(hold_id)
 
     def _commit(self, account_id: str, op: Op, *, create: bool = False) -> dict[str, Any]:
         pk = account_pk(account_id)
@@ -349,4 +346,4 @@ def replay(
     return new
 
 
-__all__ = ["GENESIS", "Ledger", "VerifyReport", "replay"]
+__all__ = ["Ledger", "VerifyReport", "replay"]

@@ -393,10 +393,7 @@ def _upstream_error(upstream: requests.Response) -> FunctionError:
         message, code, param = upstream.text[:300], None, None
     finally:
         upstream.close()
-    result = FunctionError(message, code=code, param=param)
-    result.status = upstream.status_code
-    result.type = "invalid_request_error"
-    return result
+    return BadRequest(message, code=code, param=param, status=upstream.status_code)
 
 
 def _plan_allows_model(plan: PlanSpec, model: ModelSpec) -> bool:

@@ -99,9 +99,9 @@ class LedgerClient:
         if response.status_code == 404:
             raise NotFound(message_text)
         if 400 <= response.status_code < 500:
-            error = FunctionError(f"the ledger refused {event_type}: {message_text}")
-            error.status = response.status_code
-            raise error
+            raise FunctionError(
+                f"the ledger refused {event_type}: {message_text}", status=response.status_code
+            )
         raise Unavailable(f"the ledger answered {response.status_code}: {message_text}")
 
 
