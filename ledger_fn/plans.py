@@ -32,7 +32,7 @@ class PlanGrant:
     rollover: bool = False
 
 
-def period_of(moment: float) -> str:
+def period_of(moment: int) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m")
 
 
@@ -75,12 +75,12 @@ class Plans:
         plan = self.plan_of(account_id)
         if plan is None or plan.credits == 0:
             return None
-        expires = None if plan.rollover else period_end(period_of(self.clock()))
+        expires = None if plan.rollover else period_end(period_of(int(self.clock())))
         return self._grant(account_id, plan, f"slice:{slice_id}", expires)
 
     def renew_all(self) -> dict[str, int]:
         """The monthly schedule: every account with a granting plan gets this period's credits."""
-        period = period_of(self.clock())
+        period = period_of(int(self.clock()))
         granted = 0
         accounts = 0
         for account_id in self.ledger.accounts():
@@ -95,7 +95,7 @@ class Plans:
             return {"plan": plan.name if plan else None, "next_grant": None}
         return {
             "plan": plan.name,
-            "next_grant": {"at": period_end(period_of(self.clock())), "credits": plan.credits},
+            "next_grant": {"at": period_end(period_of(int(self.clock()))), "credits": plan.credits},
         }
 
     def _grant(
