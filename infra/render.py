@@ -278,6 +278,21 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         env["TOLLGATE_LEDGER_URL"] = f"http://authorize.{local}"
         env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
     container = _tollgate_container(t, c, f.name, env, f.resources.cpu, f.resources.memory)
+    if f.name == "ingress":
+        # The bearer network systems present to /events (CAMARA sinkCredential), from the
+        # admin Secret's "camara-token" key; without it the endpoint answers 503.
+        container["env"].append(
+            {
+                "name": t.camara.credential_env,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": t.admin_secret,
+                        "key": "camara-token",
+                        "optional": True,
+                    }
+                },
+            }
+        )
     if f.image:
         container["image"] = f.image
     return _service(
