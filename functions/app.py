@@ -107,8 +107,8 @@ def register_error_handlers(app: Flask) -> None:
     """Every error is JSON {"error": {"code", "message"}} with its status."""
 
     @app.errorhandler(FunctionError)
-    def function_error(exc: FunctionError) -> tuple[Response, int]:
-        return jsonify(exc.body()), exc.status
+    def function_error(exc: FunctionError) -> tuple[Response, int, dict[str, str]]:
+        return jsonify(exc.body()), exc.status, exc.headers
 
     @app.errorhandler(StoreUnavailable)
     def store_down(exc: StoreUnavailable) -> tuple[Response, int]:

@@ -7,6 +7,7 @@ exception for errors from any Tollgate endpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -22,9 +23,12 @@ class FunctionError(Exception):
         param: str | None = None,
         code: str | None = None,
         status: int | None = None,
+        error_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
         **details: Any,
     ) -> None:
-        """``status``: for an error relayed from another service, the status it answered."""
+        """``status``/``error_type`` override the class's (e.g. an error relayed from another
+        service keeps the status it answered); ``headers`` go on the response (Retry-After)."""
         super().__init__(message)
         self.message = message
         self.param = param
@@ -32,6 +36,9 @@ class FunctionError(Exception):
             self.code = code
         if status is not None:
             self.status = status
+        if error_type is not None:
+            self.type = error_type
+        self.headers = dict(headers or {})
         self.details = details
 
     def body(self) -> dict[str, Any]:

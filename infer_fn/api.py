@@ -19,6 +19,7 @@ from flask import Blueprint, Response, after_this_request, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from functions.errors import FunctionError
 from infer_fn import errors, metrics
 from infer_fn.admission import QueueFull
 from infer_fn.config import InferConfig
@@ -31,6 +32,9 @@ from infer_fn.schemas import ChatCompletionRequest, CompletionRequest
 log = logging.getLogger(__name__)
 
 COLD_START_HEADER = "x-tollgate-cold-start-ms"
+# Engine time of a whole (non-streamed) response: what per-second plans are charged for, so the
+# ingress can tell the caller the charge before settlement runs.
+ENGINE_MS_HEADER = "x-tollgate-engine-ms"
 RequestT = TypeVar("RequestT", bound=BaseModel)
 Start = Callable[[Engine, SamplingParams], Generation]
 
@@ -41,7 +45,7 @@ def build_blueprint(host: EngineHost, emitter: EventSink, config: InferConfig) -
     blueprint.add_url_rule("/v1/chat/completions", view_func=api.chat, methods=["POST"])
     blueprint.add_url_rule("/v1/completions", view_func=api.completions, methods=["POST"])
     blueprint.add_url_rule("/v1/models", view_func=api.models, methods=["GET"])
-    blueprint.register_error_handler(errors.OpenAIError, _error_response)
+    blueprint.register_error_handler(FunctionError, _error_response)
     blueprint.register_error_handler(HTTPException, _http_error_response)
     blueprint.register_error_handler(Exception, _unexpected_response)
     return blueprint
@@ -226,6 +230,7 @@ def _whole(envelope: Envelope, outcome: _Outcome, headers: dict[str, str]) -> Re
     )
     response = jsonify(body)
     response.headers.update(headers)
+    response.headers[ENGINE_MS_HEADER] = str(_ms(gen.engine_seconds))
     return response
 
 
@@ -239,7 +244,7 @@ def _finish_after(finish: Callable[[], None]) -> Callable[[Response], Response]:
     return hook
 
 
-def _error_response(exc: errors.OpenAIError) -> tuple[Response, int, dict[str, str]]:
+def _error_response(exc: FunctionError) -> tuple[Response, int, dict[str, str]]:
     # An engine failure of an admitted request is counted when it is metered, not here.
     if exc.code != "engine_failed":
         fallback = "failed" if exc.status >= 500 else "invalid"
@@ -252,12 +257,14 @@ def _http_error_response(exc: HTTPException) -> tuple[Response, int, dict[str, s
     """Errors raised by Flask/werkzeug themselves (413 from MAX_CONTENT_LENGTH, 405...)."""
     status = exc.code or 500
     code = "request_too_large" if status == 413 else (exc.name or "error").lower().replace(" ", "_")
-    return _error_response(errors.OpenAIError(status, exc.description or exc.name, code=code))
+    error_type = errors.INVALID if status < 500 else "server_error"
+    message = exc.description or exc.name
+    return _error_response(FunctionError(message, status=status, error_type=error_type, code=code))
 
 
 def _unexpected_response(exc: Exception) -> tuple[Response, int, dict[str, str]]:
     log.exception("unhandled error in the OpenAI surface")
-    error = errors.OpenAIError(500, f"internal error: {exc}", type="server_error", code="internal")
+    error = FunctionError(f"internal error: {exc}", code="internal")
     return _error_response(error)
 
 

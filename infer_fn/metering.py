@@ -128,28 +128,21 @@ class Meter:
             engine_ms=_ms(engine_seconds),
         )
         hold = self.hold
+        common: dict[str, Any] = {
+            "hold_id": hold.hold_id,
+            "account_id": hold.account_id,
+            "model": self.model,
+            "tier": hold.tier,
+            "cluster": hold.cluster,
+            "usage": usage,
+            "timings": timings,
+        }
         event: InferenceCompleted | InferenceFailed
         if error is None:
-            event = InferenceCompleted(
-                hold_id=hold.hold_id,
-                account_id=hold.account_id,
-                model=self.model,
-                tier=hold.tier,
-                cluster=hold.cluster,
-                usage=usage,
-                timings=timings,
-            )
+            event = InferenceCompleted(**common)
         else:
-            event = InferenceFailed(
-                hold_id=hold.hold_id,
-                account_id=hold.account_id,
-                model=self.model,
-                tier=hold.tier,
-                cluster=hold.cluster,
-                usage=usage,
-                timings=timings,
-                error=InferenceError(type=error[0][:128], message=error[1][:4096]),
-            )
+            failure = InferenceError(type=error[0][:128], message=error[1][:4096])
+            event = InferenceFailed(**common, error=failure)
         kind = INFERENCE_FAILED if error is not None else INFERENCE_COMPLETED
         data = event.model_dump(mode="json")
         source = f"/tollgate/infer/{hold.tier}/{hold.cluster}"

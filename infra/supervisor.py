@@ -122,9 +122,6 @@ class Supervisor:
         """The first child that exited on its own, if any."""
         return next((c for c in self.children if c.process.poll() is not None), None)
 
-    def pids(self) -> list[int]:
-        return [c.process.pid for c in self.children]
-
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM everyone, the ingress first (it calls the rest); SIGKILL who outlives grace."""
         for child in reversed(self.children):

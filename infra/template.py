@@ -346,24 +346,6 @@ class Template(_Model):
     def clusters_for_tier(self, tier: str) -> tuple[Cluster, ...]:
         return tuple(c for c in self.clusters if c.tier == tier)
 
-    def clusters_for_model(self, model: str) -> tuple[Cluster, ...]:
-        name = self.model(model).name
-        return tuple(c for c in self.clusters if name in c.models)
-
-    def tiers_for_model(self, model: str) -> tuple[str, ...]:
-        hosting = {c.tier for c in self.clusters_for_model(model)}
-        return tuple(t.name for t in self.tiers if t.name in hosting)
-
-    def price_for(self, model: str, tier: str) -> Price:
-        name = self.model(model).name
-        for p in self.price_book.prices:
-            if p.model == name and p.tier == tier:
-                return p
-        raise KeyError(f"no price for model {name!r} on tier {tier!r}")
-
-    def home(self) -> Cluster:
-        return self.cluster(self.eventing.home)
-
     def function_clusters(self, function: Function) -> tuple[str, ...]:
         return function.clusters or (self.eventing.home,)
 

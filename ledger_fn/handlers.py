@@ -30,7 +30,7 @@ from functions.errors import BadRequest
 from functions.validation import validate
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import Plans
-from ledger_fn.state import account_of
+from ledger_fn.state import OpKind, account_of
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LedgerHandlers:
         self.source = source
 
     def _run(
-        self, event: Incoming, account_id: str, kind: Any, args: dict[str, Any]
+        self, event: Incoming, account_id: str, kind: OpKind, args: dict[str, Any]
     ) -> dict[str, Any]:
         return self.ledger.execute(account_id, kind, args, key=event.key, payload=event.data)
 

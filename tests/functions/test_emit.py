@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from functions.cloudevent import Incoming, parse_http
 from functions.emit import EmitFailed, Emitter
@@ -60,5 +61,9 @@ def test_unreachable_sink_fails_after_bounded_retries() -> None:
         Emitter("http://127.0.0.1:9/").emit("io.tollgate.test.v1", "/t", {})
 
 
-def test_no_sink_is_a_noop() -> None:
-    Emitter(None).emit("io.tollgate.test.v1", "/t", {})
+def test_no_sink_sends_nothing() -> None:
+    class NoTraffic(requests.Session):
+        def post(self, *args: object, **kwargs: object) -> requests.Response:
+            raise AssertionError("an emitter without K_SINK must not send anything")
+
+    Emitter(None, session=NoTraffic()).emit("io.tollgate.test.v1", "/t", {})

@@ -183,6 +183,7 @@ def test_cold_start_warm_and_idle_unload_of_the_real_model(
     second = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
     assert int(first.headers["x-tollgate-cold-start-ms"]) > 0
     assert second.headers["x-tollgate-cold-start-ms"] == "0"
+    assert int(second.headers["x-tollgate-engine-ms"]) > 0  # real generation took engine time
     assert first.json()["choices"] == second.json()["choices"]
     end = time.monotonic() + 10
     while engine.loaded and time.monotonic() < end:
