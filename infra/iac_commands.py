@@ -10,9 +10,9 @@ from urllib.parse import urlparse
 
 import click
 
-from infra.deploy import DeployError, deploy
-from infra.render import write
-from infra.template import Template, TemplateError, load_template
+from infra.knative.deploy import DeployError, deploy
+from infra.knative.render import write
+from infra.template.schema import Template, TemplateError, load_template
 
 _FILE = click.argument(
     "file", default="template.yaml", type=click.Path(dir_okay=False, path_type=Path)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from events.quote import Quote
-from infra.render import infer_service_name
-from infra.template import Cluster, Model, PerSecond, Template, load_template
+from infra.knative.render import infer_service_name
+from infra.template.schema import Cluster, Model, PerSecond, Template, load_template
 from ledger_fn.plans import PlanGrant
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 

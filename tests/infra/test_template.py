@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from functions.store import dynamodb
-from infra.template import Template, TemplateError, parse_template
+from infra.template.schema import Template, TemplateError, parse_template
 from infra.wiring import topology
 from tests.infra.conftest import SHIPPED
 

@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from functions.cloudevent import make_event, parse_http, to_binary, to_structured
-from infra.broker import Broker, BrokerServer, DeliveryPolicy, Subscription
-from infra.broker_queue import BrokerQueue
-from infra.catalog import PING_EVENT_TYPE
+from infra.local.broker import Broker, BrokerServer, DeliveryPolicy, Subscription
+from infra.local.broker_queue import BrokerQueue
+from infra.template.catalog import PING_EVENT_TYPE
 from tests.up.subscriber import Answer, Subscriber, running, wait_until
 
 T1 = "io.tollgate.test.one.v1"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.catalog import PING_EVENT_TYPE
-from infra.local import LocalPlatform, iso_seconds, plan
-from infra.template import load_template
+from infra.local.platform import LocalPlatform, iso_seconds, plan
+from infra.template.catalog import PING_EVENT_TYPE
+from infra.template.schema import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL = ("ledger", "ledger-admin", "route", "ingress", "infer")

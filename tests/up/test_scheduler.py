@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
-from infra.broker import Broker, DeliveryPolicy, Subscription
-from infra.broker_queue import BrokerQueue
-from infra.catalog import PING_EVENT_TYPE
-from infra.scheduler import Cron, Scheduler, ping_event
-from infra.template import Ping
+from infra.local.broker import Broker, DeliveryPolicy, Subscription
+from infra.local.broker_queue import BrokerQueue
+from infra.local.scheduler import Cron, Scheduler, ping_event
+from infra.template.catalog import PING_EVENT_TYPE
+from infra.template.schema import Ping
 from tests.up.subscriber import Subscriber, running, wait_until
 
 SWEEP = Ping(name="holds-sweep", schedule="* * * * *", type="io.tollgate.holds.sweep.v1")

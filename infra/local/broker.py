@@ -40,7 +40,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from functions.app import register_error_handlers
 from functions.errors import BadRequest
-from infra.broker_queue import BrokerQueue, Delivery
+from infra.local.broker_queue import BrokerQueue, Delivery
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import requests
 from cloudevents.core.v1.event import CloudEvent
 
 from functions.cloudevent import to_binary
-from infra.catalog import PING_EVENT_TYPE, PING_TYPE_EXTENSION
-from infra.template import Ping
+from infra.template.catalog import PING_EVENT_TYPE, PING_TYPE_EXTENSION
+from infra.template.schema import Ping
 
 log = logging.getLogger(__name__)
 

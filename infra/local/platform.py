@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.broker import DeliveryPolicy, Subscription
-from infra.render import _trigger_parts  # how Knative filters each trigger: the same here
-from infra.supervisor import ProcessSpec
-from infra.template import Delivery, Template
+from infra.knative.render import _trigger_parts  # how Knative filters each trigger: the same here
+from infra.local.broker import DeliveryPolicy, Subscription
+from infra.local.supervisor import ProcessSpec
+from infra.template.schema import Delivery, Template
 
 # Template function → the local process that serves it.
 LEDGER = "ledger"

@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 
 from functions.store import dynamodb
-from infra.catalog import INFER, PING_EVENT_TYPE, PING_TYPE_EXTENSION
-from infra.checks import emitters
-from infra.fields import go_duration_seconds
-from infra.template import Cluster, Delivery, Function, Model, Ping, Template, Trigger
+from infra.template.catalog import INFER, PING_EVENT_TYPE, PING_TYPE_EXTENSION
+from infra.template.checks import emitters
+from infra.template.fields import go_duration_seconds
+from infra.template.schema import Cluster, Delivery, Function, Model, Ping, Template, Trigger
 
 Manifest = dict[str, Any]
 

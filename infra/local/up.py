@@ -21,14 +21,14 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from infra.broker import Broker, BrokerServer
-from infra.broker_queue import BrokerQueue
-from infra.demo import Demo, admin_token, ensure_demo, token_file
-from infra.local import LEDGER, LocalPlatform, free_port, plan, write_json
-from infra.scheduler import Scheduler, http_sender
+from infra.local.broker import Broker, BrokerServer
+from infra.local.broker_queue import BrokerQueue
+from infra.local.demo import Demo, admin_token, ensure_demo, token_file
+from infra.local.platform import LEDGER, LocalPlatform, free_port, plan, write_json
+from infra.local.scheduler import Scheduler, http_sender
+from infra.local.supervisor import ChildFailed, Supervisor
 from infra.serve import FUNCTIONS
-from infra.supervisor import ChildFailed, Supervisor
-from infra.template import Template, TemplateError, load_template
+from infra.template.schema import Template, TemplateError, load_template
 
 WATCH_EVERY_S = 0.5
 STARTUP_TIMEOUT_S = 120.0

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
-from infra.fields import (
+from infra.template.fields import (
     Credits,
     Cron,
     EventType,
@@ -28,9 +28,11 @@ from infra.fields import (
     Quantity,
     ScaleDownDelay,
 )
-from infra.problems import Problem
-from infra.problems import TemplateError as TemplateError  # re-exported: callers catch it here
-from infra.yaml_lines import load_located
+from infra.template.problems import Problem
+from infra.template.problems import (
+    TemplateError as TemplateError,  # re-exported: callers catch it here
+)
+from infra.template.yaml_lines import load_located
 
 API_VERSION = "tollgate.io/v1alpha1"
 
@@ -379,7 +381,7 @@ def load_template(path: str | Path) -> Template:
 
 def parse_template(text: str, file: str = "template.yaml") -> Template:
     # Imported here: checks.py reads these model classes, so it can only load after them.
-    from infra.checks import cross_check
+    from infra.template.checks import cross_check
 
     try:
         located = load_located(text)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
-from infra.catalog import FUNCTION_KINDS, INFER, NETWORK_PREFIX, known_event_types
-from infra.fields import format_parameters
-from infra.problems import Problem
-from infra.template import Template
+from infra.template.catalog import FUNCTION_KINDS, INFER, NETWORK_PREFIX, known_event_types
+from infra.template.fields import format_parameters
+from infra.template.problems import Problem
+from infra.template.schema import Template
 
 
 def cross_check(t: Template) -> list[Problem]:
