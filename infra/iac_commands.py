@@ -12,7 +12,9 @@ import click
 
 from infra.knative.deploy import DeployError, deploy
 from infra.knative.render import write
-from infra.template.schema import Template, TemplateError, load_template
+from infra.template.load import load_template
+from infra.template.problems import TemplateError
+from infra.template.schema import Template
 
 _FILE = click.argument(
     "file", default="template.yaml", type=click.Path(dir_okay=False, path_type=Path)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from events.quote import Quote
 from infra.knative.render import infer_service_name
-from infra.template.schema import Cluster, Model, PerSecond, Template, load_template
+from infra.template.load import load_template
+from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 

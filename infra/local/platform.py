@@ -4,7 +4,6 @@ This is the one place that decides the local process list: one all-in-one ``ledg
 ledger trigger and the admin API), ``ledger-admin`` as the dead-letter sink (``ledger`` would
 hand a dead letter back to the handler that refused it; only ``ledger-admin`` keeps them),
 ``route``, one ``infer`` per local tier (every cluster of a tier shares it) and the ``ingress``.
-A function ``tollgate serve`` does not know yet is left out, and so are the triggers to it.
 """
 
 from __future__ import annotations
@@ -12,19 +11,22 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.knative.render import _trigger_parts  # how Knative filters each trigger: the same here
-from infra.local.broker import DeliveryPolicy, Subscription
+from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.supervisor import ProcessSpec
-from infra.template.schema import Delivery, Template
+from infra.template.eventing import trigger_filters
+from infra.template.schema import DeliverySpec, Template
 
 # Template function → the local process that serves it.
 LEDGER = "ledger"
 DEAD_LETTERS = "ledger-admin"
+ROUTE = "route"
+INGRESS = "ingress"
+INFER = "infer"
 _HOSTS = {
     "grant": LEDGER,
     "authorize": LEDGER,
@@ -32,12 +34,10 @@ _HOSTS = {
     "refund": LEDGER,
     "sweep": LEDGER,
     "ledger-admin": DEAD_LETTERS,
-    "route": "route",
-    "ingress": "ingress",
+    "route": ROUTE,
+    "ingress": INGRESS,
 }
-INGRESS = "ingress"
-ROUTE = "route"
-INFER = "infer"
+_SERVE = (sys.executable, "-m", "infra.cli", "serve")
 
 
 def free_port() -> int:
@@ -59,17 +59,20 @@ def iso_seconds(duration: str) -> float:
     return seconds
 
 
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
 @dataclass(frozen=True)
 class LocalPlatform:
     processes: tuple[ProcessSpec, ...]
-    subscriptions: tuple[Subscription, ...]
-    skipped: tuple[str, ...]  # functions not servable yet
+    triggers: tuple[BrokerTrigger, ...]
     infer: Mapping[str, str]  # tier → URL
     endpoints_file: Path
     endpoints: Mapping[str, Any]  # TOLLGATE_LOCAL_ENDPOINTS: cluster → model → infer URL
 
-    def url(self, process: str) -> str | None:
-        return next((p.url for p in self.processes if p.name == process), None)
+    def url(self, process: str) -> str:
+        return next(p.url for p in self.processes if p.name == process)
 
 
 def plan(
@@ -80,87 +83,85 @@ def plan(
     ingress_port: int,
     broker_url: str,
     admin_token: str,
-    servable: Collection[str],
     port: Callable[[], int] = free_port,
 ) -> LocalPlatform:
-    serve = [sys.executable, "-m", "infra.cli", "serve"]
-    wanted = [LEDGER, DEAD_LETTERS, ROUTE]
-    running = [name for name in wanted if name in servable]
-    ports = {name: port() for name in running}
-    ports[INGRESS] = ingress_port
-    urls = {name: f"http://127.0.0.1:{p}" for name, p in ports.items()}
-    model = template.model(template.local.model)
-    tiers = [t.name for t in template.tiers if t.name in template.local.tiers]
-    infer_ports = {tier: port() for tier in tiers}
-    infer = {tier: f"http://127.0.0.1:{p}" for tier, p in infer_ports.items()}
-    # Every model a cluster hosts answers locally from its tier's process (running the local
-    # model), so routing over the template's real topology stays visible.
-    endpoints = {
-        "clusters": {
-            c.name: dict.fromkeys(c.models, infer[c.tier])
-            for c in template.clusters
-            if c.tier in infer
-        },
-        "emulated": True,
-    }
+    ports = {name: port() for name in (LEDGER, DEAD_LETTERS, ROUTE)}
+    urls = {name: _url(p) for name, p in {**ports, INGRESS: ingress_port}.items()}
+    infer_ports = {t.name: port() for t in template.tiers if t.name in template.local.tiers}
+    infer = {tier: _url(p) for tier, p in infer_ports.items()}
     endpoints_file = state_dir / "local-endpoints.json"
-    common = {
+    env = {
         "TOLLGATE_STORE": f"sqlite:///{(state_dir / 'tollgate.db').resolve()}",
         "TOLLGATE_ADMIN_TOKEN": admin_token,
         "K_SINK": broker_url,
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
-        "TOLLGATE_LEDGER_URL": urls.get(LEDGER, ""),
-        "TOLLGATE_ROUTE_URL": urls.get(ROUTE, ""),
+        "TOLLGATE_LEDGER_URL": urls[LEDGER],
+        "TOLLGATE_ROUTE_URL": urls[ROUTE],
     }
-    processes = [ProcessSpec(name, [*serve, name], ports[name], common) for name in running]
-    for tier, tier_port in infer_ports.items():
-        cluster = next(c.name for c in template.clusters_for_tier(tier))
-        env = {
-            **common,
-            "TOLLGATE_ENGINE": "llamacpp",
-            "TOLLGATE_MODEL_NAME": model.served_name,
-            "TOLLGATE_TIER": tier,
-            "TOLLGATE_CLUSTER": cluster,
-        }
-        processes.append(ProcessSpec(f"{INFER}-{tier}", [*serve, INFER], tier_port, env))
-    # The ingress last: it calls everything else.
-    if INGRESS in servable:
-        processes.append(ProcessSpec(INGRESS, [*serve, INGRESS], ingress_port, common))
-    skipped = tuple(n for n in (*wanted, INGRESS) if n not in servable)
+    processes = [
+        *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),
+        *_infer_processes(template, infer_ports, env),
+        # The ingress last: it calls everything else.
+        ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),
+    ]
     return LocalPlatform(
         processes=tuple(processes),
-        subscriptions=tuple(_subscriptions(template, urls)),
-        skipped=skipped,
+        triggers=tuple(_triggers(template, urls)),
         infer=infer,
         endpoints_file=endpoints_file,
-        endpoints=endpoints,
+        endpoints=_infer_endpoints(template, infer),
     )
 
 
-def _subscriptions(template: Template, urls: Mapping[str, str]) -> list[Subscription]:
-    def url_of(function: str) -> str | None:
-        return urls.get(_HOSTS.get(function, function))
+def _infer_processes(
+    template: Template, ports: Mapping[str, int], env: Mapping[str, str]
+) -> list[ProcessSpec]:
+    """One infer per local tier, running the local model on CPU."""
+    model = template.model(template.local.model)
+    processes = []
+    for tier, tier_port in ports.items():
+        tier_env = {
+            **env,
+            "TOLLGATE_ENGINE": "llamacpp",
+            "TOLLGATE_MODEL_NAME": model.served_name,
+            "TOLLGATE_TIER": tier,
+            "TOLLGATE_CLUSTER": template.clusters_for_tier(tier)[0].name,
+        }
+        processes.append(ProcessSpec(f"{INFER}-{tier}", [*_SERVE, INFER], tier_port, tier_env))
+    return processes
 
-    def policy(d: Delivery) -> DeliveryPolicy:
+
+def _infer_endpoints(template: Template, infer: Mapping[str, str]) -> dict[str, Any]:
+    # Every model a cluster hosts answers locally from its tier's process (running the local
+    # model), so routing over the template's real topology stays visible.
+    clusters = {
+        c.name: dict.fromkeys(c.models, infer[c.tier]) for c in template.clusters if c.tier in infer
+    }
+    return {"clusters": clusters, "emulated": True}
+
+
+def _triggers(template: Template, urls: Mapping[str, str]) -> list[BrokerTrigger]:
+    """The template's triggers as Knative filters them, each to its local process."""
+
+    def policy(d: DeliverySpec) -> DeliveryPolicy:
         return DeliveryPolicy(
             retry=d.retry,
             backoff_policy=d.backoff_policy,
             backoff_delay_s=iso_seconds(d.backoff_delay),
-            dead_letter_sink=url_of(d.dead_letter_sink),
+            dead_letter_sink=urls[_HOSTS[d.dead_letter_sink]],
         )
 
-    out: list[Subscription] = []
+    triggers: list[BrokerTrigger] = []
     for trigger in template.eventing.triggers:
-        subscriber = url_of(trigger.function)
-        if subscriber is None:
-            continue  # not servable yet: its events match no trigger, as with no Trigger at all
+        # Validated: triggers and dead letters go to functions on the home cluster, never infer.
+        subscriber = urls[_HOSTS[trigger.function]]
         delivery = policy(trigger.delivery or template.eventing.delivery)
-        out.extend(
-            Subscription(name, attributes, subscriber, delivery)
-            for name, attributes in _trigger_parts(template, trigger)
+        triggers.extend(
+            BrokerTrigger(f.name, f.attributes, subscriber, delivery)
+            for f in trigger_filters(template, trigger)
         )
-    return out
+    return triggers
 
 
 def write_json(path: Path, content: Mapping[str, Any]) -> None:

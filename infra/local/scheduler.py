@@ -13,7 +13,6 @@ steps, lists, and the @-descriptors); a minimal matcher over that subset avoids 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import uuid
@@ -103,7 +102,7 @@ def ping_event(namespace: str, ping: Ping, slot: dt.datetime) -> CloudEvent:
             "datacontenttype": "application/json",
             PING_TYPE_EXTENSION: ping.type,
         },
-        json.dumps(ping.data, sort_keys=True, separators=(",", ":")).encode(),
+        ping.payload.encode(),
     )
 
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from infra.iac_commands import deploy_command
 from infra.knative.deploy import DeployError, deploy, format_plan, plan
-from infra.template.schema import Template, parse_template
+from infra.template.load import parse_template
+from infra.template.schema import Template
 from tests.infra import fake_kn
 from tests.infra.conftest import SHIPPED, check_golden
 

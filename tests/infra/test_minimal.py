@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infra.knative.deploy import format_plan, plan
 from infra.knative.render import render
-from infra.template.schema import parse_template
+from infra.template.load import parse_template
 from tests.infra.structural import CORE_SCHEMAS, load_schemas, validate_resource
 
 MINIMAL = """\

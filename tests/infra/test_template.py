@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from functions.store import dynamodb
-from infra.template.schema import Template, TemplateError, parse_template
+from infra.template.load import parse_template
+from infra.template.problems import TemplateError
+from infra.template.schema import Template
 from infra.wiring import topology
 from tests.infra.conftest import SHIPPED
 
@@ -284,7 +286,7 @@ def test_misspelt_event_type_of_a_producer() -> None:
 
 def test_network_types_are_declared_in_the_template() -> None:
     # Issue 6 adds consumers of io.tollgate.network.* by declaring them, not by changing code.
-    quality = "io.tollgate.network.quality.changed.v1"
+    quality = "io.tollgate.network.qos.changed.v1"
     site = "      cluster: edge-lyon-5g-1\n"
     route = "    - {type: io.tollgate.network.site.restored.v1, function: route}\n"
     text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{quality}],")
@@ -292,3 +294,28 @@ def test_network_types_are_declared_in_the_template() -> None:
     text = text.replace(route, f"{route}    - {{type: {quality}, function: route}}\n")
     declared = next(f for f in parse_template(text).functions if f.name == "route")
     assert quality in declared.consumes
+
+
+def test_misspelt_network_event_type() -> None:
+    # A network type is checked like any other: one the catalogue has no model for is a typo.
+    typo = "io.tollgate.network.site.degradd.v1"
+    text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{typo}],")
+    _assert_problem(
+        _errors(text),
+        "functions[6].consumes[0]",
+        _line_of(text, typo),
+        f"unknown event type {typo}: use one of events/types.py",
+    )
+
+
+def test_infer_takes_no_events() -> None:
+    text = _broken(
+        "{type: io.tollgate.plans.renew.v1, function: grant}",
+        "{type: io.tollgate.plans.renew.v1, function: infer}",
+    )
+    _assert_problem(
+        _errors(text),
+        "eventing.triggers[4].function",
+        _line_of(text, "{type: io.tollgate.plans.renew.v1, function: infer}"),
+        "infer takes no events",
+    )

@@ -8,13 +8,12 @@ import pytest
 
 from infra.local.platform import LocalPlatform, iso_seconds, plan
 from infra.template.catalog import PING_EVENT_TYPE
-from infra.template.schema import load_template
+from infra.template.load import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL = ("ledger", "ledger-admin", "route", "ingress", "infer")
 
 
-def local(tmp_path: Path, servable: tuple[str, ...] = ALL) -> LocalPlatform:
+def local(tmp_path: Path) -> LocalPlatform:
     ports = iter(range(20000, 20100))
     return plan(
         load_template(ROOT / "template.yaml"),
@@ -23,7 +22,6 @@ def local(tmp_path: Path, servable: tuple[str, ...] = ALL) -> LocalPlatform:
         ingress_port=8080,
         broker_url="http://127.0.0.1:9999",
         admin_token="tok",
-        servable=servable,
         port=lambda: next(ports),
     )
 
@@ -59,7 +57,7 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
 
 def test_triggers_as_knative_renders_them(tmp_path: Path) -> None:
     platform = local(tmp_path)
-    by_name = {s.name: s for s in platform.subscriptions}
+    by_name = {s.name: s for s in platform.triggers}
     ledger, admin = platform.url("ledger"), platform.url("ledger-admin")
     settle = by_name["settle-inference-completed"]
     assert settle.filter == {"type": "io.tollgate.inference.completed.v1"}
@@ -71,7 +69,7 @@ def test_triggers_as_knative_renders_them(tmp_path: Path) -> None:
     assert sweep.filter == {"type": PING_EVENT_TYPE, "tollgatetype": "io.tollgate.holds.sweep.v1"}
     # Every scheduled command reaches its function through a ping trigger of its own.
     template = load_template(ROOT / "template.yaml")
-    ping_filters = [s.filter for s in platform.subscriptions]
+    ping_filters = [s.filter for s in platform.triggers]
     for ping in template.eventing.pings:
         assert {"type": PING_EVENT_TYPE, "tollgatetype": ping.type} in ping_filters
     hosts = {"route": platform.url("route"), "ingress": platform.url("ingress")}
@@ -79,11 +77,3 @@ def test_triggers_as_knative_renders_them(tmp_path: Path) -> None:
         expected = hosts.get(trigger.function, ledger)  # every other function is the ledger's
         names = [n for n in by_name if n.startswith(trigger.resource_name)]
         assert names and all(by_name[n].subscriber == expected for n in names)
-
-
-def test_functions_not_servable_yet_are_left_out(tmp_path: Path) -> None:
-    platform = local(tmp_path, servable=("ledger", "ledger-admin", "infer"))
-    assert platform.skipped == ("route", "ingress")
-    assert {p.name for p in platform.processes} >= {"ledger", "infer-edge"}
-    assert "route" not in {p.name for p in platform.processes}
-    assert not [s for s in platform.subscriptions if s.name.startswith("route-")]

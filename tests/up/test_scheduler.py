@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
-from infra.local.broker import Broker, DeliveryPolicy, Subscription
+from infra.local.broker import Broker, BrokerTrigger, DeliveryPolicy
 from infra.local.broker_queue import BrokerQueue
 from infra.local.scheduler import Cron, Scheduler, ping_event
 from infra.template.catalog import PING_EVENT_TYPE
@@ -114,7 +114,7 @@ def test_a_slot_fired_twice_is_delivered_once(tmp_path: Path) -> None:
         broker = Broker(
             BrokerQueue(tmp_path / "broker.db"),
             [
-                Subscription(
+                BrokerTrigger(
                     "sweep-ping",
                     {"type": PING_EVENT_TYPE, "tollgatetype": SWEEP.type},
                     subscriber.url,
