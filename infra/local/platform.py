@@ -19,6 +19,7 @@ from typing import Any
 from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.supervisor import ProcessSpec
 from infra.template.eventing import trigger_filters
+from infra.template.fields import iso_duration_seconds
 from infra.template.schema import DeliverySpec, Template
 
 # Template function → the local process that serves it.
@@ -45,18 +46,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def iso_seconds(duration: str) -> float:
-    """Seconds in an ISO-8601 duration of the form infra.fields accepts (PT1H2M0.5S)."""
-    seconds, number = 0.0, ""
-    for char in duration.removeprefix("PT"):
-        if char.isdigit() or char == ".":
-            number += char
-        else:
-            seconds += float(number) * {"H": 3600, "M": 60, "S": 1}[char]
-            number = ""
-    return seconds
 
 
 def _url(port: int) -> str:
@@ -148,7 +137,7 @@ def _triggers(template: Template, urls: Mapping[str, str]) -> list[BrokerTrigger
         return DeliveryPolicy(
             retry=d.retry,
             backoff_policy=d.backoff_policy,
-            backoff_delay_s=iso_seconds(d.backoff_delay),
+            backoff_delay_s=iso_duration_seconds(d.backoff_delay),
             dead_letter_sink=urls[_HOSTS[d.dead_letter_sink]],
         )
 

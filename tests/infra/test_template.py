@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from functions.store import dynamodb
+from infra.template.fields import iso_duration_seconds
 from infra.template.load import parse_template
 from infra.template.problems import TemplateError
 from infra.template.schema import Template
@@ -318,4 +319,34 @@ def test_infer_takes_no_events() -> None:
         "eventing.triggers[4].function",
         _line_of(text, "{type: io.tollgate.plans.renew.v1, function: infer}"),
         "infer takes no events",
+    )
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"),
+    [("PT0.5S", 0.5), ("PT2S", 2.0), ("PT1M", 60.0), ("PT1H1M1S", 3661.0), ("P1D", 86400.0)],
+)
+def test_iso_durations(duration: str, seconds: float) -> None:
+    assert iso_duration_seconds(duration) == seconds
+
+
+@pytest.mark.parametrize("duration", ["PT", "P1M", "-PT1S", "1S", "PT0.5"])
+def test_bad_backoff_delay(duration: str) -> None:
+    text = _broken("backoffDelay: PT0.5S,", f"backoffDelay: {duration},")
+    _assert_problem(
+        _errors(text),
+        "eventing.delivery.backoffDelay",
+        _line_of(text, f"backoffDelay: {duration},"),
+        f"{duration!r} is not an ISO-8601 duration: use e.g. PT0.5S, PT2S or PT1M",
+    )
+
+
+@pytest.mark.parametrize("schedule", ["0 0 L * *", "0 0 * * 1#2", "0 0 1W * *", "0 0 1 * * *"])
+def test_cron_outside_what_pingsource_takes(schedule: str) -> None:
+    text = _broken('schedule: "0 0 1 * *"', f'schedule: "{schedule}"')
+    _assert_problem(
+        _errors(text),
+        "eventing.pings[1].schedule",
+        _line_of(text, f'schedule: "{schedule}"'),
+        f"schedule {schedule!r}",
     )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from infra.local.platform import LocalPlatform, iso_seconds, plan
+from infra.local.platform import LocalPlatform, plan
 from infra.template.catalog import PING_EVENT_TYPE
 from infra.template.load import load_template
 
@@ -24,13 +22,6 @@ def local(tmp_path: Path) -> LocalPlatform:
         admin_token="tok",
         port=lambda: next(ports),
     )
-
-
-@pytest.mark.parametrize(
-    ("duration", "seconds"), [("PT0.5S", 0.5), ("PT2S", 2.0), ("PT1M", 60.0), ("PT1H1M1S", 3661.0)]
-)
-def test_iso_durations(duration: str, seconds: float) -> None:
-    assert iso_seconds(duration) == seconds
 
 
 def test_processes_and_their_environment(tmp_path: Path) -> None:
