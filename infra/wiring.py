@@ -38,7 +38,6 @@ def topology(
             rtt_ms=rtt(c),
             max_parameters=template.tier(c.tier).max_parameters,
             infer_urls={m: url(c, template.model(m)) for m in c.models},
-            gpu=c.gpu.type if c.gpu else None,
             emulated=local,
         )
         for c in template.clusters
@@ -59,7 +58,6 @@ def topology(
     plans = {
         p.name: PlanSpec(
             name=p.name,
-            kind=p.kind,
             tiers=frozenset(p.tiers),
             models=frozenset(p.models),
             latency_target_ms=p.latency_target_ms,
@@ -69,7 +67,7 @@ def topology(
         )
         for p in template.plans
     }
-    return Topology(clusters, models, quotes, plans, template.price_book.version)
+    return Topology(clusters, models, quotes, plans)
 
 
 def topology_from_env(environ: Mapping[str, str]) -> Topology:
