@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml package.json | sha1sum | 
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install up test lint typecheck unit dynamodb-local bench clean
+.PHONY: install up test lint typecheck imports unit dynamodb-local bench clean
 
 $(STAMP): pyproject.toml package.json
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,13 +37,17 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy .
 
+# The dependency rules of ARCHITECTURE.md ([tool.importlinter] in pyproject.toml).
+imports: install
+	$(VENV)/bin/lint-imports
+
 unit: install dynamodb-local
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck unit
+test: lint typecheck imports unit
 
 bench: install dynamodb-local
 	$(PY) bench/ledger.py
 
 clean:
-	rm -rf $(VENV) node_modules .tollgate .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .tollgate .mypy_cache .pytest_cache .ruff_cache .import_linter_cache

@@ -32,7 +32,7 @@ from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
 from functions.store import open_store  # noqa: E402
-from infra.template import load_template  # noqa: E402
+from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
 from router_fn.policy import RouteRequest, decide  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
 from functions.store.sqlite import SqliteStore  # noqa: E402
-from infra.template import load_template  # noqa: E402
+from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology as template_topology  # noqa: E402
 from router_fn.policy import NoRoute, RouteRequest, decide, reason_header  # noqa: E402
 from router_fn.tierstate import TierStates  # noqa: E402

@@ -8,8 +8,8 @@ import click
 
 from events.catalogue import json_schemas
 from infra.iac_commands import COMMANDS
+from infra.local.up import up
 from infra.serve import serve
-from infra.up import up
 from ledger_fn.cli import ledger
 
 

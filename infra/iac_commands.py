@@ -10,9 +10,11 @@ from urllib.parse import urlparse
 
 import click
 
-from infra.deploy import DeployError, deploy
-from infra.render import write
-from infra.template import Template, TemplateError, load_template
+from infra.knative.deploy import DeployError, deploy
+from infra.knative.render import write
+from infra.template.load import load_template
+from infra.template.problems import TemplateError
+from infra.template.schema import Template
 
 _FILE = click.argument(
     "file", default="template.yaml", type=click.Path(dir_okay=False, path_type=Path)

@@ -14,7 +14,7 @@ from functions.emit import Emitter
 from functions.idempotency import Idempotency
 from functions.server import serve as serve_app
 from functions.store import Store, open_store
-from infra.template import Template
+from infra.template.schema import Template
 from infra.wiring import plan_grants, template_from_env, topology_from_env
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")

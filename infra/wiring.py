@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from events.quote import Quote
-from infra.render import infer_service_name
-from infra.template import Cluster, Model, PerSecond, Template, load_template
+from infra.knative.render import infer_service_name
+from infra.template.load import load_template
+from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 
@@ -37,7 +38,6 @@ def topology(
             rtt_ms=rtt(c),
             max_parameters=template.tier(c.tier).max_parameters,
             infer_urls={m: url(c, template.model(m)) for m in c.models},
-            gpu=c.gpu.type if c.gpu else None,
             emulated=local,
         )
         for c in template.clusters
@@ -58,7 +58,6 @@ def topology(
     plans = {
         p.name: PlanSpec(
             name=p.name,
-            kind=p.kind,
             tiers=frozenset(p.tiers),
             models=frozenset(p.models),
             latency_target_ms=p.latency_target_ms,
@@ -68,7 +67,7 @@ def topology(
         )
         for p in template.plans
     }
-    return Topology(clusters, models, quotes, plans, template.price_book.version)
+    return Topology(clusters, models, quotes, plans)
 
 
 def topology_from_env(environ: Mapping[str, str]) -> Topology:

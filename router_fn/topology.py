@@ -28,7 +28,6 @@ class ClusterSpec:
     max_parameters: int | None  # the tier's largest model; None: no limit
     # model name -> base URL of that model's infer function on this cluster
     infer_urls: Mapping[str, str] = field(default_factory=dict)
-    gpu: str | None = None
     emulated: bool = False  # `tollgate up`: the RTT is added locally, not real
 
     def hosts(self, model: str) -> bool:
@@ -38,7 +37,6 @@ class ClusterSpec:
 @dataclass(frozen=True)
 class PlanSpec:
     name: str
-    kind: str
     tiers: frozenset[str] = frozenset()  # empty: every tier
     models: frozenset[str] = frozenset()  # empty: every model
     latency_target_ms: int | None = None
@@ -53,7 +51,6 @@ class Topology:
     models: Mapping[str, ModelSpec]
     quotes: Mapping[tuple[str, str], Quote]  # (model name, tier) -> the price book's rates
     plans: Mapping[str, PlanSpec] = field(default_factory=dict)
-    price_book: str = ""
 
     def model(self, requested: str) -> ModelSpec | None:
         """The model an application asked for, by served name or template name."""

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from events import types
 from functions.cloudevent import make_event, to_binary
-from infra.demo import ACCOUNT
-from infra.local import free_port
+from infra.local.demo import ACCOUNT
+from infra.local.platform import free_port
 from tests.events import payloads
 from tests.up.test_up import tollgate_up
 

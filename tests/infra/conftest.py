@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.template import Template, load_template
+from infra.template.load import load_template
+from infra.template.schema import Template
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "template.yaml"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra.deploy import DeployError, deploy, format_plan, plan
 from infra.iac_commands import deploy_command
-from infra.template import Template, parse_template
+from infra.knative.deploy import DeployError, deploy, format_plan, plan
+from infra.template.load import parse_template
+from infra.template.schema import Template
 from tests.infra import fake_kn
 from tests.infra.conftest import SHIPPED, check_golden
 

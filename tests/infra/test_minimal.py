@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.deploy import format_plan, plan
-from infra.render import render
-from infra.template import parse_template
+from infra.knative.deploy import format_plan, plan
+from infra.knative.render import render
+from infra.template.load import parse_template
 from tests.infra.structural import CORE_SCHEMAS, load_schemas, validate_resource
 
 MINIMAL = """\

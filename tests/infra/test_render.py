@@ -9,11 +9,12 @@ from typing import Any
 from click.testing import CliRunner
 
 from infer_fn.config import InferConfig
-from infra.catalog import FUNCTION_KINDS, PING_EVENT_TYPE
-from infra.checks import consumers
 from infra.iac_commands import render as render_command
-from infra.render import dump, manifest_filename, render, table_definition, write
-from infra.template import Template, parse_template
+from infra.knative.render import dump, manifest_filename, render, table_definition, write
+from infra.template.catalog import FUNCTION_KINDS, PING_EVENT_TYPE
+from infra.template.eventing import consumers
+from infra.template.load import parse_template
+from infra.template.schema import Template
 from tests.infra.conftest import GOLDEN, SHIPPED, check_golden
 from tests.infra.structural import CORE_SCHEMAS, load_schemas, validate, validate_resource
 

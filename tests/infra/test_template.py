@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from functions.store import dynamodb
-from infra.template import Template, TemplateError, parse_template
+from infra.template.fields import iso_duration_seconds
+from infra.template.load import parse_template
+from infra.template.problems import TemplateError
+from infra.template.schema import Template
 from infra.wiring import topology
 from tests.infra.conftest import SHIPPED
 
@@ -284,7 +287,7 @@ def test_misspelt_event_type_of_a_producer() -> None:
 
 def test_network_types_are_declared_in_the_template() -> None:
     # Issue 6 adds consumers of io.tollgate.network.* by declaring them, not by changing code.
-    quality = "io.tollgate.network.quality.changed.v1"
+    quality = "io.tollgate.network.qos.changed.v1"
     site = "      cluster: edge-lyon-5g-1\n"
     route = "    - {type: io.tollgate.network.site.restored.v1, function: route}\n"
     text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{quality}],")
@@ -292,3 +295,58 @@ def test_network_types_are_declared_in_the_template() -> None:
     text = text.replace(route, f"{route}    - {{type: {quality}, function: route}}\n")
     declared = next(f for f in parse_template(text).functions if f.name == "route")
     assert quality in declared.consumes
+
+
+def test_misspelt_network_event_type() -> None:
+    # A network type is checked like any other: one the catalogue has no model for is a typo.
+    typo = "io.tollgate.network.site.degradd.v1"
+    text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{typo}],")
+    _assert_problem(
+        _errors(text),
+        "functions[6].consumes[0]",
+        _line_of(text, typo),
+        f"unknown event type {typo}: use one of events/types.py",
+    )
+
+
+def test_infer_takes_no_events() -> None:
+    text = _broken(
+        "{type: io.tollgate.plans.renew.v1, function: grant}",
+        "{type: io.tollgate.plans.renew.v1, function: infer}",
+    )
+    _assert_problem(
+        _errors(text),
+        "eventing.triggers[4].function",
+        _line_of(text, "{type: io.tollgate.plans.renew.v1, function: infer}"),
+        "infer takes no events",
+    )
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"),
+    [("PT0.5S", 0.5), ("PT2S", 2.0), ("PT1M", 60.0), ("PT1H1M1S", 3661.0), ("P1D", 86400.0)],
+)
+def test_iso_durations(duration: str, seconds: float) -> None:
+    assert iso_duration_seconds(duration) == seconds
+
+
+@pytest.mark.parametrize("duration", ["PT", "P1M", "-PT1S", "1S", "PT0.5"])
+def test_bad_backoff_delay(duration: str) -> None:
+    text = _broken("backoffDelay: PT0.5S,", f"backoffDelay: {duration},")
+    _assert_problem(
+        _errors(text),
+        "eventing.delivery.backoffDelay",
+        _line_of(text, f"backoffDelay: {duration},"),
+        f"{duration!r} is not an ISO-8601 duration: use e.g. PT0.5S, PT2S or PT1M",
+    )
+
+
+@pytest.mark.parametrize("schedule", ["0 0 L * *", "0 0 * * 1#2", "0 0 1W * *", "0 0 1 * * *"])
+def test_cron_outside_what_pingsource_takes(schedule: str) -> None:
+    text = _broken('schedule: "0 0 1 * *"', f'schedule: "{schedule}"')
+    _assert_problem(
+        _errors(text),
+        "eventing.pings[1].schedule",
+        _line_of(text, f'schedule: "{schedule}"'),
+        f"schedule {schedule!r}",
+    )

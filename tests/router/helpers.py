@@ -54,20 +54,18 @@ QUOTES = {
 PLANS = {
     "bundle": PlanSpec(
         "bundle",
-        "monthlyBundle",
         tiers=frozenset({"edge", "regional"}),
         latency_target_ms=30,
         residency=frozenset({"FR"}),
     ),
     "seconds": PlanSpec(
         "seconds",
-        "perSecond",
         tiers=frozenset({"edge"}),
         latency_target_ms=15,
         max_parameters=13 * B,
         per_engine_second=True,
     ),
-    "small-only": PlanSpec("small-only", "subscription", models=frozenset({"small"})),
+    "small-only": PlanSpec("small-only", models=frozenset({"small"})),
 }
 
 
@@ -76,7 +74,7 @@ def topology(
     quotes: Mapping[tuple[str, str], Quote] = QUOTES,
 ) -> Topology:
     models = {m.name: m for m in (SMALL, MID, BIG)}
-    return Topology(tuple(clusters), models, dict(quotes), PLANS, "test")
+    return Topology(tuple(clusters), models, dict(quotes), PLANS)
 
 
 def load(

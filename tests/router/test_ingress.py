@@ -87,7 +87,7 @@ def topology(edge_url: str, regional_url: str) -> Topology:
         clusters,
         {"tiny": MODEL, "big": ModelSpec("big", "Big-70B", 70 * 10**9, 8192)},
         {("tiny", "edge"): QUOTE, ("tiny", "regional"): CHEAP},
-        {"no-tiny": PlanSpec("no-tiny", "payPerInference", models=frozenset({"big"}))},
+        {"no-tiny": PlanSpec("no-tiny", models=frozenset({"big"}))},
     )
 
 

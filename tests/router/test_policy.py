@@ -84,7 +84,7 @@ def test_the_plan_limits_tiers_models_and_size() -> None:
 
 
 def test_plan_size_limit() -> None:
-    plan = PlanSpec("tiny", "perSecond", max_parameters=10**9)
+    plan = PlanSpec("tiny", max_parameters=10**9)
     with pytest.raises(NoRoute) as caught:
         decide(RouteRequest(MID), TOPO, all_warm(model="mid"), plan)
     assert caught.value.rejected["edge-a"] == "plan tiny allows models up to 1B"
@@ -93,7 +93,7 @@ def test_plan_size_limit() -> None:
 def test_residency_of_the_plan() -> None:
     d = route(RouteRequest(SMALL, latency_budget_ms=1000), plan="bundle")
     assert "cloud" in d.rejected  # by the plan's tiers first
-    free = PlanSpec("fr-only", "subscription", residency=frozenset({"FR"}))
+    free = PlanSpec("fr-only", residency=frozenset({"FR"}))
     d = decide(RouteRequest(SMALL), TOPO, all_warm(), free)
     assert d.rejected == {"cloud": "residency: DE not in FR"}
     assert "residency FR" in d.reasons
@@ -103,7 +103,7 @@ def test_residency_hint_alone_and_intersected_with_the_plan() -> None:
     d = route(RouteRequest(SMALL, residency=frozenset({"DE"})))
     assert d.cluster == "cloud" and d.alternatives == ()
     assert d.rejected["edge-a"] == "residency: FR not in DE"
-    free = PlanSpec("fr-only", "subscription", residency=frozenset({"FR"}))
+    free = PlanSpec("fr-only", residency=frozenset({"FR"}))
     # A hint narrows the plan (FR,DE ∩ FR = FR) and can never widen it.
     d = decide(RouteRequest(SMALL, residency=frozenset({"FR", "DE"})), TOPO, all_warm(), free)
     assert d.rejected == {"cloud": "residency: DE not in FR"}
@@ -208,7 +208,7 @@ def test_price_weighs_this_requests_prompt_and_completion() -> None:
 
 
 def test_per_second_plans_compare_engine_second_rates() -> None:
-    plan = PlanSpec("secs", "perSecond", per_engine_second=True)
+    plan = PlanSpec("secs", per_engine_second=True)
     d = decide(RouteRequest(MID), TOPO, all_warm(model="mid"), plan)
     assert d.cluster == "regional"  # 25 per engine second against the edge's 40
     assert [c.price for c in (d.chosen, *d.alternatives)] == [25, 40, 40]

@@ -110,7 +110,7 @@ def test_only_unhealthy_clusters_is_503(client: FlaskClient, tiers: TierStates) 
 
 
 def test_the_shipped_template_routes_an_enterprise_request(sqlite_store: Store) -> None:
-    from infra.template import load_template
+    from infra.template.load import load_template
     from infra.wiring import topology as template_topology
 
     topo = template_topology(load_template("template.yaml"))

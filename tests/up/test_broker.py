@@ -10,24 +10,24 @@ import pytest
 import requests
 
 from functions.cloudevent import make_event, parse_http, to_binary, to_structured
-from infra.broker import Broker, BrokerServer, DeliveryPolicy, Subscription
-from infra.broker_queue import BrokerQueue
-from infra.catalog import PING_EVENT_TYPE
+from infra.local.broker import Broker, BrokerServer, BrokerTrigger, DeliveryPolicy
+from infra.local.broker_queue import BrokerQueue
+from infra.template.catalog import PING_EVENT_TYPE
 from tests.up.subscriber import Answer, Subscriber, running, wait_until
 
 T1 = "io.tollgate.test.one.v1"
 T2 = "io.tollgate.test.two.v1"
 FAST = DeliveryPolicy(retry=3, backoff_policy="exponential", backoff_delay_s=0.05, timeout_s=5)
 
-StartBroker = Callable[[Sequence[Subscription]], BrokerServer]
+StartBroker = Callable[[Sequence[BrokerTrigger]], BrokerServer]
 
 
 @pytest.fixture
 def start_broker(tmp_path: Path) -> Iterator[StartBroker]:
     servers: list[BrokerServer] = []
 
-    def start(subscriptions: Sequence[Subscription]) -> BrokerServer:
-        server = BrokerServer(Broker(BrokerQueue(tmp_path / "broker.db"), subscriptions), 0)
+    def start(triggers: Sequence[BrokerTrigger]) -> BrokerServer:
+        server = BrokerServer(Broker(BrokerQueue(tmp_path / "broker.db"), triggers), 0)
         server.start()
         servers.append(server)
         return server
@@ -55,8 +55,8 @@ def test_exact_match_filters_route_each_event_to_its_triggers(
     with running(plain, pinged):
         broker = start_broker(
             [
-                Subscription("one", {"type": T1}, plain.url, FAST),
-                Subscription(
+                BrokerTrigger("one", {"type": T1}, plain.url, FAST),
+                BrokerTrigger(
                     "two-ping", {"type": PING_EVENT_TYPE, "tollgatetype": T2}, pinged.url, FAST
                 ),
             ]
@@ -86,7 +86,7 @@ def test_transient_failures_are_retried_with_backoff_then_delivered(
 ) -> None:
     flaky = Subscriber([Answer(503), Answer(500), Answer(429)], default=Answer(204))
     with running(flaky):
-        broker = start_broker([Subscription("one", {"type": T1}, flaky.url, FAST)])
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, flaky.url, FAST)])
         event_id = post(broker, T1)
         wait_until(lambda: len(flaky.received) == 4)
         assert flaky.ids() == [event_id] * 4
@@ -110,7 +110,7 @@ def test_a_4xx_is_not_retried_and_goes_to_the_dead_letter_sink(
     sink = Subscriber()
     policy = DeliveryPolicy(retry=5, backoff_delay_s=0.05, dead_letter_sink=sink.url)
     with running(refusing, sink):
-        broker = start_broker([Subscription("one", {"type": T1}, refusing.url, policy)])
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, refusing.url, policy)])
         event_id = post(broker, T1)
         wait_until(lambda: len(sink.received) == 1)
         assert len(refusing.received) == 1
@@ -127,7 +127,7 @@ def test_retries_exhausted_go_to_the_dead_letter_sink(start_broker: StartBroker)
     sink = Subscriber()
     policy = DeliveryPolicy(retry=2, backoff_delay_s=0.02, dead_letter_sink=sink.url)
     with running(failing, sink):
-        broker = start_broker([Subscription("one", {"type": T1}, failing.url, policy)])
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, failing.url, policy)])
         post(broker, T1)
         wait_until(lambda: len(sink.received) == 1)
         assert len(failing.received) == 3  # the first try and two retries
@@ -144,7 +144,7 @@ def test_an_unreachable_subscriber_is_retried_then_dead_lettered(
     sink = Subscriber()
     policy = DeliveryPolicy(retry=1, backoff_delay_s=0.02, dead_letter_sink=sink.url)
     with running(sink):
-        broker = start_broker([Subscription("one", {"type": T1}, gone.url, policy)])
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, gone.url, policy)])
         post(broker, T1)
         wait_until(lambda: len(sink.received) == 1)
         dead = parse_http(sink.received[0].headers, sink.received[0].body)
@@ -160,8 +160,8 @@ def test_a_reply_event_is_published_back_and_delivered(start_broker: StartBroker
     with running(replier, downstream):
         broker = start_broker(
             [
-                Subscription("one", {"type": T1}, replier.url, FAST),
-                Subscription("two", {"type": T2}, downstream.url, FAST),
+                BrokerTrigger("one", {"type": T1}, replier.url, FAST),
+                BrokerTrigger("two", {"type": T2}, downstream.url, FAST),
             ]
         )
         post(broker, T1)
@@ -174,7 +174,7 @@ def test_a_reply_event_is_published_back_and_delivered(start_broker: StartBroker
 def test_a_duplicate_ingest_is_delivered_once(start_broker: StartBroker) -> None:
     subscriber = Subscriber()
     with running(subscriber):
-        broker = start_broker([Subscription("one", {"type": T1}, subscriber.url, FAST)])
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, subscriber.url, FAST)])
         event = make_event(T1, "/tests/broker", {"n": 1})
         for message in (to_binary(event), to_structured(event), to_binary(event)):
             response = requests.post(
@@ -193,13 +193,13 @@ def test_what_was_queued_is_delivered_after_a_restart(start_broker: StartBroker)
     subscriber = Subscriber(default=Answer(503))
     slow = DeliveryPolicy(retry=10, backoff_delay_s=0.2, timeout_s=5)
     with running(subscriber):
-        first = start_broker([Subscription("one", {"type": T1}, subscriber.url, slow)])
+        first = start_broker([BrokerTrigger("one", {"type": T1}, subscriber.url, slow)])
         event_id = post(first, T1)
         wait_until(lambda: len(subscriber.received) == 1)
         first.stop()
         subscriber.default = Answer(200)
         # A new process would pick new ports: deliveries follow the trigger's name, not its URL.
-        second = start_broker([Subscription("one", {"type": T1}, subscriber.url, slow)])
+        second = start_broker([BrokerTrigger("one", {"type": T1}, subscriber.url, slow)])
         wait_until(lambda: len(subscriber.received) == 2)
         assert subscriber.ids() == [event_id, event_id]
         wait_until(lambda: second.broker.queue.counts() == {})
@@ -220,7 +220,7 @@ def test_deliveries_run_concurrently_within_the_worker_bound(tmp_path: Path) -> 
     with running(slow):
         broker = Broker(
             BrokerQueue(tmp_path / "broker.db"),
-            [Subscription("one", {"type": T1}, slow.url, FAST)],
+            [BrokerTrigger("one", {"type": T1}, slow.url, FAST)],
             workers=4,
         )
         broker.start()

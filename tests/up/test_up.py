@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from infra.demo import ACCOUNT, CREDITS
-from infra.local import free_port
+from infra.local.demo import ACCOUNT, CREDITS
+from infra.local.platform import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
-from infra.catalog import FUNCTION_KINDS, INFER, NETWORK_PREFIX, known_event_types
-from infra.fields import format_parameters
-from infra.problems import Problem
-from infra.template import Template
+from infra.template.catalog import FUNCTION_KINDS, INFER, known_event_types
+from infra.template.eventing import consumers, emitters
+from infra.template.fields import format_parameters
+from infra.template.problems import Problem
+from infra.template.schema import Template
 
 
 def cross_check(t: Template) -> list[Problem]:
@@ -204,37 +205,8 @@ def _functions(t: Template) -> Iterator[Problem]:
         )
 
 
-def consumers(t: Template) -> dict[str, set[str]]:
-    """Event types each declared function consumes: the catalog's plus the template's extras."""
-    return {
-        f.name: set(FUNCTION_KINDS[f.name].consumes) | set(f.consumes)
-        for f in t.functions
-        if f.name in FUNCTION_KINDS
-    }
-
-
-def emitters(t: Template, *, pings: bool = True) -> dict[str, set[str]]:
-    """Who puts each event type on the home broker, by event type (optionally not the pings)."""
-    out: dict[str, set[str]] = {}
-
-    def add(types: Iterable[str], who: str) -> None:
-        for type_ in types:
-            out.setdefault(type_, set()).add(who)
-
-    for f in t.functions:
-        if f.name in FUNCTION_KINDS:
-            add(FUNCTION_KINDS[f.name].emits | set(f.emits), f"function {f.name}")
-    for p in t.eventing.producers:
-        add(p.emits, f"producer {p.name}")
-    for ping in t.eventing.pings if pings else ():
-        add([ping.type], f"ping {ping.name}")
-    for s in t.camara.subscriptions:
-        add(s.emits, f"camara subscription {s.name}")
-    return out
-
-
 def _event_types(t: Template) -> Iterator[Problem]:
-    """Catch typos: a type must be in events/types.py, or be a network type issue 6 adds."""
+    """Catch typos: every declared type is one the event catalogue has a model for."""
     known = known_event_types()
     declared: list[tuple[tuple[str | int, ...], str]] = []
     for i, f in enumerate(t.functions):
@@ -246,11 +218,11 @@ def _event_types(t: Template) -> Iterator[Problem]:
         declared += [(("camara", "subscriptions", i, "emits", j), x) for j, x in enumerate(s.emits)]
     declared += [(("eventing", "pings", i, "type"), p.type) for i, p in enumerate(t.eventing.pings)]
     for where, type_ in declared:
-        if type_ not in known and not type_.startswith(NETWORK_PREFIX):
+        if type_ not in known:
             yield Problem(
                 where,
-                f"unknown event type {type_}: use one of events/types.py "
-                f"({', '.join(sorted(known))}) or an {NETWORK_PREFIX}* type",
+                f"unknown event type {type_}: use one of events/types.py or events/network.py "
+                f"({', '.join(sorted(known))})",
             )
 
 
@@ -263,7 +235,8 @@ def _eventing(t: Template) -> Iterator[Problem]:
             f"unknown cluster {ev.home!r}; clusters: {', '.join(sorted(clusters))}",
         )
         return
-    on_home = {f.name for f in t.functions if ev.home in t.function_clusters(f)}
+    # Infer is deployed per model (infer-<model>) and takes no events, so it is no target.
+    on_home = {f.name for f in t.functions if f.name != INFER and ev.home in t.function_clusters(f)}
     deliveries = [(("eventing", "delivery"), ev.delivery)] + [
         (("eventing", "triggers", i, "delivery"), tr.delivery)
         for i, tr in enumerate(ev.triggers)
@@ -286,6 +259,12 @@ def _eventing(t: Template) -> Iterator[Problem]:
             yield Problem(
                 (*at, "function"),
                 f"unknown function {tr.function!r}; declared functions: {', '.join(consumed)}",
+            )
+        elif tr.function == INFER:
+            yield Problem(
+                (*at, "function"),
+                "infer takes no events (it serves HTTP as infer-<model> on each cluster); "
+                "trigger another function",
             )
         elif tr.function not in on_home:
             yield Problem(

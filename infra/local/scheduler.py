@@ -6,90 +6,35 @@ type in the ``tollgatetype`` extension, the ping's data as JSON. The event id is
 ping and its minute, so a slot fired twice is deduplicated by the broker. Like PingSource, slots
 missed while nothing was running are not made up.
 
-Schedules use the five-field subset ``infra.fields`` validates (numbers, ranges, ``*``, ``/n``
-steps, lists, and the @-descriptors); a minimal matcher over that subset avoids a dependency.
+Schedules are read by croniter, as the template's validation reads them: Vixie cron's rules, so
+when both day fields are restricted a day matching either fires, and 7 is Sunday too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import requests
 from cloudevents.core.v1.event import CloudEvent
+from croniter import croniter
 
 from functions.cloudevent import to_binary
-from infra.catalog import PING_EVENT_TYPE, PING_TYPE_EXTENSION
-from infra.template import Ping
+from infra.template.catalog import PING_EVENT_TYPE, PING_TYPE_EXTENSION
+from infra.template.schema import Ping
 
 log = logging.getLogger(__name__)
 
 _ID_NAMESPACE = uuid.UUID("0b7e2f38-2d0e-4c8e-9a51-6f3f1f0f6c21")
-_DESCRIPTORS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 POST_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
-class Cron:
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]  # 0 = Sunday
-    # Cron's rule: when both day fields are restricted a day matches either, else both.
-    days_restricted: bool
-    weekdays_restricted: bool
-
-    @classmethod
-    def parse(cls, schedule: str) -> Cron:
-        fields = _DESCRIPTORS.get(schedule, schedule).split()
-        if len(fields) != len(_RANGES):
-            raise ValueError(f"schedule {schedule!r} does not have five fields")
-        sets = [_field(text, low, high) for text, (low, high) in zip(fields, _RANGES, strict=True)]
-        weekdays = frozenset(d % 7 for d in sets[4])  # 7 is Sunday too
-        return cls(sets[0], sets[1], sets[2], sets[3], weekdays, fields[2] != "*", fields[4] != "*")
-
-    def matches(self, at: dt.datetime) -> bool:
-        if at.minute not in self.minutes or at.hour not in self.hours:
-            return False
-        if at.month not in self.months:
-            return False
-        day = at.day in self.days
-        weekday = (at.isoweekday() % 7) in self.weekdays
-        if self.days_restricted and self.weekdays_restricted:
-            return day or weekday
-        return day and weekday
-
-
-def _field(text: str, low: int, high: int) -> frozenset[int]:
-    values: set[int] = set()
-    for item in text.split(","):
-        spec, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if spec == "*":
-            start, stop = low, high
-        else:
-            first, _, last = spec.partition("-")
-            # "5/15" means from 5 to the end in steps of 15, as in Vixie cron.
-            start = int(first)
-            stop = int(last) if last else (high if step_text else start)
-        if not low <= start <= stop <= high:
-            raise ValueError(f"{item!r} is outside {low}-{high}")
-        values.update(range(start, stop + 1, step))
-    return frozenset(values)
+def fires_at(schedule: str, minute: dt.datetime) -> bool:
+    """Whether a ping on ``schedule`` fires in ``minute`` (UTC, as PingSource reads schedules)."""
+    return bool(croniter.match(schedule, minute.astimezone(dt.UTC), day_or=True))
 
 
 def ping_event(namespace: str, ping: Ping, slot: dt.datetime) -> CloudEvent:
@@ -103,7 +48,7 @@ def ping_event(namespace: str, ping: Ping, slot: dt.datetime) -> CloudEvent:
             "datacontenttype": "application/json",
             PING_TYPE_EXTENSION: ping.type,
         },
-        json.dumps(ping.data, sort_keys=True, separators=(",", ":")).encode(),
+        ping.payload.encode(),
     )
 
 
@@ -123,7 +68,7 @@ class Scheduler:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._namespace = namespace
-        self._pings = [(p, Cron.parse(p.schedule)) for p in pings]
+        self._pings = tuple(pings)
         self._send = send
         self._clock = clock
         # Slots up to and including this minute were handled; the current one is still to come.
@@ -137,8 +82,8 @@ class Scheduler:
         sent: list[CloudEvent] = []
         slot = self._done + dt.timedelta(minutes=1)
         while slot <= now:
-            for ping, cron in self._pings:
-                if cron.matches(slot):
+            for ping in self._pings:
+                if fires_at(ping.schedule, slot):
                     event = ping_event(self._namespace, ping, slot)
                     try:
                         self._send(event)

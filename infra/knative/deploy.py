@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.catalog import PING_TYPE_EXTENSION
-from infra.fields import go_duration_seconds
-from infra.render import Manifest, delivery_spec, manifest_filename, render, write
-from infra.template import Cluster, Template
+from infra.knative.render import Manifest, delivery_spec, manifest_filename, render, write
+from infra.template.catalog import PING_TYPE_EXTENSION
+from infra.template.fields import go_duration_seconds
+from infra.template.schema import Cluster, Template
 
 Command = tuple[str, ...]
 

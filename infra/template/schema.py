@@ -1,23 +1,21 @@
-"""``template.yaml``: the platform as ops declare it, loaded into frozen, typed models.
+"""``template.yaml``'s schema: the platform as ops declare it, as frozen, typed models.
 
-``load_template(path)`` is the only way in; both the Knative renderer and ``tollgate up`` read
-tiers, clusters, models, prices and plans through it, so there is one source of truth.
-Errors name the file, the YAML path and the line, and say what would be valid.
+Field types live in ``fields``; what one field cannot see on its own is checked in ``checks``;
+``load.load_template`` is the only way in, so the Knative renderer, ``tollgate up`` and every
+function read tiers, clusters, models, prices and plans from one source of truth.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Annotated, Literal, Protocol, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
-from pydantic_core import ErrorDetails
 
-from infra.fields import (
+from infra.template.fields import (
     Credits,
     Cron,
     EventType,
@@ -28,9 +26,6 @@ from infra.fields import (
     Quantity,
     ScaleDownDelay,
 )
-from infra.problems import Problem
-from infra.problems import TemplateError as TemplateError  # re-exported: callers catch it here
-from infra.yaml_lines import load_located
 
 API_VERSION = "tollgate.io/v1alpha1"
 
@@ -186,7 +181,7 @@ class MonthlyBundle(_Plan):
     rollover: bool = False
 
 
-class Subscription(_Plan):
+class SubscriptionPlan(_Plan):
     kind: Literal["subscription"]
     credits: Credits
     rollover: bool = False
@@ -208,7 +203,7 @@ class PerSecond(_Plan):
 
 
 Plan = Annotated[
-    MonthlyBundle | Subscription | PayPerInference | PerSecond, Field(discriminator="kind")
+    MonthlyBundle | SubscriptionPlan | PayPerInference | PerSecond, Field(discriminator="kind")
 ]
 
 
@@ -223,12 +218,12 @@ class Function(_Model):
     scale_down_delay: ScaleDownDelay | None = None
     progress_deadline: GoDuration | None = None
     resources: Resources
-    # On top of infra.catalog's table, e.g. network-slice events a function also handles.
+    # On top of catalog.py's table, e.g. network-slice events a function also handles.
     consumes: tuple[EventType, ...] = ()
     emits: tuple[EventType, ...] = ()
 
 
-class Delivery(_Model):
+class DeliverySpec(_Model):
     retry: int = Field(ge=0)
     backoff_policy: Literal["exponential", "linear"] = "exponential"
     backoff_delay: IsoDuration
@@ -240,7 +235,7 @@ class Trigger(_Model):
     type: EventType
     function: Name
     name: Name | None = None
-    delivery: Delivery | None = None
+    delivery: DeliverySpec | None = None
 
     @property
     def resource_name(self) -> str:
@@ -264,13 +259,18 @@ class Ping(_Model):
     type: EventType
     data: dict[str, str] = Field(default_factory=dict)
 
+    @property
+    def payload(self) -> str:
+        """``data`` as the PingSource sends it: compact JSON, keys sorted."""
+        return json.dumps(self.data, sort_keys=True, separators=(",", ":"))
+
 
 class Eventing(_Model):
     home: Name
     broker: Name = "default"
     # How clusters other than home reach the home broker (their SinkBinding's sink).
     home_broker_url: str = Field(pattern=r"^https?://")
-    delivery: Delivery
+    delivery: DeliverySpec
     producers: tuple[Producer, ...] = ()
     triggers: tuple[Trigger, ...]
     pings: tuple[Ping, ...] = ()
@@ -333,7 +333,7 @@ class Template(_Model):
     def cluster(self, name: str) -> Cluster:
         return _one(self.clusters, name, "cluster")
 
-    def plan(self, name: str) -> MonthlyBundle | Subscription | PayPerInference | PerSecond:
+    def plan(self, name: str) -> MonthlyBundle | SubscriptionPlan | PayPerInference | PerSecond:
         return _one(self.plans, name, "plan")
 
     def model(self, name: str) -> Model:
@@ -366,49 +366,3 @@ def _one(items: Iterable[_N], name: str, what: str) -> _N:
         if item.name == name:
             return item
     raise KeyError(f"no {what} {name!r}")
-
-
-# -- loading ------------------------------------------------------------------------------------
-
-
-def load_template(path: str | Path) -> Template:
-    """Parse, type-check and cross-check a template; raise TemplateError naming every problem."""
-    path = Path(path)
-    return parse_template(path.read_text(encoding="utf-8"), str(path))
-
-
-def parse_template(text: str, file: str = "template.yaml") -> Template:
-    # Imported here: checks.py reads these model classes, so it can only load after them.
-    from infra.checks import cross_check
-
-    try:
-        located = load_located(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise TemplateError(file, [Problem((), f"not valid YAML: {exc}", line)]) from None
-    if not isinstance(located.data, dict):
-        raise TemplateError(
-            file, [Problem((), "the template must be a mapping starting with apiVersion", 1)]
-        )
-    try:
-        template = Template.model_validate(located.data)
-    except ValidationError as exc:
-        problems = [
-            Problem(tuple(e["loc"]), _explain(e), located.line_of(tuple(e["loc"])))
-            for e in exc.errors()
-        ]
-        raise TemplateError(file, problems) from None
-    problems = [Problem(p.path, p.message, located.line_of(p.path)) for p in cross_check(template)]
-    if problems:
-        raise TemplateError(file, problems)
-    return template
-
-
-def _explain(error: ErrorDetails) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return "unknown field (check spelling; fields are camelCase as in the shipped template)"
-    if error["type"] == "literal_error" and error["loc"] and error["loc"][0] == "apiVersion":
-        return f"{message}; this loader reads {API_VERSION}"
-    return message

@@ -37,7 +37,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (stage, due);
 
 
 @dataclass(frozen=True)
-class Delivery:
+class PendingDelivery:
     """One event on its way to one trigger's subscriber (or to that trigger's dead-letter sink)."""
 
     seq: int
@@ -80,7 +80,7 @@ class BrokerQueue:
                 raise
             return fresh
 
-    def due(self, now: float, limit: int, exclude: Iterable[int]) -> list[Delivery]:
+    def due(self, now: float, limit: int, exclude: Iterable[int]) -> list[PendingDelivery]:
         """Deliveries due by ``now``, oldest first, except those already being attempted."""
         skip = tuple(exclude)
         marks = ",".join("?" * len(skip))
@@ -92,7 +92,7 @@ class BrokerQueue:
                 "ORDER BY d.due LIMIT ?",
                 (now, *skip, limit),
             ).fetchall()
-        return [Delivery(*row) for row in rows]
+        return [PendingDelivery(*row) for row in rows]
 
     def next_due(self, exclude: Iterable[int]) -> float | None:
         """When the next delivery not already being attempted is due."""

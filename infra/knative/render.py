@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 
 from functions.store import dynamodb
-from infra.catalog import INFER, PING_EVENT_TYPE, PING_TYPE_EXTENSION
-from infra.checks import emitters
-from infra.fields import go_duration_seconds
-from infra.template import Cluster, Delivery, Function, Model, Ping, Template, Trigger
+from infra.template.catalog import INFER, PING_TYPE_EXTENSION
+from infra.template.eventing import trigger_filters
+from infra.template.fields import go_duration_seconds
+from infra.template.schema import Cluster, DeliverySpec, Function, Model, Ping, Template, Trigger
 
 Manifest = dict[str, Any]
 
@@ -110,7 +110,7 @@ def _broker_ref(t: Template) -> Manifest:
     return {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": broker}}
 
 
-def delivery_spec(d: Delivery) -> Manifest:
+def delivery_spec(d: DeliverySpec) -> Manifest:
     return {
         "retry": d.retry,
         "backoffPolicy": d.backoff_policy,
@@ -146,41 +146,21 @@ def _sink_binding(t: Template, home: bool) -> Manifest:
     }
 
 
-def _trigger_parts(t: Template, tr: Trigger) -> list[tuple[str, dict[str, str]]]:
-    """(trigger name, filter attributes) for each way ``tr.type`` reaches the broker.
-
-    A PingSource cannot set the CloudEvent type, so scheduled commands arrive as Knative's ping
-    type with the Tollgate type in an extension and need a trigger of their own.
-    """
-    parts: list[tuple[str, dict[str, str]]] = []
-    if tr.type in emitters(t, pings=False):
-        parts.append((tr.resource_name, {"type": tr.type}))
-    if any(p.type == tr.type for p in t.eventing.pings):
-        parts.append(
-            (f"{tr.resource_name}-ping", {"type": PING_EVENT_TYPE, PING_TYPE_EXTENSION: tr.type})
-        )
-    return parts
-
-
 def _triggers(t: Template, tr: Trigger) -> list[Manifest]:
     return [
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
-            "metadata": _meta(t, name, {"tollgate.io/function": tr.function}),
+            "metadata": _meta(t, tf.name, {"tollgate.io/function": tr.function}),
             "spec": {
                 "broker": t.eventing.broker,
-                "filter": {"attributes": attributes},
+                "filter": {"attributes": dict(tf.attributes)},
                 "subscriber": _ksvc_ref(tr.function),
                 "delivery": delivery_spec(tr.delivery or t.eventing.delivery),
             },
         }
-        for name, attributes in _trigger_parts(t, tr)
+        for tf in trigger_filters(t, tr)
     ]
-
-
-def _ping_data(data: dict[str, str]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def _ping(t: Template, p: Ping) -> Manifest:
@@ -190,7 +170,7 @@ def _ping(t: Template, p: Ping) -> Manifest:
         "metadata": _meta(t, p.name),
         "spec": {
             "schedule": p.schedule,
-            "data": _ping_data(p.data),
+            "data": p.payload,
             "sink": _broker_ref(t),
             "ceOverrides": {"extensions": {PING_TYPE_EXTENSION: p.type}},
         },
@@ -416,8 +396,8 @@ def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
 def table_definition(t: Template) -> Manifest:
     """CreateTable input plus the TTL setting, for ops provisioning DynamoDB or Alternator.
 
-    The store adapter owns the layout; the template only names the table (checks.py verifies
-    its declared keys match).
+    The store adapter owns the layout; the template only names the table (its key, billing and
+    TTL fields are literals of the adapter's values, which tests/infra check against it).
     """
     return {
         **dynamodb.table_definition(t.table.name),

@@ -56,11 +56,8 @@ FUNCTION_KINDS: Final = MappingProxyType(
 # Deployed once per cluster x hosted model rather than once per platform.
 INFER: Final = "infer"
 
-# Network-slice types (issue 6) are declared in the template before events/types.py lists them.
-NETWORK_PREFIX: Final = "io.tollgate.network."
-
 # Knative's PingSource always sends its own type; a scheduled command carries its Tollgate type
-# in an extension instead (see render.py), which the function runtime reads.
+# in an extension instead (see infra/knative/render.py), which the function runtime reads.
 PING_EVENT_TYPE: Final = PING_TYPE
 PING_TYPE_EXTENSION: Final = PING_EXTENSION
 

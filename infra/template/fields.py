@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from decimal import Decimal
 from typing import Annotated, Any
 
+import isodate
+from croniter import croniter
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -88,15 +91,30 @@ def _at_most_an_hour(value: str) -> str:
 ScaleDownDelay = Annotated[str, AfterValidator(_go_duration), AfterValidator(_at_most_an_hour)]
 
 
-_ISO_DURATION = re.compile(r"^PT(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?$")
+def iso_duration_seconds(value: str) -> float:
+    """Seconds in an ISO-8601 duration of fixed length (PT0.5S, PT2S, PT1M, P1D).
+
+    Calendar units (P1M, P1Y) have no fixed length and negative delays mean nothing: refused.
+    """
+    try:
+        duration: object = isodate.parse_duration(value)
+    except (isodate.ISO8601Error, ValueError):
+        duration = None
+    if (
+        not isinstance(duration, dt.timedelta)
+        or duration < dt.timedelta(0)
+        or not any(c.isdigit() for c in value)  # isodate reads a bare "PT" as zero
+    ):
+        raise ValueError(f"{value!r} is not an ISO-8601 duration: use e.g. PT0.5S, PT2S or PT1M")
+    return duration.total_seconds()
 
 
 def _iso_duration(value: str) -> str:
-    if not _ISO_DURATION.match(value):
-        raise ValueError(f"{value!r} is not an ISO-8601 duration: use e.g. PT0.5S, PT2S or PT1M")
+    iso_duration_seconds(value)
     return value
 
 
+# Kept as written: Knative's delivery takes the same text.
 IsoDuration = Annotated[str, AfterValidator(_iso_duration)]
 
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -124,30 +142,42 @@ def _event_type(value: str) -> str:
 
 EventType = Annotated[str, AfterValidator(_event_type)]
 
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_NAMES = ("minute", "hour", "day of month", "month", "day of week")
-_CRON_DESCRIPTORS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"})
-_CRON_ITEM = re.compile(r"^(\*|(\d+)(?:-(\d+))?)(?:/([1-9]\d*))?$")
+# What Knative's PingSource takes (robfig/cron's standard parser): five fields with numbers,
+# names (JAN, MON), ranges, lists, steps and "?", or a descriptor; croniter reads the same, and
+# its own additions (seconds and year fields, L, W, #, H) are refused here.
+_CRON_DESCRIPTORS = frozenset(
+    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+)
+# Each field's name and values, for messages.
+_CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day of week", "0-7 or SUN-SAT"),
+)
+_CRON_FIELD = re.compile(r"^[0-9*?,/-]*([A-Za-z]{3}[0-9*?,/-]*)*$")
 
 
 def _cron(value: str) -> str:
     if value in _CRON_DESCRIPTORS:
         return value
     fields = value.split()
-    if len(fields) != 5:
+    if len(fields) != len(_CRON_FIELDS):
         raise ValueError(
             f"schedule {value!r} is not a cron expression: use five fields "
             "'minute hour day-of-month month day-of-week' (e.g. '0 0 1 * *') or @hourly/@daily/…"
         )
-    for text, (low, high), what in zip(fields, _CRON_RANGES, _CRON_NAMES, strict=True):
-        for item in text.split(","):
-            m = _CRON_ITEM.match(item)
-            numbers = [int(g) for g in (m.group(2), m.group(3)) if g] if m else []
-            if not m or any(n < low or n > high for n in numbers):
-                raise ValueError(
-                    f"schedule {value!r}: {what} field {text!r} is not valid; "
-                    f"use *, */n, a number or range within {low}-{high}"
-                )
+    for i, (text, (what, values)) in enumerate(zip(fields, _CRON_FIELDS, strict=True)):
+        # Each field alone, the others "*", so the message can say which one is wrong.
+        alone = " ".join(text if j == i else "*" for j in range(len(fields)))
+        if not _CRON_FIELD.match(text) or not croniter.is_valid(alone):
+            raise ValueError(
+                f"schedule {value!r}: {what} field {text!r} is not valid; "
+                f"use *, */n, a number or range within {values}"
+            )
+    if not croniter.is_valid(value):
+        raise ValueError(f"schedule {value!r} is not a valid cron expression")
     return value
 
 

@@ -21,14 +21,15 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from infra.broker import Broker, BrokerServer
-from infra.broker_queue import BrokerQueue
-from infra.demo import Demo, admin_token, ensure_demo, token_file
-from infra.local import LEDGER, LocalPlatform, free_port, plan, write_json
-from infra.scheduler import Scheduler, http_sender
-from infra.serve import FUNCTIONS
-from infra.supervisor import ChildFailed, Supervisor
-from infra.template import Template, TemplateError, load_template
+from infra.local.broker import Broker, BrokerServer
+from infra.local.broker_queue import BrokerQueue
+from infra.local.demo import Demo, admin_token, ensure_demo, token_file
+from infra.local.platform import LEDGER, LocalPlatform, free_port, plan, write_json
+from infra.local.scheduler import Scheduler, http_sender
+from infra.local.supervisor import ChildFailed, Supervisor
+from infra.template.load import load_template
+from infra.template.problems import TemplateError
+from infra.template.schema import Template
 
 WATCH_EVERY_S = 0.5
 STARTUP_TIMEOUT_S = 120.0
@@ -96,35 +97,20 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         ingress_port=port,
         broker_url=f"http://127.0.0.1:{broker_port}",
         admin_token=token,
-        servable=FUNCTIONS,
     )
     write_json(platform.endpoints_file, platform.endpoints)
-    supervisor = Supervisor(state_dir / "logs")
-    broker = BrokerServer(
-        Broker(BrokerQueue(state_dir / "broker.db"), platform.subscriptions), broker_port
-    )
-    scheduler = Scheduler(template.namespace, template.eventing.pings, http_sender(broker.url))
-    endpoints_json = state_dir / "endpoints.json"
+    running = _Running(template, platform, state_dir, broker_port)
     status = 0
     try:
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
-        # Children are forked before this process starts any thread (fork + threads can leave
-        # a child holding a lock nobody will release); the broker's socket already listens, so
-        # an early event waits in its backlog.
-        children = [supervisor.start(spec) for spec in platform.processes]
-        broker.start()
-        for child in children:
-            supervisor.wait_healthy(child, startup_timeout)
-        scheduler.start()
-        admin = platform.url(LEDGER)
-        assert admin is not None  # the ledger is always servable
-        demo = ensure_demo(admin, token, state_dir)
-        write_json(endpoints_json, _endpoints(platform, broker.url, port, state_dir))
-        _summary(
-            template, platform, supervisor, broker.url, port, demo, token, generated, state_dir
+        running.start(startup_timeout)
+        demo = ensure_demo(platform.url(LEDGER), token, state_dir)
+        write_json(
+            running.endpoints_json, _endpoints(platform, running.broker.url, port, state_dir)
         )
-        status = _watch(supervisor)
+        _summary(template, platform, running, port, demo, token, generated, state_dir)
+        status = _watch(running.supervisor)
     except _Stop as stop:
         console.print(f"\n[bold]{stop}[/]: stopping…")
     except (ChildFailed, requests.RequestException) as exc:
@@ -133,13 +119,41 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        scheduler.stop()
-        supervisor.stop()
-        broker.stop()
-        # Stale URLs would mislead tools: the file exists exactly while the platform runs.
-        endpoints_json.unlink(missing_ok=True)
+        running.stop()
         console.print("stopped.")
     sys.exit(status)
+
+
+class _Running:
+    """What ``tollgate up`` runs: the function processes, the broker and the ping scheduler."""
+
+    def __init__(
+        self, template: Template, platform: LocalPlatform, state_dir: Path, broker_port: int
+    ) -> None:
+        self.supervisor = Supervisor(state_dir / "logs")
+        queue = BrokerQueue(state_dir / "broker.db")
+        self.broker = BrokerServer(Broker(queue, platform.triggers), broker_port)
+        send = http_sender(self.broker.url)
+        self.scheduler = Scheduler(template.namespace, template.eventing.pings, send)
+        self.processes = platform.processes
+        self.endpoints_json = state_dir / "endpoints.json"
+
+    def start(self, startup_timeout: float) -> None:
+        # Children are forked before this process starts any thread (fork + threads can leave
+        # a child holding a lock nobody will release); the broker's socket already listens, so
+        # an early event waits in its backlog.
+        children = [self.supervisor.start(spec) for spec in self.processes]
+        self.broker.start()
+        for child in children:
+            self.supervisor.wait_healthy(child, startup_timeout)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.supervisor.stop()
+        self.broker.stop()
+        # Stale URLs would mislead tools: the file exists exactly while the platform runs.
+        self.endpoints_json.unlink(missing_ok=True)
 
 
 CRASH_LOOP_RESTARTS = 5
@@ -186,8 +200,7 @@ def _endpoints(platform: LocalPlatform, broker: str, port: int, state_dir: Path)
 def _summary(
     template: Template,
     platform: LocalPlatform,
-    supervisor: Supervisor,
-    broker: str,
+    running: _Running,
     port: int,
     demo: Demo,
     token: str,
@@ -197,13 +210,11 @@ def _summary(
     table = Table(title=f"tollgate up: {template.metadata.name}", title_justify="left")
     for column in ("process", "url", "pid"):
         table.add_column(column, no_wrap=True)
-    table.add_row("broker", broker, "(this process)")
-    for child in supervisor.children:
+    table.add_row("broker", running.broker.url, "(this process)")
+    for child in running.supervisor.children:
         table.add_row(child.spec.name, child.spec.url, str(child.process.pid))
     console.print(table)
-    console.print(f"Logs: {supervisor.log_dir}/<process>.log", markup=False)
-    for name in platform.skipped:
-        console.print(f"[yellow]not started: `tollgate serve {name}` does not exist yet[/]")
+    console.print(f"Logs: {running.supervisor.log_dir}/<process>.log", markup=False)
     rtt = ", ".join(f"{t} +{v.emulated_rtt_ms} ms" for t, v in template.local.tiers.items())
     console.print(f"Tiers (emulated RTT): {rtt}; model {template.local.model} on CPU everywhere.")
     if generated:

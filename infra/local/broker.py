@@ -40,7 +40,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from functions.app import register_error_handlers
 from functions.errors import BadRequest
-from infra.broker_queue import BrokerQueue, Delivery
+from infra.local.broker_queue import BrokerQueue, PendingDelivery
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DeliveryPolicy:
 
 
 @dataclass(frozen=True)
-class Subscription:
+class BrokerTrigger:
     """A Trigger: which events (exact-match attribute filter) go to which subscriber URL."""
 
     name: str
@@ -120,13 +120,13 @@ class Broker:
     def __init__(
         self,
         queue: BrokerQueue,
-        subscriptions: Sequence[Subscription],
+        triggers: Sequence[BrokerTrigger],
         *,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
-        self.subscriptions = {s.name: s for s in subscriptions}
+        self.triggers = {s.name: s for s in triggers}
         self._workers = workers
         self._clock = clock
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="broker-delivery")
@@ -142,7 +142,7 @@ class Broker:
     def publish(self, event: BaseCloudEvent) -> bool:
         """Queue ``event`` for every matching trigger; False if it is a duplicate."""
         attributes = filter_attributes(event)
-        targets = [s.name for s in self.subscriptions.values() if s.matches(attributes)]
+        targets = [s.name for s in self.triggers.values() if s.matches(attributes)]
         body = to_structured_event(event).body
         fresh = self.queue.add(event.get_source(), event.get_id(), body, targets, self._clock())
         if fresh and targets:
@@ -190,17 +190,17 @@ class Broker:
             return MAX_IDLE_S
         return min(MAX_IDLE_S, max(next_due - now, 0.0))
 
-    def _attempt(self, delivery: Delivery) -> None:
+    def _attempt(self, delivery: PendingDelivery) -> None:
         try:
-            subscription = self.subscriptions.get(delivery.trigger)
-            if subscription is None:
+            trigger = self.triggers.get(delivery.trigger)
+            if trigger is None:
                 # Queued under a trigger the template no longer has: keep it for an operator.
                 log.error("trigger %s is gone; delivery %d kept", delivery.trigger, delivery.seq)
                 self.queue.fail(delivery.seq)
             elif delivery.stage == "deadletter":
-                self._to_dead_letter_sink(subscription, delivery)
+                self._to_dead_letter_sink(trigger, delivery)
             else:
-                self._to_subscriber(subscription, delivery)
+                self._to_subscriber(trigger, delivery)
         except Exception:  # a bug must not kill the worker; the row stays and is retried
             log.exception("delivery %d failed unexpectedly", delivery.seq)
             with contextlib.suppress(Exception):  # later, not in a hot loop
@@ -210,18 +210,18 @@ class Broker:
                 self._in_flight.discard(delivery.seq)
             self._kick.set()
 
-    def _to_subscriber(self, sub: Subscription, delivery: Delivery) -> None:
+    def _to_subscriber(self, trigger: BrokerTrigger, delivery: PendingDelivery) -> None:
         event = _stored_event(delivery.body)
-        outcome = self._post(sub.subscriber, event, sub.delivery.timeout_s)
+        outcome = self._post(trigger.subscriber, event, trigger.delivery.timeout_s)
         if outcome.ok:
-            self._publish_reply(sub, outcome)
+            self._publish_reply(trigger, outcome)
             self.queue.done(delivery.seq)
-        elif outcome.retriable and delivery.attempt < sub.delivery.retry:
-            self._retry(sub, delivery)
+        elif outcome.retriable and delivery.attempt < trigger.delivery.retry:
+            self._retry(trigger, delivery)
         else:
-            self._give_up(sub, delivery, outcome)
+            self._give_up(trigger, delivery, outcome)
 
-    def _publish_reply(self, sub: Subscription, outcome: _Outcome) -> None:
+    def _publish_reply(self, trigger: BrokerTrigger, outcome: _Outcome) -> None:
         headers = {k.lower(): v for k, v in outcome.headers.items()}
         structured = headers.get("content-type", "").startswith("application/cloudevents")
         if "ce-id" not in headers and not structured:
@@ -229,42 +229,49 @@ class Broker:
         try:
             reply = read_event(headers, outcome.body)
         except BadRequest as exc:
-            log.warning("%s replied with an invalid event, ignored: %s", sub.subscriber, exc)
+            log.warning("%s replied with an invalid event, ignored: %s", trigger.subscriber, exc)
             return
         # Published before the delivery is marked done: a crash in between redelivers, and the
         # reply (its id derived from its cause) is then deduped here.
         self.publish(reply)
 
-    def _retry(self, sub: Subscription, delivery: Delivery) -> None:
+    def _retry(self, trigger: BrokerTrigger, delivery: PendingDelivery) -> None:
         retry_number = delivery.attempt + 1
-        due = self._clock() + sub.delivery.backoff(retry_number)
+        due = self._clock() + trigger.delivery.backoff(retry_number)
         self.queue.retry(delivery.seq, retry_number, due)
         self._kick.set()
 
-    def _give_up(self, sub: Subscription, delivery: Delivery, outcome: _Outcome) -> None:
+    def _give_up(
+        self, trigger: BrokerTrigger, delivery: PendingDelivery, outcome: _Outcome
+    ) -> None:
         data = base64.b64encode(outcome.body[:ERROR_DATA_BYTES]).decode("ascii")
-        if sub.delivery.dead_letter_sink is None:
+        if trigger.delivery.dead_letter_sink is None:
             log.error(
-                "undeliverable to %s (HTTP %s), no dead-letter sink: kept", sub.name, outcome.code
+                "undeliverable to %s (HTTP %s), no dead-letter sink: kept",
+                trigger.name,
+                outcome.code,
             )
             self.queue.fail(delivery.seq)
             return
-        log.warning("giving up on %s (HTTP %s): dead-lettering", sub.subscriber, outcome.code)
+        log.warning("giving up on %s (HTTP %s): dead-lettering", trigger.subscriber, outcome.code)
         self.queue.dead_letter(delivery.seq, outcome.code, data, self._clock())
         self._kick.set()
 
-    def _to_dead_letter_sink(self, sub: Subscription, delivery: Delivery) -> None:
-        sink = sub.delivery.dead_letter_sink
+    def _to_dead_letter_sink(self, trigger: BrokerTrigger, delivery: PendingDelivery) -> None:
+        sink = trigger.delivery.dead_letter_sink
         assert sink is not None  # only rows of a trigger with a sink reach this stage
-        extensions = {"knativeerrordest": sub.subscriber, "knativeerrordata": delivery.error_data}
+        extensions = {
+            "knativeerrordest": trigger.subscriber,
+            "knativeerrordata": delivery.error_data,
+        }
         if delivery.error_code is not None:
             extensions["knativeerrorcode"] = str(delivery.error_code)
         event = _stored_event(delivery.body, extensions)
-        outcome = self._post(sink, event, sub.delivery.timeout_s)
+        outcome = self._post(sink, event, trigger.delivery.timeout_s)
         if outcome.ok:
             self.queue.done(delivery.seq)
-        elif outcome.retriable and delivery.attempt < sub.delivery.retry:
-            self._retry(sub, delivery)
+        elif outcome.retriable and delivery.attempt < trigger.delivery.retry:
+            self._retry(trigger, delivery)
         else:
             log.error(
                 "the dead-letter sink %s refused an event (HTTP %s): kept", sink, outcome.code

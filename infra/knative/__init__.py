@@ -1,0 +1,1 @@
+"""The template on Knative: manifests per cluster, the table definition, the ``kn`` deploy plan."""

@@ -1,0 +1,1 @@
+"""``tollgate up``: the template on one machine (broker, scheduler, one process per function)."""

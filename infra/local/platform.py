@@ -1,0 +1,161 @@
+"""template.yaml → what ``tollgate up`` runs on one machine: processes, triggers, endpoints.
+
+This is the one place that decides the local process list: one all-in-one ``ledger`` (every
+ledger trigger and the admin API), ``ledger-admin`` as the dead-letter sink (``ledger`` would
+hand a dead letter back to the handler that refused it; only ``ledger-admin`` keeps them),
+``route``, one ``infer`` per local tier (every cluster of a tier shares it) and the ``ingress``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.local.broker import BrokerTrigger, DeliveryPolicy
+from infra.local.supervisor import ProcessSpec
+from infra.template.eventing import trigger_filters
+from infra.template.fields import iso_duration_seconds
+from infra.template.schema import DeliverySpec, Template
+
+# Template function → the local process that serves it.
+LEDGER = "ledger"
+DEAD_LETTERS = "ledger-admin"
+ROUTE = "route"
+INGRESS = "ingress"
+INFER = "infer"
+_HOSTS = {
+    "grant": LEDGER,
+    "authorize": LEDGER,
+    "settle": LEDGER,
+    "refund": LEDGER,
+    "sweep": LEDGER,
+    "ledger-admin": DEAD_LETTERS,
+    "route": ROUTE,
+    "ingress": INGRESS,
+}
+_SERVE = (sys.executable, "-m", "infra.cli", "serve")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+@dataclass(frozen=True)
+class LocalPlatform:
+    processes: tuple[ProcessSpec, ...]
+    triggers: tuple[BrokerTrigger, ...]
+    infer: Mapping[str, str]  # tier → URL
+    endpoints_file: Path
+    endpoints: Mapping[str, Any]  # TOLLGATE_LOCAL_ENDPOINTS: cluster → model → infer URL
+
+    def url(self, process: str) -> str:
+        return next(p.url for p in self.processes if p.name == process)
+
+
+def plan(
+    template: Template,
+    template_path: Path,
+    state_dir: Path,
+    *,
+    ingress_port: int,
+    broker_url: str,
+    admin_token: str,
+    port: Callable[[], int] = free_port,
+) -> LocalPlatform:
+    ports = {name: port() for name in (LEDGER, DEAD_LETTERS, ROUTE)}
+    urls = {name: _url(p) for name, p in {**ports, INGRESS: ingress_port}.items()}
+    infer_ports = {t.name: port() for t in template.tiers if t.name in template.local.tiers}
+    infer = {tier: _url(p) for tier, p in infer_ports.items()}
+    endpoints_file = state_dir / "local-endpoints.json"
+    env = {
+        "TOLLGATE_STORE": f"sqlite:///{(state_dir / 'tollgate.db').resolve()}",
+        "TOLLGATE_ADMIN_TOKEN": admin_token,
+        "K_SINK": broker_url,
+        "TOLLGATE_TEMPLATE": str(template_path.resolve()),
+        "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
+        "TOLLGATE_LEDGER_URL": urls[LEDGER],
+        "TOLLGATE_ROUTE_URL": urls[ROUTE],
+    }
+    processes = [
+        *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),
+        *_infer_processes(template, infer_ports, env),
+        # The ingress last: it calls everything else.
+        ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),
+    ]
+    return LocalPlatform(
+        processes=tuple(processes),
+        triggers=tuple(_triggers(template, urls)),
+        infer=infer,
+        endpoints_file=endpoints_file,
+        endpoints=_infer_endpoints(template, infer),
+    )
+
+
+def _infer_processes(
+    template: Template, ports: Mapping[str, int], env: Mapping[str, str]
+) -> list[ProcessSpec]:
+    """One infer per local tier, running the local model on CPU."""
+    model = template.model(template.local.model)
+    processes = []
+    for tier, tier_port in ports.items():
+        tier_env = {
+            **env,
+            "TOLLGATE_ENGINE": "llamacpp",
+            "TOLLGATE_MODEL_NAME": model.served_name,
+            "TOLLGATE_TIER": tier,
+            "TOLLGATE_CLUSTER": template.clusters_for_tier(tier)[0].name,
+        }
+        processes.append(ProcessSpec(f"{INFER}-{tier}", [*_SERVE, INFER], tier_port, tier_env))
+    return processes
+
+
+def _infer_endpoints(template: Template, infer: Mapping[str, str]) -> dict[str, Any]:
+    # Every model a cluster hosts answers locally from its tier's process (running the local
+    # model), so routing over the template's real topology stays visible.
+    clusters = {
+        c.name: dict.fromkeys(c.models, infer[c.tier]) for c in template.clusters if c.tier in infer
+    }
+    return {"clusters": clusters, "emulated": True}
+
+
+def _triggers(template: Template, urls: Mapping[str, str]) -> list[BrokerTrigger]:
+    """The template's triggers as Knative filters them, each to its local process."""
+
+    def policy(d: DeliverySpec) -> DeliveryPolicy:
+        return DeliveryPolicy(
+            retry=d.retry,
+            backoff_policy=d.backoff_policy,
+            backoff_delay_s=iso_duration_seconds(d.backoff_delay),
+            dead_letter_sink=urls[_HOSTS[d.dead_letter_sink]],
+        )
+
+    triggers: list[BrokerTrigger] = []
+    for trigger in template.eventing.triggers:
+        # Validated: triggers and dead letters go to functions on the home cluster, never infer.
+        subscriber = urls[_HOSTS[trigger.function]]
+        delivery = policy(trigger.delivery or template.eventing.delivery)
+        triggers.extend(
+            BrokerTrigger(f.name, f.attributes, subscriber, delivery)
+            for f in trigger_filters(template, trigger)
+        )
+    return triggers
+
+
+def write_json(path: Path, content: Mapping[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
