@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from events.quote import Quote
-from router_fn.tierstate import ClusterState, Endpoint, Load
+from router_fn.tierstate import ClusterState, Load
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 
 MAX_HEADER = 299
@@ -118,11 +117,12 @@ def decide(
         budget = plan.latency_target_ms
     allowed = _residency(request.residency, plan.residency if plan else frozenset())
     completion = request.max_tokens if request.max_tokens is not None else config.completion_tokens
-    survey = _survey(request, topology, live, plan, config, allowed, budget, completion)
-    if not survey.feasible:
-        raise NoRoute(request.model.name, survey.rejected, retryable=survey.retryable)
+    ranked, rejected, retryable, unknown_load = _survey(
+        request, topology, live, plan, config, allowed, budget, completion
+    )
+    if not ranked:
+        raise NoRoute(request.model.name, rejected, retryable=retryable)
 
-    ranked = survey.feasible
     avoid_degraded = budget is not None and any(not c.degraded for c in ranked)
     ranked.sort(
         key=lambda c: (
@@ -138,7 +138,7 @@ def decide(
         model=request.model.name,
         chosen=chosen,
         alternatives=tuple(ranked[1:]),
-        rejected=survey.rejected,
+        rejected=rejected,
         reasons=_reasons(
             request,
             ranked,
@@ -146,17 +146,10 @@ def decide(
             allowed,
             live,
             avoid_degraded=avoid_degraded,
-            load_unknown=chosen.cluster in survey.unknown_load,
+            load_unknown=chosen.cluster in unknown_load,
         ),
         budget_ms=budget,
     )
-
-
-class _Survey(NamedTuple):
-    feasible: list[Candidate]  # in topology order, not yet ranked
-    rejected: dict[str, str]  # infeasible cluster -> why
-    retryable: bool  # some cluster is ruled out only for now (health, an earlier failure)
-    unknown_load: set[str]  # feasible clusters never scraped (or stale): assumed cold
 
 
 def _survey(
@@ -168,8 +161,11 @@ def _survey(
     allowed: frozenset[str] | None,
     budget: int | None,
     completion: int,
-) -> _Survey:
-    """Every cluster, either a candidate with its predicted latency and price, or rejected."""
+) -> tuple[list[Candidate], dict[str, str], bool, set[str]]:
+    """Every cluster, either a candidate with its predicted latency and price, or rejected:
+    the candidates (in topology order), the rejected clusters with why, whether a rejection
+    may not last (health, an earlier failure of this request), and the candidates whose load
+    is unknown (never scraped, or stale)."""
     model = request.model
     service_ms = int(completion * 1000 / config.tokens_per_second)
     per_second = plan is not None and plan.per_engine_second
@@ -178,12 +174,20 @@ def _survey(
     retryable = False
     unknown_load: set[str] = set()
     for cluster in topology.clusters:
+        if cluster.name in request.exclude:
+            rejected[cluster.name] = "excluded: already failed for this request"
+            retryable = True
+            continue
+        why = _infeasible(request, cluster, plan, allowed, topology)
+        if why is not None:
+            rejected[cluster.name] = why
+            continue
         state = live.get(cluster.name, _EMPTY)
         endpoint = state.endpoint(model.name)
-        ruled_out = _ruled_out(request, cluster, endpoint, plan, allowed, topology)
-        if ruled_out is not None:
-            rejected[cluster.name], transient = ruled_out
-            retryable = retryable or transient
+        health = endpoint.health
+        if health is not None and not health.healthy:
+            rejected[cluster.name] = f"unhealthy: {health.detail or 'probe failed'}"
+            retryable = True
             continue
         if endpoint.load is None:
             unknown_load.add(cluster.name)
@@ -191,6 +195,13 @@ def _survey(
             model, cluster.name, endpoint.load, live, config, service_ms, completion
         )
         quote = topology.quotes[(model.name, cluster.tier)]
+        if per_second:
+            price = quote.per_engine_second
+        else:
+            price = (
+                request.prompt_tokens * quote.input_per_million
+                + completion * quote.output_per_million
+            )
         feasible.append(
             Candidate(
                 cluster.name,
@@ -199,31 +210,10 @@ def _survey(
                 predicted,
                 budget is None or predicted <= budget,
                 bool(state.degradations),
-                _price(request, quote, completion, per_second=per_second),
+                price,
             )
         )
-    return _Survey(feasible, rejected, retryable, unknown_load)
-
-
-def _ruled_out(
-    request: RouteRequest,
-    cluster: ClusterSpec,
-    endpoint: Endpoint,
-    plan: PlanSpec | None,
-    allowed: frozenset[str] | None,
-    topology: Topology,
-) -> tuple[str, bool] | None:
-    """Why the cluster cannot serve the request, and whether that may change (a retryable
-    reason: an earlier failure of this request, the endpoint's health); None if it can."""
-    if cluster.name in request.exclude:
-        return "excluded: already failed for this request", True
-    why = _infeasible(request, cluster, plan, allowed, topology)
-    if why is not None:
-        return why, False
-    health = endpoint.health
-    if health is not None and not health.healthy:
-        return f"unhealthy: {health.detail or 'probe failed'}", True
-    return None
+    return feasible, rejected, retryable, unknown_load
 
 
 def _delay_ms(
@@ -245,13 +235,6 @@ def _delay_ms(
     if not load.warm:
         delay += _cold_start_ms(model, cluster, load, live, config)
     return delay
-
-
-def _price(request: RouteRequest, quote: Quote, completion: int, *, per_second: bool) -> int:
-    """This request's price at the tier's rates, to rank the clusters by."""
-    if per_second:
-        return quote.per_engine_second
-    return request.prompt_tokens * quote.input_per_million + completion * quote.output_per_million
 
 
 def _reasons(
