@@ -13,14 +13,27 @@ import secrets
 import time
 from typing import Any
 
+from functions.accounts import account_pk
 from functions.errors import NotFound, Unauthorized
-from functions.store import Absent, Item, Store
+from functions.store import Absent, Item, Store, query_all
 
 PREFIX = "tg_"
+RESOLVABLE_SK = "KEY"
+LISTING_PREFIX = "KEY#"
 
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def resolvable_pk(digest: str) -> str:
+    """The partition of the item a request's key resolves through (by the key's hash)."""
+    return f"APIKEY#{digest}"
+
+
+def listing_sk(key_id: str) -> str:
+    """The sort key of a key's entry in its account's partition (the account's listing)."""
+    return f"{LISTING_PREFIX}{key_id}"
 
 
 class ApiKeys:
@@ -36,8 +49,8 @@ class ApiKeys:
         # the two writes leaves at most a listed key that never worked.
         self.store.put(
             Item(
-                f"ACCT#{account_id}",
-                f"KEY#{key_id}",
+                account_pk(account_id),
+                listing_sk(key_id),
                 1,
                 {"hash": digest, "created": now, "revoked": False},
             ),
@@ -45,8 +58,8 @@ class ApiKeys:
         )
         self.store.put(
             Item(
-                f"APIKEY#{digest}",
-                "KEY",
+                resolvable_pk(digest),
+                RESOLVABLE_SK,
                 1,
                 {"account_id": account_id, "key_id": key_id, "revoked": False},
             ),
@@ -55,12 +68,12 @@ class ApiKeys:
         return {"key": key, "key_id": key_id, "account_id": account_id, "created": now}
 
     def revoke(self, account_id: str, key_id: str) -> dict[str, Any]:
-        listed = self.store.get(f"ACCT#{account_id}", f"KEY#{key_id}")
+        listed = self.store.get(account_pk(account_id), listing_sk(key_id))
         if listed is None:
             raise NotFound(f"account {account_id} has no key {key_id}")
         digest = listed.data["hash"]
         # The resolvable item first: the key stops working even if the listing update is lost.
-        resolvable = self.store.get(f"APIKEY#{digest}", "KEY")
+        resolvable = self.store.get(resolvable_pk(digest), RESOLVABLE_SK)
         if resolvable is not None:
             self.store.put(
                 Item(
@@ -76,10 +89,10 @@ class ApiKeys:
         return {"key_id": key_id, "account_id": account_id, "revoked": True}
 
     def list(self, account_id: str) -> list[dict[str, Any]]:
-        items = self.store.query(f"ACCT#{account_id}", "KEY#", limit=1000)
+        items = query_all(self.store, account_pk(account_id), LISTING_PREFIX)
         return [
             {
-                "key_id": i.sk.removeprefix("KEY#"),
+                "key_id": i.sk.removeprefix(LISTING_PREFIX),
                 "created": i.data["created"],
                 "revoked": i.data["revoked"],
             }
@@ -90,7 +103,7 @@ class ApiKeys:
         """The account of a live key; Unauthorized (401) for anything else."""
         if not key.startswith(PREFIX):
             raise Unauthorized("invalid API key: Tollgate keys start with tg_")
-        item = self.store.get(f"APIKEY#{_digest(key)}", "KEY")
+        item = self.store.get(resolvable_pk(_digest(key)), RESOLVABLE_SK)
         if item is None or item.data["revoked"]:
             raise Unauthorized("invalid or revoked API key")
         account_id: str = item.data["account_id"]

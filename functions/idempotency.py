@@ -6,8 +6,8 @@ COMPLETED key gets the stored result; one that races an IN_PROGRESS record gets 
 retries it later and then finds the result).
 An IN_PROGRESS record older than ``in_progress_s`` belonged to a process that died: the next
 delivery takes it over. The wrapped work must therefore be safe to run again after a crash —
-ledger commands are (see ledger_fn/account.py: each keeps its own dedupe record atomically with
-the change); for other handlers a rerun must be harmless.
+ledger commands are (ledger_fn/ledger.py: a command's key is committed in the same journal entry
+as its change, so a rerun returns the first result); for other handlers a rerun must be harmless.
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ class Idempotency:
     ) -> dict[str, Any] | None:
         """Run ``work`` once for ``key``; replays return its first result."""
         digest = payload_hash(data)
-        pk, sk = f"IDEM#{key}", "IDEM"
         now = int(self.clock())
         claim = Item(
-            pk,
-            sk,
+            f"IDEM#{key}",
+            "IDEM",
             1,
             {"status": IN_PROGRESS, "hash": digest, "started": now},
             expires_at=now + self.expires_s,
@@ -64,7 +63,7 @@ class Idempotency:
         try:
             self.store.put(claim, Absent())
         except ConditionFailed:
-            existing = self.store.get(pk, sk)
+            existing = self.store.get(claim.pk, claim.sk)
             if existing is None:  # expired between our write and read; treat as new
                 return self.run(key, data, work)
             if existing.data["hash"] != digest:
@@ -76,37 +75,39 @@ class Idempotency:
             if existing.data["status"] == COMPLETED:
                 result: dict[str, Any] | None = existing.data["result"]
                 return result
-            fresh = now - int(existing.data["started"]) < self.in_progress_s
-            if existing.data["status"] == IN_PROGRESS and fresh:
-                raise Unavailable(
-                    f"event {key} is being handled right now; retry shortly"
-                ) from None
-            claim = Item(pk, sk, existing.version + 1, {**claim.data}, claim.expires_at)
-            try:
-                self.store.put(claim, VersionIs(existing.version))
-            except ConditionFailed:
-                raise Unavailable(
-                    f"event {key} is being handled right now; retry shortly"
-                ) from None
+            claim = self._take_over(key, claim, existing, now)
+        return self._run_claimed(claim, work)
+
+    def _take_over(self, key: str, claim: Item, existing: Item, now: int) -> Item:
+        """Claim a record that was RELEASED or left IN_PROGRESS by a process that died; its
+        owner may still be at work while the record is fresh (503: Knative retries later)."""
+        fresh = now - int(existing.data["started"]) < self.in_progress_s
+        if existing.data["status"] == IN_PROGRESS and fresh:
+            raise Unavailable(_busy(key))
+        taken = Item(claim.pk, claim.sk, existing.version + 1, {**claim.data}, claim.expires_at)
+        try:
+            self.store.put(taken, VersionIs(existing.version))
+        except ConditionFailed:
+            raise Unavailable(_busy(key)) from None  # another delivery took it over first
+        return taken
+
+    def _run_claimed(
+        self, claim: Item, work: Callable[[], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
         try:
             result = work()
         except BaseException:
             # Let the next delivery take over at once instead of waiting out in_progress_s.
-            released = Item(
-                pk,
-                sk,
-                claim.version + 1,
-                {**claim.data, "status": RELEASED},
-                expires_at=claim.expires_at,
-            )
-            self.store.put(released, VersionIs(claim.version))
+            self._finish(claim, RELEASED)
             raise
-        done = Item(
-            pk,
-            sk,
-            claim.version + 1,
-            {"status": COMPLETED, "hash": digest, "started": now, "result": result},
-            expires_at=claim.expires_at,
-        )
-        self.store.put(done, VersionIs(claim.version))
+        self._finish(claim, COMPLETED, result=result)
         return result
+
+    def _finish(self, claim: Item, status: str, **fields: Any) -> None:
+        data = {**claim.data, "status": status, **fields}
+        finished = Item(claim.pk, claim.sk, claim.version + 1, data, claim.expires_at)
+        self.store.put(finished, VersionIs(claim.version))
+
+
+def _busy(key: str) -> str:
+    return f"event {key} is being handled right now; retry shortly"

@@ -12,11 +12,12 @@ from typing import Any
 
 from ledger_fn.state import Op
 
-GENESIS = "0" * 64
+ENTRY_PREFIX = "J#"
 
 
 def entry_sk(seq: int) -> str:
-    return f"J#{seq:012d}"
+    """Zero-padded, so the sort-key order of entries is their sequence order."""
+    return f"{ENTRY_PREFIX}{seq:012d}"
 
 
 def chain_hash(

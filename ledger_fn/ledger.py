@@ -23,11 +23,21 @@ from typing import Any
 from functions.accounts import META_SK, account_pk
 from functions.errors import BadRequest, Conflict, NotFound, Unavailable
 from functions.idempotency import payload_hash
-from functions.store import Absent, ConditionFailed, Item, Store, VersionIs
-from ledger_fn.journal import chain_hash, entry_data, entry_sk
+from functions.store import (
+    Absent,
+    ConditionFailed,
+    Contended,
+    Item,
+    Store,
+    VersionIs,
+    query_all,
+    update_item,
+)
+from ledger_fn.journal import ENTRY_PREFIX, chain_hash, entry_data, entry_sk
 from ledger_fn.state import AccountState, Op, OpKind, apply
 
 REGISTRY = "ACCOUNTS"
+STATE_SK = "STATE"
 MAX_COMMIT_ATTEMPTS = 200
 CACHE_ACCOUNTS = 4096
 PAGE = 500
@@ -98,26 +108,21 @@ class Ledger:
         return item
 
     def update_meta(self, account_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            item = self.meta(account_id)
-            data = {**item.data, **changes}
-            try:
-                self.store.put(
-                    Item(item.pk, item.sk, item.version + 1, data), VersionIs(item.version)
-                )
-                return data
-            except ConditionFailed:
-                continue
-        raise Unavailable(f"account {account_id} metadata is contended; retry")
+        if not self.exists(account_id):
+            raise NotFound(f"no account {account_id}")
+
+        def change(data: dict[str, Any] | None) -> dict[str, Any]:
+            if data is None:
+                raise NotFound(f"no account {account_id}")
+            return {**data, **changes}
+
+        try:
+            return update_item(self.store, account_pk(account_id), META_SK, change).data
+        except Contended:
+            raise Unavailable(f"account {account_id} metadata is contended; retry") from None
 
     def accounts(self) -> Iterator[str]:
-        after: str | None = None
-        while True:
-            page = self.store.query(REGISTRY, after=after, limit=PAGE)
-            yield from (item.sk for item in page)
-            if len(page) < PAGE:
-                return
-            after = page[-1].sk
+        return (item.sk for item in query_all(self.store, REGISTRY, page_size=PAGE))
 
     def state(self, account_id: str) -> AccountState:
         loaded = self._load(account_id)
@@ -197,20 +202,14 @@ class Ledger:
         if cached is None:
             cached = self._read_checkpoint(account_id)
         state = cached.state
-        while True:
-            page = self.store.query(
-                account_pk(account_id), "J#", after=entry_sk(state.seq), limit=PAGE
-            )
-            for item in page:
-                state = replay(state, item.data)
-            if len(page) < PAGE:
-                break
+        for item in self._entries(account_id, after=state.seq):
+            state = replay(state, item.data)
         loaded = _Loaded(state, cached.checkpoint_version, cached.checkpoint_seq)
         self._remember(loaded)
         return loaded
 
     def _read_checkpoint(self, account_id: str) -> _Loaded:
-        item = self.store.get(account_pk(account_id), "STATE")
+        item = self.store.get(account_pk(account_id), STATE_SK)
         if item is None:
             return _Loaded(AccountState(account_id=account_id), 0, 0)
         state = AccountState.model_validate(item.data)
@@ -233,7 +232,7 @@ class Ledger:
             return
         version = loaded.checkpoint_version
         item = Item(
-            account_pk(account_id), "STATE", version + 1, loaded.state.model_dump(mode="json")
+            account_pk(account_id), STATE_SK, version + 1, loaded.state.model_dump(mode="json")
         )
         try:
             self.store.put(item, VersionIs(version) if version else Absent())
@@ -288,31 +287,33 @@ class Ledger:
         if not 1 <= limit <= PAGE:
             raise BadRequest(f"limit must be 1..{PAGE}")
         self.state(account_id)  # NotFound for unknown accounts
-        items = self.store.query(account_pk(account_id), "J#", after=entry_sk(after), limit=limit)
+        items = self.store.query(
+            account_pk(account_id), ENTRY_PREFIX, after=entry_sk(after), limit=limit
+        )
         return [item.data for item in items]
+
+    def _entries(self, account_id: str, *, after: int) -> Iterator[Item]:
+        """The journal entries of an account after entry ``after``, in order, page by page."""
+        return query_all(
+            self.store, account_pk(account_id), ENTRY_PREFIX, after=entry_sk(after), page_size=PAGE
+        )
 
     def verify(self) -> VerifyReport:
         """Check every chain link and recompute every balance from the journal alone."""
         report = VerifyReport()
         for account_id in self.accounts():
             state = AccountState(account_id=account_id)
-            after = entry_sk(0)
             try:
-                while True:
-                    page = self.store.query(account_pk(account_id), "J#", after=after, limit=PAGE)
-                    for item in page:
-                        state = replay(state, item.data, check_result=True)
-                        report.entries += 1
-                    if len(page) < PAGE:
-                        break
-                    after = page[-1].sk
+                for item in self._entries(account_id, after=0):
+                    state = replay(state, item.data, check_result=True)
+                    report.entries += 1
             except (CorruptJournal, AssertionError) as exc:
                 report.problems.append(f"account {account_id}: {exc}")
                 continue
             if state.seq == 0:
                 continue
             report.accounts += 1
-            checkpoint = self.store.get(account_pk(account_id), "STATE")
+            checkpoint = self.store.get(account_pk(account_id), STATE_SK)
             if checkpoint is not None:
                 saved = AccountState.model_validate(checkpoint.data)
                 if saved.seq > state.seq:

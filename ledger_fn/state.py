@@ -26,6 +26,7 @@ MAX_SETTLED_KEPT = 512  # settled holds remembered for later refunds
 MAX_RECENT_KEYS = 1024  # idempotency keys remembered per account
 RECENT_WINDOW_S = 24 * 3600  # ... and for how long
 REFUND_WINDOW_S = 30 * 24 * 3600
+GENESIS = "0" * 64  # the "previous hash" of journal entry 1: where every chain starts
 
 
 class Lot(BaseModel):
@@ -75,7 +76,7 @@ class Recent(BaseModel):
 class AccountState(BaseModel):
     account_id: str
     seq: int = 0
-    head: str = "0" * 64  # hash of the last journal entry
+    head: str = GENESIS  # hash of the last journal entry
     granted: int = 0
     available: int = 0
     held: int = 0

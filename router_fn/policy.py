@@ -112,19 +112,66 @@ def decide(
     plan: PlanSpec | None,
     config: PolicyConfig = DEFAULT_CONFIG,
 ) -> Decision:
-    model = request.model
     budget = request.latency_budget_ms
     if budget is None and plan is not None:
         budget = plan.latency_target_ms
     allowed = _residency(request.residency, plan.residency if plan else frozenset())
     completion = request.max_tokens if request.max_tokens is not None else config.completion_tokens
-    service_ms = int(completion * 1000 / config.tokens_per_second)
+    ranked, rejected, retryable, unknown_load = _survey(
+        request, topology, live, plan, config, allowed, budget, completion
+    )
+    if not ranked:
+        raise NoRoute(request.model.name, rejected, retryable=retryable)
 
-    name = model.name
+    avoid_degraded = budget is not None and any(not c.degraded for c in ranked)
+    ranked.sort(
+        key=lambda c: (
+            avoid_degraded and c.degraded,
+            not c.meets_budget,
+            c.price if c.meets_budget else 0,
+            c.predicted_ms,
+            c.cluster,
+        )
+    )
+    chosen = ranked[0]
+    return Decision(
+        model=request.model.name,
+        chosen=chosen,
+        alternatives=tuple(ranked[1:]),
+        rejected=rejected,
+        reasons=_reasons(
+            request,
+            ranked,
+            budget,
+            allowed,
+            live,
+            avoid_degraded=avoid_degraded,
+            load_unknown=chosen.cluster in unknown_load,
+        ),
+        budget_ms=budget,
+    )
+
+
+def _survey(
+    request: RouteRequest,
+    topology: Topology,
+    live: Mapping[str, ClusterState],
+    plan: PlanSpec | None,
+    config: PolicyConfig,
+    allowed: frozenset[str] | None,
+    budget: int | None,
+    completion: int,
+) -> tuple[list[Candidate], dict[str, str], bool, set[str]]:
+    """Every cluster, either a candidate with its predicted latency and price, or rejected:
+    the candidates (in topology order), the rejected clusters with why, whether a rejection
+    may not last (health, an earlier failure of this request), and the candidates whose load
+    is unknown (never scraped, or stale)."""
+    model = request.model
+    service_ms = int(completion * 1000 / config.tokens_per_second)
     per_second = plan is not None and plan.per_engine_second
     feasible: list[Candidate] = []
     rejected: dict[str, str] = {}
-    retryable = False  # some cluster is ruled out only for now (health, an earlier failure)
+    retryable = False
     unknown_load: set[str] = set()
     for cluster in topology.clusters:
         if cluster.name in request.exclude:
@@ -136,23 +183,18 @@ def decide(
             rejected[cluster.name] = why
             continue
         state = live.get(cluster.name, _EMPTY)
-        endpoint = state.endpoint(name)
+        endpoint = state.endpoint(model.name)
         health = endpoint.health
         if health is not None and not health.healthy:
             rejected[cluster.name] = f"unhealthy: {health.detail or 'probe failed'}"
             retryable = True
             continue
-        load = endpoint.load
-        predicted = cluster.rtt_ms
-        if load is None:
+        if endpoint.load is None:
             unknown_load.add(cluster.name)
-            predicted += _cold_start_ms(model, cluster.name, load, live, config)
-        else:
-            if load.queue_depth > 0:
-                predicted += _wait_ms(load, service_ms, completion)
-            if not load.warm:
-                predicted += _cold_start_ms(model, cluster.name, load, live, config)
-        quote = topology.quotes[(name, cluster.tier)]
+        predicted = cluster.rtt_ms + _delay_ms(
+            model, cluster.name, endpoint.load, live, config, service_ms, completion
+        )
+        quote = topology.quotes[(model.name, cluster.tier)]
         if per_second:
             price = quote.per_engine_second
         else:
@@ -164,48 +206,63 @@ def decide(
             Candidate(
                 cluster.name,
                 cluster.tier,
-                cluster.infer_urls[name],
+                cluster.infer_urls[model.name],
                 predicted,
                 budget is None or predicted <= budget,
                 bool(state.degradations),
                 price,
             )
         )
-    if not feasible:
-        raise NoRoute(model.name, rejected, retryable=retryable)
+    return feasible, rejected, retryable, unknown_load
 
-    avoid_degraded = budget is not None and any(not c.degraded for c in feasible)
-    feasible.sort(
-        key=lambda c: (
-            avoid_degraded and c.degraded,
-            not c.meets_budget,
-            c.price if c.meets_budget else 0,
-            c.predicted_ms,
-            c.cluster,
-        )
-    )
-    chosen = feasible[0]
-    reasons = [_why_chosen(chosen, feasible, budget)]
+
+def _delay_ms(
+    model: ModelSpec,
+    cluster: str,
+    load: Load | None,
+    live: Mapping[str, ClusterState],
+    config: PolicyConfig,
+    service_ms: int,
+    completion: int,
+) -> int:
+    """The predicted time from arrival to the engine starting, RTT aside: queue wait plus a
+    cold start unless seen warm (unknown load: cold, empty queue)."""
+    if load is None:
+        return _cold_start_ms(model, cluster, load, live, config)
+    delay = 0
+    if load.queue_depth > 0:
+        delay += _wait_ms(load, service_ms, completion)
+    if not load.warm:
+        delay += _cold_start_ms(model, cluster, load, live, config)
+    return delay
+
+
+def _reasons(
+    request: RouteRequest,
+    ranked: list[Candidate],
+    budget: int | None,
+    allowed: frozenset[str] | None,
+    live: Mapping[str, ClusterState],
+    *,
+    avoid_degraded: bool,
+    load_unknown: bool,
+) -> tuple[str, ...]:
+    """Why the first of ``ranked`` was chosen, then what shaped the choice."""
+    chosen = ranked[0]
+    reasons = [_why_chosen(chosen, ranked, budget)]
     if request.tier is not None:
         reasons.append(f"pinned to tier {request.tier}")
     if allowed is not None:
         reasons.append(f"residency {','.join(sorted(allowed)) or 'none'}")
-    for c in feasible:
+    for c in ranked:
         if c.degraded:
             cause = live[c.cluster].degraded
             assert cause is not None
             verb = "avoided" if avoid_degraded else "used"
             reasons.append(f"{verb} degraded {c.cluster}: {cause.cause}")
-    if chosen.cluster in unknown_load:
+    if load_unknown:
         reasons.append(f"{chosen.cluster}: load unknown, assumed cold")
-    return Decision(
-        model=model.name,
-        chosen=chosen,
-        alternatives=tuple(feasible[1:]),
-        rejected=rejected,
-        reasons=tuple(reasons),
-        budget_ms=budget,
-    )
+    return tuple(reasons)
 
 
 def _residency(hint: frozenset[str], plan: frozenset[str]) -> frozenset[str] | None:

@@ -7,7 +7,7 @@ load never races a network event writing degradation:
 - ``TIERS`` / ``<cluster>#LOAD#<model>``: its last scraped load;
 - ``TIERS`` / ``<cluster>#DEGRADED``: degradations by source (network events), each with its own
   expiry, so a lost "restored" event cannot strand a site and one source cannot clear another's.
-Read-modify-writes use VersionIs and retry on conflict.
+Read-modify-writes are versioned (``update_item``): a conflict re-reads and re-applies.
 
 Old evidence is not trusted: load older than ``load_stale_s`` and health older than
 ``health_stale_s`` read as unknown (None), never as "empty queue" or "down forever"."""
@@ -15,14 +15,14 @@ Old evidence is not trusted: load older than ``load_stale_s`` and health older t
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from functions.store import Absent, ConditionFailed, Item, Store, StoreUnavailable, VersionIs
+from functions.store import Store, StoreUnavailable, query_all, update_item
+from functions.store.versioned import Change, Expiry
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ PK = "TIERS"
 HEALTH = "HEALTH"
 LOAD = "LOAD"
 DEGRADED = "DEGRADED"
-MAX_RETRIES = 16
 MAX_DETAIL = 200  # a probe's error text, kept short: it travels in route reasons
 
 Clock = Callable[[], float]
@@ -134,27 +133,21 @@ class TierStates:
     def _read(self, now: float) -> dict[str, ClusterState]:
         endpoints: dict[str, dict[str, Endpoint]] = {}
         degradations: dict[str, tuple[Degradation, ...]] = {}
-        after: str | None = None
-        while True:
-            page = self.store.query(PK, after=after, limit=1000)
-            for item in page:
-                cluster, kind, model = _parse_sk(item.sk)
-                if kind == DEGRADED:
-                    degradations[cluster] = _active(item.data, now)
-                    continue
-                current = endpoints.setdefault(cluster, {}).get(model, _UNKNOWN)
-                if kind == HEALTH:
-                    health = _health(item.data)
-                    fresh = now - health.checked_at <= self.health_stale_s
-                    current = Endpoint(health if fresh else None, current.load)
-                elif kind == LOAD:
-                    load = _load(item.data)
-                    fresh = now - load.updated_at <= self.load_stale_s
-                    current = Endpoint(current.health, load if fresh else None)
-                endpoints[cluster][model] = current
-            if len(page) < 1000:
-                break
-            after = page[-1].sk
+        for item in query_all(self.store, PK):
+            cluster, kind, model = _parse_sk(item.sk)
+            if kind == DEGRADED:
+                degradations[cluster] = _active(item.data, now)
+                continue
+            current = endpoints.setdefault(cluster, {}).get(model, _UNKNOWN)
+            if kind == HEALTH:
+                health = _health(item.data)
+                fresh = now - health.checked_at <= self.health_stale_s
+                current = Endpoint(health if fresh else None, current.load)
+            elif kind == LOAD:
+                load = _load(item.data)
+                fresh = now - load.updated_at <= self.load_stale_s
+                current = Endpoint(current.health, load if fresh else None)
+            endpoints[cluster][model] = current
         names = sorted(endpoints.keys() | degradations.keys())
         return {n: ClusterState(n, endpoints.get(n, {}), degradations.get(n, ())) for n in names}
 
@@ -221,7 +214,7 @@ class TierStates:
             }
             return {"sources": entries}
 
-        data = self._update(f"{cluster}#{DEGRADED}", change, expires=True)
+        data = self._update(f"{cluster}#{DEGRADED}", change, expires_at=_expiry)
         entry = data["sources"][source]
         return Degradation(source, entry["cause"], entry["since"], entry["until"])
 
@@ -237,37 +230,19 @@ class TierStates:
             lifted = entries.pop(source, None) is not None
             return {"sources": entries}
 
-        self._update(f"{cluster}#{DEGRADED}", change, expires=True)
+        self._update(f"{cluster}#{DEGRADED}", change, expires_at=_expiry)
         return lifted
 
     def _update(
         self,
         sk: str,
-        change: Callable[[dict[str, Any] | None], dict[str, Any]],
-        *,
-        expires: bool = False,
+        change: Change,
+        expires_at: Expiry | None = None,
     ) -> dict[str, Any]:
-        for attempt in range(MAX_RETRIES):
-            current = self.store.get(PK, sk)
-            data = change(current.data if current else None)
-            expires_at = _expiry(data) if expires else None
-            if current is None:
-                item = Item(PK, sk, 1, data, expires_at)
-                condition: Absent | VersionIs = Absent()
-            else:
-                item = Item(PK, sk, current.version + 1, data, expires_at)
-                condition = VersionIs(current.version)
-            try:
-                self.store.put(item, condition)
-            except ConditionFailed:
-                # Another instance wrote in between: re-read and re-apply, after a jittered
-                # pause so racing writers spread out instead of colliding again.
-                time.sleep(random.uniform(0, 0.001 * (attempt + 1)))
-                continue
-            with self._lock:
-                self._cached = None  # this instance sees its own writes at once
-            return data
-        raise RuntimeError(f"tier state {sk}: too many concurrent writers")
+        item = update_item(self.store, PK, sk, change, expires_at=expires_at)
+        with self._lock:
+            self._cached = None  # this instance sees its own writes at once
+        return item.data
 
 
 def _parse_sk(sk: str) -> tuple[str, str, str]:

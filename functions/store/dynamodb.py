@@ -177,77 +177,42 @@ class DynamoStore:
             raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT}, got {limit}")
         if not _storable_key(pk) or len(prefix.encode()) > MAX_KEY_BYTES:
             return []
-
-        def wanted(sk: str) -> bool:
-            if not sk.startswith(prefix):
-                return False
-            if after is None:
-                return True
-            return sk < after if descending else sk > after
-
-        # DynamoDB allows one sort-key condition, so the exact range (prefix AND after) is
-        # widened to an inclusive BETWEEN whose ends are filtered out here: at most two extra
-        # items are read. Python compares str by code point, which is UTF-8 byte order.
-        lo: str | None = prefix or None
-        hi: str | None = prefix_end(prefix) if prefix else None
-        if hi is not None and len(hi.encode()) > MAX_KEY_BYTES:
-            hi = None  # not a valid key value; the scan stops at the first sk past the prefix
-        if after is not None:
-            # A cursor longer than any key is cut to a valid key value; filtering stays exact.
-            cut = after
-            if len(after.encode()) > MAX_KEY_BYTES:
-                cut = after.encode()[: MAX_KEY_BYTES - 4].decode(errors="ignore")
-            if descending:
-                if not after:
-                    return []  # nothing sorts below the empty string
-                bound = after if cut == after else prefix_end(cut)
-                if bound is not None:
-                    hi = bound if hi is None else min(hi, bound)
-            elif cut:  # (every key is above the empty string)
-                lo = cut if lo is None else max(lo, cut)
-        values: dict[str, AttributeValueTypeDef] = {":pk": {"S": pk}}
-        cond = "pk = :pk"
-        if lo is not None and hi is not None:
-            if lo > hi:
-                return []
-            cond += " AND sk BETWEEN :lo AND :hi"
-            values[":lo"] = {"S": lo}
-            values[":hi"] = {"S": hi}
-        elif lo is not None:
-            cond += " AND sk >= :lo"
-            values[":lo"] = {"S": lo}
-        elif hi is not None:
-            cond += " AND sk <= :hi"
-            values[":hi"] = {"S": hi}
-
+        bounds = _sk_bounds(prefix, after, descending)
+        if bounds is None:
+            return []
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            **_key_condition(pk, *bounds),
+            "ScanIndexForward": not descending,
+            "ConsistentRead": True,
+        }
         out: list[Item] = []
         start: Mapping[str, Any] | None = None
         while len(out) < limit:
-            kwargs: dict[str, Any] = {
-                "TableName": self.table,
-                "KeyConditionExpression": cond,
-                "ExpressionAttributeValues": values,
-                "ScanIndexForward": not descending,
-                "ConsistentRead": True,
-                "Limit": limit - len(out) + 2,
-            }
-            if start is not None:
-                kwargs["ExclusiveStartKey"] = start
-            resp = self._call(functools.partial(self._client.query, **kwargs), idempotent=True)
-            for raw in resp.get("Items", []):
-                item = _item(raw)
+            # Two more than still wanted: the widened range's ends may be filtered out.
+            page, start = self._query_page(request, limit - len(out) + 2, start)
+            for item in page:
                 if prefix and not item.sk.startswith(prefix):
                     if (item.sk > prefix) != descending:
                         return out  # sorted: every further sk lies past the prefix's range
                     continue
-                if wanted(item.sk):
+                if after is None or (item.sk < after if descending else item.sk > after):
                     out.append(item)
                     if len(out) == limit:
                         break
-            start = resp.get("LastEvaluatedKey")
             if not start:
                 break
         return out
+
+    def _query_page(
+        self, request: dict[str, Any], limit: int, start: Mapping[str, Any] | None
+    ) -> tuple[list[Item], Mapping[str, Any] | None]:
+        """One Query call: its items and the key to continue from (None: the range is done)."""
+        kwargs = {**request, "Limit": limit}
+        if start is not None:
+            kwargs["ExclusiveStartKey"] = start
+        resp = self._call(functools.partial(self._client.query, **kwargs), idempotent=True)
+        return [_item(raw) for raw in resp.get("Items", [])], resp.get("LastEvaluatedKey")
 
     # -- the one write ------------------------------------------------------------------------
 
@@ -368,6 +333,53 @@ def _client(endpoint_url: str | None, region: str | None, config: Config) -> Dyn
         "dynamodb", endpoint_url=endpoint_url, region_name=region, config=config, **kwargs
     )
     return client
+
+
+def _sk_bounds(
+    prefix: str, after: str | None, descending: bool
+) -> tuple[str | None, str | None] | None:
+    """The inclusive sort-key range (lo, hi; None: open) to read; None if nothing can match.
+
+    DynamoDB allows one sort-key condition, so the exact range (prefix AND after) is widened to
+    an inclusive BETWEEN whose ends the caller filters out: at most two extra items are read.
+    Python compares str by code point, which is UTF-8 byte order."""
+    lo: str | None = prefix or None
+    hi: str | None = prefix_end(prefix) if prefix else None
+    if hi is not None and len(hi.encode()) > MAX_KEY_BYTES:
+        hi = None  # not a valid key value; the scan stops at the first sk past the prefix
+    if after is not None:
+        # A cursor longer than any key is cut to a valid key value; filtering stays exact.
+        cut = after
+        if len(after.encode()) > MAX_KEY_BYTES:
+            cut = after.encode()[: MAX_KEY_BYTES - 4].decode(errors="ignore")
+        if descending:
+            if not after:
+                return None  # nothing sorts below the empty string
+            bound = after if cut == after else prefix_end(cut)
+            if bound is not None:
+                hi = bound if hi is None else min(hi, bound)
+        elif cut:  # (every key is above the empty string)
+            lo = cut if lo is None else max(lo, cut)
+    if lo is not None and hi is not None and lo > hi:
+        return None
+    return lo, hi
+
+
+def _key_condition(pk: str, lo: str | None, hi: str | None) -> dict[str, Any]:
+    """The Query arguments that select partition pk's sort keys in [lo, hi] (None: open)."""
+    values: dict[str, AttributeValueTypeDef] = {":pk": {"S": pk}}
+    condition = "pk = :pk"
+    if lo is not None and hi is not None:
+        condition += " AND sk BETWEEN :lo AND :hi"
+    elif lo is not None:
+        condition += " AND sk >= :lo"
+    elif hi is not None:
+        condition += " AND sk <= :hi"
+    if lo is not None:
+        values[":lo"] = {"S": lo}
+    if hi is not None:
+        values[":hi"] = {"S": hi}
+    return {"KeyConditionExpression": condition, "ExpressionAttributeValues": values}
 
 
 def _code(exc: ClientError) -> str:

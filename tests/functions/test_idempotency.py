@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -67,3 +69,42 @@ def test_a_concurrent_duplicate_is_told_to_retry_and_a_dead_claim_is_taken_over(
     with pytest.raises(SystemExit):
         idem.run("src#4", {}, die)
     assert idem.run("src#4", {}, lambda: {"second": True}) == {"second": True}
+
+
+def test_racing_deliveries_take_over_a_dead_claim_once(real_store: Store) -> None:
+    """Eight redeliveries race for a claim whose process died: one runs the work; each other
+    one is told to retry (503) or, if the winner finished first, gets the winner's result."""
+    from functions.store import Item
+
+    real_store.put(
+        Item(
+            "IDEM#src#9",
+            "IDEM",
+            1,
+            {"status": "IN_PROGRESS", "hash": payload_hash({}), "started": 0},
+        )
+    )
+    clock = Clock(now=100)
+    deliveries = 8
+    barrier = threading.Barrier(deliveries)
+    ran: list[int] = []
+
+    def deliver(n: int) -> dict[str, Any] | None:
+        def work() -> dict[str, Any]:
+            ran.append(n)
+            return {"by": n}
+
+        idem = Idempotency(real_store, in_progress_s=30, clock=clock)
+        barrier.wait()
+        try:
+            return idem.run("src#9", {}, work)
+        except Unavailable:
+            return None
+
+    with ThreadPoolExecutor(deliveries) as pool:
+        results = list(pool.map(deliver, range(deliveries)))
+    assert len(ran) == 1
+    first = {"by": ran[0]}
+    assert first in results and all(r in (None, first) for r in results)
+    again = Idempotency(real_store, clock=clock).run("src#9", {}, lambda: {"again": True})
+    assert again == first

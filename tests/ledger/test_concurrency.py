@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from functions.errors import Conflict
+from functions.errors import Conflict, NotFound, Unavailable
 from functions.store import Store, open_store
 from ledger_fn.ledger import Ledger
 from tests.ledger.helpers import invariant
@@ -119,3 +119,36 @@ def test_four_processes_of_four_threads_never_overspend(
         p.join(timeout=60)
         assert p.exitcode == 0
     check(ledger, outcomes)
+
+
+def test_concurrent_profile_updates_lose_no_field(real_store: Store) -> None:
+    """update_meta is a versioned read-modify-write: writers racing on one account's profile
+    each keep their field. A writer told the profile is contended (503) retries, as a client
+    of the admin API does."""
+    Ledger(real_store).open_account("meta-race", {"plan": "basic"})
+    workers, rounds = 8, 3
+    barrier = threading.Barrier(workers)
+    written: list[int] = []
+
+    def work(i: int) -> None:
+        ledger = Ledger(real_store)  # one per "function instance"
+        barrier.wait()
+        for r in range(rounds):
+            while True:
+                try:
+                    ledger.update_meta("meta-race", {f"w{i}": r})
+                except Unavailable:
+                    continue
+                written.append(1)
+                break
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    meta = Ledger(real_store).meta("meta-race")
+    assert meta.data == {"plan": "basic", **{f"w{i}": rounds - 1 for i in range(workers)}}
+    assert meta.version == 1 + len(written) == 1 + workers * rounds
+    with pytest.raises(NotFound):
+        Ledger(real_store).update_meta("nobody", {"plan": "basic"})
