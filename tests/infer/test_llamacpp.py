@@ -5,7 +5,6 @@ same file) and the model's tokenization of the answer."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -176,7 +175,7 @@ def test_cold_start_warm_and_idle_unload_of_the_real_model(
     serve: type[Server], model_config: InferConfig
 ) -> None:
     engine = LlamaCppEngine(model_config.resolved_model_path(), MODEL, n_ctx=512, threads=None)
-    config = dataclasses.replace(model_config, idle_seconds=1.0)
+    config = model_config.model_copy(update={"idle_seconds": 1.0})
     server = serve(create_app(config, engine=engine))
     body = {"model": MODEL, "messages": FRANCE_MESSAGES, "temperature": 0, "max_tokens": 12}
     first = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
