@@ -111,7 +111,6 @@ def plan(
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
         "TOLLGATE_LEDGER_URL": urls.get(LEDGER, ""),
-        "TOLLGATE_ROUTE_URL": urls.get(ROUTE, ""),
     }
     processes = [ProcessSpec(name, [*serve, name], ports[name], common) for name in running]
     for tier, tier_port in infer_ports.items():
