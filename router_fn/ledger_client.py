@@ -93,9 +93,9 @@ class LedgerClient:
         self._send(self.refund_url, types.INFERENCE_FAILED, failed, f"{hold_id}#failed")
 
     def _send(self, url: str, event_type: str, data: EventData, event_id: str) -> Incoming:
-        # Defaults are left to the receiver's copy of the same model.
-        payload = data.model_dump(mode="json", exclude_unset=True)
-        message = to_binary(make_event(event_type, SOURCE, payload, id=event_id))
+        message = to_binary(
+            make_event(event_type, SOURCE, data.model_dump(mode="json"), id=event_id)
+        )
         try:
             response = self._session.post(
                 url, headers=message.headers, data=message.body, timeout=self.timeout_s
