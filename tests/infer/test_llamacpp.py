@@ -23,7 +23,7 @@ from events.openai import ChatRequest, CompletionRequest
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
 from infer_fn.app import create_app
 from infer_fn.config import InferConfig
-from infer_fn.engines.base import SamplingParams
+from infer_fn.engines.base import InvalidRequest, SamplingParams
 from infer_fn.engines.llamacpp import LlamaCppEngine
 from tests.infer.conftest import (
     FRANCE_MESSAGES,
@@ -274,6 +274,9 @@ def test_the_prompt_bound_holds_for_any_text(
     gen.close()
     assert gen.prompt_tokens <= chat.prompt_tokens_bound()
     completion = CompletionRequest.model_validate({"model": MODEL, "prompt": prompt})
-    gen = llama_engine.complete(completion.text, SamplingParams(max_tokens=1))
+    try:
+        gen = llama_engine.complete(completion.text, SamplingParams(max_tokens=1))
+    except InvalidRequest:  # nothing the tokenizer keeps (control characters): refused, unrun
+        return
     gen.close()
     assert gen.prompt_tokens <= completion.prompt_tokens_bound()
