@@ -30,9 +30,9 @@ PATHS: Final[Mapping[Endpoint, str]] = MappingProxyType(
     {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 )
 
-# What a request that names no max_tokens is priced at and may generate (never more than the
-# model's context): the ingress quotes it and sends it on to infer; the route policy estimates
-# service time with it.
+# What a request that names no max_tokens is priced at and may generate (less when the prompt
+# would not fit the model's context beside it): the ingress quotes it and sends it on to infer;
+# the route policy estimates service time with it.
 DEFAULT_MAX_TOKENS: Final = 4096
 
 # Byte-level BPE tokenizers (GPT-2 style, SmolLM2's, Llama 3's) never make more tokens than the
@@ -45,6 +45,15 @@ CHAT_TOKENS_PER_MESSAGE: Final = 8
 PROMPT_SPECIAL_TOKENS: Final = 16
 
 MaxTokens = Annotated[int, Field(strict=True, ge=1)]
+
+
+class ContextExceeded(ValueError):
+    """max_tokens the model's context window cannot hold: a 400 with OpenAI's code and param."""
+
+    code: Final = "context_length_exceeded"
+    param: Final = "max_tokens"
+
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
@@ -101,10 +110,24 @@ class OpenAIRequest(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def completion_limit(self, context_length: int) -> int:
-        """The max_tokens the request is priced at and runs with: what it asked, else the
-        default, never more than the model's context."""
-        return min(self.requested_max_tokens or DEFAULT_MAX_TOKENS, context_length)
+    def check_max_tokens(self, context_window: int) -> None:
+        """A requested max_tokens leaves no room for the prompt at or beyond the window."""
+        asked = self.requested_max_tokens
+        if asked is not None and asked >= context_window:
+            raise ContextExceeded(
+                f"max_tokens is {asked}, but this model's context window is {context_window}."
+            )
+
+    def completion_limit(self, context_window: int) -> int:
+        """The max_tokens the request is priced at and runs with: what it asked (checked as
+        infer checks it), else the default, lowered so that the prompt still fits."""
+        self.check_max_tokens(context_window)
+        room = context_window - self.prompt_tokens_bound()
+        return self.requested_max_tokens or max(1, min(DEFAULT_MAX_TOKENS, room))
+
+    def prompt_tokens_bound(self) -> int:
+        """An upper bound of the prompt's tokens, without the model's tokenizer."""
+        raise NotImplementedError
 
     @property
     def include_usage(self) -> bool:
@@ -120,7 +143,6 @@ class ChatRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
 
     def prompt_tokens_bound(self) -> int:
-        """An upper bound of the rendered prompt's tokens, without the model's tokenizer."""
         size = sum(len(m.text.encode()) for m in self.messages)
         return CHAT_TEMPLATE_TOKENS + CHAT_TOKENS_PER_MESSAGE * len(self.messages) + size
 
@@ -149,7 +171,6 @@ class CompletionRequest(OpenAIRequest):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     def prompt_tokens_bound(self) -> int:
-        """An upper bound of the prompt's tokens, without the model's tokenizer."""
         return len(self.text.encode()) + PROMPT_SPECIAL_TOKENS
 
 

@@ -18,7 +18,14 @@ from typing import TypeVar
 from flask import Blueprint, Response, after_this_request, jsonify, request
 
 from events import wire
-from events.openai import PATHS, ChatRequest, CompletionRequest, Endpoint, OpenAIRequest
+from events.openai import (
+    PATHS,
+    ChatRequest,
+    CompletionRequest,
+    ContextExceeded,
+    Endpoint,
+    OpenAIRequest,
+)
 from functions.errors import FunctionError
 from functions.validation import validate
 from infer_fn import errors, metrics
@@ -111,13 +118,11 @@ class _Api:
         engine = self._host.engine
         if req.model not in engine.models():
             raise errors.model_not_found(req.model)
-        window = engine.context_window
-        if window is not None and params.max_tokens is not None and params.max_tokens >= window:
-            raise errors.bad_request(
-                f"max_tokens is {params.max_tokens}, but this model's context window is {window}.",
-                code="context_length_exceeded",
-                param="max_tokens",
-            )
+        if engine.context_window is not None:
+            try:
+                req.check_max_tokens(engine.context_window)
+            except ContextExceeded as exc:
+                raise errors.bad_request(str(exc), code=exc.code, param=exc.param) from exc
         try:
             headers = {name.lower(): value for name, value in request.headers.items()}
             hold = wire.BilledHold.from_headers(

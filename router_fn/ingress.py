@@ -22,7 +22,14 @@ from flask import Blueprint, Response, jsonify, request
 
 from events import wire
 from events.ledger import HoldAuthorized
-from events.openai import MODELS, PATHS, ChatRequest, CompletionRequest, Endpoint
+from events.openai import (
+    MODELS,
+    PATHS,
+    ChatRequest,
+    CompletionRequest,
+    ContextExceeded,
+    Endpoint,
+)
 from events.quote import Quote, Usage
 from functions.accounts import read_profile
 from functions.apikeys import ApiKeys
@@ -349,13 +356,17 @@ def _route_request(model: ModelSpec, parsed: ChatRequest | CompletionRequest) ->
         hints = parse_hints(dict(request.headers))
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
+    try:
+        max_tokens = parsed.completion_limit(model.context_length)
+    except ContextExceeded as exc:  # as infer would answer, before anything is held
+        raise BadRequest(str(exc), code=exc.code, param=exc.param) from exc
     return RouteRequest(
         model=model,
         latency_budget_ms=hints.latency_budget_ms,
         residency=hints.residency,
         tier=hints.tier,
         prompt_tokens=parsed.prompt_tokens_bound(),
-        max_tokens=parsed.completion_limit(model.context_length),
+        max_tokens=max_tokens,
     )
 
 

@@ -18,6 +18,7 @@ from events.openai import (
     PROMPT_SPECIAL_TOKENS,
     ChatRequest,
     CompletionRequest,
+    ContextExceeded,
 )
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -63,14 +64,23 @@ def test_max_tokens_is_a_positive_json_integer(
         model.model_validate({**body, field: value})
 
 
-def test_the_newer_name_of_max_tokens_wins_and_the_default_is_capped_by_the_context() -> None:
+def test_the_newer_name_of_max_tokens_wins_and_must_leave_the_prompt_room() -> None:
     both = ChatRequest.model_validate({**CHAT, "max_tokens": 9, "max_completion_tokens": 5})
     assert both.requested_max_tokens == 5
     assert both.completion_limit(8192) == 5
-    assert both.completion_limit(3) == 3
-    none = ChatRequest.model_validate(CHAT)
-    assert none.completion_limit(8192) == DEFAULT_MAX_TOKENS
-    assert none.completion_limit(2048) == 2048
+    assert both.completion_limit(6) == 5
+    for window in (5, 3):
+        with pytest.raises(ContextExceeded, match=f"max_tokens is 5, but .* window is {window}"):
+            both.completion_limit(window)
+
+
+def test_the_default_fits_beside_the_prompt() -> None:
+    short = ChatRequest.model_validate(CHAT)
+    assert short.completion_limit(8192) == DEFAULT_MAX_TOKENS
+    assert short.completion_limit(2048) == 2048 - short.prompt_tokens_bound()
+    assert short.completion_limit(short.prompt_tokens_bound()) == 1  # the policy refuses it
+    long = CompletionRequest.model_validate({**COMPLETION, "prompt": "x" * 6000})
+    assert long.completion_limit(8192) == 8192 - 6000 - PROMPT_SPECIAL_TOKENS
 
 
 def test_unknown_fields_are_ignored_and_known_ones_checked() -> None:

@@ -53,6 +53,8 @@ REFUSED: list[tuple[Endpoint, dict[str, Any]]] = [
     ("chat", {"messages": HI, "temperature": 7}),
     ("chat", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
     ("chat", {"messages": []}),
+    ("chat", {"messages": HI, "max_tokens": 4096}),  # the whole context: no room for the prompt
+    ("completions", {"prompt": "a", "max_completion_tokens": 10**6}),
 ]
 
 
@@ -84,7 +86,7 @@ def ends(sqlite_store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ends]
         ledger_url = stack.enter_context(
             serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
         )
-        engine = ScriptedEngine(WORDS, name="Tiny-1", context_window=8192)
+        engine = ScriptedEngine(WORDS, name="Tiny-1", context_window=MODEL.context_length)
         infer_url = stack.enter_context(serving(infer_app(config, engine=engine)))
         cluster = ClusterSpec("edge-a", "edge", "FR", 8, 13 * 10**9, {"tiny": infer_url})
         topology = Topology((cluster,), {"tiny": MODEL}, {("tiny", "edge"): QUOTE}, {})
