@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask, Response, request
 
+from events import wire
 from events.types import INFERENCE_COMPLETED
 from functions.emit import Emitter
 from functions.server import serve
@@ -42,13 +43,13 @@ def create_app() -> Flask:
 
     @app.post("/v1/chat/completions")
     def chat() -> Response:
-        hold_id = request.headers.get("x-tollgate-hold-id")
+        hold_id = request.headers.get(wire.HOLD_ID)
         if hold_id:
             data = {
                 "hold_id": hold_id,
-                "account_id": request.headers["x-tollgate-account-id"],
+                "account_id": request.headers[wire.ACCOUNT_ID],
                 "model": "smollm2-135m",
-                "tier": request.headers.get("x-tollgate-tier"),
+                "tier": request.headers.get(wire.TIER),
                 "usage": USAGE,
             }
             background.submit(emitter.emit, INFERENCE_COMPLETED, "/bench/upstream", data)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402
+from events import wire  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
 from functions.store import open_store  # noqa: E402
 from infra.template.load import load_template  # noqa: E402
@@ -151,7 +152,7 @@ def main() -> None:
     try:
         direct_url = upstream + "/v1/chat/completions"
         gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
-        auth = {"Authorization": f"Bearer {key}", "x-tollgate-tier": "regional"}
+        auth = {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
         latencies(gate_url, auth, 50)  # warm both paths
         latencies(direct_url, {}, 50)
         direct = latencies(direct_url, {}, REQUESTS)

@@ -32,6 +32,7 @@ from waitress.server import create_server
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
+from events import wire
 from infer_fn.app import create_app
 from infer_fn.config import DEFAULT_MODEL_NAME, InferConfig
 from infer_fn.engines.base import SamplingParams
@@ -112,7 +113,7 @@ def main() -> None:
     cold = client.chat.completions.with_raw_response.create(
         model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=1
     )
-    cold_seconds = int(cold.headers["x-tollgate-cold-start-ms"]) / 1000
+    cold_seconds = int(cold.headers[wire.COLD_START_MS]) / 1000
     direct(engine, 8)  # warm the prompt cache the same way for both paths
 
     runs: dict[str, list[Run]] = {"direct": [], "http": []}

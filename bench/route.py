@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
+from events import wire  # noqa: E402
 from functions.store.sqlite import SqliteStore  # noqa: E402
 from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology as template_topology  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> None:
     console.print(
         f"decision p99 {p99:.1f} µs {verdict} the 100 µs aim; example: {decision.cluster}"
     )
-    console.print(f"  x-tollgate-route-reason: {reason_header(decision)}")
+    console.print(f"  {wire.ROUTE_REASON}: {reason_header(decision)}")
 
 
 if __name__ == "__main__":

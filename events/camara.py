@@ -39,7 +39,7 @@ class SubscriptionBinding:
     degradation_s: int | None = None  # how long a degradation holds unless renewed
 
 
-class CloudEvent(OpenEventData):
+class CamaraNotification(OpenEventData):
     """The CAMARA notification envelope. ``time`` is mandatory in CAMARA (optional in CloudEvents);
     extension attributes are allowed and ignored."""
 
@@ -52,7 +52,7 @@ class CloudEvent(OpenEventData):
     data: dict[str, Any]
 
 
-Handler = Callable[[CloudEvent, SubscriptionBinding], list[Mapped]]
+Handler = Callable[[CamaraNotification, SubscriptionBinding], list[Mapped]]
 
 
 # -- network-slice-booking ------------------------------------------------------------------
@@ -91,7 +91,7 @@ class SliceStatusChanged(OpenEventData):
     sliceQosProfile: dict[str, Any] | None = None
 
 
-def _slice_status_changed(event: CloudEvent, binding: SubscriptionBinding) -> list[Mapped]:
+def _slice_status_changed(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
     data = parse(SliceStatusChanged, event.data, f"{event.type} data")
     if data.status == "PENDING":  # requested, not yet reserved: nothing to grant or release
         return []
@@ -151,7 +151,7 @@ class NetworkQuality(OpenEventData):
         return self
 
 
-def _network_quality(event: CloudEvent, binding: SubscriptionBinding) -> list[Mapped]:
+def _network_quality(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
     data = parse(NetworkQuality, event.data, f"{event.type} data")
     judged = {kpi: getattr(data, kpi) for kpi in KPIS if getattr(data, kpi) is not None}
     metrics: dict[str, network.Metric] = {
@@ -187,7 +187,7 @@ class QosStatusChanged(OpenEventData):
     statusInfo: Literal["DURATION_EXPIRED", "NETWORK_TERMINATED", "DELETE_REQUESTED"] | None = None
 
 
-def _qos_status_changed(event: CloudEvent, binding: SubscriptionBinding) -> list[Mapped]:
+def _qos_status_changed(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
     data = parse(QosStatusChanged, event.data, f"{event.type} data")
     changed = network.QosChanged(
         session_id=data.sessionId,
@@ -210,7 +210,7 @@ class RoamingStatus(OpenEventData):
     countryName: list[str] | None = None
 
 
-def _roaming_status(event: CloudEvent, binding: SubscriptionBinding) -> list[Mapped]:
+def _roaming_status(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
     data = parse(RoamingStatus, event.data, f"{event.type} data")
     changed = parse(
         network.RoamingChanged,
@@ -267,7 +267,7 @@ def _lifecycle(
     state: Literal["started", "updated", "ended"],
     model: type[SubscriptionStarted | SubscriptionUpdated | SubscriptionEnded],
 ) -> Handler:
-    def handle(event: CloudEvent, binding: SubscriptionBinding) -> list[Mapped]:
+    def handle(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
         data = parse(model, event.data, f"{event.type} data")
         reason, description = data.reason()
         changed = parse(
@@ -309,7 +309,7 @@ def from_camara(envelope: Any, *, subscription: SubscriptionBinding) -> list[Map
     notification can never be accepted."""
     if not isinstance(envelope, dict):
         raise NetworkEventError("a CAMARA notification is a JSON object (a structured CloudEvent)")
-    event = parse(CloudEvent, envelope, "CloudEvent")
+    event = parse(CamaraNotification, envelope, "CloudEvent")
     match = EVENT_TYPE.match(event.type)
     if match is None:
         raise NetworkEventError(

@@ -33,9 +33,11 @@ class HoldAuthorize(EventData):
 
 
 class HoldSettle(EventData):
+    """Capture ``amount`` of a hold (at most the hold), as an operator's own flow decides it;
+    metered inference settles by ``inference.completed`` and the hold's quote instead."""
+
     hold_id: HoldId
     amount: Amount
-    usage: Usage | None = None
 
 
 class HoldRefund(EventData):
@@ -62,7 +64,9 @@ class Timings(EventData):
     engine_ms: Count = 0
 
 
-class InferenceCompleted(EventData):
+class InferenceOutcome(EventData):
+    """What infer reports of every held request, however it ended."""
+
     hold_id: HoldId
     account_id: AccountId
     model: Name
@@ -72,19 +76,18 @@ class InferenceCompleted(EventData):
     timings: Timings = Timings()
 
 
+class InferenceCompleted(InferenceOutcome):
+    pass
+
+
 class InferenceError(EventData):
     type: str = Field(max_length=128)
     message: str = Field(max_length=4096)
 
 
-class InferenceFailed(EventData):
-    hold_id: HoldId
-    account_id: AccountId
-    model: Name
-    tier: Name | None = None
-    cluster: Name | None = None
+class InferenceFailed(InferenceOutcome):
+    # An attempt that failed before any output (the ingress's own report) used nothing.
     usage: Usage = Usage(prompt_tokens=0, completion_tokens=0)
-    timings: Timings = Timings()
     error: InferenceError
 
 

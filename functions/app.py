@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -16,13 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from functions.cloudevent import Incoming, Reply, make_event, parse_http, to_binary
-from functions.errors import FunctionError, NotFound, Unavailable
+from functions.errors import INVALID_REQUEST, FunctionError, NotFound, Unavailable
 from functions.metrics import EVENT_SECONDS, EVENTS
 from functions.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Incoming], Reply | None]
+ErrorHook = Callable[[FunctionError], None]
 MAX_EVENT_BYTES = 1 << 20
 # Knative's PingSource cannot set the event type: scheduled commands arrive as pings that name
 # their Tollgate type in this extension (see template.yaml's eventing.sources).
@@ -38,9 +40,11 @@ def create_app(
     ready: Callable[[], None] | None = None,
     fallback: Handler | None = None,
     max_body_bytes: int = MAX_EVENT_BYTES,
+    on_error: ErrorHook | None = None,
 ) -> Flask:
     """A function's HTTP app. ``ready`` raises when the function cannot serve (e.g. store down);
-    ``fallback`` takes every event type no handler names (a dead-letter sink does)."""
+    ``fallback`` takes every event type no handler names (a dead-letter sink does); ``on_error``
+    sees every error the app answers."""
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -99,31 +103,47 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
-    register_error_handlers(app)
+    register_error_handlers(app, on_error)
     return app
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Every error is JSON {"error": {"code", "message"}} with its status."""
+def register_error_handlers(app: Flask, on_error: ErrorHook | None = None) -> None:
+    """Every error answers in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
+    with its status, so the official client raises its matching exception. A failure nobody
+    raised on purpose is a 500 whose message names an error id; what failed stays in the log
+    under that id. ``on_error`` sees every error answered (a function's own metrics)."""
+
+    def answer(error: FunctionError) -> tuple[Response, int, dict[str, str]]:
+        if on_error is not None:
+            on_error(error)
+        return jsonify(error.body()), error.status, error.headers
 
     @app.errorhandler(FunctionError)
     def function_error(exc: FunctionError) -> tuple[Response, int, dict[str, str]]:
-        return jsonify(exc.body()), exc.status, exc.headers
+        return answer(exc)
 
     @app.errorhandler(StoreUnavailable)
-    def store_down(exc: StoreUnavailable) -> tuple[Response, int]:
+    def store_down(exc: StoreUnavailable) -> tuple[Response, int, dict[str, str]]:
         log.warning("store unavailable: %s", exc)
-        error = Unavailable(f"the store is unavailable, retry later: {exc}")
-        return jsonify(error.body()), error.status
+        return answer(Unavailable("the store is unavailable; retry later"))
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Response, int]:
+    def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        """Errors werkzeug raises itself: 404 no such route, 405, 413 over the body limit."""
         status = exc.code or 500
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify({"error": {"code": code, "message": exc.description}}), status
+        code = "request_too_large" if status == 413 else (exc.name or "error").lower()
+        error = FunctionError(
+            exc.description or exc.name,
+            status=status,
+            error_type=INVALID_REQUEST if status < 500 else None,
+            code=code.replace(" ", "_"),
+        )
+        return answer(error)
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error")
-        body = {"error": {"code": "internal_error", "message": f"internal error: {exc}"}}
-        return jsonify(body), 500
+    def unexpected(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+        error_id = uuid.uuid4().hex
+        log.exception("unhandled error %s in %s %s", error_id, request.method, request.path)
+        return answer(
+            FunctionError(f"internal error in {app.name}; its log has the details: {error_id}")
+        )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+INVALID_REQUEST = "invalid_request_error"  # OpenAI's type of every 4xx that is the caller's to fix
+
 
 class FunctionError(Exception):
     status = 500
@@ -56,7 +58,7 @@ class FunctionError(Exception):
 class BadRequest(FunctionError):
     status = 400
     code = "bad_request"
-    type = "invalid_request_error"
+    type = INVALID_REQUEST
 
 
 class Unauthorized(FunctionError):
@@ -86,7 +88,7 @@ class NotFound(FunctionError):
 class Conflict(FunctionError):
     status = 409
     code = "conflict"
-    type = "invalid_request_error"
+    type = INVALID_REQUEST
 
 
 class Unavailable(FunctionError):

@@ -16,39 +16,50 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from flask import Blueprint, Response, after_this_request, jsonify, request
-from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
 
+from events import wire
+from events.openai import (
+    PATHS,
+    ChatRequest,
+    CompletionRequest,
+    ContextExceeded,
+    Endpoint,
+    OpenAIRequest,
+)
 from functions.errors import FunctionError
+from functions.validation import validate
 from infer_fn import errors, metrics
 from infer_fn.admission import QueueFull
 from infer_fn.config import InferConfig
 from infer_fn.engines.base import Engine, EngineError, Generation, InvalidRequest, SamplingParams
 from infer_fn.lifecycle import EngineHost, Lease
-from infer_fn.metering import BadHold, EventSink, Hold, Meter
-from infer_fn.responses import SSE_DONE, Envelope, Kind, models_list, sse
-from infer_fn.schemas import ChatCompletionRequest, CompletionRequest
+from infer_fn.metering import EventSink, Meter
+from infer_fn.responses import SSE_DONE, Envelope, models_list, sse
 
 log = logging.getLogger(__name__)
 
-COLD_START_HEADER = "x-tollgate-cold-start-ms"
-# Engine time of a whole (non-streamed) response: what per-second plans are charged for, so the
-# ingress can tell the caller the charge before settlement runs.
-ENGINE_MS_HEADER = "x-tollgate-engine-ms"
-RequestT = TypeVar("RequestT", bound=BaseModel)
+RequestT = TypeVar("RequestT", bound=OpenAIRequest)
 Start = Callable[[Engine, SamplingParams], Generation]
+BLUEPRINT = "openai"
 
 
 def build_blueprint(host: EngineHost, emitter: EventSink, config: InferConfig) -> Blueprint:
     api = _Api(host, emitter, config)
-    blueprint = Blueprint("openai", __name__)
-    blueprint.add_url_rule("/v1/chat/completions", view_func=api.chat, methods=["POST"])
-    blueprint.add_url_rule("/v1/completions", view_func=api.completions, methods=["POST"])
+    blueprint = Blueprint(BLUEPRINT, __name__)
+    blueprint.add_url_rule(PATHS["chat"], view_func=api.chat, methods=["POST"])
+    blueprint.add_url_rule(PATHS["completions"], view_func=api.completions, methods=["POST"])
     blueprint.add_url_rule("/v1/models", view_func=api.models, methods=["GET"])
-    blueprint.register_error_handler(FunctionError, _error_response)
-    blueprint.register_error_handler(HTTPException, _http_error_response)
-    blueprint.register_error_handler(Exception, _unexpected_response)
     return blueprint
+
+
+def count_refusal(error: FunctionError) -> None:
+    """The runtime's error hook: every request the OpenAI surface refused, by outcome. An engine
+    failure of an admitted request is counted when it is metered, not here."""
+    if request.blueprint != BLUEPRINT or error.code == "engine_failed":
+        return
+    fallback = "failed" if error.status >= 500 else "invalid"
+    outcome = {429: "rejected", 503: "unavailable"}.get(error.status, fallback)
+    metrics.REQUESTS.labels(request.path, outcome).inc()
 
 
 class _Api:
@@ -63,24 +74,18 @@ class _Api:
 
     def chat(self) -> Response:
         arrived = time.perf_counter()
-        req = self._parse(ChatCompletionRequest)
+        req = self._parse(ChatRequest)
         messages = [m.for_template() for m in req.messages]
         stream = bool(req.stream)
-        return self._serve(
-            "chat", req, req.params(), arrived, lambda e, p: e.chat(messages, p, stream=stream)
-        )
+        return self._serve("chat", req, arrived, lambda e, p: e.chat(messages, p, stream=stream))
 
     def completions(self) -> Response:
         arrived = time.perf_counter()
         req = self._parse(CompletionRequest)
-        prompt = req.text()
+        prompt = req.text
         stream = bool(req.stream)
         return self._serve(
-            "completion",
-            req,
-            req.params(),
-            arrived,
-            lambda e, p: e.complete(prompt, p, stream=stream),
+            "completions", req, arrived, lambda e, p: e.complete(prompt, p, stream=stream)
         )
 
     def _parse(self, model: type[RequestT]) -> RequestT:
@@ -99,35 +104,31 @@ class _Api:
             ) from exc
         if not isinstance(body, dict):
             raise errors.bad_request("Request body must be a JSON object.", code="invalid_json")
-        try:
-            return model.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            raise errors.bad_request(f"{param}: {first['msg']}", param=param) from exc
+        # The ingress validated the same body with the same model before it priced it.
+        return validate(model, body, "request")
 
     def _serve(
         self,
-        kind: Kind,
-        req: ChatCompletionRequest | CompletionRequest,
-        params: SamplingParams,
+        endpoint: Endpoint,
+        req: ChatRequest | CompletionRequest,
         arrived: float,
         start: Start,
     ) -> Response:
+        params = _sampling(req)
         engine = self._host.engine
         if req.model not in engine.models():
             raise errors.model_not_found(req.model)
-        window = engine.context_window
-        if window is not None and params.max_tokens is not None and params.max_tokens >= window:
-            raise errors.bad_request(
-                f"max_tokens is {params.max_tokens}, but this model's context window is {window}.",
-                code="context_length_exceeded",
-                param="max_tokens",
-            )
+        if engine.context_window is not None:
+            try:
+                req.check_max_tokens(engine.context_window)
+            except ContextExceeded as exc:
+                raise errors.bad_request(str(exc), code=exc.code, param=exc.param) from exc
         try:
             headers = {name.lower(): value for name, value in request.headers.items()}
-            hold = Hold.from_headers(headers, tier=self._config.tier, cluster=self._config.cluster)
-        except BadHold as exc:
+            hold = wire.BilledHold.from_headers(
+                headers, tier=self._config.tier, cluster=self._config.cluster
+            )
+        except wire.BadHold as exc:
             raise errors.bad_request(str(exc), code="invalid_hold") from exc
         try:
             lease = self._host.acquire()
@@ -135,7 +136,7 @@ class _Api:
             raise errors.queue_full(str(exc), self._config.retry_after_seconds) from exc
         except EngineError as exc:
             raise errors.unavailable(f"The engine could not be loaded: {exc}") from exc
-        envelope = Envelope.new(kind, req.model)
+        envelope = Envelope.new(endpoint, req.model)
         meter = Meter(envelope.id, req.model, request.path, hold, arrived=arrived)
         started = time.perf_counter()
         try:
@@ -150,7 +151,7 @@ class _Api:
         # Tokenizing and validating the prompt (or reaching the upstream) is engine time too.
         gen.engine_seconds += time.perf_counter() - started
         outcome = _Outcome(gen, lease, meter, self._emitter)
-        headers = {COLD_START_HEADER: str(_ms(lease.cold_start_seconds))}
+        headers = {wire.COLD_START_MS: str(_ms(lease.cold_start_seconds))}
         if req.stream:
             response = Response(
                 _stream(envelope, outcome, req.include_usage),
@@ -195,7 +196,7 @@ class _Outcome:
 def _stream(envelope: Envelope, outcome: _Outcome, include_usage: bool) -> Iterator[bytes]:
     gen = outcome.gen
     try:
-        if envelope.kind == "chat":
+        if envelope.endpoint == "chat":
             yield envelope.chunk(None, first=True)
         for piece in gen:
             outcome.meter.mark_text()
@@ -223,14 +224,14 @@ def _whole(envelope: Envelope, outcome: _Outcome, headers: dict[str, str]) -> Re
             pieces.append(piece)
     except Exception as exc:
         outcome.fail(exc)
-        raise errors.engine_failed(f"The engine failed: {exc}") from exc
+        raise errors.engine_failed() from exc
     outcome.status = "ok"
     body = envelope.full(
         "".join(pieces), gen.finish_reason or "stop", gen.prompt_tokens, gen.completion_tokens
     )
     response = jsonify(body)
     response.headers.update(headers)
-    response.headers[ENGINE_MS_HEADER] = str(_ms(gen.engine_seconds))
+    response.headers[wire.ENGINE_MS] = str(_ms(gen.engine_seconds))
     return response
 
 
@@ -244,28 +245,18 @@ def _finish_after(finish: Callable[[], None]) -> Callable[[Response], Response]:
     return hook
 
 
-def _error_response(exc: FunctionError) -> tuple[Response, int, dict[str, str]]:
-    # An engine failure of an admitted request is counted when it is metered, not here.
-    if exc.code != "engine_failed":
-        fallback = "failed" if exc.status >= 500 else "invalid"
-        outcome = {429: "rejected", 503: "unavailable"}.get(exc.status, fallback)
-        metrics.REQUESTS.labels(request.path, outcome).inc()
-    return jsonify(exc.body()), exc.status, exc.headers
-
-
-def _http_error_response(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
-    """Errors raised by Flask/werkzeug themselves (413 from MAX_CONTENT_LENGTH, 405...)."""
-    status = exc.code or 500
-    code = "request_too_large" if status == 413 else (exc.name or "error").lower().replace(" ", "_")
-    error_type = errors.INVALID if status < 500 else "server_error"
-    message = exc.description or exc.name
-    return _error_response(FunctionError(message, status=status, error_type=error_type, code=code))
-
-
-def _unexpected_response(exc: Exception) -> tuple[Response, int, dict[str, str]]:
-    log.exception("unhandled error in the OpenAI surface")
-    error = FunctionError(f"internal error: {exc}", code="internal")
-    return _error_response(error)
+def _sampling(req: OpenAIRequest) -> SamplingParams:
+    return SamplingParams(
+        # No limit asked: until the model stops or the window is full, as OpenAI's API does
+        # (the ingress always asks: it prices DEFAULT_MAX_TOKENS when the caller names none).
+        max_tokens=req.requested_max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        stop=req.stops(),
+        seed=req.seed,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+    )
 
 
 def _ms(seconds: float | None) -> int:

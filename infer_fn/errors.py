@@ -4,9 +4,7 @@ client maps to its exceptions (NotFoundError, BadRequestError, RateLimitError)."
 
 from __future__ import annotations
 
-from functions.errors import BadRequest, FunctionError
-
-INVALID = "invalid_request_error"
+from functions.errors import INVALID_REQUEST, BadRequest, FunctionError
 
 
 def bad_request(
@@ -19,7 +17,7 @@ def model_not_found(model: str) -> FunctionError:
     return FunctionError(
         f"The model {model!r} does not exist on this function.",
         status=404,
-        error_type=INVALID,
+        error_type=INVALID_REQUEST,
         code="model_not_found",
         param="model",
     )
@@ -29,7 +27,7 @@ def too_large(limit: int) -> FunctionError:
     return FunctionError(
         f"Request body exceeds {limit} bytes.",
         status=413,
-        error_type=INVALID,
+        error_type=INVALID_REQUEST,
         code="request_too_large",
     )
 
@@ -48,5 +46,10 @@ def unavailable(message: str) -> FunctionError:
     return FunctionError(message, status=503, code="engine_unavailable")
 
 
-def engine_failed(message: str) -> FunctionError:
+ENGINE_FAILED = "The engine failed while generating this response; what it produced is metered."
+
+
+def engine_failed(message: str = ENGINE_FAILED) -> FunctionError:
+    """A 500 answer says only that the engine failed (what failed is in the log); a stream's
+    closing error event, sent after a 200, names the engine's reason."""
     return FunctionError(message, status=500, code="engine_failed")

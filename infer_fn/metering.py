@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
-
-from events.fields import AccountId, HoldId, Name
 from events.ledger import InferenceCompleted, InferenceError, InferenceFailed, Timings
 from events.quote import Usage
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
+from events.wire import BilledHold
 from functions.emit import EmitFailed
 from infer_fn import metrics
 from infer_fn.engines.base import Generation
 
 log = logging.getLogger(__name__)
-
-HOLD_ID = "x-tollgate-hold-id"
-ACCOUNT_ID = "x-tollgate-account-id"
-TIER = "x-tollgate-tier"
-CLUSTER = "x-tollgate-cluster"
 
 
 class EventSink(Protocol):
@@ -41,43 +33,6 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
-class BadHold(ValueError):
-    """Hold headers the settlement events could not carry: refused before any work is done."""
-
-
-_CHECKS: dict[str, TypeAdapter[str]] = {
-    HOLD_ID: TypeAdapter(HoldId),
-    ACCOUNT_ID: TypeAdapter(AccountId),
-    TIER: TypeAdapter(Name),
-    CLUSTER: TypeAdapter(Name),
-}
-
-
-@dataclass(frozen=True)
-class Hold:
-    hold_id: str
-    account_id: str
-    tier: str
-    cluster: str
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str], *, tier: str, cluster: str) -> Hold | None:
-        """`headers` keyed in lower case; the ingress sets them, tier/cluster default to ours."""
-        given = {name: headers.get(name, "").strip() for name in _CHECKS}
-        if not given[HOLD_ID]:
-            return None
-        if not given[ACCOUNT_ID]:
-            raise BadHold(f"{HOLD_ID} needs {ACCOUNT_ID}")
-        given[TIER] = given[TIER] or tier
-        given[CLUSTER] = given[CLUSTER] or cluster
-        for name, check in _CHECKS.items():
-            try:
-                check.validate_python(given[name])
-            except ValidationError as exc:
-                raise BadHold(f"{name}: {exc.errors()[0]['msg']}") from None
-        return cls(given[HOLD_ID], given[ACCOUNT_ID], given[TIER], given[CLUSTER])
-
-
 @dataclass
 class Meter:
     """One request's clock, from its arrival to the end of its response."""
@@ -85,7 +40,7 @@ class Meter:
     request_id: str
     model: str
     endpoint: str
-    hold: Hold | None
+    hold: BilledHold | None
     arrived: float = field(default_factory=time.perf_counter)
     first_text: float | None = None
 

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from openai.types import Completion, CompletionChoice, CompletionUsage, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
@@ -15,9 +15,8 @@ from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
+from events.openai import Endpoint
 from infer_fn.engines.base import FinishReason
-
-Kind = Literal["chat", "completion"]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
@@ -32,22 +31,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
 class Envelope:
     """What every chunk of one response shares."""
 
-    kind: Kind
+    endpoint: Endpoint
     model: str
     id: str
     created: int
 
     @classmethod
-    def new(cls, kind: Kind, model: str) -> Envelope:
-        prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        return cls(kind, model, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
+    def new(cls, endpoint: Endpoint, model: str) -> Envelope:
+        prefix = "chatcmpl" if endpoint == "chat" else "cmpl"
+        return cls(endpoint, model, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
 
     def full(
         self, text: str, finish: FinishReason, prompt_tokens: int, completion_tokens: int
     ) -> dict[str, Any]:
         used = usage(prompt_tokens, completion_tokens)
         body: ChatCompletion | Completion
-        if self.kind == "chat":
+        if self.endpoint == "chat":
             message = ChatCompletionMessage(role="assistant", content=text)
             body = ChatCompletion(
                 id=self.id,
@@ -73,7 +72,7 @@ class Envelope:
         self, text: str | None, finish: FinishReason | None = None, *, first: bool = False
     ) -> bytes:
         body: ChatCompletionChunk | Completion
-        if self.kind == "chat":
+        if self.endpoint == "chat":
             # OpenAI opens a chat stream with the role and closes it with an empty delta.
             if first:
                 delta = ChoiceDelta(role="assistant", content=text or "")
@@ -105,7 +104,7 @@ class Envelope:
         """`stream_options.include_usage`: a last chunk with no choices and the usage."""
         used = usage(prompt_tokens, completion_tokens)
         body: ChatCompletionChunk | Completion
-        if self.kind == "chat":
+        if self.endpoint == "chat":
             body = ChatCompletionChunk(
                 id=self.id,
                 object="chat.completion.chunk",

@@ -11,15 +11,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import types
+from events.fields import EventData
 from events.ledger import (
     CreditsGrant,
+    CreditsGranted,
     HoldAuthorize,
+    HoldAuthorized,
+    HoldDeclined,
+    HoldExpired,
     HoldRefund,
+    HoldRefunded,
     HoldSettle,
+    HoldSettled,
     HoldsSweep,
+    HoldsSwept,
     InferenceCompleted,
     InferenceFailed,
     PlansRenew,
+    PlansRenewed,
 )
 from events.network import SLICE_BOOKED, SliceBooked
 from functions.accounts import account_for_slice
@@ -43,6 +52,15 @@ def iso(epoch: int | None) -> str | None:
 
 def epoch(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
+
+
+def moment(epoch: int | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def reply(event_type: str, fact: EventData, subject: str | None = None) -> Reply:
+    """A reply event built from its catalogue model, so what we send is what the type says."""
+    return Reply(event_type, fact.model_dump(mode="json"), subject=subject)
 
 
 class LedgerHandlers:
@@ -77,48 +95,39 @@ class LedgerHandlers:
 
     def renew(self, event: Incoming) -> Reply:
         validate(PlansRenew, event.data, f"{event.type} data")
-        return Reply(types.PLANS_RENEWED, self.plans.renew_all())
+        return reply(types.PLANS_RENEWED, PlansRenewed(**self.plans.renew_all()))
 
     def _granted(self, r: dict[str, Any]) -> Reply:
-        return Reply(
-            types.CREDITS_GRANTED,
-            {
-                "account_id": r["account_id"],
-                "lot_id": r["lot_id"],
-                "amount": r["amount"],
-                "origin": r["origin"],
-                "expires_at": iso(r["expires_at"]),
-                "available": r["available"],
-            },
-            subject=r["account_id"],
+        granted = CreditsGranted(
+            account_id=r["account_id"],
+            lot_id=r["lot_id"],
+            amount=r["amount"],
+            origin=r["origin"],
+            expires_at=moment(r["expires_at"]),
+            available=r["available"],
         )
+        return reply(types.CREDITS_GRANTED, granted, subject=granted.account_id)
 
     def authorize(self, event: Incoming) -> Reply:
         cmd = validate(HoldAuthorize, event.data, f"{event.type} data")
         args = cmd.model_dump(mode="json", exclude={"account_id"}, exclude_none=True)
         r = self._run(event, cmd.account_id, "authorize", args)
         if r.get("declined"):
-            return Reply(
-                types.HOLD_DECLINED,
-                {
-                    "account_id": cmd.account_id,
-                    "amount": cmd.amount,
-                    "reason": r["reason"],
-                    "available": r["available"],
-                },
-                subject=cmd.account_id,
+            declined = HoldDeclined(
+                account_id=cmd.account_id,
+                amount=cmd.amount,
+                reason=r["reason"],
+                available=r["available"],
             )
-        return Reply(
-            types.HOLD_AUTHORIZED,
-            {
-                "hold_id": r["hold_id"],
-                "account_id": cmd.account_id,
-                "amount": r["amount"],
-                "expires_at": iso(r["expires_at"]),
-                "available": r.get("available"),
-            },
-            subject=cmd.account_id,
+            return reply(types.HOLD_DECLINED, declined, subject=cmd.account_id)
+        authorized = HoldAuthorized(
+            hold_id=r["hold_id"],
+            account_id=cmd.account_id,
+            amount=r["amount"],
+            expires_at=datetime.fromtimestamp(r["expires_at"], UTC),
+            available=r.get("available"),
         )
+        return reply(types.HOLD_AUTHORIZED, authorized, subject=cmd.account_id)
 
     def settle(self, event: Incoming) -> Reply:
         cmd = validate(HoldSettle, event.data, f"{event.type} data")
@@ -136,16 +145,13 @@ class LedgerHandlers:
         return self._settled(self._run(event, account_id, "settle", args))
 
     def _settled(self, r: dict[str, Any]) -> Reply:
-        return Reply(
-            types.HOLD_SETTLED,
-            {
-                "hold_id": r["hold_id"],
-                "account_id": r["account_id"],
-                "captured": r["captured"],
-                "released": r["released"],
-            },
-            subject=r["account_id"],
+        settled = HoldSettled(
+            hold_id=r["hold_id"],
+            account_id=r["account_id"],
+            captured=r["captured"],
+            released=r["released"],
         )
+        return reply(types.HOLD_SETTLED, settled, subject=settled.account_id)
 
     def refund(self, event: Incoming) -> Reply:
         cmd = validate(HoldRefund, event.data, f"{event.type} data")
@@ -158,24 +164,23 @@ class LedgerHandlers:
         return self._refunded(self._run(event, account_id, "refund", {"hold_id": failure.hold_id}))
 
     def _refunded(self, r: dict[str, Any]) -> Reply:
-        return Reply(
-            types.HOLD_REFUNDED,
-            {
-                "hold_id": r["hold_id"],
-                "account_id": r["account_id"],
-                "refunded": r["refunded"],
-            },
-            subject=r["account_id"],
+        refunded = HoldRefunded(
+            hold_id=r["hold_id"], account_id=r["account_id"], refunded=r["refunded"]
         )
+        return reply(types.HOLD_REFUNDED, refunded, subject=refunded.account_id)
 
     def sweep(self, event: Incoming) -> Reply:
         validate(HoldsSweep, event.data, f"{event.type} data")
         swept = self.ledger.sweep()
-        for expired in swept.pop("expired"):
+        for result in swept.pop("expired"):
+            expired = HoldExpired(**result)
             self.emitter.emit(
-                types.HOLD_EXPIRED, self.source, expired, caused_by=f"expire#{expired['hold_id']}"
+                types.HOLD_EXPIRED,
+                self.source,
+                expired.model_dump(mode="json"),
+                caused_by=f"expire#{expired.hold_id}",
             )
-        return Reply(types.HOLDS_SWEPT, swept)
+        return reply(types.HOLDS_SWEPT, HoldsSwept(**swept))
 
     @staticmethod
     def _owner(hold_id: str, account_id: str) -> str:

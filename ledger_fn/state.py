@@ -50,7 +50,7 @@ class Lot(BaseModel):
         return self.tiers is not None or self.models is not None
 
 
-class Hold(BaseModel):
+class OpenHold(BaseModel):
     id: str
     amount: int
     expires_at: int
@@ -84,7 +84,7 @@ class AccountState(BaseModel):
     expired: int = 0
     refunded: int = 0  # informational: part of granted that came back as refund lots
     lots: dict[str, Lot] = Field(default_factory=dict)
-    holds: dict[str, Hold] = Field(default_factory=dict)
+    holds: dict[str, OpenHold] = Field(default_factory=dict)
     settled: dict[str, Settled] = Field(default_factory=dict)
     recent: dict[str, Recent] = Field(default_factory=dict)
 
@@ -247,7 +247,7 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
         left -= take
         if left == 0:
             break
-    hold = Hold(
+    hold = OpenHold(
         id=hold_id_for(state.account_id, state.seq),
         amount=amount,
         expires_at=op.at + int(a["ttl_seconds"]),
@@ -269,7 +269,7 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
     }
 
 
-def open_hold(state: AccountState, hold_id: str) -> Hold:
+def open_hold(state: AccountState, hold_id: str) -> OpenHold:
     hold = state.holds.get(hold_id)
     if hold is not None:
         return hold
@@ -281,7 +281,7 @@ def open_hold(state: AccountState, hold_id: str) -> Hold:
     raise NotFound(f"no hold {hold_id}")
 
 
-def _release(state: AccountState, hold: Hold, keep: int, at: int) -> int:
+def _release(state: AccountState, hold: OpenHold, keep: int, at: int) -> int:
     """Close ``hold``: ``keep`` credits become spent, the rest go back to their lots (or to
     expired, for lots that have expired meanwhile). Returns the amount released."""
     assert 0 <= keep <= hold.amount

@@ -1,5 +1,5 @@
-"""The request hints applications send as headers, parsed once for the ingress and the route
-function alike. Bad values are refused (ValueError naming the header), never silently ignored:
+"""The request hints applications send as headers, parsed for the ingress's route request. Bad
+values are refused (ValueError naming the header), never silently ignored:
 a dropped residency hint would send data where the caller said it must not go."""
 
 from __future__ import annotations
@@ -8,10 +8,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-BUDGET_HEADER = "x-tollgate-latency-budget-ms"
-RESIDENCY_HEADER = "x-tollgate-residency"
-TIER_HEADER = "x-tollgate-tier"
-REASON_HEADER = "x-tollgate-route-reason"
+from events import wire
+
 MAX_BUDGET_MS = 3_600_000
 _JURISDICTION = re.compile(r"^[A-Z]{2}$")
 _TIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -28,22 +26,24 @@ def parse_hints(headers: Mapping[str, str]) -> Hints:
     """Hints from request headers (any case); raises ValueError for a malformed one."""
     lowered = {k.lower(): v.strip() for k, v in headers.items()}
     budget: int | None = None
-    if raw := lowered.get(BUDGET_HEADER):
+    if raw := lowered.get(wire.LATENCY_BUDGET_MS):
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_BUDGET_MS:
-            raise ValueError(f"{BUDGET_HEADER} must be milliseconds, 1..{MAX_BUDGET_MS}: {raw!r}")
+            raise ValueError(
+                f"{wire.LATENCY_BUDGET_MS} must be milliseconds, 1..{MAX_BUDGET_MS}: {raw!r}"
+            )
         budget = int(raw)
     residency: frozenset[str] = frozenset()
-    if raw := lowered.get(RESIDENCY_HEADER):
+    if raw := lowered.get(wire.RESIDENCY):
         codes = {code.strip().upper() for code in raw.split(",") if code.strip()}
         bad = sorted(c for c in codes if not _JURISDICTION.match(c))
         if bad or not codes:
             raise ValueError(
-                f"{RESIDENCY_HEADER} must list ISO 3166-1 alpha-2 codes, e.g. FR,DE: {raw!r}"
+                f"{wire.RESIDENCY} must list ISO 3166-1 alpha-2 codes, e.g. FR,DE: {raw!r}"
             )
         residency = frozenset(codes)
     tier: str | None = None
-    if raw := lowered.get(TIER_HEADER):
+    if raw := lowered.get(wire.TIER):
         if not _TIER.match(raw):
-            raise ValueError(f"{TIER_HEADER} must be a tier name: {raw!r}")
+            raise ValueError(f"{wire.TIER} must be a tier name: {raw!r}")
         tier = raw
     return Hints(budget, residency, tier)

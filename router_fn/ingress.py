@@ -20,6 +20,16 @@ from typing import Any
 import requests
 from flask import Blueprint, Response, jsonify, request
 
+from events import wire
+from events.ledger import HoldAuthorized
+from events.openai import (
+    MODELS,
+    PATHS,
+    ChatRequest,
+    CompletionRequest,
+    ContextExceeded,
+    Endpoint,
+)
 from events.quote import Quote, Usage
 from functions.accounts import read_profile
 from functions.apikeys import ApiKeys
@@ -35,15 +45,8 @@ from functions.http import bearer_token, require_bearer
 from functions.store import Store
 from functions.validation import validate
 from router_fn import metrics
-from router_fn.hints import REASON_HEADER, parse_hints
-from router_fn.ledger_client import Hold, LedgerClient
-from router_fn.openai_request import (
-    ChatRequest,
-    CompletionRequest,
-    Kind,
-    completion_limit,
-    prompt_tokens_bound,
-)
+from router_fn.hints import parse_hints
+from router_fn.ledger_client import LedgerClient
 from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
 from router_fn.tierstate import TierStates
 from router_fn.tierview import tiers_view
@@ -52,11 +55,6 @@ from router_fn.ttl_cache import TTLCache
 
 log = logging.getLogger(__name__)
 
-PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-MODELS: dict[Kind, type[ChatRequest] | type[CompletionRequest]] = {
-    "chat": ChatRequest,
-    "completions": CompletionRequest,
-}
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 300.0  # a cold start loads the model before the first byte
 HOLD_TTL_S = 900  # longer than any request may run; the sweep returns forgotten holds
@@ -75,7 +73,7 @@ class Caller:
 @dataclass(frozen=True)
 class Attempt:
     candidate: Candidate
-    hold: Hold
+    hold: HoldAuthorized
     quote: Quote
     upstream: requests.Response
     chunks: Iterator[bytes]  # the body's one iterator (a second iter_content would start empty)
@@ -133,17 +131,25 @@ class Ingress:
 
     # -- one request ----------------------------------------------------------------------------
 
-    def handle(self, kind: Kind) -> Response:
+    def handle(self, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
         caller = self.caller()
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
-        parsed = validate(MODELS[kind], body, "request")
-        model = self.topology.model(parsed.model)
+        body, parsed = _read_request(endpoint)
+        model = self._served_model(caller, parsed.model)
+        route = _route_request(model, parsed)
+        forward = {**body, "model": model.served_name, "max_tokens": route.max_tokens}
+        forward.pop("max_completion_tokens", None)
+        request_id = uuid.uuid4().hex
+        attempt, decision = self._attempt(endpoint, caller, route, forward, request_id, started)
+        metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
+        headers = self._answer_headers(attempt, decision, request_id)
+        return _streamed(attempt, headers) if parsed.stream else _whole(attempt, headers)
+
+    def _served_model(self, caller: Caller, name: str) -> ModelSpec:
+        model = self.topology.model(name)
         if model is None:
             raise NotFound(
-                f"the model {parsed.model!r} does not exist; GET /v1/models lists yours",
+                f"the model {name!r} does not exist; GET /v1/models lists yours",
                 param="model",
                 code="model_not_found",
             )
@@ -153,98 +159,46 @@ class Ingress:
                 param="model",
                 code="model_not_allowed",
             )
-        prompt_tokens = prompt_tokens_bound(parsed)
-        max_tokens = completion_limit(parsed, model.context_length)
-        try:
-            hints = parse_hints(dict(request.headers))
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
-        route = RouteRequest(
-            model=model,
-            latency_budget_ms=hints.latency_budget_ms,
-            residency=hints.residency,
-            tier=hints.tier,
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-        )
-        forward = {**body, "model": model.served_name, "max_tokens": max_tokens}
-        forward.pop("max_completion_tokens", None)
-        request_id = uuid.uuid4().hex
-        attempt, decision = self._attempt(kind, caller, route, forward, request_id, started)
+        return model
+
+    def _answer_headers(
+        self, attempt: Attempt, decision: Decision, request_id: str
+    ) -> dict[str, str]:
         headers = {
-            "x-tollgate-tier": attempt.candidate.tier,
-            "x-tollgate-cluster": attempt.candidate.cluster,
-            "x-tollgate-hold-id": attempt.hold.hold_id,
-            REASON_HEADER: reason_header(decision),
-            "x-request-id": request_id,
+            wire.TIER: attempt.candidate.tier,
+            wire.CLUSTER: attempt.candidate.cluster,
+            wire.HOLD_ID: attempt.hold.hold_id,
+            wire.ROUTE_REASON: reason_header(decision),
+            wire.REQUEST_ID: request_id,
         }
         cluster = self.topology.cluster(attempt.candidate.cluster)
         if cluster.emulated:
-            headers["x-tollgate-emulated-rtt-ms"] = str(cluster.rtt_ms)
-        cold = attempt.upstream.headers.get("x-tollgate-cold-start-ms")
+            headers[wire.EMULATED_RTT_MS] = str(cluster.rtt_ms)
+        cold = attempt.upstream.headers.get(wire.COLD_START_MS)
         if cold is not None:
-            headers["x-tollgate-cold-start-ms"] = cold
-        metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
-        if parsed.stream:
-            return Response(
-                _relay(attempt),
-                status=200,
-                mimetype="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        payload = attempt.first + b"".join(attempt.chunks)
-        attempt.upstream.close()
-        headers.update(_charges(attempt, payload))
-        return Response(payload, status=200, mimetype="application/json", headers=headers)
+            headers[wire.COLD_START_MS] = cold
+        return headers
 
     def _attempt(
         self,
-        kind: Kind,
+        endpoint: Endpoint,
         caller: Caller,
         route: RouteRequest,
         forward: dict[str, Any],
         request_id: str,
         started: float,
     ) -> tuple[Attempt, Decision]:
+        """Route, hold and call; an attempt that fails before its first byte is refunded and
+        the next feasible cluster tried."""
         excluded: frozenset[str] = frozenset()
         failures: list[str] = []
         while True:
-            try:
-                decision = decide(
-                    replace(route, exclude=excluded),
-                    self.topology,
-                    self.states.snapshot(),
-                    caller.plan,
-                )
-            except NoRoute as exc:
-                metrics.REQUESTS.labels("none", "no_route").inc()
-                raise Unavailable(
-                    f"no tier can serve this request: {'; '.join([*failures, str(exc)])}",
-                    code="no_feasible_tier",
-                    rejected=exc.rejected,
-                ) from exc
+            decision = self._decide(replace(route, exclude=excluded), caller, failures)
             candidate = decision.chosen
-            quote = self.topology.quote(
-                route.model.name,
-                candidate.tier,
-                per_engine_second=bool(caller.plan and caller.plan.per_engine_second),
-            )
-            assert quote is not None, "the policy only picks priced clusters"
-            amount = quote.worst_case(
-                route.prompt_tokens, route.max_tokens or 0, int(READ_TIMEOUT_S * 1000)
-            )
-            hold = self.ledger.authorize(
-                f"{request_id}#{candidate.cluster}",
-                caller.account_id,
-                amount,
-                ttl_seconds=HOLD_TTL_S,
-                tier=candidate.tier,
-                model=route.model.name,
-                quote=quote,
-            )
+            hold, quote = self._authorize(route, caller, candidate, request_id)
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             try:
-                return self._call(kind, candidate, hold, quote, caller, forward), decision
+                return self._call(endpoint, candidate, hold, quote, caller, forward), decision
             except _AttemptFailed as failure:
                 failures.append(f"{candidate.cluster}: {failure}")
                 self._refund(hold, caller, route.model, candidate, str(failure))
@@ -253,11 +207,46 @@ class Ingress:
                 excluded = excluded | {candidate.cluster}
                 metrics.FAILOVERS.labels(candidate.tier).inc()
 
+    def _decide(self, route: RouteRequest, caller: Caller, failures: list[str]) -> Decision:
+        try:
+            return decide(route, self.topology, self.states.snapshot(), caller.plan)
+        except NoRoute as exc:
+            metrics.REQUESTS.labels("none", "no_route").inc()
+            raise Unavailable(
+                f"no tier can serve this request: {'; '.join([*failures, str(exc)])}",
+                code="no_feasible_tier",
+                rejected=exc.rejected,
+            ) from exc
+
+    def _authorize(
+        self, route: RouteRequest, caller: Caller, candidate: Candidate, request_id: str
+    ) -> tuple[HoldAuthorized, Quote]:
+        """A hold for the request's worst case at the chosen tier's price."""
+        quote = self.topology.quote(
+            route.model.name,
+            candidate.tier,
+            per_engine_second=bool(caller.plan and caller.plan.per_engine_second),
+        )
+        assert quote is not None, "the policy only picks priced clusters"
+        amount = quote.worst_case(
+            route.prompt_tokens, route.max_tokens or 0, int(READ_TIMEOUT_S * 1000)
+        )
+        hold = self.ledger.authorize(
+            f"{request_id}#{candidate.cluster}",
+            caller.account_id,
+            amount,
+            ttl_seconds=HOLD_TTL_S,
+            tier=candidate.tier,
+            model=route.model.name,
+            quote=quote,
+        )
+        return hold, quote
+
     def _call(
         self,
-        kind: Kind,
+        endpoint: Endpoint,
         candidate: Candidate,
-        hold: Hold,
+        hold: HoldAuthorized,
         quote: Quote,
         caller: Caller,
         forward: dict[str, Any],
@@ -265,17 +254,12 @@ class Ingress:
         cluster = self.topology.cluster(candidate.cluster)
         if cluster.emulated:
             self.sleep(cluster.rtt_ms / 1000)  # `tollgate up`: the tier's network RTT, emulated
-        headers = {
-            "x-tollgate-hold-id": hold.hold_id,
-            "x-tollgate-account-id": caller.account_id,
-            "x-tollgate-tier": candidate.tier,
-            "x-tollgate-cluster": candidate.cluster,
-        }
+        billed = wire.BilledHold(hold.hold_id, caller.account_id, candidate.tier, candidate.cluster)
         try:
             upstream = self._session.post(
-                candidate.url.rstrip("/") + PATHS[kind],
+                candidate.url.rstrip("/") + PATHS[endpoint],
                 json=forward,
-                headers=headers,
+                headers=billed.headers(),
                 stream=True,
                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
             )
@@ -300,7 +284,12 @@ class Ingress:
         return Attempt(candidate, hold, quote, upstream, chunks, first)
 
     def _refund(
-        self, hold: Hold, caller: Caller, model: ModelSpec, candidate: Candidate, error: str
+        self,
+        hold: HoldAuthorized,
+        caller: Caller,
+        model: ModelSpec,
+        candidate: Candidate,
+        error: str,
     ) -> None:
         try:
             self.ledger.refund_failed(
@@ -321,11 +310,11 @@ class Ingress:
     def blueprint(self) -> Blueprint:
         bp = Blueprint("ingress", __name__)
 
-        @bp.post("/v1/chat/completions")
+        @bp.post(PATHS["chat"])
         def chat() -> Response:
             return self.handle("chat")
 
-        @bp.post("/v1/completions")
+        @bp.post(PATHS["completions"])
         def completions() -> Response:
             return self.handle("completions")
 
@@ -354,6 +343,49 @@ class _AttemptFailed(Exception):
         self.final = final
 
 
+def _read_request(endpoint: Endpoint) -> tuple[dict[str, Any], ChatRequest | CompletionRequest]:
+    """The body as sent (it is forwarded) and as validated by the model infer validates with."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    return body, validate(MODELS[endpoint], body, "request")
+
+
+def _route_request(model: ModelSpec, parsed: ChatRequest | CompletionRequest) -> RouteRequest:
+    try:
+        hints = parse_hints(dict(request.headers))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    try:
+        max_tokens = parsed.completion_limit(model.context_length)
+    except ContextExceeded as exc:  # as infer would answer, before anything is held
+        raise BadRequest(str(exc), code=exc.code, param=exc.param) from exc
+    return RouteRequest(
+        model=model,
+        latency_budget_ms=hints.latency_budget_ms,
+        residency=hints.residency,
+        tier=hints.tier,
+        prompt_tokens=parsed.prompt_tokens_bound(),
+        max_tokens=max_tokens,
+    )
+
+
+def _streamed(attempt: Attempt, headers: dict[str, str]) -> Response:
+    return Response(
+        _relay(attempt),
+        status=200,
+        mimetype="text/event-stream",
+        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _whole(attempt: Attempt, headers: dict[str, str]) -> Response:
+    payload = attempt.first + b"".join(attempt.chunks)
+    attempt.upstream.close()
+    headers.update(_charges(attempt, payload))
+    return Response(payload, status=200, mimetype="application/json", headers=headers)
+
+
 def _relay(attempt: Attempt) -> Iterator[bytes]:
     """Stream the upstream's bytes through; closing (client gone) closes the upstream, so the
     infer function stops generating and meters only what it produced."""
@@ -376,12 +408,12 @@ def _charges(attempt: Attempt, payload: bytes) -> dict[str, str]:
         usage = Usage.model_validate(json.loads(payload)["usage"])
     except (KeyError, TypeError, ValueError):
         return {}
-    engine_ms = int(attempt.upstream.headers.get("x-tollgate-engine-ms", "0") or 0)
+    engine_ms = int(attempt.upstream.headers.get(wire.ENGINE_MS, "0") or 0)
     charged = min(attempt.quote.charge(usage, engine_ms), attempt.hold.amount)
-    headers = {"x-tollgate-credits-charged": str(charged)}
+    headers = {wire.CREDITS_CHARGED: str(charged)}
     if attempt.hold.available is not None:
         left = attempt.hold.available + attempt.hold.amount - charged
-        headers["x-tollgate-credits-left"] = str(left)
+        headers[wire.CREDITS_LEFT] = str(left)
     return headers
 
 

@@ -6,24 +6,33 @@ redelivery the ledger dedupes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import requests
+from pydantic import ValidationError
 
 from events import types
+from events.fields import EventData
+from events.ledger import (
+    HoldAuthorize,
+    HoldAuthorized,
+    HoldDeclined,
+    InferenceError,
+    InferenceFailed,
+)
 from events.quote import Quote
-from functions.cloudevent import make_event, parse_http, to_binary
-from functions.errors import FunctionError, NotFound, PaymentRequired, Unavailable
+from functions.cloudevent import Incoming, make_event, parse_http, to_binary
+from functions.errors import (
+    INVALID_REQUEST,
+    FunctionError,
+    NotFound,
+    PaymentRequired,
+    Unavailable,
+)
+from functions.validation import describe
 
 SOURCE = "/tollgate/ingress"
-
-
-@dataclass(frozen=True)
-class Hold:
-    hold_id: str
-    amount: int
-    available: int | None  # credits left after this hold, when the ledger says
+M = TypeVar("M", bound=EventData)
 
 
 class LedgerClient:
@@ -46,46 +55,47 @@ class LedgerClient:
         tier: str,
         model: str,
         quote: Quote,
-    ) -> Hold:
+    ) -> HoldAuthorized:
         """A hold, or PaymentRequired (402) with the ledger's reason when it declines."""
-        data = {
-            "account_id": account_id,
-            "amount": amount,
-            "ttl_seconds": ttl_seconds,
-            "tier": tier,
-            "model": model,
-            "quote": quote.model_dump(),
-        }
-        kind, reply = self._send(self.authorize_url, types.HOLD_AUTHORIZE, data, request_id)
-        if kind == types.HOLD_DECLINED:
+        command = HoldAuthorize(
+            account_id=account_id,
+            amount=amount,
+            ttl_seconds=ttl_seconds,
+            tier=tier,
+            model=model,
+            quote=quote,
+        )
+        reply = self._send(self.authorize_url, types.HOLD_AUTHORIZE, command, request_id)
+        if reply.type == types.HOLD_DECLINED:
+            declined = _parse(HoldDeclined, reply)
             raise PaymentRequired(
-                f"not enough credits for this request: {reply['reason']}. "
+                f"not enough credits for this request: {declined.reason}. "
                 "Top up, or lower max_tokens.",
-                available=reply.get("available"),
+                available=declined.available,
                 needed=amount,
             )
-        if kind != types.HOLD_AUTHORIZED:
-            raise Unavailable(f"the ledger answered authorize with {kind}")
-        return Hold(reply["hold_id"], reply["amount"], reply.get("available"))
+        if reply.type != types.HOLD_AUTHORIZED:
+            raise Unavailable(f"the ledger answered authorize with {reply.type}")
+        return _parse(HoldAuthorized, reply)
 
     def refund_failed(
         self, hold_id: str, account_id: str, model: str, tier: str, cluster: str, error: str
     ) -> None:
         """Return a hold whose attempt failed before any output (the attempt costs nothing)."""
-        data = {
-            "hold_id": hold_id,
-            "account_id": account_id,
-            "model": model,
-            "tier": tier,
-            "cluster": cluster,
-            "error": {"type": "attempt_failed", "message": error[:4000]},
-        }
-        self._send(self.refund_url, types.INFERENCE_FAILED, data, f"{hold_id}#failed")
+        failed = InferenceFailed(
+            hold_id=hold_id,
+            account_id=account_id,
+            model=model,
+            tier=tier,
+            cluster=cluster,
+            error=InferenceError(type="attempt_failed", message=error[:4000]),
+        )
+        self._send(self.refund_url, types.INFERENCE_FAILED, failed, f"{hold_id}#failed")
 
-    def _send(
-        self, url: str, event_type: str, data: dict[str, Any], event_id: str
-    ) -> tuple[str, dict[str, Any]]:
-        message = to_binary(make_event(event_type, SOURCE, data, id=event_id))
+    def _send(self, url: str, event_type: str, data: EventData, event_id: str) -> Incoming:
+        message = to_binary(
+            make_event(event_type, SOURCE, data.model_dump(mode="json"), id=event_id)
+        )
         try:
             response = self._session.post(
                 url, headers=message.headers, data=message.body, timeout=self.timeout_s
@@ -93,14 +103,15 @@ class LedgerClient:
         except requests.RequestException as exc:
             raise Unavailable(f"the ledger at {url} is unreachable: {exc}") from exc
         if response.status_code == 200:
-            reply = parse_http(dict(response.headers), response.content)
-            return reply.type, reply.data
+            return parse_http(dict(response.headers), response.content)
         message_text = _message(response)
         if response.status_code == 404:
             raise NotFound(message_text)
         if 400 <= response.status_code < 500:
             raise FunctionError(
-                f"the ledger refused {event_type}: {message_text}", status=response.status_code
+                f"the ledger refused {event_type}: {message_text}",
+                status=response.status_code,
+                error_type=INVALID_REQUEST,
             )
         raise Unavailable(f"the ledger answered {response.status_code}: {message_text}")
 
@@ -110,3 +121,10 @@ def _message(response: requests.Response) -> str:
         return str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return response.text[:300]
+
+
+def _parse(model: type[M], reply: Incoming) -> M:
+    try:
+        return model.model_validate(reply.data)
+    except ValidationError as exc:
+        raise Unavailable(f"the ledger answered an invalid {reply.type}: {describe(exc)}") from exc

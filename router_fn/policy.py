@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from events.openai import DEFAULT_MAX_TOKENS
 from router_fn.tierstate import ClusterState, Load
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 
@@ -40,7 +41,7 @@ class PolicyConfig:
     cold_start_ms_base: int = 2000
     cold_start_ms_per_billion: int = 4000
     # Completion tokens assumed when the request does not bound them (price and service time).
-    completion_tokens: int = 256
+    completion_tokens: int = DEFAULT_MAX_TOKENS
 
 
 DEFAULT_CONFIG = PolicyConfig()

@@ -1,8 +1,18 @@
-"""The route function: ``io.tollgate.route.requested.v1`` -> reply ``io.tollgate.route.decided.v1``.
+"""The route function: the network's say in routing, and routing decisions on request.
+
+The ingress routes every request itself, in-process (router_fn/policy.py over the tier state in
+the store): a network hop per request would cost far more than the decision (bench/route.py).
+This function does what the ingress does not:
+- it consumes ``io.tollgate.network.site.degraded.v1`` / ``restored.v1`` from the broker and
+  writes them to the shared tier state every ingress routes on. Broker deliveries go to a
+  cluster-local function, not to the public ingress;
+- it answers ``io.tollgate.route.requested.v1`` POSTed to it with
+  ``io.tollgate.route.decided.v1``: where a request would go and why, by the same policy over the
+  same state, without running or paying for it (ops, a console).
 
 Answers, by Knative's delivery rules:
-- 200 with the decision;
-- 404 for a model the platform does not serve, 400 for bad data or an unknown plan;
+- 200 with the decision; 204 for a site event applied;
+- 404 for a model the platform does not serve, 400 for bad data, an unknown plan or cluster;
 - 422 when no cluster can ever serve the request as asked (model too big for every allowed
   tier, residency that excludes every host, a pin to a tier without the model, ...): retrying
   cannot help, so it is a 4xx, with each cluster's reason;

@@ -86,7 +86,6 @@ def plan(
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
         "TOLLGATE_LEDGER_URL": urls[LEDGER],
-        "TOLLGATE_ROUTE_URL": urls[ROUTE],
     }
     processes = [
         *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),
@@ -114,6 +113,8 @@ def _infer_processes(
             **env,
             "TOLLGATE_ENGINE": "llamacpp",
             "TOLLGATE_MODEL_NAME": model.served_name,
+            # The context the template declares, as render gives it: the ingress quotes by it.
+            "TOLLGATE_N_CTX": str(model.context_length),
             "TOLLGATE_TIER": tier,
             "TOLLGATE_CLUSTER": template.clusters_for_tier(tier)[0].name,
         }

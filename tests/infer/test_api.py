@@ -3,7 +3,6 @@ token is known — through the real app on a real HTTP server, with the official
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -105,7 +104,7 @@ def test_bad_input_gets_its_status_and_the_engine_still_serves(
     status: int,
     code: str | None,
 ) -> None:
-    config = dataclasses.replace(config, max_body_bytes=4096)
+    config = config.model_copy(update={"max_body_bytes": 4096})
     server = serve(create_app(config, engine=ScriptedEngine(WORDS)))
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     reply = requests.post(
@@ -126,7 +125,7 @@ def test_bad_input_gets_its_status_and_the_engine_still_serves(
 
 
 def test_chunked_body_over_the_limit_is_413(serve: type[Server], config: InferConfig) -> None:
-    config = dataclasses.replace(config, max_body_bytes=1024)
+    config = config.model_copy(update={"max_body_bytes": 1024})
     server = serve(create_app(config, engine=ScriptedEngine(WORDS)))
     chunks = iter([b'{"model": "scripted", "messages": [', b" " * 2048, b"]}"])
     reply = requests.post(f"{server.url}/v1/chat/completions", data=chunks, timeout=10)
@@ -135,7 +134,7 @@ def test_chunked_body_over_the_limit_is_413(serve: type[Server], config: InferCo
 
 
 def test_full_queue_answers_429_with_retry_after(serve: type[Server], config: InferConfig) -> None:
-    config = dataclasses.replace(config, concurrency=1, queue_size=1, retry_after_seconds=3)
+    config = config.model_copy(update={"concurrency": 1, "queue_size": 1, "retry_after_seconds": 3})
     engine = ScriptedEngine(WORDS[:10], token_seconds=0.1)
     app = create_app(config, engine=engine)
     host = engine_host(app)

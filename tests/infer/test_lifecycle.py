@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import requests
@@ -41,7 +40,7 @@ def test_cold_start_then_warm(serve: type[Server], config: InferConfig) -> None:
 
 def test_unloads_after_idle_and_loads_again(serve: type[Server], config: InferConfig) -> None:
     engine = ScriptedEngine(["a"], load_seconds=0.05)
-    server = serve(create_app(dataclasses.replace(config, idle_seconds=0.3), engine=engine))
+    server = serve(create_app(config.model_copy(update={"idle_seconds": 0.3}), engine=engine))
     requests.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=10)
     assert engine.loaded
     deadline = time.monotonic() + 5
@@ -57,7 +56,7 @@ def test_unloads_after_idle_and_loads_again(serve: type[Server], config: InferCo
 
 def test_never_unloads_under_a_running_stream(serve: type[Server], config: InferConfig) -> None:
     engine = ScriptedEngine([f"w{i}" for i in range(10)], token_seconds=0.1)
-    server = serve(create_app(dataclasses.replace(config, idle_seconds=0.05), engine=engine))
+    server = serve(create_app(config.model_copy(update={"idle_seconds": 0.05}), engine=engine))
     loaded_throughout = True
     with requests.post(
         f"{server.url}/v1/chat/completions", json={**CHAT, "stream": True}, stream=True, timeout=10

@@ -5,21 +5,25 @@ same file) and the model's tokenization of the answer."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import llama_cpp
 import openai
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from events.openai import ChatRequest, CompletionRequest
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
 from infer_fn.app import create_app
 from infer_fn.config import InferConfig
+from infer_fn.engines.base import InvalidRequest, SamplingParams
 from infer_fn.engines.llamacpp import LlamaCppEngine
 from tests.infer.conftest import (
     FRANCE_MESSAGES,
@@ -176,7 +180,7 @@ def test_cold_start_warm_and_idle_unload_of_the_real_model(
     serve: type[Server], model_config: InferConfig
 ) -> None:
     engine = LlamaCppEngine(model_config.resolved_model_path(), MODEL, n_ctx=512, threads=None)
-    config = dataclasses.replace(model_config, idle_seconds=1.0)
+    config = model_config.model_copy(update={"idle_seconds": 1.0})
     server = serve(create_app(config, engine=engine))
     body = {"model": MODEL, "messages": FRANCE_MESSAGES, "temperature": 0, "max_tokens": 12}
     first = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
@@ -232,3 +236,47 @@ def test_configured_from_the_environment_and_served_like_on_knative(sink: Sink) 
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+BOUND_CHATS: list[list[dict[str, Any]]] = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "user", "content": ""}],
+    [{"role": "assistant", "content": None}, {"role": "tool", "content": ""}],
+    [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]}],
+    [{"role": "user", "content": "<|im_start|>system<|im_end|>" * 8}],
+    [{"role": "user", "content": "Grüße, 東京 🚀 " * 40}],
+    [{"role": "user", "content": ""}] * 40,
+]
+
+
+@pytest.mark.parametrize("messages", BOUND_CHATS)
+def test_the_quoted_prompt_bound_holds_for_the_real_chat_template(
+    llama_engine: LlamaCppEngine, messages: list[dict[str, Any]]
+) -> None:
+    """The ingress quotes a prompt it has not tokenized: its bound must cover what the model's
+    template and tokenizer make of it, default system prompt included."""
+    request = ChatRequest.model_validate({"model": MODEL, "messages": messages})
+    rendered = [m.for_template() for m in request.messages]
+    gen = llama_engine.chat(rendered, SamplingParams(max_tokens=1))
+    gen.close()
+    assert 0 < gen.prompt_tokens <= request.prompt_tokens_bound()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(max_size=200), min_size=1, max_size=6), st.text(min_size=1, max_size=400))
+def test_the_prompt_bound_holds_for_any_text(
+    llama_engine: LlamaCppEngine, texts: list[str], prompt: str
+) -> None:
+    chat = ChatRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": t} for t in texts]}
+    )
+    gen = llama_engine.chat([m.for_template() for m in chat.messages], SamplingParams(max_tokens=1))
+    gen.close()
+    assert gen.prompt_tokens <= chat.prompt_tokens_bound()
+    completion = CompletionRequest.model_validate({"model": MODEL, "prompt": prompt})
+    try:
+        gen = llama_engine.complete(completion.text, SamplingParams(max_tokens=1))
+    except InvalidRequest:  # nothing the tokenizer keeps (control characters): refused, unrun
+        return
+    gen.close()
+    assert gen.prompt_tokens <= completion.prompt_tokens_bound()

@@ -110,6 +110,34 @@ def test_bad_config_is_refused(env: dict[str, str]) -> None:
         InferConfig.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TOLLGATE_ENGINE": "tensorrt"}, "TOLLGATE_ENGINE: Input should be 'llamacpp' or"),
+        ({"TOLLGATE_ENGINE": "openai-upstream"}, "openai-upstream needs TOLLGATE_UPSTREAM_URL"),
+        ({"TOLLGATE_CONCURRENCY": "0"}, "TOLLGATE_CONCURRENCY: Input should be greater than"),
+        ({"TOLLGATE_MAX_BODY_BYTES": "lots"}, "TOLLGATE_MAX_BODY_BYTES: Input should be a valid"),
+        ({"TOLLGATE_ENGINE_THREADS": "0"}, "TOLLGATE_ENGINE_THREADS: Input should be greater"),
+    ],
+)
+def test_bad_config_names_the_variable_and_what_was_set(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match="invalid infer configuration") as refused:
+        InferConfig.from_env(env)
+    assert named in str(refused.value)
+    assert "default factory" not in str(refused.value)  # only the variable that is wrong
+
+
+def test_only_from_env_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_TIER", "regional")
+    monkeypatch.setenv("TOLLGATE_ENGINE_THREADS", " 3 ")
+    monkeypatch.setenv("TOLLGATE_CLUSTER", "")  # set but empty: unset
+    assert InferConfig().tier == "edge"
+    config = InferConfig.from_env()
+    assert (config.tier, config.threads, config.cluster) == ("regional", 3, "local")
+    with pytest.raises(ValueError):
+        InferConfig(tierr="x")  # type: ignore[call-arg]  # a misspelt setting is refused
+
+
 def test_default_model_ships_in_the_package() -> None:
     path = default_model_path()
     assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000

@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from events import types
+from events import catalogue, types
 from functions.cloudevent import parse_http
 from functions.config import Settings
 from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
+from tests.infer.conftest import Sink
 from tests.ledger.helpers import funded, invariant, send
 
 
@@ -251,6 +252,58 @@ def test_sweep_expires_overdue_holds(sqlite_store: Store) -> None:
     kind, data = reply(send(client, types.HOLDS_SWEEP, {}))
     assert kind == types.HOLDS_SWEPT and data["holds_expired"] == 1
     assert invariant(ledger, "acme")["available"] == 1000
+
+
+def test_every_reply_and_emitted_fact_is_its_catalogue_model(sqlite_store: Store) -> None:
+    clock = Clock()
+    ledger = funded(sqlite_store, clock, "acme", 1000)
+    sink = Sink()
+    settings = Settings(store_url="unused", admin_token=None, sink=sink.url, port=0)
+    client = create_app(
+        "ledger", settings=settings, store=sqlite_store, ledger=ledger
+    ).test_client()
+    commands: list[tuple[str, dict[str, Any], str]] = [
+        (
+            types.CREDITS_GRANT,
+            {"account_id": "acme", "amount": 5, "expires_at": "2099-01-01T00:00:00Z"},
+            types.CREDITS_GRANTED,
+        ),
+        (types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 10**6}, types.HOLD_DECLINED),
+        (types.PLANS_RENEW, {}, types.PLANS_RENEWED),
+    ]
+    replies = [
+        (expected, reply(send(client, event_type, data))) for event_type, data, expected in commands
+    ]
+    settled, refunded = authorize(client, 30), authorize(client, 40)
+    replies += [
+        (
+            types.HOLD_SETTLED,
+            reply(send(client, types.HOLD_SETTLE, {"hold_id": settled, "amount": 3})),
+        ),
+        (types.HOLD_REFUNDED, reply(send(client, types.HOLD_REFUND, {"hold_id": refunded}))),
+    ]
+    authorize(client, 300)
+    clock.advance(301)
+    replies.append((types.HOLDS_SWEPT, reply(send(client, types.HOLDS_SWEEP, {}))))
+    for expected, (kind, data) in replies:
+        assert kind == expected
+        assert catalogue.parse(kind, data).model_dump(mode="json") == data
+    assert replies[0][1][1]["expires_at"] == "2099-01-01T00:00:00Z"
+    [expired] = sink.wait_for(1)
+    assert expired["type"] == types.HOLD_EXPIRED
+    assert catalogue.parse(types.HOLD_EXPIRED, expired.data).model_dump() == expired.data
+    sink.close()
+
+
+def test_settle_takes_no_usage(client: FlaskClient, ledger: Ledger) -> None:
+    """The operator's settle names the amount; usage is what inference.completed reports."""
+    hold = authorize(client, 50)
+    usage = {"prompt_tokens": 1, "completion_tokens": 1}
+    data = {"hold_id": hold, "amount": 5, "usage": usage}
+    response = send(client, types.HOLD_SETTLE, data)
+    assert response.status_code == 400
+    assert "usage: Extra inputs are not permitted" in response.get_json()["error"]["message"]
+    assert ledger.balance("acme")["held"] == 50
 
 
 def test_health_readiness_metrics(client: FlaskClient) -> None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from events.openai import DEFAULT_MAX_TOKENS
 from router_fn.policy import Decision, NoRoute, RouteRequest, decide, reason_header, size
 from router_fn.tierstate import ClusterState, Load
 from router_fn.topology import PlanSpec, Topology
@@ -220,7 +221,8 @@ def test_per_second_plans_compare_engine_second_rates() -> None:
 def test_queue_wait_is_the_queue_drained_by_the_running_slots() -> None:
     request = RouteRequest(SMALL, latency_budget_ms=5)
     d = route(request, all_warm(state("edge-a", load_=load(3))))
-    assert _predicted(d, "edge-a") == 8 + 3 * 6400  # 256 tokens at the default 40 tokens/s
+    # No max_tokens: the default the ingress would price (4096) at the default 40 tokens/s.
+    assert _predicted(d, "edge-a") == 8 + 3 * (DEFAULT_MAX_TOKENS * 1000 // 40)
     observed = all_warm(state("edge-a", load_=load(4, running=2, tps=100.0)))
     d = route(RouteRequest(SMALL, latency_budget_ms=5, max_tokens=50), observed)
     assert _predicted(d, "edge-a") == 8 + 4 * 500 // 2  # 50 tokens at 100 tokens/s, 2 slots

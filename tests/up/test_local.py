@@ -34,7 +34,7 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     assert ingress.port == 8080
     assert ingress.env["K_SINK"] == "http://127.0.0.1:9999"
     assert ingress.env["TOLLGATE_LEDGER_URL"] == platform.url("ledger")
-    assert ingress.env["TOLLGATE_ROUTE_URL"] == platform.url("route")
+    assert "TOLLGATE_ROUTE_URL" not in ingress.env  # the ingress routes in-process
     assert ingress.env["TOLLGATE_STORE"] == f"sqlite:///{(tmp_path / 'tollgate.db').resolve()}"
     edge = platform.processes[3]
     assert edge.argv[-1] == "infer"
