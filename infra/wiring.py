@@ -112,6 +112,7 @@ def plan_grants(template: Template) -> dict[str, PlanGrant]:
             tiers=plan.tiers,
             models=plan.models,
             rollover=getattr(plan, "rollover", False),
+            top_ups=getattr(plan, "top_ups", ()),
         )
     return grants
 

@@ -30,6 +30,7 @@ class PlanGrant:
     tiers: tuple[str, ...] = ()  # empty: any tier
     models: tuple[str, ...] = ()  # empty: any model
     rollover: bool = False
+    top_ups: tuple[int, ...] = ()  # credits of the top-ups the plan sells
 
 
 def period_of(moment: int) -> str:

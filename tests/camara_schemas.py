@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,21 @@ class Unresolvable(Exception):
     """A $ref points at a component none of the available documents defines."""
 
 
+class _DecimalLoader(yaml.SafeLoader):
+    """Numbers with a fraction as exact decimals: money amounts are checked against
+    ``multipleOf: 0.001`` exactly (a float 7.65 is not a multiple of a float 0.001)."""
+
+
+def _decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
+    return Decimal(str(loader.construct_scalar(node)).replace("_", ""))
+
+
+_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal)
+
+
 @functools.cache
 def document(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((SPECS / name).read_text())
+    loaded: dict[str, Any] = yaml.load((SPECS / name).read_text(), Loader=_DecimalLoader)  # noqa: S506
     return loaded
 
 
@@ -96,7 +109,7 @@ def _prepared(doc: dict[str, Any]) -> dict[str, Any]:
 def _common(name: str) -> dict[str, Any]:
     real = SPECS / "common" / name
     if real.exists():
-        loaded: dict[str, Any] = yaml.safe_load(real.read_text())
+        loaded: dict[str, Any] = yaml.load(real.read_text(), Loader=_DecimalLoader)  # noqa: S506
         return loaded
     # Commonalities' envelope "imposes no constraints on type values": the discriminator
     # network-slice-booking adds to its copy is its own.
@@ -128,10 +141,20 @@ def errors(doc: str, pointer: str, instance: Any) -> list[str]:
         raise Unresolvable(str(exc).splitlines()[0][:160]) from exc
 
 
+def _number(instance: object) -> bool:
+    return not isinstance(instance, bool)
+
+
+# OpenAPI's float/double formats qualify a JSON number; amounts are read as exact decimals.
+FORMATS = copy.deepcopy(oas30_format_checker)
+FORMATS.checks("float")(_number)
+FORMATS.checks("double")(_number)
+
+
 @functools.cache
 def _validator(doc: str, pointer: str) -> OAS30Validator:
     return OAS30Validator(
-        {"$ref": BASE + doc + pointer}, registry=registry(), format_checker=oas30_format_checker
+        {"$ref": BASE + doc + pointer}, registry=registry(), format_checker=FORMATS
     )
 
 
