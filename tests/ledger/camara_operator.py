@@ -118,8 +118,9 @@ class Operator:
 
     def _post(self, doc: str, sink: tuple[str, str], event_type: str, data: dict[str, Any]) -> None:
         url, token = sink
-        event = {
-            "id": f"ev-{next(self._ids)}",
+        event_id = f"ev-{next(self._ids)}"
+        event: dict[str, Any] = {
+            "id": event_id,
             "source": "https://operator.test/carrier-billing",
             "type": event_type,
             "specversion": "1.0",
@@ -134,7 +135,7 @@ class Operator:
             response = requests.post(
                 url,
                 json=event,
-                headers={"Authorization": f"Bearer {token}", "x-correlator": event["id"]},
+                headers={"Authorization": f"Bearer {token}", "x-correlator": event_id},
                 timeout=10,
                 verify=False,
             )
