@@ -5,6 +5,7 @@ the operator's notifications as CloudEvents to the ledger."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 
 from events.adapter import Mapped
 from functions.app import create_app as create_function_app
@@ -20,6 +22,7 @@ from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
 from functions.store import Store
+from infra.cli import main as cli
 from ledger_fn.app import create_app as ledger_app
 from ledger_fn.carrier_client import CarrierUnreachable
 from ledger_fn.ledger import Ledger
@@ -418,3 +421,20 @@ def test_refunds_never_take_more_than_the_unspent_remainder(platform: Platform) 
     assert platform.admin("POST", path, {"credits": 1_234}).status_code == 400  # not whole cents
     assert [r for r in platform.operator.requests if r[0] == "refund"] == []
     assert invariant(platform.ledger, "dev")["available"] == 400_000
+
+
+def test_the_cli_buys_and_confirms_through_the_admin_api(platform: Platform) -> None:
+    env = {"TOLLGATE_ADMIN_URL": platform.ledger_url, "TOLLGATE_ADMIN_TOKEN": ADMIN}
+    runner = CliRunner(env=env)
+    bought = runner.invoke(
+        cli, ["ledger", "topup", "buy", "dev", "--phone", PHONE, "--credits", "1000000"]
+    )
+    assert bought.exit_code == 0, bought.output
+    topup_id = json.loads(bought.output)["topup_id"]
+    confirmed = runner.invoke(cli, ["ledger", "topup", "confirm", "dev", topup_id])
+    assert confirmed.exit_code == 0, confirmed.output
+    wait_until(lambda: granted(platform) == 1_000_000, "the grant")
+    refused = runner.invoke(
+        cli, ["ledger", "topup", "buy", "dev", "--phone", PHONE, "--credits", "7"]
+    )
+    assert refused.exit_code == 1 and "not a top-up of account dev's plan" in refused.output
