@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import simplejson
 import yaml
 from jsonschema.exceptions import ValidationError, best_match
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
@@ -236,10 +238,11 @@ def event_errors(doc: str, body: dict[str, Any]) -> list[str]:
 
 
 def notification_examples(doc: str) -> dict[str, dict[str, Any]]:
-    """Every example CloudEvent a document gives for its notifications, by example name."""
+    """Every example CloudEvent a document gives for its notifications, by example name, as the
+    JSON a sender posts (numbers as JSON numbers, not the exact decimals the schemas load)."""
     examples = document(doc).get("components", {}).get("examples", {})
     return {
-        name: example["value"]
+        name: json.loads(simplejson.dumps(example["value"], use_decimal=True))
         for name, example in examples.items()
         if isinstance(example.get("value"), dict)
         and str(example["value"].get("type", "")).startswith("org.camaraproject.")
