@@ -1,21 +1,39 @@
 """CAMARA notifications (CloudEvents 1.0, structured mode) and their mapping to Tollgate's events.
 
-Shapes follow the CAMARA API definitions: the envelope and the subscription lifecycle data from
-Commonalities' CAMARA_event_common.yaml; network-quality from connectivity-insights-subscriptions
-(v0); roaming-status from device-roaming-status-subscriptions (v0); qos-status-changed from
-quality-on-demand (v1); status-changed from network-slice-booking (v0: sliceId, serviceTime,
-serviceArea, sliceQosProfile and the slice lifecycle status PENDING/AVAILABLE/OPERATING/DELETED).
+Every shape here is read from the official API definitions (copies and provenance in
+tests/camara_specs/, where tests validate each model against its document's schema and feed the
+documents' own example events through ``from_camara``):
+
+- network-slice-booking v0 (wip, NetworkSliceBooking@d21ca98): ``status-changed`` carries the
+  booked slice's ``SliceInfo`` (sliceId, serviceTime, serviceArea, sliceQosProfile) and no status
+  field: it announces the booking. The API sends no deletion event (the consumer deletes a slice).
+- connectivity-insights-subscriptions v0 (wip, ConnectivityInsights@fe98a77): ``network-quality``
+  (NetworkQualityInsight) and Commonalities' ``subscription-started/-updated/-ended``.
+- quality-on-demand v1 (wip, QualityOnDemand@e29b052): ``qos-status-changed`` only; QoD sessions
+  are implicit subscriptions and send no lifecycle events.
+- device-roaming-status-subscriptions v0 (0.7.0, DeviceStatus@a628ed7): ``roaming-status``,
+  ``roaming-on``, ``roaming-off``, ``roaming-change-country`` and ``subscription-ends``.
+
 Fields we do not read are ignored (CAMARA adds fields between versions); fields we read are
-checked strictly, and any problem refuses the whole notification."""
+checked as strictly as the documents say, and any problem refuses the whole notification."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from events import network
 from events.adapter import Mapped, NetworkEventError, mapped, parse
@@ -25,6 +43,44 @@ EVENT_TYPE: Final = re.compile(
     r"^org\.camaraproject\.(?P<api>[a-z0-9-]+)\.(?P<version>v\d+)\.(?P<event>[a-z0-9-]+)$"
 )
 Id = Annotated[str, Field(min_length=1, max_length=256)]
+Uuid = Annotated[
+    str,
+    Field(
+        max_length=36,
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    ),
+]
+Description = Annotated[str, Field(max_length=512)]
+
+
+RFC3339: Final = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$"
+)
+
+
+def _text(value: Any) -> Any:
+    # A missing offset is let through so that the timezone check names it.
+    if not isinstance(value, str) or not RFC3339.match(value):
+        raise ValueError("an RFC 3339 date-time string is needed, e.g. 2026-12-31T23:59:59Z")
+    return value
+
+
+# A JSON date-time string with its time zone (pydantic alone would also take epoch numbers).
+DateTime = Annotated[Timestamp, BeforeValidator(_text)]
+
+
+class CamaraData(OpenEventData):
+    """Data from a CAMARA document: no field is nullable there (OpenAPI 3.0 without
+    ``nullable``), so an explicit null is refused; an absent optional field is fine."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            nulls = [k for k, v in value.items() if v is None and k in cls.model_fields]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)}: null is not allowed (omit the field)")
+        return value
 
 
 @dataclass(frozen=True)
@@ -39,39 +95,53 @@ class SubscriptionBinding:
     degradation_s: int | None = None  # how long a degradation holds unless renewed
 
 
-class CamaraNotification(OpenEventData):
-    """The CAMARA notification envelope. ``time`` is mandatory in CAMARA (optional in CloudEvents);
-    extension attributes are allowed and ignored."""
+class CamaraEnvelope(CamaraData):
+    """The CAMARA notification envelope (Commonalities' CloudEvent). ``time`` is mandatory in
+    CAMARA (optional in CloudEvents); every event Tollgate reads carries ``data``. Extension
+    attributes are allowed and ignored."""
 
     specversion: Literal["1.0"]
     id: Id
     source: Annotated[str, Field(min_length=1, max_length=2048)]
     type: Annotated[str, Field(min_length=1, max_length=512)]
-    time: Timestamp
+    time: DateTime
     datacontenttype: Literal["application/json"] | None = None
     data: dict[str, Any]
 
 
-Handler = Callable[[CamaraNotification, SubscriptionBinding], list[Mapped]]
+def envelope_of(body: Any) -> CamaraEnvelope:
+    if not isinstance(body, dict):
+        raise NetworkEventError("a CAMARA notification is a JSON object (a structured CloudEvent)")
+    return parse(CamaraEnvelope, body, "CloudEvent")
 
 
-# -- network-slice-booking ------------------------------------------------------------------
+Handler = Callable[[CamaraEnvelope, SubscriptionBinding], list[Mapped]]
 
 
-class TimePeriod(OpenEventData):
-    startDate: Timestamp
-    endDate: Timestamp
+# -- network-slice-booking v0 ---------------------------------------------------------------
 
 
-class Point(OpenEventData):
-    latitude: float = Field(ge=-90, le=90)
-    longitude: float = Field(ge=-180, le=180)
+class TimePeriod(CamaraData):
+    """A start and, optionally, an end: without ``endDate`` the period has no ending date."""
+
+    startDate: DateTime
+    endDate: DateTime | None = None
 
 
-class Area(OpenEventData):
+Number = StrictFloat  # any JSON number (an integer too), never a numeric string
+
+
+class Point(CamaraData):
+    latitude: Annotated[Number, Field(ge=-90, le=90)]
+    longitude: Annotated[Number, Field(ge=-180, le=180)]
+
+
+class Area(CamaraData):
+    """``Circle`` (center, radius in metres >= 1) or ``Polygon`` (3 to 15 points)."""
+
     areaType: Literal["CIRCLE", "POLYGON"]
     center: Point | None = None
-    radius: float | None = Field(default=None, ge=1)
+    radius: Annotated[Number, Field(ge=1)] | None = None
     boundary: list[Point] | None = Field(default=None, min_length=3, max_length=15)
 
     @model_validator(mode="after")
@@ -83,30 +153,48 @@ class Area(OpenEventData):
         return self
 
 
-class SliceStatusChanged(OpenEventData):
-    sliceId: Id
-    status: Literal["PENDING", "AVAILABLE", "OPERATING", "DELETED"]
-    serviceTime: TimePeriod | None = None
-    serviceArea: Area | None = None
-    sliceQosProfile: dict[str, Any] | None = None
+class Rate(CamaraData):
+    value: Annotated[StrictInt, Field(ge=0, le=1024)] | None = None
+    unit: Literal["bps", "kbps", "Mbps", "Gbps", "Tbps"] | None = None
 
 
-def _slice_status_changed(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
-    data = parse(SliceStatusChanged, event.data, f"{event.type} data")
-    if data.status == "PENDING":  # requested, not yet reserved: nothing to grant or release
-        return []
-    if data.status == "DELETED":
-        released = network.SliceReleased(slice_id=data.sliceId, source_event=event.type)
-        return [mapped(network.SLICE_RELEASED, released, data.sliceId)]
+class Duration(CamaraData):
+    value: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] | None = None
+    unit: (
+        Literal[
+            "Days", "Hours", "Minutes", "Seconds", "Milliseconds", "Microseconds", "Nanoseconds"
+        ]
+        | None
+    ) = None
+
+
+class SliceQosProfile(CamaraData):
+    maxNumOfDevices: Annotated[StrictInt, Field(ge=1, le=20)] | None = None
+    downStreamRatePerDevice: Rate | None = None
+    upStreamRatePerDevice: Rate | None = None
+    downStreamDelayBudget: Duration | None = None
+    upStreamDelayBudget: Duration | None = None
+
+
+class SliceInfo(CamaraData):
+    sliceId: Uuid
+    serviceTime: TimePeriod
+    serviceArea: Area
+    sliceQosProfile: SliceQosProfile
+
+
+def _slice_booked(event: CamaraEnvelope, binding: SubscriptionBinding) -> list[Mapped]:
+    """The booked slice: its time bounds the bundle's validity and the edge warm-up window,
+    its area says which sites serve it."""
+    data = parse(SliceInfo, event.data, f"{event.type} data")
     period = data.serviceTime
     booked = parse(
         network.SliceBooked,
         {
             "slice_id": data.sliceId,
-            "status": data.status,
-            "service_time": period and {"start": period.startDate, "end": period.endDate},
-            "service_area": data.serviceArea and data.serviceArea.model_dump(exclude_none=True),
-            "qos_profile": data.sliceQosProfile,
+            "service_time": {"start": period.startDate, "end": period.endDate},
+            "service_area": event.data["serviceArea"],
+            "qos_profile": event.data["sliceQosProfile"],
             "source_event": event.type,
         },
         f"{event.type} data",
@@ -114,7 +202,7 @@ def _slice_status_changed(event: CamaraNotification, binding: SubscriptionBindin
     return [mapped(network.SLICE_BOOKED, booked, data.sliceId)]
 
 
-# -- connectivity-insights-subscriptions ----------------------------------------------------
+# -- connectivity-insights-subscriptions v0 -------------------------------------------------
 
 MEETS: Final = "meets the application requirements"
 UNABLE: Final = "unable to meet the application requirements"
@@ -130,13 +218,13 @@ KPIS: Final = (
 )
 
 
-class AdditionalKpis(OpenEventData):
+class AdditionalKpis(CamaraData):
     signalStrength: Literal["excellent", "good", "fair", "poor", "no signal"] | None = None
     connectivityType: Literal["5G-SA", "5G-NSA", "4G", "3G"] | None = None
 
 
-class NetworkQuality(OpenEventData):
-    applicationProfileId: str | None = None
+class NetworkQualityInsight(CamaraData):
+    applicationProfileId: Uuid | None = None
     packetDelayBudget: Confidence | None = None
     targetMinDownstreamRate: Confidence | None = None
     targetMinUpstreamRate: Confidence | None = None
@@ -145,14 +233,14 @@ class NetworkQuality(OpenEventData):
     additionalKpis: AdditionalKpis | None = None
 
     @model_validator(mode="after")
-    def _judged(self) -> NetworkQuality:
+    def _judged(self) -> NetworkQualityInsight:
         if all(getattr(self, kpi) is None for kpi in KPIS):
             raise ValueError(f"no KPI to judge: expected at least one of {', '.join(KPIS)}")
         return self
 
 
-def _network_quality(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
-    data = parse(NetworkQuality, event.data, f"{event.type} data")
+def _network_quality(event: CamaraEnvelope, binding: SubscriptionBinding) -> list[Mapped]:
+    data = parse(NetworkQualityInsight, event.data, f"{event.type} data")
     judged = {kpi: getattr(data, kpi) for kpi in KPIS if getattr(data, kpi) is not None}
     metrics: dict[str, network.Metric] = {
         kpi: "meets" if verdict == MEETS else "unable" for kpi, verdict in judged.items()
@@ -178,16 +266,16 @@ def _network_quality(event: CamaraNotification, binding: SubscriptionBinding) ->
     return [mapped(network.SITE_RESTORED, restored, binding.cluster)]
 
 
-# -- quality-on-demand ----------------------------------------------------------------------
+# -- quality-on-demand v1 -------------------------------------------------------------------
 
 
-class QosStatusChanged(OpenEventData):
-    sessionId: Id
+class QosStatusChanged(CamaraData):
+    sessionId: Uuid
     qosStatus: Literal["AVAILABLE", "UNAVAILABLE"]
     statusInfo: Literal["DURATION_EXPIRED", "NETWORK_TERMINATED", "DELETE_REQUESTED"] | None = None
 
 
-def _qos_status_changed(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
+def _qos_status_changed(event: CamaraEnvelope, binding: SubscriptionBinding) -> list[Mapped]:
     data = parse(QosStatusChanged, event.data, f"{event.type} data")
     changed = network.QosChanged(
         session_id=data.sessionId,
@@ -199,65 +287,120 @@ def _qos_status_changed(event: CamaraNotification, binding: SubscriptionBinding)
     return [mapped(network.QOS_CHANGED, changed, data.sessionId)]
 
 
-# -- device-roaming-status-subscriptions ----------------------------------------------------
+# -- device-roaming-status-subscriptions v0 -------------------------------------------------
 
 
-class RoamingStatus(OpenEventData):
+class DeviceIpv4Addr(CamaraData):
+    publicAddress: IPv4Address | None = None
+    privateAddress: IPv4Address | None = None
+    publicPort: Annotated[StrictInt, Field(ge=0, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _identifies(self) -> DeviceIpv4Addr:
+        if self.publicAddress is None or (self.privateAddress is None and self.publicPort is None):
+            raise ValueError("ipv4Address needs publicAddress and privateAddress or publicPort")
+        return self
+
+
+class Device(CamaraData):
+    """At least one identifier; kept as sent in Tollgate's event."""
+
+    phoneNumber: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{4,14}$")] | None = None
+    networkAccessIdentifier: StrictStr | None = None
+    ipv4Address: DeviceIpv4Addr | None = None
+    ipv6Address: IPv6Address | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not value:
+            raise ValueError("a device needs at least one identifier")
+        return value
+
+
+class DeviceEvent(CamaraData):
+    """BasicDeviceEventData: roaming-on and roaming-off carry only this."""
+
     subscriptionId: Id
-    device: dict[str, Any] | None = None
+    device: Device | None = None
+
+
+class RoamingStatus(DeviceEvent):
     roaming: StrictBool
     countryCode: StrictInt | None = None
-    countryName: list[str] | None = None
+    countryName: list[StrictStr] | None = None
 
 
-def _roaming_status(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
-    data = parse(RoamingStatus, event.data, f"{event.type} data")
-    changed = parse(
-        network.RoamingChanged,
-        {
-            "device": data.device,
-            "roaming": data.roaming,
-            "country_code": data.countryCode,
-            "countries": data.countryName or [],
-            "subscription_id": data.subscriptionId,
-            "source_event": event.type,
-        },
-        f"{event.type} data",
-    )
-    return [mapped(network.ROAMING_CHANGED, changed, data.subscriptionId)]
+class RoamingChangeCountry(DeviceEvent):
+    countryCode: StrictInt
+    countryName: list[StrictStr]
 
 
-# -- subscription lifecycle (every API with explicit subscriptions) -------------------------
+def _roaming(
+    model: type[DeviceEvent], roaming: bool | None = None
+) -> Callable[[CamaraEnvelope, SubscriptionBinding], list[Mapped]]:
+    """roaming-status says whether the device roams; roaming-on/-off say it by their type; a
+    device that changes country while roaming is still roaming."""
+
+    def handle(event: CamaraEnvelope, binding: SubscriptionBinding) -> list[Mapped]:
+        data = parse(model, event.data, f"{event.type} data")
+        changed = parse(
+            network.RoamingChanged,
+            {
+                "device": event.data.get("device"),
+                "roaming": getattr(data, "roaming", roaming),
+                "country_code": getattr(data, "countryCode", None),
+                "countries": getattr(data, "countryName", None) or [],
+                "subscription_id": data.subscriptionId,
+                "source_event": event.type,
+            },
+            f"{event.type} data",
+        )
+        return [mapped(network.ROAMING_CHANGED, changed, data.subscriptionId)]
+
+    return handle
 
 
-class SubscriptionStarted(OpenEventData):
+# -- subscription lifecycle -----------------------------------------------------------------
+
+TerminationReason = Literal[
+    "MAX_EVENTS_REACHED",
+    "NETWORK_TERMINATED",
+    "SUBSCRIPTION_EXPIRED",
+    "ACCESS_TOKEN_EXPIRED",
+    "SUBSCRIPTION_DELETED",
+]
+
+
+class SubscriptionStarted(CamaraData):
+    """Commonalities' SubscriptionStarted."""
+
     subscriptionId: Id
     initiationReason: Literal["SUBSCRIPTION_CREATED"]
-    initiationDescription: str | None = None
+    initiationDescription: Description | None = None
 
     def reason(self) -> tuple[str, str | None]:
         return self.initiationReason, self.initiationDescription
 
 
-class SubscriptionUpdated(OpenEventData):
+class SubscriptionUpdated(CamaraData):
+    """Commonalities' SubscriptionUpdated."""
+
     subscriptionId: Id
     updateReason: Literal["SUBSCRIPTION_ACTIVE", "SUBSCRIPTION_INACTIVE"]
-    updateDescription: str | None = None
+    updateDescription: Description | None = None
 
     def reason(self) -> tuple[str, str | None]:
         return self.updateReason, self.updateDescription
 
 
-class SubscriptionEnded(OpenEventData):
+class SubscriptionEnded(CamaraData):
+    """Commonalities' SubscriptionEnded; device-roaming-status-subscriptions v0's SubscriptionEnds
+    has the same fields (plus the device, which is not read)."""
+
     subscriptionId: Id
-    terminationReason: Literal[
-        "MAX_EVENTS_REACHED",
-        "NETWORK_TERMINATED",
-        "SUBSCRIPTION_EXPIRED",
-        "ACCESS_TOKEN_EXPIRED",
-        "SUBSCRIPTION_DELETED",
-    ]
-    terminationDescription: str | None = None
+    terminationReason: TerminationReason
+    terminationDescription: Description | None = None
 
     def reason(self) -> tuple[str, str | None]:
         return self.terminationReason, self.terminationDescription
@@ -267,7 +410,7 @@ def _lifecycle(
     state: Literal["started", "updated", "ended"],
     model: type[SubscriptionStarted | SubscriptionUpdated | SubscriptionEnded],
 ) -> Handler:
-    def handle(event: CamaraNotification, binding: SubscriptionBinding) -> list[Mapped]:
+    def handle(event: CamaraEnvelope, binding: SubscriptionBinding) -> list[Mapped]:
         data = parse(model, event.data, f"{event.type} data")
         reason, description = data.reason()
         changed = parse(
@@ -287,74 +430,88 @@ def _lifecycle(
     return handle
 
 
-# Keyed by "<api>.<version>.<event>": a new API version is a new contract, added on purpose.
-HANDLERS: Final[Mapping[str, Handler]] = {
-    "network-slice-booking.v0.status-changed": _slice_status_changed,
-    "connectivity-insights-subscriptions.v0.network-quality": _network_quality,
-    "quality-on-demand.v1.qos-status-changed": _qos_status_changed,
-    "device-roaming-status-subscriptions.v0.roaming-status": _roaming_status,
-}
-# Lifecycle events carry Commonalities' data whatever the API; "subscription-ends" is the name
-# older API versions (e.g. connectivity-insights-subscriptions v0) gave to "subscription-ended".
-LIFECYCLE: Final[Mapping[str, Handler]] = {
-    "subscription-started": _lifecycle("started", SubscriptionStarted),
-    "subscription-updated": _lifecycle("updated", SubscriptionUpdated),
-    "subscription-ended": _lifecycle("ended", SubscriptionEnded),
-    "subscription-ends": _lifecycle("ended", SubscriptionEnded),
+# -- what is accepted -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventKind:
+    api: str
+    handle: Handler
+    # Sent on the subscription's own account (lifecycle), whatever event types it subscribed to.
+    lifecycle: bool = False
+
+
+_STARTED: Final = _lifecycle("started", SubscriptionStarted)
+_UPDATED: Final = _lifecycle("updated", SubscriptionUpdated)
+_ENDED: Final = _lifecycle("ended", SubscriptionEnded)
+_NSB: Final = "network-slice-booking"
+_CI: Final = "connectivity-insights-subscriptions"
+_QOD: Final = "quality-on-demand"
+_ROAMING: Final = "device-roaming-status-subscriptions"
+
+# Every accepted type, exactly as the documents spell it: a new API version is a new contract,
+# added on purpose.
+EVENTS: Final[Mapping[str, EventKind]] = {
+    f"org.camaraproject.{_NSB}.v0.status-changed": EventKind(_NSB, _slice_booked),
+    f"org.camaraproject.{_CI}.v0.network-quality": EventKind(_CI, _network_quality),
+    f"org.camaraproject.{_CI}.v0.subscription-started": EventKind(_CI, _STARTED, True),
+    f"org.camaraproject.{_CI}.v0.subscription-updated": EventKind(_CI, _UPDATED, True),
+    f"org.camaraproject.{_CI}.v0.subscription-ended": EventKind(_CI, _ENDED, True),
+    f"org.camaraproject.{_QOD}.v1.qos-status-changed": EventKind(_QOD, _qos_status_changed),
+    f"org.camaraproject.{_ROAMING}.v0.roaming-status": EventKind(_ROAMING, _roaming(RoamingStatus)),
+    f"org.camaraproject.{_ROAMING}.v0.roaming-on": EventKind(_ROAMING, _roaming(DeviceEvent, True)),
+    f"org.camaraproject.{_ROAMING}.v0.roaming-off": EventKind(
+        _ROAMING, _roaming(DeviceEvent, False)
+    ),
+    f"org.camaraproject.{_ROAMING}.v0.roaming-change-country": EventKind(
+        _ROAMING, _roaming(RoamingChangeCountry, True)
+    ),
+    f"org.camaraproject.{_ROAMING}.v0.subscription-ends": EventKind(_ROAMING, _ENDED, True),
 }
 
 
-def from_camara(envelope: Any, *, subscription: SubscriptionBinding) -> list[Mapped]:
+def from_camara(body: Any, *, subscription: SubscriptionBinding) -> list[Mapped]:
     """Map one CAMARA notification received for ``subscription``; NetworkEventError says why a
     notification can never be accepted."""
-    if not isinstance(envelope, dict):
-        raise NetworkEventError("a CAMARA notification is a JSON object (a structured CloudEvent)")
-    event = parse(CamaraNotification, envelope, "CloudEvent")
-    match = EVENT_TYPE.match(event.type)
-    if match is None:
+    event = envelope_of(body)
+    if EVENT_TYPE.match(event.type) is None:
         raise NetworkEventError(
             f"type {event.type!r} is not a CAMARA event type "
             "(org.camaraproject.<api>.<version>.<event>)"
         )
-    api, version, name = match.group("api", "version", "event")
-    lifecycle = LIFECYCLE.get(name)
-    if lifecycle is not None:
-        if api != subscription.api:
-            raise NetworkEventError(
-                f"subscription {subscription.name} is to {subscription.api}, "
-                f"not {api} (type {event.type})"
-            )
-        return lifecycle(event, subscription)
-    if event.type not in subscription.event_types:
+    kind = EVENTS.get(event.type)
+    if kind is None:
+        raise NetworkEventError(
+            f"unknown CAMARA event type {event.type}; accepted: " + ", ".join(EVENTS)
+        )
+    if kind.api != subscription.api:
+        raise NetworkEventError(
+            f"subscription {subscription.name} is to {subscription.api}, "
+            f"not {kind.api} (type {event.type})"
+        )
+    if not kind.lifecycle and event.type not in subscription.event_types:
         raise NetworkEventError(
             f"subscription {subscription.name} does not deliver {event.type}; it delivers "
             + ", ".join(sorted(subscription.event_types))
         )
-    handler = HANDLERS.get(f"{api}.{version}.{name}")
-    if handler is None:
-        raise NetworkEventError(
-            f"unknown CAMARA event type {event.type}; accepted: "
-            + ", ".join(f"org.camaraproject.{key}" for key in HANDLERS)
-            + " and the subscription-started/updated/ended lifecycle events"
-        )
-    return handler(event, subscription)
+    return kind.handle(event, subscription)
 
 
 def subscription_for(
-    envelope: Any, subscriptions: Mapping[str, SubscriptionBinding]
+    body: Any, subscriptions: Mapping[str, SubscriptionBinding]
 ) -> SubscriptionBinding:
     """The one subscription a notification sent to the shared sink belongs to, told by its type.
     Subscriptions sharing a type (one network-quality subscription per edge site) cannot be told
     apart this way: their sinks must name them (``/events/<subscription>``)."""
-    event_type = envelope.get("type") if isinstance(envelope, dict) else None
+    event_type = body.get("type") if isinstance(body, dict) else None
     if not isinstance(event_type, str):
         raise NetworkEventError("type: a CAMARA notification needs a string type")
-    match = EVENT_TYPE.match(event_type)
-    lifecycle_api = match.group("api") if match and match.group("event") in LIFECYCLE else None
+    kind = EVENTS.get(event_type)
     candidates = sorted(
         name
         for name, binding in subscriptions.items()
-        if event_type in binding.event_types or binding.api == lifecycle_api
+        if event_type in binding.event_types
+        or (kind is not None and kind.lifecycle and binding.api == kind.api)
     )
     if len(candidates) == 1:
         return subscriptions[candidates[0]]

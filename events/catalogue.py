@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from events import ledger, network, routing, types
+from events import ledger, network, routing, topups, types
 
 MODELS: dict[str, type[BaseModel]] = {
     types.CREDITS_GRANT: ledger.CreditsGrant,
@@ -28,6 +28,7 @@ MODELS: dict[str, type[BaseModel]] = {
     types.ROUTE_REQUESTED: routing.RouteRequested,
     types.ROUTE_DECIDED: routing.RouteDecided,
     **network.MODELS,
+    **topups.MODELS,
 }
 
 

@@ -12,7 +12,6 @@ from pydantic import Field, model_validator
 from events.fields import EventData, Name, Timestamp
 
 SLICE_BOOKED: Final = "io.tollgate.network.slice.booked.v1"
-SLICE_RELEASED: Final = "io.tollgate.network.slice.released.v1"
 SITE_DEGRADED: Final = "io.tollgate.network.site.degraded.v1"
 SITE_RESTORED: Final = "io.tollgate.network.site.restored.v1"
 QOS_CHANGED: Final = "io.tollgate.network.qos.changed.v1"
@@ -29,30 +28,29 @@ Metric = int | float | str | bool
 
 
 class ServiceTime(EventData):
+    """When a booked slice serves: no ``end`` means it has no ending date."""
+
     start: Timestamp
-    end: Timestamp
+    end: Timestamp | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> ServiceTime:
-        if self.end <= self.start:
+        if self.end is not None and self.end <= self.start:
             raise ValueError("service time must end after it starts")
         return self
 
 
 class SliceBooked(EventData):
-    """A slice is reserved (AVAILABLE) or live (OPERATING). A slice can be announced more than
-    once (AVAILABLE, then OPERATING): consumers grant once per slice_id, not once per event."""
+    """A slice is booked. Its bundle is granted once per slice_id, however often the slice is
+    announced; ``service_time.end`` bounds the bundle's validity, and with the service area it
+    tells which edge sites to warm and when. ``status`` is the slice's state where the source
+    says it (3GPP: reserved AVAILABLE or live OPERATING); CAMARA's booking event has none."""
 
     slice_id: Name
-    status: Literal["AVAILABLE", "OPERATING"]
+    status: Literal["AVAILABLE", "OPERATING"] | None = None
     service_time: ServiceTime | None = None
     service_area: dict[str, Any] | None = None  # CAMARA Area (CIRCLE/POLYGON), as sent
     qos_profile: dict[str, Any] | None = None  # CAMARA sliceQosProfile or 3GPP ServiceProfile
-    source_event: SourceEvent
-
-
-class SliceReleased(EventData):
-    slice_id: Name
     source_event: SourceEvent
 
 
@@ -109,7 +107,6 @@ class SubscriptionChanged(EventData):
 
 MODELS: Final[dict[str, type[EventData]]] = {
     SLICE_BOOKED: SliceBooked,
-    SLICE_RELEASED: SliceReleased,
     SITE_DEGRADED: SiteDegraded,
     SITE_RESTORED: SiteRestored,
     QOS_CHANGED: QosChanged,

@@ -15,7 +15,7 @@ from functions.idempotency import Idempotency
 from functions.server import serve as serve_app
 from functions.store import Store, open_store
 from infra.template.schema import Template
-from infra.wiring import plan_grants, template_from_env, topology_from_env
+from infra.wiring import carrier_billing, plan_grants, template_from_env, topology_from_env
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
 FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer")
@@ -27,7 +27,12 @@ def build_app(function: str) -> Flask:
     if function in LEDGER_FUNCTIONS:
         from ledger_fn.app import create_app as ledger_app
 
-        return ledger_app(function, plans=plan_grants(template_from_env(os.environ)))
+        template = template_from_env(os.environ)
+        return ledger_app(
+            function,
+            plans=plan_grants(template),
+            carrier=carrier_billing(template, os.environ),
+        )
     if function == "infer":
         from infer_fn.app import create_app as infer_app
 
@@ -62,18 +67,21 @@ def _ingress() -> Flask:
         # Keeps health and load of every infer function fresh in the shared tier state.
         start_probing(topology, states, interval_s=interval)
     ledger = LedgerClient(authorize_url, os.environ.get("TOLLGATE_REFUND_URL") or None)
-    network = network_blueprint(template_from_env(os.environ), store, Emitter(settings.sink))
+    template = template_from_env(os.environ)
+    network = network_blueprint(template, store, Emitter(settings.sink))
     return ingress_app(
         topology, store, ledger, admin_token=settings.admin_token, states=states, network=network
     )
 
 
 def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blueprint:
-    """The events endpoint: network notifications in their own formats, published to the broker
-    as our io.tollgate.network.* events (ids derived from the notification, so a replay that
-    gets past the endpoint's own dedupe is deduped downstream)."""
+    """The events endpoints: network notifications in their own formats, published to the
+    broker as our io.tollgate.network.* events, and the carrier billing sinks, published as
+    io.tollgate.topup.* (ids derived from the notification, so a replay that gets past the
+    endpoint's own dedupe is deduped downstream)."""
     from events.camara import SubscriptionBinding
     from router_fn.network_events import network_events_blueprint
+    from router_fn.payment_events import payment_events_blueprint
 
     def publish(events: list[Mapped], key: str) -> None:
         for index, event in enumerate(events):
@@ -89,12 +97,23 @@ def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blu
         s.name: SubscriptionBinding(s.name, s.api, frozenset(s.event_types), s.cluster)
         for s in template.camara.subscriptions
     }
-    return network_events_blueprint(
-        publish,
-        credential=os.environ.get(template.camara.credential_env) or None,
-        subscriptions=subscriptions,
-        idempotency=Idempotency(store),
+    events = Blueprint("events", __name__)
+    events.register_blueprint(
+        network_events_blueprint(
+            publish,
+            credential=os.environ.get(template.camara.credential_env) or None,
+            subscriptions=subscriptions,
+            idempotency=Idempotency(store),
+        )
     )
+    cb = template.carrier_billing
+    key = os.environ.get(cb.sink_key_env) if cb is not None else None
+    events.register_blueprint(
+        payment_events_blueprint(
+            publish, sink_key=key.encode() if key else None, idempotency=Idempotency(store)
+        )
+    )
+    return events
 
 
 @click.command("serve")

@@ -11,6 +11,7 @@ from infra.knative.render import infer_service_name
 from infra.template.load import load_template
 from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
+from ledger_fn.topups import CarrierBilling
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 
 InferUrl = Callable[[Cluster, Model], str]
@@ -111,8 +112,31 @@ def plan_grants(template: Template) -> dict[str, PlanGrant]:
             tiers=plan.tiers,
             models=plan.models,
             rollover=getattr(plan, "rollover", False),
+            top_ups=getattr(plan, "top_ups", ()),
         )
     return grants
+
+
+def carrier_billing(template: Template, environ: Mapping[str, str]) -> CarrierBilling | None:
+    """The operator's Carrier Billing API as the ledger needs it; secrets from the variables
+    the template names (a Kubernetes Secret's keys on Knative)."""
+    cb = template.carrier_billing
+    if cb is None:
+        return None
+    key = environ.get(cb.sink_key_env)
+    return CarrierBilling(
+        api_root=cb.api_root,
+        refund_api_root=cb.refund_api_root,
+        token=environ.get(cb.credential_env) or None,
+        sink_key=key.encode() if key else None,
+        notify_url=cb.notify_url,
+        currency=cb.currency,
+        decimals=cb.currency_decimals,
+        credits_per_unit=cb.credits_per_unit,
+        description=cb.description,
+        merchant_identifier=cb.merchant_identifier,
+        poll_after_s=cb.poll_after_seconds,
+    )
 
 
 def template_from_env(environ: Mapping[str, str]) -> Template:

@@ -17,6 +17,8 @@ from ledger_fn.admin import admin_blueprint
 from ledger_fn.handlers import LedgerHandlers, handlers_for
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans
+from ledger_fn.topups import CarrierBilling, TopUps
+from ledger_fn.topups_api import TopupHandlers, topups_blueprint
 
 EVENT_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep")
 FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "ledger")
@@ -29,8 +31,12 @@ def create_app(
     store: Store | None = None,
     ledger: Ledger | None = None,
     plans: Mapping[str, PlanGrant] | None = None,
+    carrier: CarrierBilling | None = None,
+    topups: TopUps | None = None,
 ) -> Flask:
-    """``plans``: what each plan grants (from template.yaml, wired by infra); none: no plans."""
+    """``plans``: what each plan grants (from template.yaml, wired by infra); none: no plans.
+    ``carrier``: the operator's Carrier Billing API for top-ups (none: top-ups answer 503);
+    ``topups``: a ready service instead (tests)."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
@@ -40,6 +46,8 @@ def create_app(
     handlers = LedgerHandlers(
         ledger, plan_book, Emitter(settings.sink), source=f"/tollgate/{function}"
     )
+    if topups is None and carrier is not None:
+        topups = TopUps(ledger, plan_book, carrier)
     names = (
         list(EVENT_FUNCTIONS)
         if function == "ledger"
@@ -54,9 +62,13 @@ def create_app(
         blueprints.append(
             admin_blueprint(ledger, plan_book, ApiKeys(store), dead_letters, settings.admin_token)
         )
+        blueprints.append(topups_blueprint(topups, settings.admin_token))
+    routes = handlers_for(handlers.routes(), names)
+    if "grant" in names:
+        routes.update(TopupHandlers(topups).routes())
     return create_function_app(
         function,
-        handlers=handlers_for(handlers.routes(), names),
+        handlers=routes,
         blueprints=blueprints,
         ready=store.ping,
         fallback=fallback,

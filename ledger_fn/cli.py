@@ -14,6 +14,7 @@ from functions.config import DEFAULT_STORE
 from functions.errors import FunctionError
 from functions.store import open_store
 from ledger_fn.ledger import Ledger
+from ledger_fn.topup_cli import topup
 
 store_option = click.option(
     "--store",
@@ -35,6 +36,9 @@ def _ledger(store: str) -> Ledger:
 @click.group("ledger")
 def ledger() -> None:
     """Accounts, keys, grants, balances and the journal."""
+
+
+ledger.add_command(topup)
 
 
 @ledger.command("create-account")

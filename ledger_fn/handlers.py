@@ -90,7 +90,8 @@ class LedgerHandlers:
         if account_id is None:
             log.info("slice %s is bound to no account; nothing to grant", booked.slice_id)
             return None
-        result = self.plans.grant_slice(account_id, booked.slice_id)
+        ends = booked.service_time.end if booked.service_time else None
+        result = self.plans.grant_slice(account_id, booked.slice_id, epoch(ends))
         return None if result is None else self._granted(result)
 
     def renew(self, event: Incoming) -> Reply:

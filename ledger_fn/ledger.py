@@ -136,6 +136,7 @@ class Ledger:
             "account_id": account_id,
             **state.balances(),
             "refunded": state.refunded,
+            "revoked": state.revoked,
             "open_holds": len(state.holds),
             "lots": [lot.model_dump() for lot in state.lots.values() if lot.remaining > 0],
         }

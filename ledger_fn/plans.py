@@ -30,6 +30,7 @@ class PlanGrant:
     tiers: tuple[str, ...] = ()  # empty: any tier
     models: tuple[str, ...] = ()  # empty: any model
     rollover: bool = False
+    top_ups: tuple[int, ...] = ()  # credits of the top-ups the plan sells
 
 
 def period_of(moment: int) -> str:
@@ -70,12 +71,21 @@ class Plans:
             return None  # the period is over: a late schedule must not grant dead credits
         return self._grant(account_id, plan, f"plan:{plan.name}:{period}", expires)
 
-    def grant_slice(self, account_id: str, slice_id: str) -> dict[str, Any] | None:
-        """Grant the plan's bundle for a booked slice, once per slice."""
+    def grant_slice(
+        self, account_id: str, slice_id: str, ends_at: int | None = None
+    ) -> dict[str, Any] | None:
+        """Grant the plan's bundle for a booked slice, once per slice. A slice with an end
+        (CAMARA serviceTime.endDate) bounds the bundle: it expires then, and a slice already
+        over grants nothing. Without one the plan's own expiry applies."""
         plan = self.plan_of(account_id)
         if plan is None or plan.credits == 0:
             return None
-        expires = None if plan.rollover else period_end(period_of(int(self.clock())))
+        if ends_at is not None:
+            if ends_at <= self.clock():
+                return None
+            expires: int | None = ends_at
+        else:
+            expires = None if plan.rollover else period_end(period_of(int(self.clock())))
         return self._grant(account_id, plan, f"slice:{slice_id}", expires)
 
     def renew_all(self) -> dict[str, int]:

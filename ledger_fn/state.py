@@ -8,6 +8,12 @@ recomputes exactly what was committed.
 Invariants, asserted after every operation:
   granted == available + held + spent + expired; nothing negative;
   available == sum of lots' remaining; held == sum of open holds' amounts.
+
+A revocation (a refunded top-up's unspent credits taken back) reverses part of a grant: granted
+and available both drop by the revoked amount, so the invariant reads the same, and ``revoked``
+counts what was reversed (as ``refunded`` counts what came back as refund lots). Only a lot's
+unspent, unexpired remainder can be revoked, never credits held or spent. A revocation whose
+refund the operator denied is restored once, to the same lot.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ MAX_OPEN_HOLDS = 256
 MAX_LOTS = 256
 MAX_SETTLED_KEPT = 512  # settled holds remembered for later refunds
 MAX_RECENT_KEYS = 1024  # idempotency keys remembered per account
+MAX_REVOCATIONS_KEPT = 256  # revocations remembered for a restore
 RECENT_WINDOW_S = 24 * 3600  # ... and for how long
 REFUND_WINDOW_S = 30 * 24 * 3600
 GENESIS = "0" * 64  # the "previous hash" of journal entry 1: where every chain starts
@@ -67,6 +74,13 @@ class Settled(BaseModel):
     at: int
 
 
+class Revocation(BaseModel):
+    lot: Lot  # the lot as it was revoked from (to restore into, even once it is forgotten)
+    amount: int
+    restored: bool = False
+    at: int
+
+
 class Recent(BaseModel):
     seq: int
     digest: str
@@ -83,10 +97,12 @@ class AccountState(BaseModel):
     spent: int = 0
     expired: int = 0
     refunded: int = 0  # informational: part of granted that came back as refund lots
+    revoked: int = 0  # informational: granted credits taken back (net of restores)
     lots: dict[str, Lot] = Field(default_factory=dict)
     holds: dict[str, OpenHold] = Field(default_factory=dict)
     settled: dict[str, Settled] = Field(default_factory=dict)
     recent: dict[str, Recent] = Field(default_factory=dict)
+    revocations: dict[str, Revocation] = Field(default_factory=dict)
 
     def balances(self) -> dict[str, int]:
         return {
@@ -106,7 +122,17 @@ class AccountState(BaseModel):
         assert all(lot.remaining >= 0 for lot in self.lots.values())
 
 
-OpKind = Literal["open", "grant", "authorize", "settle", "refund", "expire_hold", "expire_lot"]
+OpKind = Literal[
+    "open",
+    "grant",
+    "authorize",
+    "settle",
+    "refund",
+    "expire_hold",
+    "expire_lot",
+    "revoke",
+    "restore",
+]
 
 
 class Op(BaseModel):
@@ -155,6 +181,7 @@ def _copy(state: AccountState) -> AccountState:
             "holds": dict(state.holds),
             "settled": dict(state.settled),
             "recent": dict(state.recent),
+            "revocations": dict(state.revocations),
         }
     )
 
@@ -397,6 +424,62 @@ def _expire_lot(state: AccountState, op: Op) -> dict[str, Any]:
     return {"account_id": state.account_id, "lot_id": lot.id, "expired": amount}
 
 
+def _revoke(state: AccountState, op: Op) -> dict[str, Any]:
+    lot_id, amount, reference = op.args["lot_id"], int(op.args["amount"]), op.args["reference"]
+    assert amount > 0
+    if reference in state.revocations:
+        raise Conflict(f"revocation {reference} was already made")
+    lot = state.lots.get(lot_id)
+    live = lot is not None and (lot.expires_at is None or lot.expires_at > op.at)
+    remaining = lot.remaining if lot is not None and live else 0
+    if lot is None or amount > remaining:
+        raise Conflict(f"lot {lot_id} has {remaining} unspent credits to take back, asked {amount}")
+    state.revocations[reference] = Revocation(lot=lot.model_copy(), amount=amount, at=op.at)
+    lot.remaining -= amount
+    state.available -= amount
+    state.granted -= amount
+    state.revoked += amount
+    return {
+        "account_id": state.account_id,
+        "lot_id": lot_id,
+        "revoked": amount,
+        "reference": reference,
+        "available": state.available,
+    }
+
+
+def _restore(state: AccountState, op: Op) -> dict[str, Any]:
+    reference = op.args["reference"]
+    revocation = state.revocations.get(reference)
+    if revocation is None:
+        raise NotFound(f"no revocation {reference} to restore")
+    if revocation.restored:
+        raise Conflict(f"revocation {reference} was already restored")
+    amount = revocation.amount
+    lot = state.lots.get(revocation.lot.id)
+    if lot is None:  # fully revoked (or spent) and forgotten since: bring it back empty
+        lot = revocation.lot.model_copy(update={"remaining": 0})
+        state.lots[lot.id] = lot
+    state.revocations[reference] = revocation.model_copy(update={"restored": True})
+    state.granted += amount
+    state.revoked -= amount
+    if lot.expires_at is not None and lot.expires_at <= op.at:
+        state.expired += amount  # it would have expired meanwhile
+        restored = 0
+    else:
+        lot.remaining += amount
+        state.available += amount
+        restored = amount
+    return {
+        "account_id": state.account_id,
+        "lot_id": lot.id,
+        "restored": restored,
+        "expired": amount - restored,
+        "reference": reference,
+        "available": state.available,
+    }
+
+
 def _forget_old(state: AccountState, op: Op) -> None:
     """Drop what no later operation can need, oldest first, within the explicit limits."""
     held_lots = {lot_id for hold in state.holds.values() for lot_id, _ in hold.allocations}
@@ -405,6 +488,7 @@ def _forget_old(state: AccountState, op: Op) -> None:
             del state.lots[lot_id]
     _trim(state.settled, op.at - REFUND_WINDOW_S, MAX_SETTLED_KEPT)
     _trim(state.recent, op.at - RECENT_WINDOW_S, MAX_RECENT_KEYS)
+    _trim(state.revocations, op.at - REFUND_WINDOW_S, MAX_REVOCATIONS_KEPT)
 
 
 def _trim(entries: dict[str, Any], oldest: int, limit: int) -> None:
@@ -421,4 +505,6 @@ _APPLY = {
     "refund": _refund,
     "expire_hold": _expire_hold,
     "expire_lot": _expire_lot,
+    "revoke": _revoke,
+    "restore": _restore,
 }

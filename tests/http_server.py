@@ -11,13 +11,14 @@ from werkzeug.serving import make_server
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Yields the base URL of ``app`` served on 127.0.0.1 (threaded, like production)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serving(app: Any, *, tls: bool = False) -> Iterator[str]:
+    """Yields the base URL of ``app`` served on 127.0.0.1 (threaded, like production); with
+    ``tls``, over HTTPS with a throwaway self-signed certificate."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context="adhoc" if tls else None)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         thread.join(5)

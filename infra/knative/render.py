@@ -261,18 +261,14 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
     if f.name == "ingress":
         # The bearer network systems present to /events (CAMARA sinkCredential), from the
         # admin Secret's "camara-token" key; without it the endpoint answers 503.
-        container["env"].append(
-            {
-                "name": t.camara.credential_env,
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": t.admin_secret,
-                        "key": "camara-token",
-                        "optional": True,
-                    }
-                },
-            }
-        )
+        container["env"].append(_secret_env(t, t.camara.credential_env, "camara-token"))
+    cb = t.carrier_billing
+    if cb is not None and f.name in ("ingress", "grant", "ledger-admin"):
+        # Top-ups: the ingress checks the sink credentials the ledger signs with this key; the
+        # ledger functions that call the operator present its access token.
+        container["env"].append(_secret_env(t, cb.sink_key_env, "carrier-sink-key"))
+        if f.name != "ingress":
+            container["env"].append(_secret_env(t, cb.credential_env, "carrier-billing-token"))
     if f.image:
         container["image"] = f.image
     return _service(
@@ -286,6 +282,13 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
             "volumes": [_TEMPLATE_VOLUME],
         },
     )
+
+
+def _secret_env(t: Template, name: str, key: str) -> Manifest:
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": t.admin_secret, "key": key, "optional": True}},
+    }
 
 
 def infer_service_name(model: Model) -> str:

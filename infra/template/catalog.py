@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from events import network
+from events import network, topups
 from events import types as t
 from events.catalogue import MODELS
 from functions.app import PING_TYPE
@@ -35,8 +35,15 @@ FUNCTION_KINDS: Final = MappingProxyType(
         "settle": _kind((t.HOLD_SETTLE, t.INFERENCE_COMPLETED), (t.HOLD_SETTLED,)),
         "refund": _kind((t.HOLD_REFUND, t.INFERENCE_FAILED), (t.HOLD_REFUNDED,)),
         "grant": _kind(
-            (t.CREDITS_GRANT, t.PLANS_RENEW, network.SLICE_BOOKED),
-            (t.CREDITS_GRANTED, t.PLANS_RENEWED),
+            (
+                t.CREDITS_GRANT,
+                t.PLANS_RENEW,
+                network.SLICE_BOOKED,
+                topups.TOPUP_PAYMENT_CHANGED,
+                topups.TOPUP_REFUND_CHANGED,
+                topups.TOPUPS_POLL,
+            ),
+            (t.CREDITS_GRANTED, t.PLANS_RENEWED, topups.TOPUPS_POLLED),
         ),
         "sweep": _kind((t.HOLDS_SWEEP,), (t.HOLD_EXPIRED, t.HOLDS_SWEPT)),
         "ledger-admin": _kind(),
@@ -47,7 +54,14 @@ FUNCTION_KINDS: Final = MappingProxyType(
         # it fails over; its events endpoint publishes what network systems tell us.
         "ingress": _kind(
             (),
-            (t.HOLD_AUTHORIZE, t.INFERENCE_COMPLETED, t.INFERENCE_FAILED, *network.MODELS),
+            (
+                t.HOLD_AUTHORIZE,
+                t.INFERENCE_COMPLETED,
+                t.INFERENCE_FAILED,
+                *network.MODELS,
+                topups.TOPUP_PAYMENT_CHANGED,
+                topups.TOPUP_REFUND_CHANGED,
+            ),
         ),
         "infer": _kind((), (t.INFERENCE_COMPLETED, t.INFERENCE_FAILED)),
     }

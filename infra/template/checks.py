@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
+from events.camara import EVENTS as CAMARA_EVENTS
 from infra.template.catalog import FUNCTION_KINDS, INFER, known_event_types
 from infra.template.eventing import consumers, emitters
 from infra.template.fields import format_parameters
@@ -27,6 +28,7 @@ def cross_check(t: Template) -> list[Problem]:
         *_event_types(t),
         *_eventing(t),
         *_camara(t),
+        *_carrier_billing(t),
         *_local(t),
     ]
 
@@ -304,12 +306,31 @@ def _camara(t: Template) -> Iterator[Problem]:
                 f"unknown cluster {s.cluster!r}; clusters: {', '.join(sorted(clusters))}",
             )
         prefix = f"org.camaraproject.{s.api}.{s.api_version}."
+        accepted = sorted(
+            t for t, kind in CAMARA_EVENTS.items() if t.startswith(prefix) and not kind.lifecycle
+        )
         for j, type_ in enumerate(s.event_types):
-            if not type_.startswith(prefix):
+            if type_ not in accepted:
                 yield Problem(
                     (*where, "eventTypes", j),
-                    f"{type_!r} is not a notification of {s.api} {s.api_version}; "
-                    f"types start with {prefix}",
+                    f"{type_!r} is not a notification of {s.api} {s.api_version} Tollgate "
+                    f"accepts; accepted: {', '.join(accepted) or 'none for this API version'}",
+                )
+
+
+def _carrier_billing(t: Template) -> Iterator[Problem]:
+    """Every top-up a plan sells must cost a whole number of the currency's minor units."""
+    cb = t.carrier_billing
+    if cb is None:
+        return
+    scale: int = 10**cb.currency_decimals
+    for i, plan in enumerate(t.plans):
+        for j, credits in enumerate(getattr(plan, "top_ups", ())):
+            if credits * scale % cb.credits_per_unit:
+                yield Problem(
+                    ("plans", i, "topUps", j),
+                    f"{credits} credits is not a whole number of {cb.currency} minor units at "
+                    f"{cb.credits_per_unit} credits per {cb.currency}",
                 )
 
 

@@ -293,6 +293,30 @@ class Camara(_Model):
     subscriptions: tuple[CamaraSubscription, ...] = ()
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+
+
+class CarrierBilling(_Model):
+    """Top-ups charged to the developer's mobile line through the operator's CAMARA Carrier
+    Billing API (2-step payments) and its Refund API. Secrets are named, never written here:
+    ``credentialEnv`` holds the access token Tollgate presents to the operator,
+    ``sinkKeyEnv`` the key that signs the sink credential of each payment (ledger and ingress
+    share it). A top-up of N credits costs N / creditsPerUnit currency units, exactly."""
+
+    api_root: str = Field(pattern=r"^https://")
+    refund_api_root: str = Field(pattern=r"^https://")
+    credential_env: EnvName = "TOLLGATE_CARRIER_BILLING_TOKEN"
+    sink_key_env: EnvName = "TOLLGATE_CARRIER_SINK_KEY"
+    # The public ingress the operator posts notifications to (/events/carrier-billing/...).
+    notify_url: str = Field(pattern=r"^https://")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency_decimals: int = Field(default=2, ge=0, le=4)  # ISO 4217 minor unit
+    credits_per_unit: Credits  # credits one currency unit buys
+    description: str = Field(default="AI inference credits", min_length=1, max_length=200)
+    merchant_identifier: str | None = Field(default=None, max_length=200)
+    poll_after_seconds: int = Field(default=60, ge=1)
+
+
 class LocalTier(_Model):
     emulated_rtt_ms: int = Field(ge=0)
 
@@ -319,6 +343,7 @@ class Template(_Model):
     functions: tuple[Function, ...]
     eventing: Eventing
     camara: Camara = Camara()
+    carrier_billing: CarrierBilling | None = None
     local: Local
 
     # -- lookups for the renderer, the router and ``tollgate up`` ---------------------------

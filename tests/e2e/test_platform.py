@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,15 +207,16 @@ def test_a_degraded_site_is_avoided_for_latency_critical_requests_then_used_agai
 def test_a_slice_booking_grants_the_bound_account_its_bundle_once(
     platform: dict[str, Any],
 ) -> None:
-    booking = payloads.slice_status("OPERATING")
-    slice_id = booking["data"]["sliceId"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    ends = now + timedelta(days=30)
+    slice_id = payloads.SLICE_ID
     new_account(platform, "enterprise", 0, plan="enterprise-5g-bundle", slice_ids=[slice_id])
-    for status, event_id in (
-        ("AVAILABLE", "nsb-1"),
-        ("OPERATING", "nsb-2"),
-        ("OPERATING", "nsb-2"),
-    ):
-        event = {**payloads.slice_status(status), "id": event_id}
+    for event_id in ("nsb-1", "nsb-2", "nsb-2"):  # announced twice, once delivered twice
+        event = payloads.slice_booking(
+            start=now.isoformat().replace("+00:00", "Z"),
+            end=ends.isoformat().replace("+00:00", "Z"),
+            event_id=event_id,
+        )
         assert post_camara(platform, "slice-booking", event).status_code == 204
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -227,6 +229,7 @@ def test_a_slice_booking_grants_the_bound_account_its_bundle_once(
     assert b["granted"] == 500_000_000
     assert b["lots"][0]["reference"] == f"slice:{slice_id}"
     assert b["lots"][0]["tiers"] == ["edge", "regional"]
+    assert b["lots"][0]["expires_at"] == ends.isoformat().replace("+00:00", "Z")
 
 
 # Last: it kills the edge tier's infer function for good.

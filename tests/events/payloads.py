@@ -62,16 +62,22 @@ def envelope(event_type: str, data: dict[str, Any], event_id: str = "5f8e0a8c-1"
     }
 
 
-def slice_status(status: str = "OPERATING") -> dict[str, Any]:
+SLICE_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+def slice_booking(
+    slice_id: str = SLICE_ID,
+    start: str = "2026-12-01T08:00:00Z",
+    end: str | None = "2026-12-31T20:00:00Z",
+    event_id: str = "nsb-7781",
+) -> dict[str, Any]:
+    """network-slice-booking v0 status-changed: the booked slice's SliceInfo."""
+    service_time = {"startDate": start} | ({"endDate": end} if end is not None else {})
     return envelope(
         f"{NSB}.status-changed",
         {
-            "sliceId": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
-            "status": status,
-            "serviceTime": {
-                "startDate": "2026-12-01T08:00:00Z",
-                "endDate": "2026-12-31T20:00:00Z",
-            },
+            "sliceId": slice_id,
+            "serviceTime": service_time,
             "serviceArea": {
                 "areaType": "CIRCLE",
                 "center": {"latitude": 45.754114, "longitude": 4.860374},
@@ -85,7 +91,7 @@ def slice_status(status: str = "OPERATING") -> dict[str, Any]:
                 "upStreamDelayBudget": {"value": 12, "unit": "Milliseconds"},
             },
         },
-        event_id="nsb-7781",
+        event_id=event_id,
     )
 
 

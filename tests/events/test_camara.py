@@ -13,55 +13,37 @@ from events.camara import from_camara, subscription_for
 from tests.events import payloads as p
 
 
-def test_slice_operating_is_booked_with_its_time_area_and_profile() -> None:
-    event = p.slice_status("OPERATING")
+def test_a_slice_booking_is_booked_with_its_time_area_and_profile() -> None:
+    event = p.slice_booking()
     assert from_camara(event, subscription=p.SLICES) == [
         Mapped(
             network.SLICE_BOOKED,
             {
-                "slice_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
-                "status": "OPERATING",
-                "service_time": {
-                    "start": "2026-12-01T08:00:00Z",
-                    "end": "2026-12-31T20:00:00Z",
-                },
+                "slice_id": p.SLICE_ID,
+                "service_time": {"start": "2026-12-01T08:00:00Z", "end": "2026-12-31T20:00:00Z"},
                 "service_area": {
                     "areaType": "CIRCLE",
                     "center": {"latitude": 45.754114, "longitude": 4.860374},
-                    "radius": 800.0,
+                    "radius": 800,
                 },
                 "qos_profile": event["data"]["sliceQosProfile"],
                 "source_event": "org.camaraproject.network-slice-booking.v0.status-changed",
             },
-            "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            p.SLICE_ID,
         )
     ]
 
 
-def test_slice_available_is_booked_pending_is_nothing_deleted_is_released() -> None:
-    [available] = from_camara(p.slice_status("AVAILABLE"), subscription=p.SLICES)
-    assert (available.type, available.data["status"]) == (network.SLICE_BOOKED, "AVAILABLE")
-    assert from_camara(p.slice_status("PENDING"), subscription=p.SLICES) == []
-    assert from_camara(p.slice_status("DELETED"), subscription=p.SLICES) == [
-        Mapped(
-            network.SLICE_RELEASED,
-            {
-                "slice_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
-                "source_event": "org.camaraproject.network-slice-booking.v0.status-changed",
-            },
-            "3fa85f64-5717-4562-b3fc-2c963f66afa6",
-        )
-    ]
+def test_a_slice_without_an_end_date_is_booked_without_end() -> None:
+    [booked] = from_camara(p.slice_booking(end=None), subscription=p.SLICES)
+    assert booked.data["service_time"] == {"start": "2026-12-01T08:00:00Z"}
 
 
-def test_a_slice_needs_no_more_than_its_id_and_status() -> None:
-    event = p.slice_status()
-    event["data"] = {"sliceId": "slice-9", "status": "AVAILABLE"}
-    assert from_camara(event, subscription=p.SLICES)[0].data == {
-        "slice_id": "slice-9",
-        "status": "AVAILABLE",
-        "source_event": "org.camaraproject.network-slice-booking.v0.status-changed",
-    }
+def test_a_status_field_is_not_part_of_the_booking_and_is_ignored() -> None:
+    event = p.slice_booking()
+    event["data"]["status"] = "OPERATING"
+    [booked] = from_camara(event, subscription=p.SLICES)
+    assert "status" not in booked.data
 
 
 def test_network_quality_unable_on_any_kpi_degrades_the_subscriptions_site() -> None:
@@ -163,7 +145,6 @@ def test_roaming_status_carries_country_code_and_iso_countries() -> None:
             "ended",
             "sink token expired at 2026-11-26T21:00:00Z",
         ),
-        ("subscription-ends", {"terminationReason": "SUBSCRIPTION_EXPIRED"}, "ended", None),
     ],
 )
 def test_subscription_lifecycle_maps_to_subscription_changed(
@@ -184,10 +165,46 @@ def test_subscription_lifecycle_maps_to_subscription_changed(
     ]
 
 
+def test_roaming_subscription_ends_is_its_subscription_ending() -> None:
+    event = p.lifecycle(p.ROAMING, "subscription-ends", terminationReason="SUBSCRIPTION_EXPIRED")
+    assert from_camara(event, subscription=p.ROAMING_SUB) == [
+        Mapped(
+            network.SUBSCRIPTION_CHANGED,
+            {
+                "subscription": "roaming-fleet",
+                "subscription_id": "ci-sub-lyon-1",
+                "state": "ended",
+                "reason": "SUBSCRIPTION_EXPIRED",
+                "source_event": f"{p.ROAMING}.subscription-ends",
+            },
+            "roaming-fleet",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("event", "roaming", "countries"),
+    [
+        ("roaming-on", True, []),
+        ("roaming-off", False, []),
+        ("roaming-change-country", True, ["ES"]),
+    ],
+)
+def test_roaming_on_off_and_country_changes_say_whether_the_device_roams(
+    event: str, roaming: bool, countries: list[str]
+) -> None:
+    data: dict[str, Any] = {"subscriptionId": "qs15-h556-rt89-1298"}
+    if event == "roaming-change-country":
+        data.update(countryCode=214, countryName=["ES"])
+    binding = replace(p.ROAMING_SUB, event_types=frozenset({f"{p.ROAMING}.{event}"}))
+    [changed] = from_camara(p.envelope(f"{p.ROAMING}.{event}", data), subscription=binding)
+    assert (changed.data["roaming"], changed.data["countries"]) == (roaming, countries)
+
+
 def test_every_mapped_event_is_valid_against_the_catalogue() -> None:
     samples = [
-        (p.slice_status(), p.SLICES),
-        (p.slice_status("DELETED"), p.SLICES),
+        (p.slice_booking(), p.SLICES),
+        (p.slice_booking(end=None), p.SLICES),
         (p.network_quality(jitter=p.UNABLE), p.LYON),
         (p.network_quality(), p.LYON),
         (p.qos_status(), p.QOS),
@@ -218,20 +235,27 @@ def _broken(event: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("event", "path", "value", "reason"),
     [
-        (p.slice_status(), "time", ..., "invalid CloudEvent: time: Field required"),
-        (p.slice_status(), "time", "2026-11-26T21:15:08", "time: Value error, timestamp needs"),
-        (p.slice_status(), "specversion", "0.3", "specversion: Input should be '1.0'"),
-        (p.slice_status(), "id", ..., "id: Field required"),
-        (p.slice_status(), "source", "", "source: String should have at least 1 character"),
-        (p.slice_status(), "datacontenttype", "text/xml", "datacontenttype: Input should be"),
-        (p.slice_status(), "data", ..., "data: Field required"),
-        (p.slice_status(), "data", [1], "data: Input should be a valid dictionary"),
-        (p.slice_status(), "data.sliceId", ..., "status-changed data: sliceId: Field required"),
-        (p.slice_status(), "data.status", "BOOKED", "status: Input should be 'PENDING'"),
-        (p.slice_status(), "data.serviceArea.radius", ..., "a CIRCLE needs center and radius"),
-        (p.slice_status(), "data.serviceTime.endDate", "2026-11-01T00:00:00Z", "must end after"),
+        (p.slice_booking(), "time", ..., "invalid CloudEvent: time: Field required"),
+        (p.slice_booking(), "time", "2026-11-26T21:15:08", "time: Value error, timestamp needs"),
+        (p.slice_booking(), "time", 1764191708, "time: Value error, an RFC 3339 date-time"),
+        (p.slice_booking(), "datacontenttype", None, "datacontenttype: null is not allowed"),
+        (p.slice_booking(), "specversion", "0.3", "specversion: Input should be '1.0'"),
+        (p.slice_booking(), "id", ..., "id: Field required"),
+        (p.slice_booking(), "source", "", "source: String should have at least 1 character"),
+        (p.slice_booking(), "datacontenttype", "text/xml", "datacontenttype: Input should be"),
+        (p.slice_booking(), "data", ..., "data: Field required"),
+        (p.slice_booking(), "data", [1], "data: Input should be a valid dictionary"),
+        (p.slice_booking(), "data.sliceId", ..., "status-changed data: sliceId: Field required"),
+        (p.slice_booking(), "data.sliceId", "slice-9", "sliceId: String should match pattern"),
+        (p.slice_booking(), "data.serviceTime", ..., "serviceTime: Field required"),
+        (p.slice_booking(), "data.serviceArea", ..., "serviceArea: Field required"),
+        (p.slice_booking(), "data.sliceQosProfile", ..., "sliceQosProfile: Field required"),
+        (p.slice_booking(), "data.serviceArea.radius", "800", "radius: Input should be"),
+        (p.slice_booking(), "data.serviceArea.radius", ..., "a CIRCLE needs center and radius"),
+        (p.slice_booking(), "data.serviceTime.endDate", "2026-11-01T00:00:00Z", "must end after"),
         (p.network_quality(), "data.jitter", "fine", "jitter: Input should be 'meets the"),
         (p.qos_status(), "data.qosStatus", "REQUESTED", "qosStatus: Input should be 'AVAILABLE'"),
+        (p.qos_status(), "data.sessionId", "qod-1", "sessionId: String should match pattern"),
         (p.qos_status(), "data.statusInfo", "EXPIRED", "statusInfo: Input should be"),
         (p.roaming_status(), "data.roaming", "yes", "roaming: Input should be a valid boolean"),
         (p.roaming_status(), "data.subscriptionId", ..., "subscriptionId: Field required"),
@@ -253,7 +277,8 @@ def test_broken_notifications_are_refused_with_the_reason(
 
 
 def test_network_quality_without_any_kpi_is_refused() -> None:
-    event = p.envelope(f"{p.CI}.network-quality", {"applicationProfileId": "x"})
+    profile = "c7a3f2de-8f0e-4c4e-9d7b-2f7a1c0f6a11"
+    event = p.envelope(f"{p.CI}.network-quality", {"applicationProfileId": profile})
     with pytest.raises(NetworkEventError, match="no KPI to judge"):
         from_camara(event, subscription=p.LYON)
 
@@ -265,12 +290,21 @@ def test_unknown_types_and_types_the_subscription_does_not_deliver_are_refused()
     binding = replace(p.LYON, event_types=frozenset({unknown["type"]}))
     with pytest.raises(NetworkEventError, match=r"unknown CAMARA event type .*network-speed"):
         from_camara(unknown, subscription=binding)
-    with pytest.raises(NetworkEventError, match=r"does not deliver .*status-changed"):
-        from_camara(p.slice_status(), subscription=p.LYON)
+    with pytest.raises(NetworkEventError, match=r"does not deliver .*roaming-on"):
+        roaming_on = p.envelope(f"{p.ROAMING}.roaming-on", {"subscriptionId": "s-1"})
+        from_camara(roaming_on, subscription=p.ROAMING_SUB)
+    with pytest.raises(NetworkEventError, match=r"is to connectivity-insights.*status-changed"):
+        from_camara(p.slice_booking(), subscription=p.LYON)
     with pytest.raises(NetworkEventError, match="is to connectivity-insights-subscriptions"):
         from_camara(
-            p.lifecycle(p.QOD, "subscription-ended", terminationReason="NETWORK_TERMINATED"),
+            p.lifecycle(p.ROAMING, "subscription-ends", terminationReason="NETWORK_TERMINATED"),
             subscription=p.LYON,
+        )
+    no_lifecycle = r"unknown CAMARA event type .*quality-on-demand.v1.subscription-ended;"
+    with pytest.raises(NetworkEventError, match=no_lifecycle):
+        from_camara(
+            p.lifecycle(p.QOD, "subscription-ended", terminationReason="NETWORK_TERMINATED"),
+            subscription=p.QOS,
         )
     with pytest.raises(NetworkEventError, match="terminationReason: Input should be"):
         from_camara(
@@ -278,17 +312,17 @@ def test_unknown_types_and_types_the_subscription_does_not_deliver_are_refused()
             subscription=p.LYON,
         )
     with pytest.raises(NetworkEventError, match="JSON object"):
-        from_camara([p.slice_status()], subscription=p.SLICES)
+        from_camara([p.slice_booking()], subscription=p.SLICES)
 
 
 def test_a_notification_on_the_shared_sink_is_attributed_by_its_type_when_unambiguous() -> None:
-    assert subscription_for(p.slice_status(), p.BINDINGS) is p.SLICES
+    assert subscription_for(p.slice_booking(), p.BINDINGS) is p.SLICES
     assert (
         subscription_for(
-            p.lifecycle(p.QOD, "subscription-started", initiationReason="SUBSCRIPTION_CREATED"),
+            p.lifecycle(p.ROAMING, "subscription-ends", terminationReason="SUBSCRIPTION_DELETED"),
             p.BINDINGS,
         )
-        is p.QOS
+        is p.ROAMING_SUB
     )
     with pytest.raises(NetworkEventError, match=r"several subscriptions \(quality-edge-lyon"):
         subscription_for(p.network_quality(), p.BINDINGS)

@@ -64,7 +64,7 @@ def post(c: FlaskClient, path: str, body: Any, headers: dict[str, str] | None = 
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/events", p.slice_status()),
+        ("/events", p.slice_booking()),
         ("/events/quality-edge-lyon-5g-1", p.network_quality()),
         ("/events/no-such-subscription", p.network_quality()),
         ("/events/3gpp/nwdaf", p.nwdaf(p.dn_performance(45))),
@@ -85,7 +85,7 @@ def test_without_the_right_bearer_it_is_401_and_nothing_happens(
 
 def test_without_a_configured_credential_the_sink_is_closed() -> None:
     handle = Recorder()
-    response = post(client(handle, credential=None), "/events", p.slice_status())
+    response = post(client(handle, credential=None), "/events", p.slice_booking())
     assert response.status_code == 503
     assert "TOLLGATE_CAMARA_TOKEN" in response.get_json()["error"]["message"]
     assert handle.calls == []
@@ -96,8 +96,8 @@ def test_a_booking_is_handed_over_once_and_its_replay_is_204_without_effect(
 ) -> None:
     handle = Recorder()
     c = client(handle, sqlite_store)
-    first = post(c, "/events", p.slice_status())
-    replay = post(c, "/events", p.slice_status())
+    first = post(c, "/events", p.slice_booking())
+    replay = post(c, "/events", p.slice_booking())
     assert (first.status_code, first.data, replay.status_code) == (204, b"", 204)
     [(events, key)] = handle.calls
     assert key == f"{p.SOURCE}#nsb-7781"
@@ -109,8 +109,9 @@ def test_a_booking_is_handed_over_once_and_its_replay_is_204_without_effect(
 def test_an_id_reused_with_other_data_is_a_conflict(sqlite_store: Store) -> None:
     handle = Recorder()
     c = client(handle, sqlite_store)
-    assert post(c, "/events", p.slice_status("AVAILABLE")).status_code == 204
-    assert post(c, "/events", p.slice_status("OPERATING")).status_code == 409
+    assert post(c, "/events", p.slice_booking()).status_code == 204
+    later_end = p.slice_booking(end="2027-01-31T20:00:00Z")
+    assert post(c, "/events", later_end).status_code == 409
     assert len(handle.calls) == 1
 
 
@@ -119,16 +120,16 @@ def test_a_failed_hand_over_is_retried_by_the_sender_and_then_applied(
 ) -> None:
     handle = Recorder(fail=1)
     c = client(handle, sqlite_store)
-    assert post(c, "/events", p.slice_status()).status_code == 500
-    assert post(c, "/events", p.slice_status()).status_code == 204
+    assert post(c, "/events", p.slice_booking()).status_code == 500
+    assert post(c, "/events", p.slice_booking()).status_code == 204
     assert len(handle.calls) == 1
 
 
 def test_without_idempotency_the_handler_gets_the_dedupe_key_each_time() -> None:
     handle = Recorder()
     c = client(handle)
-    post(c, "/events", p.slice_status())
-    post(c, "/events", p.slice_status())
+    post(c, "/events", p.slice_booking())
+    post(c, "/events", p.slice_booking())
     assert [key for _, key in handle.calls] == [f"{p.SOURCE}#nsb-7781"] * 2
 
 
@@ -151,28 +152,22 @@ def test_network_quality_is_posted_to_its_subscriptions_own_sink() -> None:
     assert len(handle.calls) == 1
 
 
-def test_a_pending_slice_is_accepted_without_handing_anything_over() -> None:
-    handle = Recorder()
-    assert post(client(handle), "/events", p.slice_status("PENDING")).status_code == 204
-    assert handle.calls == []
-
-
 @pytest.mark.parametrize(
     ("body", "headers", "reason"),
     [
-        ({**p.slice_status(), "time": None}, {}, "time: Input should be a valid datetime"),
-        ({**p.slice_status(), "specversion": "0.3"}, {}, "specversion: Input should be '1.0'"),
+        ({**p.slice_booking(), "time": None}, {}, "time: null is not allowed"),
+        ({**p.slice_booking(), "specversion": "0.3"}, {}, "specversion: Input should be '1.0'"),
         (
-            {**p.slice_status(), "type": "org.camaraproject.network-slice-booking.v0.resized"},
+            {**p.slice_booking(), "type": "org.camaraproject.network-slice-booking.v0.resized"},
             {},
             "no subscription delivers org.camaraproject.network-slice-booking.v0.resized",
         ),
         (
-            {**p.slice_status(), "data": {"sliceId": "s-1"}},
+            {**p.slice_booking(), "data": {"sliceId": p.SLICE_ID}},
             {},
-            "status-changed data: status: Field required",
+            "status-changed data: serviceTime: Field required",
         ),
-        (p.slice_status(), {"ce-specversion": "1.0"}, "structured CloudEvents, not binary mode"),
+        (p.slice_booking(), {"ce-specversion": "1.0"}, "structured CloudEvents, not binary mode"),
         ("not json at all", {}, "the body must be a JSON object"),
     ],
 )

@@ -104,7 +104,10 @@ def test_a_changed_resource_is_updated_in_place(fake: Path, shipped: Template) -
     deploy(shipped, OUT, dry_run=False, cluster=home, echo=lambda _: None)
     before = len(fake_kn.calls(fake))
     changed = parse_template(
-        SHIPPED.read_text(encoding="utf-8").replace('"* * * * *"', '"*/2 * * * *"')
+        SHIPPED.read_text(encoding="utf-8").replace(
+            'schedule: "* * * * *"\n      type: io.tollgate.holds.sweep.v1',
+            'schedule: "*/2 * * * *"\n      type: io.tollgate.holds.sweep.v1',
+        )
     )
     deploy(changed, OUT, dry_run=False, cluster=home, echo=lambda _: None)
     mutating = [c for c in _commands(fake)[before:] if " create " in c or " update " in c]

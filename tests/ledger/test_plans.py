@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from events import types
+from events.camara import EVENTS, SubscriptionBinding, from_camara
 from events.network import SLICE_BOOKED
 from functions.accounts import bind_slices
 from functions.config import Settings
@@ -15,7 +17,9 @@ from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans, period_end
+from tests import camara_schemas as specs
 from tests.clock import Clock
+from tests.events import payloads
 from tests.ledger.helpers import invariant, send
 
 NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
@@ -65,27 +69,68 @@ def test_monthly_grants_run_once_per_account_and_period(
     invariant(ledger, "a")
 
 
-def test_a_slice_booking_grants_the_plan_bundle_once(
+def _booked(event: dict[str, Any]) -> dict[str, Any]:
+    """What the ingress publishes for a CAMARA booking notification (the real adapter)."""
+    binding = SubscriptionBinding("slice-booking", "network-slice-booking", frozenset(EVENTS), "c")
+    [booked] = from_camara(event, subscription=binding)
+    return booked.data
+
+
+def test_a_slice_booking_grants_the_plan_bundle_once_until_the_slice_ends(
     client: FlaskClient, ledger: Ledger, sqlite_store: Store
 ) -> None:
-    bind_slices(sqlite_store, "a", ["slice-42"])
-    for status, event_id in (("AVAILABLE", "s1"), ("OPERATING", "s2"), ("OPERATING", "s2")):
-        data = {
-            "slice_id": "slice-42",
-            "status": status,
-            "source_event": "org.camaraproject.network-slice-booking.v0.status-changed",
-        }
-        response = send(client, SLICE_BOOKED, data, id=event_id)
+    bind_slices(sqlite_store, "a", [payloads.SLICE_ID])
+    booking = payloads.slice_booking(end="2026-12-31T20:00:00Z")
+    for event_id in ("s1", "s2", "s2"):  # announced twice, the second delivered twice
+        response = send(client, SLICE_BOOKED, _booked(booking), id=event_id)
         assert response.status_code == 200
-    balance = ledger.balance("a")
+    balance = invariant(ledger, "a")
     assert balance["granted"] == 1000
-    assert balance["lots"][0]["reference"] == "slice:slice-42"
+    [lot] = balance["lots"]
+    assert lot["reference"] == f"slice:{payloads.SLICE_ID}"
+    assert lot["expires_at"] == datetime(2026, 12, 31, 20, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("name", ["SLICE_CREATED_EVENT_CIRCLE", "SLICE_CREATED_EVENT_POLYGON"])
+def test_the_documents_slice_bookings_grant_during_the_slice_and_not_after(
+    name: str, client: FlaskClient, ledger: Ledger, sqlite_store: Store, clock: Clock
+) -> None:
+    event = specs.notification_examples("network-slice-booking.yaml")[name]
+    bind_slices(sqlite_store, "a", [event["data"]["sliceId"]])
+    clock.now = datetime(2024, 6, 1, 13, tzinfo=UTC).timestamp()  # during the booked day
+    assert send(client, SLICE_BOOKED, _booked(event), id="during").status_code == 200
+    [lot] = ledger.balance("a")["lots"]
+    assert (lot["amount"], lot["expires_at"]) == (
+        1000,
+        datetime(2024, 6, 2, 12, tzinfo=UTC).timestamp(),
+    )
+    clock.now = datetime(2024, 6, 2, 12, 0, 1, tzinfo=UTC).timestamp()
+    ledger.sweep()
+    assert invariant(ledger, "a")["expired"] == 1000
+
+
+def test_a_booking_announced_after_its_slice_ended_grants_nothing(
+    client: FlaskClient, ledger: Ledger, sqlite_store: Store
+) -> None:
+    bind_slices(sqlite_store, "a", [payloads.SLICE_ID])
+    over = payloads.slice_booking(start="2026-10-01T00:00:00Z", end="2026-10-31T00:00:00Z")
+    assert send(client, SLICE_BOOKED, _booked(over)).status_code == 204
+    assert ledger.balance("a")["granted"] == 0
+
+
+def test_a_slice_without_an_end_gets_the_plans_own_expiry(
+    client: FlaskClient, ledger: Ledger, sqlite_store: Store
+) -> None:
+    bind_slices(sqlite_store, "a", [payloads.SLICE_ID])
+    assert send(client, SLICE_BOOKED, _booked(payloads.slice_booking(end=None))).status_code == 200
+    [lot] = ledger.balance("a")["lots"]
+    assert lot["expires_at"] == period_end("2026-11")
 
 
 def test_a_booking_for_an_unbound_slice_changes_nothing(
     client: FlaskClient, ledger: Ledger
 ) -> None:
-    data = {"slice_id": "nobody", "status": "AVAILABLE", "source_event": "x"}
+    data = {"slice_id": "nobody", "source_event": "x"}
     assert send(client, SLICE_BOOKED, data).status_code == 204
     assert all(ledger.balance(a)["granted"] == 0 for a in "abcd")
 
