@@ -63,6 +63,19 @@ def reply(event_type: str, fact: EventData, subject: str | None = None) -> Reply
     return Reply(event_type, fact.model_dump(mode="json"), subject=subject)
 
 
+def granted_reply(r: dict[str, Any]) -> Reply:
+    """The ``credits.granted`` fact of a committed grant's result."""
+    granted = CreditsGranted(
+        account_id=r["account_id"],
+        lot_id=r["lot_id"],
+        amount=r["amount"],
+        origin=r["origin"],
+        expires_at=moment(r["expires_at"]),
+        available=r["available"],
+    )
+    return reply(types.CREDITS_GRANTED, granted, subject=granted.account_id)
+
+
 class LedgerHandlers:
     def __init__(
         self, ledger: Ledger, plans: Plans, emitter: Emitter, source: str = "/tollgate/ledger"
@@ -81,7 +94,7 @@ class LedgerHandlers:
         cmd = validate(CreditsGrant, event.data, f"{event.type} data")
         args = cmd.model_dump(exclude={"account_id"}, exclude_none=True)
         args["expires_at"] = epoch(cmd.expires_at)
-        return self._granted(self._run(event, cmd.account_id, "grant", args))
+        return granted_reply(self._run(event, cmd.account_id, "grant", args))
 
     def slice_booked(self, event: Incoming) -> Reply | None:
         """A network slice booked for an enterprise: its account gets its plan's bundle, once."""
@@ -92,22 +105,11 @@ class LedgerHandlers:
             return None
         ends = booked.service_time.end if booked.service_time else None
         result = self.plans.grant_slice(account_id, booked.slice_id, epoch(ends))
-        return None if result is None else self._granted(result)
+        return None if result is None else granted_reply(result)
 
     def renew(self, event: Incoming) -> Reply:
         validate(PlansRenew, event.data, f"{event.type} data")
         return reply(types.PLANS_RENEWED, PlansRenewed(**self.plans.renew_all()))
-
-    def _granted(self, r: dict[str, Any]) -> Reply:
-        granted = CreditsGranted(
-            account_id=r["account_id"],
-            lot_id=r["lot_id"],
-            amount=r["amount"],
-            origin=r["origin"],
-            expires_at=moment(r["expires_at"]),
-            available=r["available"],
-        )
-        return reply(types.CREDITS_GRANTED, granted, subject=granted.account_id)
 
     def authorize(self, event: Incoming) -> Reply:
         cmd = validate(HoldAuthorize, event.data, f"{event.type} data")

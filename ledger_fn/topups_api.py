@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import Field
 
-from events import types
 from events.fields import Amount, EventData
 from events.topups import (
     TOPUP_PAYMENT_CHANGED,
@@ -25,7 +24,7 @@ from functions.errors import BadRequest, Unavailable
 from functions.http import json_body, require_bearer
 from functions.idempotency import Idempotency
 from functions.validation import validate
-from ledger_fn.handlers import iso
+from ledger_fn.handlers import granted_reply
 from ledger_fn.topups import TopUps, view
 
 PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{4,14}$")]
@@ -136,18 +135,7 @@ class TopupHandlers:
         )
         if result is None:
             return None
-        return Reply(
-            types.CREDITS_GRANTED,
-            {
-                "account_id": result["account_id"],
-                "lot_id": result["lot_id"],
-                "amount": result["amount"],
-                "origin": result["origin"],
-                "expires_at": iso(result["expires_at"]),
-                "available": result["available"],
-            },
-            subject=result["account_id"],
-        )
+        return granted_reply(result)
 
     def refund_changed(self, event: Incoming) -> None:
         changed = validate(TopupRefundChanged, event.data, f"{event.type} data")
