@@ -17,6 +17,7 @@ from events.topups import (
     TopupPaymentChanged,
     TopupRefundChanged,
     TopupsPoll,
+    TopupsPolled,
 )
 from functions.app import Handler
 from functions.cloudevent import Incoming, Reply
@@ -24,7 +25,7 @@ from functions.errors import BadRequest, Unavailable
 from functions.http import json_body, require_bearer
 from functions.idempotency import Idempotency
 from functions.validation import validate
-from ledger_fn.handlers import granted_reply
+from ledger_fn.handlers import granted_reply, reply
 from ledger_fn.topups import TopUps, view
 
 PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{4,14}$")]
@@ -149,7 +150,7 @@ class TopupHandlers:
 
     def poll(self, event: Incoming) -> Reply:
         validate(TopupsPoll, event.data, f"{event.type} data")
-        return Reply(TOPUPS_POLLED, self._service().poll())
+        return reply(TOPUPS_POLLED, TopupsPolled(**self._service().poll()))
 
     def routes(self) -> dict[str, Handler]:
         return {
