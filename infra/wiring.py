@@ -8,11 +8,12 @@ from pathlib import Path
 
 from events.quote import Quote
 from infra.knative.render import infer_service_name
+from infra.template.fields import go_duration_seconds
 from infra.template.load import load_template
 from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
 from ledger_fn.topups import CarrierBilling
-from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Site, Topology, Warming
 
 InferUrl = Callable[[Cluster, Model], str]
 
@@ -40,11 +41,19 @@ def topology(
             max_parameters=template.tier(c.tier).max_parameters,
             infer_urls={m: url(c, template.model(m)) for m in c.models},
             emulated=local,
+            site=Site(c.site.latitude, c.site.longitude, c.site.radius_km) if c.site else None,
         )
         for c in template.clusters
     )
     models = {
-        m.name: ModelSpec(m.name, m.served_name, m.parameters, m.context_length)
+        m.name: ModelSpec(
+            m.name,
+            m.served_name,
+            m.parameters,
+            m.context_length,
+            cold_start_ms=m.cold_start_ms,
+            warm_for_s=_warm_for_s(template, m),
+        )
         for m in template.models
     }
     quotes = {
@@ -68,7 +77,22 @@ def topology(
         )
         for p in template.plans
     }
-    return Topology(clusters, models, quotes, plans)
+    return Topology(
+        clusters,
+        models,
+        quotes,
+        plans,
+        warming=Warming(template.warming.idle_seconds, template.warming.slice_lead_seconds),
+        roaming_allow={c: frozenset(a) for c, a in template.roaming.allow.items()},
+    )
+
+
+def _warm_for_s(template: Template, model: Model) -> int:
+    """How long an infer function stays up after its last request: Knative's scale-down delay
+    (the model's, else infer's); none declared: the stable window alone (60 s)."""
+    infer = template.infer_function()
+    delay = model.serving.scale_down_delay or (infer.scale_down_delay if infer else None)
+    return 60 + (go_duration_seconds(delay) if delay else 0)
 
 
 def topology_from_env(environ: Mapping[str, str]) -> Topology:
