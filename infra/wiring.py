@@ -12,6 +12,7 @@ from infra.template.fields import go_duration_seconds
 from infra.template.load import load_template
 from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
+from ledger_fn.sla import SlaTerms
 from ledger_fn.topups import CarrierBilling
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Site, Topology, Warming
 
@@ -139,6 +140,19 @@ def plan_grants(template: Template) -> dict[str, PlanGrant]:
             top_ups=getattr(plan, "top_ups", ()),
         )
     return grants
+
+
+def sla_terms(template: Template) -> dict[str, SlaTerms]:
+    """Each plan's latency SLA as the ledger evaluates it."""
+    return {
+        p.name: SlaTerms(
+            objective_bp=p.sla.objective_bp,
+            percent_of_spend=p.sla.credit.percent_of_spend,
+            per_breach=p.sla.credit.per_breach,
+        )
+        for p in template.plans
+        if p.sla is not None
+    }
 
 
 def carrier_billing(template: Template, environ: Mapping[str, str]) -> CarrierBilling | None:
