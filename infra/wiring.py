@@ -8,7 +8,6 @@ from pathlib import Path
 
 from events.quote import Quote
 from infra.knative.render import infer_service_name
-from infra.template.fields import go_duration_seconds
 from infra.template.load import load_template
 from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
@@ -53,7 +52,7 @@ def topology(
             m.parameters,
             m.context_length,
             cold_start_ms=m.cold_start_ms,
-            warm_for_s=_warm_for_s(template, m),
+            warm_for_s=template.warm_for_s(m),
         )
         for m in template.models
     }
@@ -86,14 +85,6 @@ def topology(
         warming=Warming(template.warming.idle_seconds, template.warming.slice_lead_seconds),
         roaming_allow={c: frozenset(a) for c, a in template.roaming.allow.items()},
     )
-
-
-def _warm_for_s(template: Template, model: Model) -> int:
-    """How long an infer function stays up after its last request: Knative's scale-down delay
-    (the model's, else infer's); none declared: the stable window alone (60 s)."""
-    infer = template.infer_function()
-    delay = model.serving.scale_down_delay or (infer.scale_down_delay if infer else None)
-    return 60 + (go_duration_seconds(delay) if delay else 0)
 
 
 def topology_from_env(environ: Mapping[str, str]) -> Topology:

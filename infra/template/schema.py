@@ -26,6 +26,7 @@ from infra.template.fields import (
     Parameters,
     Quantity,
     ScaleDownDelay,
+    go_duration_seconds,
 )
 
 API_VERSION = "tollgate.io/v1alpha1"
@@ -451,6 +452,13 @@ class Template(_Model):
 
     def infer_function(self) -> Function | None:
         return next((f for f in self.functions if f.name == "infer"), None)
+
+    def warm_for_s(self, model: Model) -> int:
+        """How long a model's infer function stays up after its last request on Knative: the
+        scale-down delay (the model's, else infer's) plus the 60 s stable window."""
+        infer = self.infer_function()
+        delay = model.serving.scale_down_delay or (infer.scale_down_delay if infer else None)
+        return 60 + (go_duration_seconds(delay) if delay else 0)
 
 
 class _Named(Protocol):
