@@ -378,9 +378,10 @@ def _to_wake(
     ranked: list[Candidate], budget: int | None, avoid_degraded: bool
 ) -> tuple[Candidate, ...]:
     """The cluster to wake: the best of those not warm that would meet the budget once warm
-    (cheapest, then fastest warm), unless it serves this request anyway (its load is the
-    request's own). Degraded clusters are not woken while a healthy one could be."""
-    if budget is None:
+    (cheapest, then fastest warm), when the chosen cluster misses the budget; the chosen one
+    itself never (its load is the request's own). Degraded clusters are not woken while a
+    healthy one could be."""
+    if budget is None or ranked[0].meets_budget:
         return ()
     sleepers = [
         c
