@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from events import ledger, network, routing, topups, types
+from events import ledger, network, routing, sla, topups, types
 
 MODELS: dict[str, type[BaseModel]] = {
     types.CREDITS_GRANT: ledger.CreditsGrant,
@@ -27,6 +27,8 @@ MODELS: dict[str, type[BaseModel]] = {
     types.INFERENCE_FAILED: ledger.InferenceFailed,
     types.ROUTE_REQUESTED: routing.RouteRequested,
     types.ROUTE_DECIDED: routing.RouteDecided,
+    types.TIERS_WARM: routing.TiersWarm,
+    **sla.MODELS,
     **network.MODELS,
     **topups.MODELS,
 }

@@ -9,7 +9,9 @@ from pydantic import Field
 from events.fields import AccountId, Amount, Count, EventData, HoldId, Name, Timestamp
 from events.quote import Quote, Usage
 
-Origin = Literal["plan", "top-up", "subscription", "refund", "promotion", "adjustment"]
+Origin = Literal[
+    "plan", "top-up", "subscription", "refund", "promotion", "adjustment", "sla-credit"
+]
 MAX_TTL_SECONDS = 24 * 3600
 
 

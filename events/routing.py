@@ -40,3 +40,7 @@ class RouteDecided(EventData):
     reasons: list[str]
     alternatives: list[RouteAlternative]
     rejected: dict[str, str]
+
+
+class TiersWarm(EventData):
+    """The warm-keeper's tick: warm what demand says must be warm now."""

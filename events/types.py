@@ -29,3 +29,6 @@ INFERENCE_FAILED: Final = "io.tollgate.inference.failed.v1"
 # Routing.
 ROUTE_REQUESTED: Final = "io.tollgate.route.requested.v1"
 ROUTE_DECIDED: Final = "io.tollgate.route.decided.v1"
+
+# The warm-keeper's schedule (consumed by the route function).
+TIERS_WARM: Final = "io.tollgate.tiers.warm.v1"

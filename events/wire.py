@@ -29,6 +29,11 @@ CLUSTER: Final = "x-tollgate-cluster"
 COLD_START_MS: Final = "x-tollgate-cold-start-ms"
 # Engine time of a whole response: what per-second plans are charged for.
 ENGINE_MS: Final = "x-tollgate-engine-ms"
+# A whole response's time from infer's arrival to its first token (queue, load and prefill
+# included), and from the engine starting on it to its first token (prefill): the router
+# learns prefill from it and the ingress accounts the client's time to first token by it.
+TTFT_MS: Final = "x-tollgate-ttft-ms"
+PREFILL_MS: Final = "x-tollgate-prefill-ms"
 
 # Ingress -> application (with TIER, CLUSTER, HOLD_ID and COLD_START_MS).
 ROUTE_REASON: Final = "x-tollgate-route-reason"

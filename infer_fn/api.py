@@ -160,7 +160,7 @@ class _Api:
             )
             response.call_on_close(outcome.finish)
             return response
-        return _whole(envelope, outcome, headers)
+        return _whole(envelope, outcome, headers, started)
 
 
 class _Outcome:
@@ -214,7 +214,9 @@ def _stream(envelope: Envelope, outcome: _Outcome, include_usage: bool) -> Itera
         yield sse(errors.engine_failed(f"The engine failed mid-stream: {exc}").body())
 
 
-def _whole(envelope: Envelope, outcome: _Outcome, headers: dict[str, str]) -> Response:
+def _whole(
+    envelope: Envelope, outcome: _Outcome, headers: dict[str, str], started: float
+) -> Response:
     after_this_request(_finish_after(outcome.finish))
     gen = outcome.gen
     pieces: list[str] = []
@@ -232,7 +234,21 @@ def _whole(envelope: Envelope, outcome: _Outcome, headers: dict[str, str]) -> Re
     response = jsonify(body)
     response.headers.update(headers)
     response.headers[wire.ENGINE_MS] = str(_ms(gen.engine_seconds))
+    response.headers.update(_first_token_headers(outcome.meter, started))
     return response
+
+
+def _first_token_headers(meter: Meter, started: float) -> dict[str, str]:
+    """When the first token came, from arrival (queue and load included) and from the engine
+    starting on the request (prefill): what the router learns prefill from and the ingress
+    accounts a whole response's time to first token by."""
+    first = meter.first_text
+    if first is None:
+        return {}
+    return {
+        wire.TTFT_MS: str(_ms(first - meter.arrived)),
+        wire.PREFILL_MS: str(_ms(first - started)),
+    }
 
 
 def _finish_after(finish: Callable[[], None]) -> Callable[[Response], Response]:

@@ -15,6 +15,7 @@ from infer_fn.engines.base import Engine
 from infer_fn.lifecycle import EngineHost
 from infer_fn.metering import EventSink
 from infer_fn.metrics import bind_load_gauges
+from infer_fn.warmup import warmup_blueprint
 
 NAME = "infer"
 # Where tests, the bench and the CLI find the engine host of an app.
@@ -47,7 +48,10 @@ def create_app(
 
     app = create_function_app(
         NAME,
-        blueprints=[build_blueprint(host, emitter or Emitter.from_env(), config)],
+        blueprints=[
+            build_blueprint(host, emitter or Emitter.from_env(), config),
+            warmup_blueprint(host, config.model_name),
+        ],
         ready=ready,
         max_body_bytes=config.max_body_bytes,
         on_error=count_refusal,

@@ -50,19 +50,33 @@ class EngineHost:
         self.admission.acquire()
         try:
             with self._lock:
-                cold = None
-                if not self.engine.loaded:
-                    started = time.perf_counter()
-                    self.engine.load()
-                    cold = time.perf_counter() - started
-                    metrics.COLD_STARTS.inc()
-                    metrics.COLD_START_SECONDS.observe(cold)
-                    log.info("engine loaded in %.3fs", cold)
+                cold = self._load_locked()
                 self._in_flight += 1
         except BaseException:
             self.admission.release()
             raise
         return Lease(self, cold)
+
+    def warm_up(self) -> float | None:
+        """Load the engine now without serving anything (a router woke this tier ahead of its
+        traffic); the seconds the load took, or None if it was loaded already. Counts as use,
+        so the idle reaper keeps it for a full idle period."""
+        with self._lock:
+            cold = self._load_locked()
+            self._last_used = time.monotonic()
+        return cold
+
+    def _load_locked(self) -> float | None:
+        """Load the engine unless loaded (the caller holds the lock): the seconds it took."""
+        if self.engine.loaded:
+            return None
+        started = time.perf_counter()
+        self.engine.load()
+        cold = time.perf_counter() - started
+        metrics.COLD_STARTS.inc()
+        metrics.COLD_START_SECONDS.observe(cold)
+        log.info("engine loaded in %.3fs", cold)
+        return cold
 
     def unload_if_idle(self) -> bool:
         with self._lock:

@@ -10,6 +10,7 @@ from events.catalogue import json_schemas
 from infra.iac_commands import COMMANDS
 from infra.local.up import up
 from infra.serve import serve
+from infra.sla_cli import sla
 from ledger_fn.cli import ledger
 
 
@@ -28,6 +29,7 @@ def events_schemas() -> None:
 main.add_command(serve)
 main.add_command(ledger)
 main.add_command(up)
+main.add_command(sla)
 for command in COMMANDS:
     main.add_command(command)
 

@@ -15,7 +15,16 @@ from functions.idempotency import Idempotency
 from functions.server import serve as serve_app
 from functions.store import Store, open_store
 from infra.template.schema import Template
-from infra.wiring import carrier_billing, plan_grants, template_from_env, topology_from_env
+from infra.wiring import (
+    carrier_billing,
+    plan_grants,
+    sla_terms,
+    template_from_env,
+    topology_from_env,
+)
+from router_fn.latency import LatencyPromise
+from router_fn.tierstate import TierStates
+from router_fn.topology import Topology
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
 FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer")
@@ -32,6 +41,7 @@ def build_app(function: str) -> Flask:
             function,
             plans=plan_grants(template),
             carrier=carrier_billing(template, os.environ),
+            sla=sla_terms(template),
         )
     if function == "infer":
         from infer_fn.app import create_app as infer_app
@@ -41,7 +51,17 @@ def build_app(function: str) -> Flask:
         from router_fn.route_app import create_app as route_app
 
         settings = Settings.from_env()
-        return route_app(topology_from_env(os.environ), open_store(settings.store_url))
+        template = template_from_env(os.environ)
+        quality = {
+            s.name: s.cluster
+            for s in template.camara.subscriptions
+            if s.api == "connectivity-insights-subscriptions"
+        }
+        return route_app(
+            topology_from_env(os.environ),
+            open_store(settings.store_url),
+            quality_subscriptions=quality,
+        )
     if function == "ingress":
         return _ingress()
     raise click.BadParameter(f"unknown function {function!r}; one of {', '.join(FUNCTIONS)}")
@@ -51,7 +71,6 @@ def _ingress() -> Flask:
     from router_fn.ingress_app import create_app as ingress_app
     from router_fn.ledger_client import LedgerClient
     from router_fn.probe import start_probing
-    from router_fn.tierstate import TierStates
 
     settings = Settings.from_env()
     authorize_url = os.environ.get("TOLLGATE_LEDGER_URL")
@@ -70,8 +89,25 @@ def _ingress() -> Flask:
     template = template_from_env(os.environ)
     network = network_blueprint(template, store, Emitter(settings.sink))
     return ingress_app(
-        topology, store, ledger, admin_token=settings.admin_token, states=states, network=network
+        topology,
+        store,
+        ledger,
+        admin_token=settings.admin_token,
+        states=states,
+        network=network,
+        latency=latency_promise(topology, store, states),
     )
+
+
+def latency_promise(topology: Topology, store: Store, states: TierStates) -> LatencyPromise:
+    """The ingress's waker (cold tiers woken off the request path), the learner that batches
+    what answers teach into the shared tier state, and the SLA observations."""
+    from router_fn.learning import Learner
+    from router_fn.waker import Waker
+    from router_fn.warmth import Warmth
+
+    learner = Learner(states, Warmth(store)).start()
+    return LatencyPromise(topology, store, Waker(states), learner)
 
 
 def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blueprint:

@@ -11,8 +11,9 @@ from infra.knative.render import infer_service_name
 from infra.template.load import load_template
 from infra.template.schema import Cluster, Model, PerSecond, Template
 from ledger_fn.plans import PlanGrant
+from ledger_fn.sla import SlaTerms
 from ledger_fn.topups import CarrierBilling
-from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Site, Topology, Warming
 
 InferUrl = Callable[[Cluster, Model], str]
 
@@ -40,11 +41,19 @@ def topology(
             max_parameters=template.tier(c.tier).max_parameters,
             infer_urls={m: url(c, template.model(m)) for m in c.models},
             emulated=local,
+            site=Site(c.site.latitude, c.site.longitude, c.site.radius_km) if c.site else None,
         )
         for c in template.clusters
     )
     models = {
-        m.name: ModelSpec(m.name, m.served_name, m.parameters, m.context_length)
+        m.name: ModelSpec(
+            m.name,
+            m.served_name,
+            m.parameters,
+            m.context_length,
+            cold_start_ms=m.cold_start_ms,
+            warm_for_s=template.warm_for_s(m),
+        )
         for m in template.models
     }
     quotes = {
@@ -68,7 +77,14 @@ def topology(
         )
         for p in template.plans
     }
-    return Topology(clusters, models, quotes, plans)
+    return Topology(
+        clusters,
+        models,
+        quotes,
+        plans,
+        warming=Warming(template.warming.idle_seconds, template.warming.slice_lead_seconds),
+        roaming_allow={c: frozenset(a) for c, a in template.roaming.allow.items()},
+    )
 
 
 def topology_from_env(environ: Mapping[str, str]) -> Topology:
@@ -115,6 +131,19 @@ def plan_grants(template: Template) -> dict[str, PlanGrant]:
             top_ups=getattr(plan, "top_ups", ()),
         )
     return grants
+
+
+def sla_terms(template: Template) -> dict[str, SlaTerms]:
+    """Each plan's latency SLA as the ledger evaluates it."""
+    return {
+        p.name: SlaTerms(
+            objective_bp=p.sla.objective_bp,
+            percent_of_spend=p.sla.credit.percent_of_spend,
+            per_breach=p.sla.credit.per_breach,
+        )
+        for p in template.plans
+        if p.sla is not None
+    }
 
 
 def carrier_billing(template: Template, environ: Mapping[str, str]) -> CarrierBilling | None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import Field
 
 from events.fields import AccountId, Amount, EventData, Name, Timestamp
 from events.ledger import Origin
-from functions.accounts import bind_slices
+from functions.accounts import bind_devices, bind_slices
 from functions.apikeys import ApiKeys
 from functions.deadletters import DeadLetters
 from functions.errors import BadRequest
@@ -19,6 +20,9 @@ from ledger_fn.ledger import Ledger
 from ledger_fn.plans import Plans
 
 MAX_SLICES = 64
+MAX_DEVICES = 64
+# A device's phone number (E.164, as CAMARA's Device.phoneNumber): roaming notifications name it.
+PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{4,14}$")]
 
 
 class NewAccount(EventData):
@@ -26,12 +30,14 @@ class NewAccount(EventData):
     name: str | None = Field(default=None, max_length=200)
     plan: Name | None = None
     slice_ids: list[Name] = Field(default_factory=list, max_length=MAX_SLICES)
+    devices: list[PhoneNumber] = Field(default_factory=list, max_length=MAX_DEVICES)
 
 
 class AccountChange(EventData):
     name: str | None = Field(default=None, max_length=200)
     plan: Name | None = None
     slice_ids: list[Name] | None = Field(default=None, max_length=MAX_SLICES)
+    devices: list[PhoneNumber] | None = Field(default=None, max_length=MAX_DEVICES)
 
 
 class NewGrant(EventData):
@@ -53,7 +59,9 @@ def admin_blueprint(
     keys: ApiKeys,
     dead_letters: DeadLetters,
     admin_token: str | None,
+    sla: Callable[[str], dict[str, Any]] | None = None,
 ) -> Blueprint:
+    """``sla``: this month's latency-SLA standing of an account, shown in its view."""
     bp = Blueprint("ledger_admin", __name__)
 
     @bp.before_request
@@ -64,7 +72,10 @@ def admin_blueprint(
         meta = ledger.meta(account_id).data
         balance = ledger.balance(account_id)
         balance["lots"] = [_lot_view(lot) for lot in balance["lots"]]
-        return {**meta, **balance, **plans.next_grant(account_id)}
+        view = {**meta, **balance, **plans.next_grant(account_id)}
+        if sla is not None:
+            view["sla"] = sla(account_id)
+        return view
 
     @bp.post("/accounts")
     def create_account() -> tuple[Response, int]:
@@ -72,6 +83,7 @@ def admin_blueprint(
         meta = body.model_dump(exclude={"account_id"}, exclude_none=True)
         _check_plan(body.plan)
         bind_slices(ledger.store, body.account_id, body.slice_ids)
+        bind_devices(ledger.store, body.account_id, body.devices)
         ledger.open_account(body.account_id, meta)
         return jsonify(account_view(body.account_id)), 201
 
@@ -91,6 +103,8 @@ def admin_blueprint(
         ledger.meta(account_id)  # 404 before binding anything to an unknown account
         if change.slice_ids is not None:
             bind_slices(ledger.store, account_id, change.slice_ids)
+        if change.devices is not None:
+            bind_devices(ledger.store, account_id, change.devices)
         ledger.update_meta(account_id, changes)
         return jsonify(account_view(account_id))
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from events.sla import period_of
 from functions.apikeys import ApiKeys
 from functions.app import create_app as create_function_app
 from functions.config import Settings
@@ -17,6 +18,8 @@ from ledger_fn.admin import admin_blueprint
 from ledger_fn.handlers import LedgerHandlers, handlers_for
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans
+from ledger_fn.sla import ServiceCredits, SlaTerms, sla_emitter, sla_handlers
+from ledger_fn.sla_api import sla_blueprint
 from ledger_fn.topups import CarrierBilling, TopUps
 from ledger_fn.topups_api import TopupHandlers, topups_blueprint
 
@@ -33,19 +36,21 @@ def create_app(
     plans: Mapping[str, PlanGrant] | None = None,
     carrier: CarrierBilling | None = None,
     topups: TopUps | None = None,
+    sla: Mapping[str, SlaTerms] | None = None,
 ) -> Flask:
     """``plans``: what each plan grants (from template.yaml, wired by infra); none: no plans.
     ``carrier``: the operator's Carrier Billing API for top-ups (none: top-ups answer 503);
-    ``topups``: a ready service instead (tests)."""
+    ``topups``: a ready service instead (tests); ``sla``: each plan's SLA terms (from
+    template.yaml), evaluated monthly into service credits."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
     ledger = ledger or Ledger(store)
     plan_book = Plans(ledger, plans or {})
-    handlers = LedgerHandlers(
-        ledger, plan_book, Emitter(settings.sink), source=f"/tollgate/{function}"
-    )
+    emitter = Emitter(settings.sink)
+    handlers = LedgerHandlers(ledger, plan_book, emitter, source=f"/tollgate/{function}")
+    credits = ServiceCredits(ledger, plan_book, sla or {}, sla_emitter(emitter, function))
     if topups is None and carrier is not None:
         topups = TopUps(ledger, plan_book, carrier)
     names = (
@@ -60,12 +65,21 @@ def create_app(
         dead_letters = DeadLetters(store)
         fallback = dead_letters.keep if function == "ledger-admin" else None
         blueprints.append(
-            admin_blueprint(ledger, plan_book, ApiKeys(store), dead_letters, settings.admin_token)
+            admin_blueprint(
+                ledger,
+                plan_book,
+                ApiKeys(store),
+                dead_letters,
+                settings.admin_token,
+                sla=lambda account: credits.report(account, period_of(credits.clock())),
+            )
         )
+        blueprints.append(sla_blueprint(credits, settings.admin_token))
         blueprints.append(topups_blueprint(topups, settings.admin_token))
     routes = handlers_for(handlers.routes(), names)
     if "grant" in names:
         routes.update(TopupHandlers(topups).routes())
+        routes.update(sla_handlers(credits))
     return create_function_app(
         function,
         handlers=routes,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from events.sla import period_end, period_of
 from functions.accounts import read_profile
 from functions.idempotency import Idempotency
 from ledger_fn.ledger import Ledger
@@ -31,17 +31,6 @@ class PlanGrant:
     models: tuple[str, ...] = ()  # empty: any model
     rollover: bool = False
     top_ups: tuple[int, ...] = ()  # credits of the top-ups the plan sells
-
-
-def period_of(moment: int) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m")
-
-
-def period_end(period: str) -> int:
-    """The first second of the month after ``period`` (YYYY-MM), UTC."""
-    year, month = (int(part) for part in period.split("-"))
-    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
 
 
 class Plans:

@@ -31,7 +31,7 @@ from events.openai import (
     Endpoint,
 )
 from events.quote import Quote, Usage
-from functions.accounts import read_profile
+from functions.accounts import read_profile, roaming_countries
 from functions.apikeys import ApiKeys
 from functions.errors import (
     BadRequest,
@@ -46,11 +46,13 @@ from functions.store import Store
 from functions.validation import validate
 from router_fn import metrics
 from router_fn.hints import parse_hints
+from router_fn.latency import LatencyPromise, Served
 from router_fn.ledger_client import LedgerClient
 from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
 from router_fn.tierstate import TierStates
 from router_fn.tierview import tiers_view
 from router_fn.topology import ModelSpec, PlanSpec, Topology
+from router_fn.ttft import FirstToken
 from router_fn.ttl_cache import TTLCache
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ AUTH_CACHE_S = 5.0  # a revoked key stops working within this long
 class Caller:
     account_id: str
     plan: PlanSpec | None
+    # Where the account's roaming devices allow processing (None: none roams).
+    roaming: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Ingress:
         *,
         admin_token: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        latency: LatencyPromise | None = None,
     ) -> None:
         self.topology = topology
         self.store = store
@@ -98,6 +103,7 @@ class Ingress:
         self.states = states
         self.admin_token = admin_token
         self.sleep = sleep
+        self.latency = latency
         self._callers: TTLCache[str, Caller] = TTLCache(AUTH_CACHE_S)
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy lookups from the environment per request
@@ -119,7 +125,9 @@ class Ingress:
         profile = read_profile(self.store, account_id) or {}
         plan_name = profile.get("plan")
         plan = self.topology.plans.get(plan_name) if isinstance(plan_name, str) else None
-        return Caller(account_id, plan)
+        countries = roaming_countries(self.store, account_id)
+        allowed = None if countries is None else self.topology.roaming_jurisdictions(countries)
+        return Caller(account_id, plan, allowed)
 
     def allowed_models(self, caller: Caller) -> list[ModelSpec]:
         hosted = {m for c in self.topology.clusters for m in c.infer_urls}
@@ -136,14 +144,37 @@ class Ingress:
         caller = self.caller()
         body, parsed = _read_request(endpoint)
         model = self._served_model(caller, parsed.model)
-        route = _route_request(model, parsed)
+        route = replace(_route_request(model, parsed), roaming=caller.roaming)
         forward = {**body, "model": model.served_name, "max_tokens": route.max_tokens}
         forward.pop("max_completion_tokens", None)
         request_id = uuid.uuid4().hex
         attempt, decision = self._attempt(endpoint, caller, route, forward, request_id, started)
         metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
         headers = self._answer_headers(attempt, decision, request_id)
-        return _streamed(attempt, headers) if parsed.stream else _whole(attempt, headers)
+        if self.latency is None:
+            return _streamed(attempt, headers) if parsed.stream else _whole(attempt, headers)
+        first_token = FirstToken(started)
+        if parsed.stream:
+            watched = replace(
+                attempt, first=b"", chunks=first_token.watch(attempt.first, attempt.chunks)
+            )
+            response = _streamed(watched, headers)
+        else:
+            first_token.whole(attempt.upstream.headers)
+            response = _whole(attempt, headers)
+        served = Served(
+            caller.account_id,
+            caller.plan,
+            model.name,
+            attempt.candidate.cluster,
+            decision.budget_ms,
+            route.prompt_tokens,
+            request_id,
+            attempt.upstream.headers,
+        )
+        latency = self.latency
+        response.call_on_close(lambda: latency.observe(served, first_token))
+        return response
 
     def _served_model(self, caller: Caller, name: str) -> ModelSpec:
         model = self.topology.model(name)
@@ -209,7 +240,10 @@ class Ingress:
 
     def _decide(self, route: RouteRequest, caller: Caller, failures: list[str]) -> Decision:
         try:
-            return decide(route, self.topology, self.states.snapshot(), caller.plan)
+            decision = decide(route, self.topology, self.states.snapshot(), caller.plan)
+            if self.latency is not None:
+                self.latency.wake(decision)
+            return decision
         except NoRoute as exc:
             metrics.REQUESTS.labels("none", "no_route").inc()
             raise Unavailable(

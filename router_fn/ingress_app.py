@@ -8,6 +8,7 @@ from flask import Blueprint, Flask
 from functions.app import create_app as create_function_app
 from functions.store import Store
 from router_fn.ingress import Ingress
+from router_fn.latency import LatencyPromise
 from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
@@ -21,8 +22,17 @@ def create_app(
     admin_token: str | None = None,
     states: TierStates | None = None,
     network: Blueprint | None = None,
+    latency: LatencyPromise | None = None,
 ) -> Flask:
-    """``network``: the endpoint network systems POST their notifications to (``/events``)."""
-    ingress = Ingress(topology, store, ledger, states or TierStates(store), admin_token=admin_token)
+    """``network``: the endpoint network systems POST their notifications to (``/events``);
+    ``latency``: waking cold tiers, learning from answers and measuring SLA attainment."""
+    ingress = Ingress(
+        topology,
+        store,
+        ledger,
+        states or TierStates(store),
+        admin_token=admin_token,
+        latency=latency,
+    )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
     return create_function_app("ingress", blueprints=blueprints, ready=store.ping)

@@ -5,17 +5,26 @@
    size, the cluster's jurisdiction is allowed (the residency hint intersected with the plan's),
    the prompt fits the model's context, the price book prices the model on that tier, and its
    infer function is not known to be unhealthy. Each infeasible cluster gets its reason.
-2. Predicted latency (ms) = RTT + queue wait + cold start if the model is not warm there. Queue
-   wait = queue depth x service time / running requests (the slots draining the queue); service
-   time = the request's completion tokens (max_tokens, else a default) at the observed tokens/s,
-   else a default speed. It is the time until the engine starts on the request, which is what
-   the choice of cluster changes; generation itself is not in it. Unknown load (never scraped or
-   stale) is assumed cold with an empty queue: scale-to-zero services are cold unless seen warm.
+2. Predicted time to first token (ms), what a latency budget promises (events/sla.py) = RTT +
+   queue wait + cold start if the model is not warm there + prefill. Queue wait = queue depth x
+   service time / running requests (the slots draining the queue); service time = the request's
+   completion tokens (max_tokens, else a default) at the observed tokens/s, else a default
+   speed. Prefill = the prompt at the prefill speed learned from the endpoint's answers (else
+   the configured default, none by default). Warm or cold is judged from fresh evidence only: a
+   fresh probe, else an answer more recent than the model's keep-warm time (Knative's
+   scale-down delay); no evidence reads as cold with an empty queue: scale-to-zero services are
+   cold unless seen warm. A cold start costs the learned estimate (a high percentile of the
+   endpoint's recent measured loads, else of the model's elsewhere), else the template's prior,
+   else a size-based guess.
 3. Rank: with a latency budget (the hint, else the plan's target), clusters meeting it first,
    cheapest first (the price book's rate for this request), then fastest; if none meets it, the
    fastest. Without a budget, cheapest then fastest. A degraded cluster goes last for a request
    with a budget while a non-degraded feasible one exists; otherwise it ranks as usual. Names
    break every tie, so the same inputs always give the same decision.
+4. Wake: when a cluster that is not warm would meet the budget were it warm, and another cluster
+   serves the request, the decision names it to be woken (the best such one), so the requests
+   that follow meet the budget instead of the cold tier never warming (the caller wakes it
+   asynchronously, never on this request's path).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from events.openai import DEFAULT_MAX_TOKENS
-from router_fn.tierstate import ClusterState, Load
+from router_fn.tierstate import ClusterState, Endpoint, Load
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 
 MAX_HEADER = 299
@@ -38,6 +47,9 @@ class PolicyConfig:
     SmolLM2 on CPU loads in ~2 s, an 8B model in vLLM ~35 s, a 70B one minutes)."""
 
     tokens_per_second: float = 40.0  # one request's decode speed until one is observed
+    # Prompt speed until one is learned; None: prefill is left out until it is learned (short
+    # prompts prefill in a few ms, far below the RTTs that separate tiers).
+    prefill_tokens_per_second: float | None = None
     cold_start_ms_base: int = 2000
     cold_start_ms_per_billion: int = 4000
     # Completion tokens assumed when the request does not bound them (price and service time).
@@ -56,6 +68,9 @@ class RouteRequest:
     prompt_tokens: int = 0
     max_tokens: int | None = None
     exclude: frozenset[str] = frozenset()  # clusters that already failed this request
+    # Where the caller's roaming device allows processing (None: not roaming); narrows the
+    # residency like a hint, but an empty set means nowhere, not "no restriction".
+    roaming: frozenset[str] | None = None
 
 
 class Candidate(NamedTuple):  # a tuple: built per cluster per request, cheaper than a dataclass
@@ -66,6 +81,7 @@ class Candidate(NamedTuple):  # a tuple: built per cluster per request, cheaper 
     meets_budget: bool
     degraded: bool
     price: int  # micro-credits of this request at the tier's rate (for ordering only)
+    cold_ms: int = 0  # the cold start inside predicted_ms (0: seen warm)
 
 
 class Decision(NamedTuple):
@@ -75,6 +91,7 @@ class Decision(NamedTuple):
     rejected: Mapping[str, str]  # infeasible cluster -> why
     reasons: tuple[str, ...]
     budget_ms: int | None
+    wake: tuple[Candidate, ...] = ()  # cold clusters to wake now: they would meet the budget
 
     @property
     def cluster(self) -> str:
@@ -117,6 +134,8 @@ def decide(
     if budget is None and plan is not None:
         budget = plan.latency_target_ms
     allowed = _residency(request.residency, plan.residency if plan else frozenset())
+    if request.roaming is not None:
+        allowed = request.roaming if allowed is None else allowed & request.roaming
     completion = request.max_tokens if request.max_tokens is not None else config.completion_tokens
     ranked, rejected, retryable, unknown_load = _survey(
         request, topology, live, plan, config, allowed, budget, completion
@@ -135,21 +154,24 @@ def decide(
         )
     )
     chosen = ranked[0]
+    wake = _to_wake(ranked, budget, avoid_degraded)
+    reasons = _reasons(
+        request,
+        ranked,
+        budget,
+        allowed,
+        live,
+        avoid_degraded=avoid_degraded,
+        load_unknown=chosen.cluster in unknown_load,
+    )
     return Decision(
         model=request.model.name,
         chosen=chosen,
         alternatives=tuple(ranked[1:]),
         rejected=rejected,
-        reasons=_reasons(
-            request,
-            ranked,
-            budget,
-            allowed,
-            live,
-            avoid_degraded=avoid_degraded,
-            load_unknown=chosen.cluster in unknown_load,
-        ),
+        reasons=(reasons[0], *(_woken(c, chosen) for c in wake), *reasons[1:]),
         budget_ms=budget,
+        wake=wake,
     )
 
 
@@ -192,8 +214,12 @@ def _survey(
             continue
         if endpoint.load is None:
             unknown_load.add(cluster.name)
-        predicted = cluster.rtt_ms + _delay_ms(
-            model, cluster.name, endpoint.load, live, config, service_ms, completion
+        cold = 0 if _warm(endpoint, model) else _cold_start_ms(model, cluster.name, live, config)
+        predicted = (
+            cluster.rtt_ms
+            + _delay_ms(endpoint.load, service_ms, completion)
+            + cold
+            + _prefill_ms(endpoint, request.prompt_tokens, config)
         )
         quote = topology.quotes[(model.name, cluster.tier)]
         if per_second:
@@ -212,30 +238,17 @@ def _survey(
                 budget is None or predicted <= budget,
                 bool(state.degradations),
                 price,
+                cold,
             )
         )
     return feasible, rejected, retryable, unknown_load
 
 
-def _delay_ms(
-    model: ModelSpec,
-    cluster: str,
-    load: Load | None,
-    live: Mapping[str, ClusterState],
-    config: PolicyConfig,
-    service_ms: int,
-    completion: int,
-) -> int:
-    """The predicted time from arrival to the engine starting, RTT aside: queue wait plus a
-    cold start unless seen warm (unknown load: cold, empty queue)."""
-    if load is None:
-        return _cold_start_ms(model, cluster, load, live, config)
-    delay = 0
-    if load.queue_depth > 0:
-        delay += _wait_ms(load, service_ms, completion)
-    if not load.warm:
-        delay += _cold_start_ms(model, cluster, load, live, config)
-    return delay
+def _delay_ms(load: Load | None, service_ms: int, completion: int) -> int:
+    """The predicted queue wait (unknown load: an empty queue)."""
+    if load is None or load.queue_depth <= 0:
+        return 0
+    return _wait_ms(load, service_ms, completion)
 
 
 def _reasons(
@@ -315,27 +328,79 @@ def _wait_ms(load: Load, service_ms: int, completion_tokens: int) -> int:
     return load.queue_depth * service_ms // max(1, load.running)
 
 
+def _warm(endpoint: Endpoint, model: ModelSpec) -> bool:
+    """Loaded now, by fresh evidence: a fresh probe decides; without one, an answer more recent
+    than the time the function stays up after serving. No evidence: cold."""
+    if endpoint.load is not None:
+        return endpoint.load.warm
+    served = endpoint.served
+    return served is not None and served.age_s <= model.warm_for_s
+
+
 def _cold_start_ms(
-    model: ModelSpec,
-    cluster: str,
-    load: Load | None,
-    live: Mapping[str, ClusterState],
-    config: PolicyConfig,
+    model: ModelSpec, cluster: str, live: Mapping[str, ClusterState], config: PolicyConfig
 ) -> int:
-    """This endpoint's last observed cold start, else the slowest seen for the model elsewhere,
-    else a size-based default."""
-    if load is not None and load.cold_start_ms is not None:
-        return load.cold_start_ms
+    """What loading the model on ``cluster`` will likely cost: the learned estimate of this
+    endpoint (a high percentile of its recent measured loads), else the infer function's own
+    mean of its loads, else the slowest of these for the model elsewhere, else the
+    template's prior, else a size-based guess."""
+    own = _measured_ms(live[cluster].endpoint(model.name)) if cluster in live else None
+    if own is not None:
+        return own
     seen = [
-        other.load.cold_start_ms
+        ms
         for name in sorted(live)
-        if name != cluster
-        and (other := live[name].endpoint(model.name)).load is not None
-        and other.load.cold_start_ms is not None
+        if name != cluster and (ms := _measured_ms(live[name].endpoint(model.name))) is not None
     ]
     if seen:
         return max(seen)
+    if model.cold_start_ms is not None:
+        return model.cold_start_ms
     return config.cold_start_ms_base + model.parameters * config.cold_start_ms_per_billion // 10**9
+
+
+def _measured_ms(endpoint: Endpoint) -> int | None:
+    if endpoint.cold is not None:
+        return endpoint.cold.estimate_ms
+    if endpoint.load is not None:
+        return endpoint.load.cold_start_ms
+    return None
+
+
+def _prefill_ms(endpoint: Endpoint, prompt_tokens: int, config: PolicyConfig) -> int:
+    speed = config.prefill_tokens_per_second
+    if endpoint.served is not None and endpoint.served.prefill_tokens_per_s:
+        speed = endpoint.served.prefill_tokens_per_s
+    return int(prompt_tokens * 1000 / speed) if speed else 0
+
+
+def _to_wake(
+    ranked: list[Candidate], budget: int | None, avoid_degraded: bool
+) -> tuple[Candidate, ...]:
+    """The cluster to wake: the best of those not warm that would meet the budget once warm
+    (cheapest, then fastest warm), when the chosen cluster misses the budget; the chosen one
+    itself never (its load is the request's own). Degraded clusters are not woken while a
+    healthy one could be."""
+    if budget is None or ranked[0].meets_budget:
+        return ()
+    sleepers = [
+        c
+        for c in ranked[1:]
+        if c.cold_ms
+        and c.predicted_ms - c.cold_ms <= budget
+        and not (avoid_degraded and c.degraded)
+    ]
+    if not sleepers:
+        return ()
+    best = min(sleepers, key=lambda c: (c.price, c.predicted_ms - c.cold_ms, c.cluster))
+    return (best,)
+
+
+def _woken(sleeper: Candidate, chosen: Candidate) -> str:
+    return (
+        f"{sleeper.cluster} cold (predicted {sleeper.cold_ms} ms start): woken; "
+        f"served by {chosen.cluster} meanwhile"
+    )
 
 
 def _why_chosen(chosen: Candidate, ranked: list[Candidate], budget: int | None) -> str:

@@ -6,6 +6,11 @@ This function does what the ingress does not:
 - it consumes ``io.tollgate.network.site.degraded.v1`` / ``restored.v1`` from the broker and
   writes them to the shared tier state every ingress routes on. Broker deliveries go to a
   cluster-local function, not to the public ingress;
+- it acts on the network's other events (router_fn/network_acts.py): slice bookings become warm
+  windows, QoD sessions feed tier state, roaming narrows residency, ended quality watches lift
+  their degradations;
+- it is the warm-keeper: each ``io.tollgate.tiers.warm.v1`` tick wakes what demand says must be
+  warm now (router_fn/warmth.py), through the same warm-up call the ingress uses;
 - it answers ``io.tollgate.route.requested.v1`` POSTed to it with
   ``io.tollgate.route.decided.v1``: where a request would go and why, by the same policy over the
   same state, without running or paying for it (ops, a console).
@@ -22,22 +27,42 @@ Answers, by Knative's delivery rules:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
 from events import types
-from events.network import SITE_DEGRADED, SITE_RESTORED, SiteDegraded, SiteRestored
-from events.routing import RouteRequested
+from events.network import (
+    QOS_CHANGED,
+    ROAMING_CHANGED,
+    SITE_DEGRADED,
+    SITE_RESTORED,
+    SLICE_BOOKED,
+    SUBSCRIPTION_CHANGED,
+    QosChanged,
+    RoamingChanged,
+    SiteDegraded,
+    SiteRestored,
+    SliceBooked,
+    SubscriptionChanged,
+)
+from events.routing import RouteRequested, TiersWarm
 from functions.app import Handler
 from functions.app import create_app as create_function_app
 from functions.cloudevent import Incoming, Reply
 from functions.errors import BadRequest, FunctionError, NotFound, Unavailable
 from functions.store import Store
 from functions.validation import validate
+from router_fn.network_acts import NetworkActs
 from router_fn.policy import DEFAULT_CONFIG, Decision, NoRoute, PolicyConfig, RouteRequest, decide
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
+from router_fn.waker import Waker
+from router_fn.warmth import Warmth, targets
+
+log = logging.getLogger(__name__)
 
 NAME = "route"
 # How long a degradation holds when its event names no expiry, unless renewed or restored.
@@ -56,9 +81,22 @@ def create_app(
     states: TierStates | None = None,
     config: PolicyConfig = DEFAULT_CONFIG,
     degradation_s: int = DEFAULT_DEGRADATION_S,
+    waker: Waker | None = None,
+    quality_subscriptions: Mapping[str, str] | None = None,
 ) -> Flask:
-    """The route function's app; ``states`` defaults to the tier state in ``store``."""
+    """The route function's app; ``states`` defaults to the tier state in ``store``;
+    ``quality_subscriptions``: the template's network-quality subscriptions -> their cluster."""
     live = states or TierStates(store)
+    warmth = Warmth(store, live.clock)
+    wakes = waker or Waker(live)
+    acts = NetworkActs(
+        topology,
+        store,
+        live,
+        warmth,
+        degradation_s=degradation_s,
+        subscriptions=quality_subscriptions,
+    )
 
     def route(event: Incoming) -> Reply:
         cmd = validate(RouteRequested, event.data, f"{event.type} data")
@@ -105,12 +143,38 @@ def create_app(
         fact = validate(SiteRestored, event.data, f"{event.type} data")
         live.restore(known(fact.cluster), fact.source_event)
 
+    def warm(event: Incoming) -> None:
+        """The warm-keeper's tick: wake every (cluster, model) demand says must be warm now.
+        Warm-ups run in the background; a tick never waits for a model to load."""
+        validate(TiersWarm, event.data, f"{event.type} data")
+        demand, slices = warmth.read()
+        snapshot = live.snapshot()
+        for target in targets(topology, snapshot, demand, slices, live.clock()):
+            cluster = topology.cluster(target.cluster)
+            log.info("keeping %s/%s warm: %s", target.cluster, target.model, target.why)
+            wakes.wake(
+                target.cluster, target.model, cluster.infer_urls[target.model], cluster.rtt_ms
+            )
+
     handlers: dict[str, Handler] = {
         types.ROUTE_REQUESTED: route,
+        types.TIERS_WARM: warm,
         SITE_DEGRADED: degraded,
         SITE_RESTORED: restored,
+        SLICE_BOOKED: lambda e: _ignore(acts.slice_booked(validate(SliceBooked, e.data, e.type))),
+        QOS_CHANGED: lambda e: acts.qos_changed(validate(QosChanged, e.data, e.type)),
+        ROAMING_CHANGED: lambda e: _ignore(
+            acts.roaming_changed(validate(RoamingChanged, e.data, e.type))
+        ),
+        SUBSCRIPTION_CHANGED: lambda e: acts.subscription_changed(
+            validate(SubscriptionChanged, e.data, e.type)
+        ),
     }
     return create_function_app(NAME, handlers=handlers, ready=store.ping)
+
+
+def _ignore(_result: object) -> None:
+    """A network event applied: 204, nothing to reply."""
 
 
 def decided(decision: Decision) -> dict[str, Any]:

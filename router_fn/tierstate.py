@@ -6,11 +6,16 @@ load never races a network event writing degradation:
 - ``TIERS`` / ``<cluster>#HEALTH#<model>``: the model's infer function answers /readyz or not;
 - ``TIERS`` / ``<cluster>#LOAD#<model>``: its last scraped load;
 - ``TIERS`` / ``<cluster>#DEGRADED``: degradations by source (network events), each with its own
-  expiry, so a lost "restored" event cannot strand a site and one source cannot clear another's.
+  expiry, so a lost "restored" event cannot strand a site and one source cannot clear another's;
+- ``TIERS`` / ``<cluster>#COLD#<model>``: the last ``COLD_SAMPLES`` measured cold starts (what
+  infer reported for a load a request or a warm-up caused), the policy's learned estimate;
+- ``TIERS`` / ``<cluster>#SERVED#<model>``: when it last answered (a request or a warm-up), and
+  the prefill speed learned from its answers.
 Read-modify-writes are versioned (``update_item``): a conflict re-reads and re-applies.
 
 Old evidence is not trusted: load older than ``load_stale_s`` and health older than
-``health_stale_s`` read as unknown (None), never as "empty queue" or "down forever"."""
+``health_stale_s`` read as unknown (None), never as "empty queue" or "down forever". Cold-start
+samples older than ``COLD_MAX_AGE_S`` are dropped (a new image or GPU changes them)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from functions.store import Store, StoreUnavailable, query_all, update_item
@@ -30,6 +35,11 @@ PK = "TIERS"
 HEALTH = "HEALTH"
 LOAD = "LOAD"
 DEGRADED = "DEGRADED"
+COLD = "COLD"
+SERVED = "SERVED"
+COLD_SAMPLES = 16  # the window of recent loads the estimate is taken over
+COLD_PERCENTILE = 90  # a high percentile: a budget is a promise, plan for the slow loads
+COLD_MAX_AGE_S = 7 * 86_400
 MAX_DETAIL = 200  # a probe's error text, kept short: it travels in route reasons
 
 Clock = Callable[[], float]
@@ -62,11 +72,36 @@ class Degradation:
 
 
 @dataclass(frozen=True, slots=True)
+class ColdStarts:
+    """Measured cold starts of one endpoint, oldest first (ms)."""
+
+    samples: tuple[int, ...]
+
+    @property
+    def estimate_ms(self) -> int:
+        """The ``COLD_PERCENTILE`` th percentile (nearest rank) of the window."""
+        ordered = sorted(self.samples)
+        rank = -(-COLD_PERCENTILE * len(ordered) // 100)  # ceil, integers only
+        return ordered[max(rank, 1) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The endpoint's last answer and the prefill speed learned from its answers."""
+
+    at: float
+    prefill_tokens_per_s: float | None = None
+    age_s: float = 0.0  # how long ago ``at`` was when the snapshot was read
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One model's infer function on one cluster; None fields are unknown (or stale)."""
 
     health: Health | None = None
     load: Load | None = None
+    cold: ColdStarts | None = None
+    served: Served | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +177,13 @@ class TierStates:
             if kind == HEALTH:
                 health = _health(item.data)
                 fresh = now - health.checked_at <= self.health_stale_s
-                current = Endpoint(health if fresh else None, current.load)
+                current = replace(current, health=health if fresh else None)
             elif kind == LOAD:
                 load = _load(item.data)
                 fresh = now - load.updated_at <= self.load_stale_s
-                current = Endpoint(current.health, load if fresh else None)
+                current = replace(current, load=load if fresh else None)
+            else:
+                current = _learned(current, kind, item.data, now)
             endpoints[cluster][model] = current
         names = sorted(endpoints.keys() | degradations.keys())
         return {n: ClusterState(n, endpoints.get(n, {}), degradations.get(n, ())) for n in names}
@@ -198,6 +235,52 @@ class TierStates:
             }
 
         return _load(self._update(f"{cluster}#{LOAD}#{model}", change))
+
+    def record_cold_starts(self, cluster: str, model: str, samples_ms: list[int]) -> ColdStarts:
+        """Add measured cold starts to the endpoint's window (the oldest fall out)."""
+        now = self.clock()
+
+        def change(data: dict[str, Any] | None) -> dict[str, Any]:
+            kept = _recent_samples(data, now)
+            kept.extend([now, int(ms)] for ms in samples_ms)
+            return {"samples": kept[-COLD_SAMPLES:]}
+
+        data = self._update(f"{cluster}#{COLD}#{model}", change)
+        return ColdStarts(tuple(ms for _, ms in data["samples"]))
+
+    def record_served(
+        self,
+        cluster: str,
+        model: str,
+        *,
+        at: float,
+        prefill: tuple[int, int] | None = None,
+    ) -> Served:
+        """The endpoint answered at ``at``; ``prefill`` (prompt tokens, ms) observed since the
+        last record updates its prefill speed (an average weighted towards the recent)."""
+
+        def change(data: dict[str, Any] | None) -> dict[str, Any]:
+            speed = None if data is None else data.get("prefill_tokens_per_s")
+            if prefill is not None and prefill[0] > 0:
+                tokens, ms = prefill
+                seen = tokens * 1000 / max(ms, 1)
+                speed = seen if speed is None else 0.7 * speed + 0.3 * seen
+            latest = max(at, data["at"]) if data is not None else at
+            return {"at": latest, "prefill_tokens_per_s": speed}
+
+        data = self._update(f"{cluster}#{SERVED}#{model}", change)
+        return Served(data["at"], data.get("prefill_tokens_per_s"))
+
+    def report_warm(self, cluster: str, model: str) -> None:
+        """A warm-up answered: the model is loaded now, whatever the last probe said (its queue
+        and load figures stay until the next probe replaces them)."""
+        now = self.clock()
+
+        def change(data: dict[str, Any] | None) -> dict[str, Any]:
+            base = data or {"queue_depth": 0, "running": 0, "cold_start_ms": None}
+            return {**base, "warm": True, "updated_at": now}
+
+        self._update(f"{cluster}#{LOAD}#{model}", change)
 
     def degrade(self, cluster: str, cause: str, until: float, source: str) -> Degradation:
         """Mark the cluster degraded by ``source`` until ``until`` (epoch seconds). A renewal
@@ -264,6 +347,21 @@ def _load(data: dict[str, Any]) -> Load:
         updated_at=data["updated_at"],
         tokens_per_second=data.get("tokens_per_second"),
     )
+
+
+def _learned(current: Endpoint, kind: str, data: dict[str, Any], now: float) -> Endpoint:
+    if kind == COLD:
+        samples = tuple(ms for _, ms in _recent_samples(data, now))
+        return replace(current, cold=ColdStarts(samples) if samples else None)
+    if kind == SERVED:
+        served = Served(data["at"], data.get("prefill_tokens_per_s"), max(0.0, now - data["at"]))
+        return replace(current, served=served)
+    return current  # a kind this version does not know: written by a newer one, ignored
+
+
+def _recent_samples(data: dict[str, Any] | None, now: float) -> list[list[Any]]:
+    samples: list[list[Any]] = (data or {}).get("samples", [])
+    return [list(s) for s in samples if now - s[0] <= COLD_MAX_AGE_S]
 
 
 def _live_entries(data: dict[str, Any] | None, now: float) -> dict[str, dict[str, Any]]:

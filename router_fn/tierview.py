@@ -41,7 +41,7 @@ def tiers_view(topology: Topology, live: Mapping[str, ClusterState]) -> list[dic
 
 
 def _endpoint(endpoint: Endpoint) -> dict[str, Any]:
-    health, load = endpoint.health, endpoint.load
+    health, load, cold, served = endpoint.health, endpoint.load, endpoint.cold, endpoint.served
     return {
         "healthy": None if health is None else health.healthy,
         "health_since": None if health is None else _iso(health.since),
@@ -51,6 +51,12 @@ def _endpoint(endpoint: Endpoint) -> dict[str, Any]:
         "running": None if load is None else load.running,
         "cold_start_ms": None if load is None else load.cold_start_ms,
         "load_updated_at": None if load is None else _iso(load.updated_at),
+        # What the router learned: the cold-start estimate it routes by (a high percentile of
+        # the measured loads listed), when it last answered, its prefill speed.
+        "cold_start_estimate_ms": None if cold is None else cold.estimate_ms,
+        "cold_starts_measured_ms": None if cold is None else list(cold.samples),
+        "last_served_at": None if served is None else _iso(served.at),
+        "prefill_tokens_per_s": None if served is None else served.prefill_tokens_per_s,
     }
 
 

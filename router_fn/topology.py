@@ -17,6 +17,19 @@ class ModelSpec:
     served_name: str  # the id applications send, e.g. "SmolLM2-135M-Instruct"
     parameters: int
     context_length: int
+    cold_start_ms: int | None = None  # the template's prior; learned estimates replace it
+    # How long an infer function stays loaded after it last served (Knative's scale-down delay):
+    # a recent answer is evidence it is still warm where no fresher probe says otherwise.
+    warm_for_s: int = 0
+
+
+@dataclass(frozen=True)
+class Site:
+    """The area a cluster serves: a circle on the WGS 84 ellipsoid's sphere."""
+
+    latitude: float
+    longitude: float
+    radius_km: float
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class ClusterSpec:
     # model name -> base URL of that model's infer function on this cluster
     infer_urls: Mapping[str, str] = field(default_factory=dict)
     emulated: bool = False  # `tollgate up`: the RTT is added locally, not real
+    site: Site | None = None
 
     def hosts(self, model: str) -> bool:
         return model in self.infer_urls
@@ -46,11 +60,31 @@ class PlanSpec:
 
 
 @dataclass(frozen=True)
+class Warming:
+    """Warm ahead of demand (template ``warming``)."""
+
+    idle_s: int = 900  # a plan's sites stay warm this long after its last request
+    slice_lead_s: int = 600  # a booked slice's sites are warmed this long before it starts
+
+
+@dataclass(frozen=True)
 class Topology:
     clusters: tuple[ClusterSpec, ...]
     models: Mapping[str, ModelSpec]
     quotes: Mapping[tuple[str, str], Quote]  # (model name, tier) -> the price book's rates
     plans: Mapping[str, PlanSpec] = field(default_factory=dict)
+    warming: Warming = Warming()
+    # Roaming country -> where a roaming device's account may be served (template ``roaming``);
+    # a country not listed allows only itself.
+    roaming_allow: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def roaming_jurisdictions(self, countries: frozenset[str]) -> frozenset[str]:
+        """Where requests may go while roaming in ``countries`` (several: each must allow)."""
+        allowed: frozenset[str] | None = None
+        for country in sorted(countries):
+            here = self.roaming_allow.get(country, frozenset({country}))
+            allowed = here if allowed is None else allowed & here
+        return allowed or frozenset()
 
     def model(self, requested: str) -> ModelSpec | None:
         """The model an application asked for, by served name or template name."""

@@ -249,6 +249,20 @@ def _service(
     }
 
 
+def _passive_warmth() -> dict[str, str]:
+    """No prober on Knative: polling an infer Service (even /readyz) is a request, which keeps a
+    min-scale-0 revision from ever scaling to zero. The ingress judges warmth from fresh evidence
+    that costs nothing: its own answers and warm-ups (router_fn/learning.py, the policy's
+    keep-warm window), and the activator queues what the queue gauges would have shown."""
+    return {"TOLLGATE_PROBE_INTERVAL_S": "0"}
+
+
+def _loaded_while_up(t: Template, m: Model) -> dict[str, str]:
+    """The engine stays loaded as long as Knative keeps the pod (scale-down delay plus the
+    stable window), so a pod the router believes warm has its model loaded."""
+    return {"TOLLGATE_IDLE_SECONDS": str(t.warm_for_s(m))}
+
+
 def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
     env = {"TOLLGATE_STORE": t.table.store, "AWS_REGION": t.table.region}
     if f.name == "ingress":
@@ -257,6 +271,7 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         local = f"{t.namespace}.svc.cluster.local"
         env["TOLLGATE_LEDGER_URL"] = f"http://authorize.{local}"
         env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
+        env |= _passive_warmth()
     container = _tollgate_container(t, c, f.name, env, f.resources.cpu, f.resources.memory)
     if f.name == "ingress":
         # The bearer network systems present to /events (CAMARA sinkCredential), from the
@@ -315,6 +330,7 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
     }
     # Names as infer_fn/config.py reads them.
     env = {"TOLLGATE_MODEL_NAME": m.served_name, "TOLLGATE_ENGINE": m.engine}
+    env |= _loaded_while_up(t, m)
     if m.engine == "llamacpp":
         env["TOLLGATE_N_CTX"] = str(m.context_length)
         infer = _tollgate_container(t, c, INFER, env, m.resources.cpu, m.resources.memory)

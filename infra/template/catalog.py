@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from events import network, topups
+from events import network, sla, topups
 from events import types as t
 from events.catalogue import MODELS
 from functions.app import PING_TYPE
@@ -42,13 +42,30 @@ FUNCTION_KINDS: Final = MappingProxyType(
                 topups.TOPUP_PAYMENT_CHANGED,
                 topups.TOPUP_REFUND_CHANGED,
                 topups.TOPUPS_POLL,
+                sla.SLA_EVALUATE,
             ),
-            (t.CREDITS_GRANTED, t.PLANS_RENEWED, topups.TOPUPS_POLLED),
+            (
+                t.CREDITS_GRANTED,
+                t.PLANS_RENEWED,
+                topups.TOPUPS_POLLED,
+                sla.SLA_EVALUATED,
+                sla.SLA_CREDITED,
+            ),
         ),
         "sweep": _kind((t.HOLDS_SWEEP,), (t.HOLD_EXPIRED, t.HOLDS_SWEPT)),
         "ledger-admin": _kind(),
         "route": _kind(
-            (t.ROUTE_REQUESTED, network.SITE_DEGRADED, network.SITE_RESTORED), (t.ROUTE_DECIDED,)
+            (
+                t.ROUTE_REQUESTED,
+                t.TIERS_WARM,
+                network.SITE_DEGRADED,
+                network.SITE_RESTORED,
+                network.SLICE_BOOKED,
+                network.QOS_CHANGED,
+                network.ROAMING_CHANGED,
+                network.SUBSCRIPTION_CHANGED,
+            ),
+            (t.ROUTE_DECIDED,),
         ),
         # The ingress asks authorize with CloudEvents and reports a failed attempt itself when
         # it fails over; its events endpoint publishes what network systems tell us.

@@ -29,6 +29,7 @@ def cross_check(t: Template) -> list[Problem]:
         *_eventing(t),
         *_camara(t),
         *_carrier_billing(t),
+        *_sites(t),
         *_local(t),
     ]
 
@@ -332,6 +333,24 @@ def _carrier_billing(t: Template) -> Iterator[Problem]:
                     f"{credits} credits is not a whole number of {cb.currency} minor units at "
                     f"{cb.credits_per_unit} credits per {cb.currency}",
                 )
+
+
+def _sites(t: Template) -> Iterator[Problem]:
+    """A slice booking warms the sites that serve its area: with a slice-booking subscription,
+    every cluster must say where it serves, or a booking could never be matched."""
+    booking = next(
+        (s.name for s in t.camara.subscriptions if s.api == "network-slice-booking"), None
+    )
+    if booking is None:
+        return
+    for i, c in enumerate(t.clusters):
+        if c.site is None:
+            yield Problem(
+                ("clusters", i),
+                f"cluster {c.name!r} has no site, but subscription {booking!r} books slices "
+                "whose service areas are matched with sites: add "
+                "site: {latitude: N, longitude: N, radiusKm: N}",
+            )
 
 
 def _local(t: Template) -> Iterator[Problem]:

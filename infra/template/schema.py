@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Annotated, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,6 +26,7 @@ from infra.template.fields import (
     Parameters,
     Quantity,
     ScaleDownDelay,
+    go_duration_seconds,
 )
 
 API_VERSION = "tollgate.io/v1alpha1"
@@ -92,6 +94,15 @@ class Gpu(_Model):
     tolerations: tuple[Toleration, ...] = ()
 
 
+class Site(_Model):
+    """Where a cluster's users are: the centre and radius of the area it serves, matched with a
+    network-slice booking's service area (CAMARA Area) to know which sites to warm."""
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    radius_km: float = Field(gt=0, le=5000)
+
+
 class Cluster(_Model):
     name: Name
     tier: Name
@@ -103,6 +114,7 @@ class Cluster(_Model):
     domain: str
     gpu: Gpu | None = None
     models: tuple[Name, ...] = ()
+    site: Site | None = None
 
     def service_url(self, service: str, namespace: str) -> str:
         return f"https://{service}.{namespace}.{self.domain}"
@@ -137,6 +149,9 @@ class Model(_Model):
     gpus: int = Field(default=0, ge=0)
     gpu_memory_gib: int = Field(default=0, ge=0, alias="gpuMemoryGiB")
     serving: Serving = Serving()
+    # What a cold start (scale from zero to serving) is expected to cost before any is measured:
+    # only the prior of the router's learned estimate. None: a size-based guess.
+    cold_start_ms: int | None = Field(default=None, ge=0, le=3_600_000)
 
     @model_validator(mode="after")
     def _engine_fields(self) -> Model:
@@ -166,6 +181,44 @@ class PriceBook(_Model):
     prices: tuple[Price, ...]
 
 
+class SlaCredit(_Model):
+    """What a breached period pays back, as a lot of credits: a whole percentage of the period's
+    spend, or a fixed number of credits per request that missed its budget (capped at the
+    period's spend). Exactly one of the two."""
+
+    percent_of_spend: int | None = Field(default=None, ge=1, le=100)
+    per_breach: Credits | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SlaCredit:
+        if (self.percent_of_spend is None) == (self.per_breach is None):
+            raise ValueError("give exactly one of percentOfSpend (1-100) or perBreach (credits)")
+        if self.per_breach == 0:
+            raise ValueError("perBreach must be at least 1 credit")
+        return self
+
+
+class Sla(_Model):
+    """The latency promise: at least ``objectivePercent`` of the requests that carry a latency
+    budget (header or plan target) meet it, measured as time to first token at the ingress, per
+    calendar month (UTC); a month below it grants ``credit`` once."""
+
+    objective_percent: Decimal = Field(gt=0, le=100)
+    period: Literal["calendarMonth"] = "calendarMonth"
+    credit: SlaCredit
+
+    @model_validator(mode="after")
+    def _hundredths(self) -> Sla:
+        if (self.objective_percent * 100) % 1:
+            raise ValueError("objectivePercent takes at most two decimals (e.g. 99.95)")
+        return self
+
+    @property
+    def objective_bp(self) -> int:
+        """The objective in basis points (95 -> 9500): compared in integers, never floats."""
+        return int(self.objective_percent * 100)
+
+
 class _Plan(_Model):
     name: Name
     # Empty means every tier / model.
@@ -173,6 +226,7 @@ class _Plan(_Model):
     models: tuple[Name, ...] = ()
     latency_target_ms: int | None = Field(default=None, ge=1)
     residency: tuple[str, ...] = ()
+    sla: Sla | None = None
 
 
 class MonthlyBundle(_Plan):
@@ -317,6 +371,26 @@ class CarrierBilling(_Model):
     poll_after_seconds: int = Field(default=60, ge=1)
 
 
+Jurisdiction = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class Warming(_Model):
+    """Warm ahead of demand (the route function's warm-keeper, on a ping): a plan with
+    ``latencyTargetMs`` keeps the sites that meet it warm until it has had no traffic for
+    ``idleSeconds``; a booked slice's sites are warmed ``sliceLeadSeconds`` before it starts."""
+
+    idle_seconds: int = Field(default=900, ge=60, le=86_400)
+    slice_lead_seconds: int = Field(default=600, ge=0, le=86_400)
+
+
+class Roaming(_Model):
+    """Where a roaming device's requests may be processed: while a device bound to an account
+    roams in country X, the account's requests are narrowed to ``allow[X]`` (a country not
+    listed allows only itself). Keys and values are ISO 3166-1 alpha-2."""
+
+    allow: dict[Jurisdiction, tuple[Jurisdiction, ...]] = Field(default_factory=dict)
+
+
 class LocalTier(_Model):
     emulated_rtt_ms: int = Field(ge=0)
 
@@ -344,6 +418,8 @@ class Template(_Model):
     eventing: Eventing
     camara: Camara = Camara()
     carrier_billing: CarrierBilling | None = None
+    warming: Warming = Warming()
+    roaming: Roaming = Roaming()
     local: Local
 
     # -- lookups for the renderer, the router and ``tollgate up`` ---------------------------
@@ -376,6 +452,13 @@ class Template(_Model):
 
     def infer_function(self) -> Function | None:
         return next((f for f in self.functions if f.name == "infer"), None)
+
+    def warm_for_s(self, model: Model) -> int:
+        """How long a model's infer function stays up after its last request on Knative: the
+        scale-down delay (the model's, else infer's) plus the 60 s stable window."""
+        infer = self.infer_function()
+        delay = model.serving.scale_down_delay or (infer.scale_down_delay if infer else None)
+        return 60 + (go_duration_seconds(delay) if delay else 0)
 
 
 class _Named(Protocol):

@@ -11,12 +11,13 @@ from flask.testing import FlaskClient
 from events import types
 from events.camara import EVENTS, SubscriptionBinding, from_camara
 from events.network import SLICE_BOOKED
+from events.sla import period_end
 from functions.accounts import bind_slices
 from functions.config import Settings
 from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
-from ledger_fn.plans import PlanGrant, Plans, period_end
+from ledger_fn.plans import PlanGrant, Plans
 from tests import camara_schemas as specs
 from tests.clock import Clock
 from tests.events import payloads
