@@ -137,9 +137,16 @@ def decide(
     if request.roaming is not None:
         allowed = request.roaming if allowed is None else allowed & request.roaming
     completion = request.max_tokens if request.max_tokens is not None else config.completion_tokens
-    ranked, rejected, retryable, unknown_load = _survey(
+    ranked, suspect, rejected, retryable, unknown_load = _survey(
         request, topology, live, plan, config, allowed, budget, completion
     )
+    panic = not ranked and bool(suspect)
+    if panic:
+        # Envoy's panic routing: when probes rule out every feasible cluster, the verdicts are
+        # likelier stale (a process restarting, a prober under load) than all true; trying
+        # costs one failover per dead cluster, refusing costs the request.
+        ranked = suspect
+        rejected = {c: why for c, why in rejected.items() if c not in {s.cluster for s in suspect}}
     if not ranked:
         raise NoRoute(request.model.name, rejected, retryable=retryable)
 
@@ -169,7 +176,12 @@ def decide(
         chosen=chosen,
         alternatives=tuple(ranked[1:]),
         rejected=rejected,
-        reasons=(reasons[0], *(_woken(c, chosen) for c in wake), *reasons[1:]),
+        reasons=(
+            reasons[0],
+            *(_woken(c, chosen) for c in wake),
+            *(["every feasible cluster probed unhealthy: trying them anyway"] if panic else []),
+            *reasons[1:],
+        ),
         budget_ms=budget,
         wake=wake,
     )
@@ -184,15 +196,17 @@ def _survey(
     allowed: frozenset[str] | None,
     budget: int | None,
     completion: int,
-) -> tuple[list[Candidate], dict[str, str], bool, set[str]]:
+) -> tuple[list[Candidate], list[Candidate], dict[str, str], bool, set[str]]:
     """Every cluster, either a candidate with its predicted latency and price, or rejected:
-    the candidates (in topology order), the rejected clusters with why, whether a rejection
-    may not last (health, an earlier failure of this request), and the candidates whose load
-    is unknown (never scraped, or stale)."""
+    the candidates (in topology order), the candidates rejected only because probes call them
+    unhealthy, the rejected clusters with why, whether a rejection may not last (health, an
+    earlier failure of this request), and the candidates whose load is unknown (never
+    scraped, or stale)."""
     model = request.model
     service_ms = int(completion * 1000 / config.tokens_per_second)
     per_second = plan is not None and plan.per_engine_second
     feasible: list[Candidate] = []
+    suspect: list[Candidate] = []
     rejected: dict[str, str] = {}
     retryable = False
     unknown_load: set[str] = set()
@@ -208,10 +222,11 @@ def _survey(
         state = live.get(cluster.name, _EMPTY)
         endpoint = state.endpoint(model.name)
         health = endpoint.health
-        if health is not None and not health.healthy:
+        unhealthy = health is not None and not health.healthy
+        if unhealthy:
+            assert health is not None
             rejected[cluster.name] = f"unhealthy: {health.detail or 'probe failed'}"
             retryable = True
-            continue
         if endpoint.load is None:
             unknown_load.add(cluster.name)
         cold = 0 if _warm(endpoint, model) else _cold_start_ms(model, cluster.name, live, config)
@@ -229,7 +244,7 @@ def _survey(
                 request.prompt_tokens * quote.input_per_million
                 + completion * quote.output_per_million
             )
-        feasible.append(
+        (suspect if unhealthy else feasible).append(
             Candidate(
                 cluster.name,
                 cluster.tier,
@@ -241,7 +256,7 @@ def _survey(
                 cold,
             )
         )
-    return feasible, rejected, retryable, unknown_load
+    return feasible, suspect, rejected, retryable, unknown_load
 
 
 def _delay_ms(load: Load | None, service_ms: int, completion: int) -> int:

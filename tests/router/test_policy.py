@@ -136,12 +136,29 @@ def test_unhealthy_is_rejected_with_the_probe_detail_and_unknown_health_is_not()
     assert d.cluster == "cloud"
 
 
-def test_all_unhealthy_is_retryable() -> None:
+def test_all_unhealthy_are_tried_anyway_and_exhausted_failover_is_retryable() -> None:
     live = {c.name: state(c.name, healthy=False) for c in CLUSTERS}
-    e = no_route(RouteRequest(SMALL), live)
+    # Probes can lag a restart: with every feasible cluster probed unhealthy, route anyway
+    # (panic routing) rather than refuse; the reason says so.
+    d = route(RouteRequest(SMALL), live)
+    assert d.rejected == {}
+    assert "every feasible cluster probed unhealthy: trying them anyway" in d.reasons
+    tried = {d.cluster}
+    while d.alternatives:
+        d = route(RouteRequest(SMALL, exclude=frozenset(tried)), live)
+        tried.add(d.cluster)
+    assert tried == {c.name for c in CLUSTERS}
+    e = no_route(RouteRequest(SMALL, exclude=frozenset(tried)), live)
     assert e.retryable
-    assert set(e.rejected.values()) == {"unhealthy: probe failed"}
+    assert set(e.rejected.values()) == {"excluded: already failed for this request"}
     assert "no feasible cluster for small" in str(e)
+
+
+def test_unhealthy_clusters_are_not_tried_while_a_healthy_one_is_feasible() -> None:
+    live = all_warm(*(state(c.name, healthy=False) for c in CLUSTERS if c.name != "cloud"))
+    d = route(RouteRequest(SMALL, latency_budget_ms=30), live)
+    assert d.cluster == "cloud" and d.alternatives == ()
+    assert "every feasible cluster probed unhealthy: trying them anyway" not in d.reasons
 
 
 def test_excluded_clusters_are_skipped_for_failover() -> None:
