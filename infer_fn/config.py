@@ -33,8 +33,9 @@ class InferConfig:
     threads: int | None = None
     # Seconds without a request before the engine unloads; 0 keeps it loaded forever.
     idle_seconds: float = 300.0
-    # Requests generating at once. llama.cpp runs one at a time; vLLM batches many.
-    concurrency: int = 1
+    # Requests generating at once: llama.cpp decodes this many sequences as one batch; vLLM
+    # batches many.
+    concurrency: int = 4
     queue_size: int = 16
     # Seconds a queued request waits for a slot before it is answered 429.
     queue_timeout_seconds: float = 30.0
@@ -65,7 +66,7 @@ class InferConfig:
             return value or None
 
         engine = EngineKind(get("TOLLGATE_ENGINE") or EngineKind.LLAMACPP.value)
-        default_concurrency = 1 if engine is EngineKind.LLAMACPP else 32
+        default_concurrency = 4 if engine is EngineKind.LLAMACPP else 32
         model_path = get("TOLLGATE_MODEL_PATH")
         threads = get("TOLLGATE_ENGINE_THREADS")
         upstream_url = get("TOLLGATE_UPSTREAM_URL")
