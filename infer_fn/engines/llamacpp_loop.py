@@ -1,20 +1,21 @@
 """The llama.cpp decode loop: one thread owns the context and serves every admitted request as one
 batch of sequences, each with its own `seq_id`, KV cells and sampler (continuous batching).
 
-Requests join and leave between steps. A step evaluates one token of every sequence that is
-generating plus up to `PREFILL_TOKENS_PER_STEP` prompt tokens of sequences still reading their
-prompt, in a single `llama_decode`, then samples the next token of every sequence whose input is
-complete. Chunking prompts keeps a long prompt from stalling everyone else's stream.
+Requests join and leave between steps. A step evaluates the next token of every generating
+sequence in one `llama_decode`, and up to `PREFILL_TOKENS_PER_STEP` prompt tokens of sequences
+still reading their prompt, then samples the next token of every sequence whose input is complete.
+Chunking prompts keeps a long prompt from stalling everyone else's stream.
 
-Resources are bounded and checked when the context is made: at most `sequences` sequences run at
-once; the KV cache is one pool of `n_ctx` cells shared by them (llama.cpp's unified KV cache), so
-every request keeps the full context window (the one the router quotes against) and memory does
-not grow with concurrency. A sequence's cells are freed as soon as it ends or its client leaves. If
-the running sequences together outgrow the pool, the youngest is preempted: its cells are freed and
-it waits, first in line, to evaluate its prompt and the tokens it already produced again (vLLM's
-recompute preemption) — its output so far, sampler state and counts are kept. The oldest sequence
-is never preempted and a single one always fits (requests are validated against the window), so
-every request finishes.
+Resources are bounded when the context is made, and checked: at most `sequences` sequences run at
+once, each in its own slice of `n_ctx` KV cells (llama.cpp's per-sequence streams), so every
+request keeps the full context window the router quotes against and a request validated against it
+always fits; KV memory is `n_ctx` x `sequences` cells. A sequence's cells are freed as soon as it
+ends or its client leaves.
+
+A request's output is the one it gets alone, token for token (greedy or seeded): each sequence
+attends only to its own stream, and every decode gives a sequence's last prompt token the same
+company as llama-cpp-python's own API does (see `_schedule`). With one unified KV cache, or a prompt
+chunk split by llama.cpp to share a micro-batch with other sequences, logits drift by tenths.
 
 Any failure inside a step fails every sequence in the loop (each client gets an engine error and is
 metered as failed with what it had), then the context is made anew and the loop goes on."""
@@ -33,6 +34,9 @@ from infer_fn.engines.llamacpp_model import LoadedModel
 from infer_fn.engines.llamacpp_sequence import Sequence
 
 log = logging.getLogger(__name__)
+
+# A sequence and the tokens of it one decode evaluates.
+Work = tuple[Sequence, list[int]]
 
 # Prompt tokens evaluated per step, across sequences. On CPU a token costs about the same whatever
 # the batch shape, so this trades a new request's time to first token against the pause it puts
@@ -59,20 +63,17 @@ class DecodeLoop:
         self._n_ctx = n_ctx
         self._sequences = sequences
         self._threads = threads
-        # One step holds at most one token per generating sequence plus the prompt budget.
-        self._capacity = sequences + PREFILL_TOKENS_PER_STEP
+        # One decode holds a token per generating sequence, or one prompt chunk.
+        self._capacity = max(sequences, PREFILL_TOKENS_PER_STEP)
         self._ctx: llama_cpp.llama_context_p | None
         self._ctx, self._memory = self._new_context()
-        self._cells = int(llama_cpp.llama_n_ctx(self._ctx))
         self._batch = llama_cpp.llama_batch_init(self._capacity, 0, 1)
         self._free_ids = list(range(sequences - 1, -1, -1))
-        # Admission order: the last is the youngest, the first preempted.
-        self._running: list[Sequence] = []
+        self._running: list[Sequence] = []  # in admission order
         self._waiting: deque[Sequence] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._broken: str | None = None
-        self.preemptions = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
         self._thread.start()
@@ -99,7 +100,7 @@ class DecodeLoop:
             running=len(self._running),
             waiting=len(self._waiting),
             used_cells=sum(s.n_past for s in tuple(self._running)),
-            cells=self._cells,
+            cells=self._n_ctx * self._sequences,
         )
 
     def stop(self) -> None:
@@ -113,11 +114,11 @@ class DecodeLoop:
 
     def _new_context(self) -> tuple[llama_cpp.llama_context_p, llama_cpp.llama_memory_t]:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self._n_ctx
+        params.n_ctx = self._n_ctx * self._sequences
         params.n_batch = self._capacity
         params.n_ubatch = self._capacity
         params.n_seq_max = self._sequences
-        params.kv_unified = True
+        params.kv_unified = False
         params.n_threads = self._threads
         params.n_threads_batch = self._threads
         params.no_perf = True
@@ -152,33 +153,50 @@ class DecodeLoop:
                 self._recover(exc)
 
     def _admit(self) -> None:
-        """Move waiting sequences into free slots while the KV pool has room for their input."""
+        """Move waiting sequences into free slots, first come first served."""
         for gone in [s for s in self._waiting if s.cancelled]:
             self._waiting.remove(gone)
             self._retire(gone)
         while self._waiting and self._free_ids:
-            candidate = self._waiting[0]
-            # Its whole input, and the next token of everyone already running.
-            need = len(candidate.pending()) + len(self._running)
-            if self._running and self._used() + need > self._cells:
-                return
-            self._waiting.popleft()
-            candidate.seq_id = self._free_ids.pop()
-            self._running.append(candidate)
+            admitted = self._waiting.popleft()
+            admitted.seq_id = self._free_ids.pop()
+            self._running.append(admitted)
 
     def _step(self) -> None:
         for gone in [s for s in self._running if s.cancelled]:
             self._release(gone)
-        work = self._fit(self._schedule())
-        if not work:
-            return
+        generating, prompts = self._schedule()
+        # Every generating sequence's next token in one decode; each prompt chunk in its own, so
+        # llama.cpp never splits a chunk to batch it with other sequences' tokens (see _schedule).
+        if generating:
+            self._decode(generating)
+        for chunk in prompts:
+            self._decode([chunk])
+
+    def _schedule(self) -> tuple[list[Work], list[Work]]:
+        generating: list[Work] = []
+        prompts: list[Work] = []
+        budget = PREFILL_TOKENS_PER_STEP
+        for sequence in self._running:
+            pending = sequence.pending()
+            if len(pending) == 1:
+                generating.append((sequence, pending))
+                continue
+            take = min(budget, len(pending))
+            if len(pending) - take == 1:
+                # llama.cpp attends with another kernel for a lone query token: a prompt whose last
+                # token were evaluated alone would get other logits (by tenths) than evaluated with
+                # the rest of the prompt, as llama-cpp-python's own API does.
+                take -= 1
+            if take > 0:
+                budget -= take
+                prompts.append((sequence, pending[:take]))
+        return generating, prompts
+
+    def _decode(self, work: list[Work]) -> None:
         self._fill(work)
         assert self._ctx is not None
         status = llama_cpp.llama_decode(self._ctx, self._batch)
-        if status == 1 and len(self._running) > 1:
-            # No room for the batch in the KV cache after all: make some and try again.
-            self._preempt(self._running[-1])
-            return
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
         row = 0
@@ -190,31 +208,7 @@ class DecodeLoop:
                 if sequence.accept(token):
                     self._release(sequence)
 
-    def _schedule(self) -> list[tuple[Sequence, list[int]]]:
-        budget = PREFILL_TOKENS_PER_STEP
-        work: list[tuple[Sequence, list[int]]] = []
-        for sequence in self._running:
-            pending = sequence.pending()
-            if len(pending) == 1:
-                work.append((sequence, pending))
-            elif budget > 0:
-                chunk = pending[:budget]
-                budget -= len(chunk)
-                work.append((sequence, chunk))
-        return work
-
-    def _fit(self, work: list[tuple[Sequence, list[int]]]) -> list[tuple[Sequence, list[int]]]:
-        """Preempt the youngest sequences until this step's tokens fit in the KV pool."""
-        while self._used() + sum(len(chunk) for _, chunk in work) > self._cells:
-            if len(self._running) == 1:
-                # Validation keeps prompt + max_tokens within the window, so this is a bug.
-                raise EngineError("a sequence outgrew the context window")
-            victim = self._running[-1]
-            self._preempt(victim)
-            work = [(s, chunk) for s, chunk in work if s is not victim]
-        return work
-
-    def _fill(self, work: list[tuple[Sequence, list[int]]]) -> None:
+    def _fill(self, work: list[Work]) -> None:
         batch = self._batch
         i = 0
         for sequence, chunk in work:
@@ -232,28 +226,14 @@ class DecodeLoop:
         assert i <= self._capacity
         batch.n_tokens = i
 
-    def _used(self) -> int:
-        return sum(s.n_past for s in self._running)
-
-    def _preempt(self, sequence: Sequence) -> None:
-        self._forget(sequence)
-        sequence.n_past = 0
-        self.preemptions += 1
-        log.info("preempted a sequence of %d tokens to free KV cells", len(sequence.tokens))
-        with self._cond:
-            self._waiting.appendleft(sequence)
-
     def _release(self, sequence: Sequence) -> None:
-        self._forget(sequence)
-        self._retire(sequence)
-
-    def _forget(self, sequence: Sequence) -> None:
-        """Free a running sequence's KV cells and slot."""
+        """Free an ended (or abandoned) sequence's KV cells, slot and sampler."""
         assert sequence.seq_id is not None
         llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
         self._free_ids.append(sequence.seq_id)
         sequence.seq_id = None
         self._running.remove(sequence)
+        self._retire(sequence)
 
     @staticmethod
     def _retire(sequence: Sequence) -> None:

@@ -81,8 +81,7 @@ class Sequence:
         is_end: Callable[[int], bool],
     ) -> None:
         self.gen = gen
-        # Prompt then sampled tokens; the first `n_past` are in the KV cache. Preemption sets
-        # `n_past` back to 0: the tokens are evaluated again when the sequence is readmitted.
+        # Prompt then sampled tokens; the first `n_past` are in the KV cache.
         self.tokens = list(prompt)
         self.n_past = 0
         self.seq_id: int | None = None
