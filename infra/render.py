@@ -365,7 +365,19 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
 
 
 def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
-    health = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
+    # vLLM listens on the pod's loopback only: nothing but the infer container beside it may call
+    # it (a request must pass infer's capability check). The kubelet probes the pod IP, so the
+    # probes run inside the container instead (the image has python3, not curl).
+    health = {
+        "exec": {
+            "command": [
+                "python3",
+                "-c",
+                "import urllib.request as r; "
+                f"r.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)",
+            ]
+        }
+    }
     # Loading weights takes minutes: let the startup probe wait up to the progress deadline.
     period = 10
     startup_s = go_duration_seconds(progress_deadline) if progress_deadline else 600
@@ -378,6 +390,8 @@ def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
             m.served_name,
             "--served-model-name",
             m.served_name,
+            "--host",
+            "127.0.0.1",
             "--port",
             str(VLLM_PORT),
             "--tensor-parallel-size",
