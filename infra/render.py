@@ -330,8 +330,13 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         "timeoutSeconds": INFER_TIMEOUT_S,
         "volumes": [_TEMPLATE_VOLUME],
     }
-    # Names as infer_fn/config.py reads them.
-    env = {"TOLLGATE_MODEL_NAME": m.served_name, "TOLLGATE_ENGINE": m.engine}
+    # Names as infer_fn/config.py reads them. Both engines batch: infer passes on (vLLM) or decodes
+    # together (llama.cpp) as many requests as Knative admits to the pod.
+    env = {
+        "TOLLGATE_MODEL_NAME": m.served_name,
+        "TOLLGATE_ENGINE": m.engine,
+        "TOLLGATE_CONCURRENCY": str(max(concurrency, 1)),
+    }
     if m.engine == "llamacpp":
         env["TOLLGATE_N_CTX"] = str(m.context_length)
         infer = _tollgate_container(t, c, INFER, env, m.resources.cpu, m.resources.memory)
@@ -341,8 +346,6 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         "TOLLGATE_ENGINE": "openai-upstream",
         "TOLLGATE_UPSTREAM_URL": f"http://127.0.0.1:{VLLM_PORT}",
         "TOLLGATE_UPSTREAM_MODEL": m.served_name,
-        # vLLM batches: pass on as many requests as Knative admits to the pod.
-        "TOLLGATE_CONCURRENCY": str(max(concurrency, 1)),
     }
     if progress:
         env["TOLLGATE_LOAD_TIMEOUT_SECONDS"] = str(go_duration_seconds(progress))

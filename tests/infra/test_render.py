@@ -119,6 +119,8 @@ def test_cpu_inference_uses_llamacpp_in_process(shipped: Template) -> None:
     assert env["TOLLGATE_ENGINE"] == "llamacpp"
     assert env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
     assert env["TOLLGATE_N_CTX"] == "8192"
+    # As many sequences decoded together as Knative admits requests to the pod.
+    assert env["TOLLGATE_CONCURRENCY"] == str(spec["containerConcurrency"]) == "4"
     assert "nodeSelector" not in spec and "nvidia.com/gpu" not in container["resources"]["limits"]
 
 
