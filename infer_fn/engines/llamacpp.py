@@ -207,4 +207,4 @@ class LlamaCppEngine:
 def _token_text(model: LoadedModel, token: int) -> str:
     if token < 0:
         return ""
-    return model.piece(token, special=True).decode("utf-8", errors="replace")
+    return model.token_bytes(token, special=True).decode("utf-8", errors="replace")

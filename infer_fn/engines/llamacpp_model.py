@@ -33,6 +33,10 @@ class LoadedModel:
         self.eos = int(llama_cpp.llama_vocab_eos(vocab))
         template = llama_cpp.llama_model_chat_template(model, None)
         self.chat_template = template.decode("utf-8") if template else None
+        # What the decode loop asks of every sampled token, remembered: each call into the C
+        # library lets another thread take the GIL the loop needs back.
+        self._pieces: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}
 
     def close(self) -> None:
         model, self.pointer = self.pointer, None
@@ -52,8 +56,15 @@ class LoadedModel:
                 return list(tokens[:count])
             size = -count
 
-    def piece(self, token: int, *, special: bool = False) -> bytes:
-        """The bytes of one token (a character may span several tokens)."""
+    def piece(self, token: int) -> bytes:
+        """The bytes of one generated token (a character may span several tokens)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.token_bytes(token, special=False)
+        return piece
+
+    def token_bytes(self, token: int, *, special: bool) -> bytes:
+        """A token's bytes; `special` renders control tokens (<|im_end|>) as their text."""
         size = 32
         while True:
             buffer = ctypes.create_string_buffer(size)
@@ -64,4 +75,7 @@ class LoadedModel:
 
     def is_end(self, token: int) -> bool:
         """End of generation: the end-of-sequence token or any other the model ends turns with."""
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        end = self._ends.get(token)
+        if end is None:
+            end = self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return end
