@@ -74,7 +74,6 @@ class DecodeLoop:
         self._cond = threading.Condition()
         self._stopping = False
         self._broken: str | None = None
-        self.failures = 0
         self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
         self._thread.start()
 
@@ -241,7 +240,6 @@ class DecodeLoop:
         sequence.close_sampler()
 
     def _recover(self, exc: Exception) -> None:
-        self.failures += 1
         log.error("llama.cpp decode step failed; failing its requests: %s", exc, exc_info=exc)
         self._fail_all(EngineError(f"the llama.cpp engine failed: {exc}"))
         # The context's state is unknown after a failed step: start from a fresh one.
