@@ -370,7 +370,7 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
 def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
     # vLLM listens on the pod's loopback only: nothing but the infer container beside it may call
     # it (a request must pass infer's capability check). The kubelet probes the pod IP, so the
-    # probes run inside the container instead (the image has python3, not curl).
+    # probes run inside the container instead, with the python3 the image runs vLLM on.
     health = {
         "exec": {
             "command": [
