@@ -65,10 +65,16 @@ def direct(engine: LlamaCppEngine, max_tokens: int) -> Run:
     return Run((first or ended) - started, ended - started, gen.completion_tokens)
 
 
-def over_http(url: str, max_tokens: int) -> Run:
+def over_http(
+    url: str,
+    max_tokens: int,
+    messages: list[ChatCompletionMessageParam] = MESSAGES,
+    timeout: float = 120,
+) -> Run:
+    """One streamed chat request read with a thin SSE client; tokens are its reported usage."""
     body = {
         "model": DEFAULT_MODEL_NAME,
-        "messages": MESSAGES,
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -77,7 +83,8 @@ def over_http(url: str, max_tokens: int) -> Run:
     started = time.perf_counter()
     first = None
     tokens = 0
-    with requests.post(url, json=body, stream=True, timeout=120) as reply:
+    with requests.post(url, json=body, stream=True, timeout=timeout) as reply:
+        reply.raise_for_status()
         for line in reply.iter_lines(chunk_size=None):
             if first is None and b'"content":"' in line and b'"content":""' not in line:
                 first = time.perf_counter()

@@ -32,8 +32,8 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 def _default_concurrency(settings: dict[str, Any]) -> int:
-    # llama.cpp runs one request at a time; vLLM batches many.
-    return 1 if settings.get("engine") is EngineKind.LLAMACPP else 32
+    # Sequences llama.cpp decodes together (each with its own KV cells); vLLM batches many more.
+    return 4 if settings.get("engine") is EngineKind.LLAMACPP else 32
 
 
 class InferConfig(BaseSettings):

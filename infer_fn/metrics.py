@@ -19,7 +19,7 @@ RUNNING = Gauge("tollgate_infer_running", "Requests the engine is running now.")
 LOADED = Gauge("tollgate_infer_loaded", "1 when the model is loaded (warm), 0 when cold.")
 KV_CACHE_USAGE = Gauge(
     "tollgate_infer_kv_cache_usage_ratio",
-    "Fraction of the engine's KV cache in use (vLLM gpu_cache_usage_perc, llama.cpp context fill).",
+    "Fraction of the engine's KV cache in use (vLLM kv_cache_usage_perc, llama.cpp cells in use).",
 )
 COLD_STARTS = Counter("tollgate_infer_cold_starts", "Times the engine was loaded on demand.")
 COLD_START_SECONDS = Histogram(

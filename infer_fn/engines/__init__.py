@@ -16,6 +16,7 @@ def build_engine(config: InferConfig) -> Engine:
             config.model_name,
             n_ctx=config.n_ctx,
             threads=config.threads,
+            sequences=config.concurrency,
         )
     from infer_fn.engines.openai_upstream import OpenAIUpstreamEngine
 

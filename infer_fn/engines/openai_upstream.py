@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +33,15 @@ from infer_fn.engines.base import (
 CONNECT_TIMEOUT = 5.0
 # /metrics is scraped at most this often however often our own /metrics is read.
 SIGNALS_TTL = 1.0
+# vLLM puts usage on every chunk only when both are set (include_usage gates the other).
 STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
-# vLLM renamed gpu_cache_usage_perc to kv_cache_usage_perc in v0.10; read either.
+# vLLM's load gauges, one sample per engine (label `engine`; several with data parallelism).
+# The KV-cache gauge was `vllm:gpu_cache_usage_perc` until vLLM PR #18354 added
+# `vllm:kv_cache_usage_perc`; both were exported for a while and current releases (0.33) export
+# only the new one. The new name is read first, the old one for older images.
 WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
-KV_CACHE = ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc")
+KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 
 
 @dataclass(frozen=True)
@@ -307,18 +311,19 @@ class OpenAIUpstreamEngine:
             return LoadSignals()
         if reply.status_code != 200:
             return LoadSignals()
-        sums: dict[str, float] = {}
+        samples: dict[str, list[float]] = {}
         try:
             for family in text_string_to_metric_families(reply.text):
                 for sample in family.samples:
-                    sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+                    samples.setdefault(sample.name, []).append(sample.value)
         except ValueError:  # an unreadable exposition means no signal, never a failed scrape
             return LoadSignals()
-        waiting, running, kv = (_first(sums, names) for names in (WAITING, RUNNING, KV_CACHE))
+        # Requests add up across engines; a usage ratio does not: the fullest engine's stands.
+        waiting, running = (_first(samples, names, sum) for names in (WAITING, RUNNING))
         return LoadSignals(
             waiting=None if waiting is None else int(waiting),
             running=None if running is None else int(running),
-            kv_cache_usage=kv,
+            kv_cache_usage=_first(samples, KV_CACHE, max),
         )
 
 
@@ -336,8 +341,13 @@ def _lines(reply: requests.Response) -> Iterator[bytes]:
         yield pending
 
 
-def _first(sums: Mapping[str, float], names: Sequence[str]) -> float | None:
-    return next((sums[n] for n in names if n in sums), None)
+def _first(
+    samples: Mapping[str, list[float]],
+    names: Sequence[str],
+    combine: Callable[[list[float]], float],
+) -> float | None:
+    """The first of `names` the exposition has, its samples combined."""
+    return next((combine(samples[n]) for n in names if n in samples), None)
 
 
 def _content_text(content: Any) -> str:

@@ -328,8 +328,13 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         "timeoutSeconds": INFER_TIMEOUT_S,
         "volumes": [_TEMPLATE_VOLUME],
     }
-    # Names as infer_fn/config.py reads them.
-    env = {"TOLLGATE_MODEL_NAME": m.served_name, "TOLLGATE_ENGINE": m.engine}
+    # Names as infer_fn/config.py reads them. Both engines batch: infer passes on (vLLM) or decodes
+    # together (llama.cpp) as many requests as Knative admits to the pod.
+    env = {
+        "TOLLGATE_MODEL_NAME": m.served_name,
+        "TOLLGATE_ENGINE": m.engine,
+        "TOLLGATE_CONCURRENCY": str(max(concurrency, 1)),
+    }
     env |= _loaded_while_up(t, m)
     if m.engine == "llamacpp":
         env["TOLLGATE_N_CTX"] = str(m.context_length)
@@ -340,8 +345,6 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         "TOLLGATE_ENGINE": "openai-upstream",
         "TOLLGATE_UPSTREAM_URL": f"http://127.0.0.1:{VLLM_PORT}",
         "TOLLGATE_UPSTREAM_MODEL": m.served_name,
-        # vLLM batches: pass on as many requests as Knative admits to the pod.
-        "TOLLGATE_CONCURRENCY": str(max(concurrency, 1)),
     }
     if progress:
         env["TOLLGATE_LOAD_TIMEOUT_SECONDS"] = str(go_duration_seconds(progress))
@@ -364,7 +367,19 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
 
 
 def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
-    health = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
+    # vLLM listens on the pod's loopback only: nothing but the infer container beside it may call
+    # it (a request must pass infer's capability check). The kubelet probes the pod IP, so the
+    # probes run inside the container instead, with the python3 the image runs vLLM on.
+    health = {
+        "exec": {
+            "command": [
+                "python3",
+                "-c",
+                "import urllib.request as r; "
+                f"r.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)",
+            ]
+        }
+    }
     # Loading weights takes minutes: let the startup probe wait up to the progress deadline.
     period = 10
     startup_s = go_duration_seconds(progress_deadline) if progress_deadline else 600
@@ -377,6 +392,8 @@ def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
             m.served_name,
             "--served-model-name",
             m.served_name,
+            "--host",
+            "127.0.0.1",
             "--port",
             str(VLLM_PORT),
             "--tensor-parallel-size",

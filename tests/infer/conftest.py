@@ -138,7 +138,7 @@ def config() -> InferConfig:
 @pytest.fixture(scope="session")
 def llama_engine(model_path: Path) -> Iterator[LlamaCppEngine]:
     """The real model, loaded once for the session's model tests."""
-    engine = LlamaCppEngine(model_path, MODEL, n_ctx=2048, threads=None)
+    engine = LlamaCppEngine(model_path, MODEL, n_ctx=2048, threads=None, sequences=4)
     engine.load()
     yield engine
     engine.unload()

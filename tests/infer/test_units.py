@@ -92,7 +92,7 @@ def test_config_from_env() -> None:
     assert (config.model_name, config.idle_seconds, config.queue_size) == ("llama-3.1-8b", 30, 0)
     assert config.concurrency == 32  # vLLM batches: many requests at once by default
     assert (config.tier, config.cluster) == ("regional", "fra-1")
-    assert InferConfig.from_env({}).concurrency == 1  # llama.cpp runs one at a time
+    assert InferConfig.from_env({}).concurrency == 4  # llama.cpp decodes 4 sequences at once
 
 
 @pytest.mark.parametrize(

@@ -167,20 +167,45 @@ def test_upstream_rejections_are_relayed_and_it_still_serves(
     assert "Paris" in (reply.choices[0].message.content or "")
 
 
+# vLLM's /metrics as v0.33.0 exposes its load gauges (vllm/v1/metrics/loggers.py): one sample per
+# engine, here two data-parallel engines; the KV-cache gauge has its current name only.
+METRICS_V0_33 = (
+    "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+    "# TYPE vllm:num_requests_running gauge\n"
+    'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+    'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+    "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+    "# TYPE vllm:num_requests_waiting gauge\n"
+    'vllm:num_requests_waiting{engine="0",model_name="m"} 1.0\n'
+    'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0\n'
+    "# TYPE vllm:num_requests_waiting_by_reason gauge\n"
+    'vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 1.0\n'
+    'vllm:num_requests_waiting_by_reason{engine="1",model_name="m",reason="capacity"} 2.0\n'
+    "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+    "# TYPE vllm:kv_cache_usage_perc gauge\n"
+    'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.42\n'
+    'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.17\n'
+    "# TYPE vllm:prefix_cache_queries counter\n"
+    'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 120.0\n'
+)
+# The same load as v0.6.6 (the release the template pinned before) exposes it.
+METRICS_V0_6_6 = (
+    "# TYPE vllm:num_requests_waiting gauge\n"
+    'vllm:num_requests_waiting{model_name="m"} 3.0\n'
+    "# TYPE vllm:num_requests_running gauge\n"
+    'vllm:num_requests_running{model_name="m"} 5.0\n'
+    "# TYPE vllm:gpu_cache_usage_perc gauge\n"
+    'vllm:gpu_cache_usage_perc{model_name="m"} 0.42\n'
+)
+
+
 class FakeVLLM:
-    """vLLM's wire behaviour for what llama.cpp's server lacks: usage on every stream chunk when
-    asked for `continuous_usage_stats`, and its Prometheus load metrics."""
+    """vLLM's wire behaviour for what llama.cpp's server lacks, as v0.33.0 has it: with
+    `stream_options` {include_usage, continuous_usage_stats} every chunk carries the usage so far
+    (from the first, role-only chunk on), then a usage-only chunk ends the stream; and its
+    Prometheus load metrics."""
 
-    METRICS = (
-        "# TYPE vllm:num_requests_waiting gauge\n"
-        'vllm:num_requests_waiting{model_name="m"} 3.0\n'
-        "# TYPE vllm:num_requests_running gauge\n"
-        'vllm:num_requests_running{model_name="m"} 5.0\n'
-        "# TYPE vllm:gpu_cache_usage_perc gauge\n"
-        'vllm:gpu_cache_usage_perc{model_name="m"} 0.42\n'
-    )
-
-    def __init__(self, tokens: int, token_seconds: float = 0.0) -> None:
+    def __init__(self, tokens: int, token_seconds: float = 0.0, metrics: str = METRICS_V0_33):
         self.bodies: list[dict[str, Any]] = []
         fake = self
 
@@ -190,7 +215,7 @@ class FakeVLLM:
                     payload = {"data": [{"id": "m", "max_model_len": 4096}]}
                     self._send(json.dumps(payload).encode(), "application/json")
                 else:
-                    self._send(FakeVLLM.METRICS.encode(), "text/plain")
+                    self._send(metrics.encode(), "text/plain")
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -205,39 +230,35 @@ class FakeVLLM:
                                 "message": {"role": "assistant", "content": text},
                             }
                         ],
-                        "usage": {
-                            "prompt_tokens": 11,
-                            "completion_tokens": tokens,
-                            "total_tokens": 11 + tokens,
-                        },
+                        "usage": _usage(tokens),
                     }
                     self._send(json.dumps(whole).encode(), "application/json")
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                continuous = body.get("stream_options", {}).get("continuous_usage_stats")
+                options = body.get("stream_options") or {}
+                include = bool(options.get("include_usage"))
+                continuous = include and bool(options.get("continuous_usage_stats"))
+
+                def send(choices: list[dict[str, Any]], usage: dict[str, int] | None) -> None:
+                    chunk = {"object": "chat.completion.chunk", "choices": choices, "usage": usage}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+
                 try:
+                    role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+                    send([{**role, "finish_reason": None}], _usage(0) if continuous else None)
                     for i in range(tokens):
                         time.sleep(token_seconds)
-                        usage = {
-                            "prompt_tokens": 11,
-                            "completion_tokens": i + 1,
-                            "total_tokens": 12 + i,
+                        choice = {
+                            "index": 0,
+                            "delta": {"content": f"t{i} "},
+                            "finish_reason": "length" if i == tokens - 1 else None,
                         }
-                        last = i == tokens - 1
-                        chunk = {
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "delta": {"content": f"t{i} "},
-                                    "finish_reason": "length" if last else None,
-                                }
-                            ],
-                            "usage": usage if continuous else None,
-                        }
-                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                        self.wfile.flush()
+                        send([choice], _usage(i + 1) if continuous else None)
+                    if include:
+                        send([], _usage(tokens))
                     self.wfile.write(b"data: [DONE]\n\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass
@@ -259,6 +280,10 @@ class FakeVLLM:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def _usage(completion: int) -> dict[str, int]:
+    return {"prompt_tokens": 11, "completion_tokens": completion, "total_tokens": 11 + completion}
 
 
 def _vllm_app(serve: type[Server], vllm: FakeVLLM) -> Server:
@@ -299,8 +324,33 @@ def test_continuous_usage_is_exact_even_when_the_client_leaves(
     vllm.close()
 
 
-def test_vllm_load_metrics_are_mapped_to_ours(serve: type[Server]) -> None:
-    vllm = FakeVLLM(tokens=2)
+def test_streamed_usage_from_vllm_is_exact_to_the_end(serve: type[Server], sink: Sink) -> None:
+    vllm = FakeVLLM(tokens=20)
+    server = _vllm_app(serve, vllm)
+    api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+    chunks = list(
+        api.chat.completions.create(
+            model="big",
+            messages=FRANCE_MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=HOLD,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(f"t{i} " for i in range(20))
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.model_dump(exclude_none=True) == _usage(20)
+    [event] = sink.wait_for(1)
+    assert event.data["usage"] == _usage(20)
+    vllm.close()
+
+
+@pytest.mark.parametrize(
+    "exposition", [METRICS_V0_33, METRICS_V0_6_6], ids=["vllm-0.33.0", "vllm-0.6.6"]
+)
+def test_vllm_load_metrics_are_mapped_to_ours(serve: type[Server], exposition: str) -> None:
+    vllm = FakeVLLM(tokens=2, metrics=exposition)
     server = _vllm_app(serve, vllm)
     api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
     reply = api.chat.completions.create(model="big", messages=FRANCE_MESSAGES)

@@ -86,14 +86,18 @@ def test_gpu_inference_service(shipped: Template) -> None:
     assert env["TOLLGATE_CONCURRENCY"] == "32"
     assert env["TOLLGATE_LOAD_TIMEOUT_SECONDS"] == "1200"
     assert infer["args"] == ["serve", "infer"]
-    assert vllm["image"] == "vllm/vllm-openai:v0.6.6"
+    assert vllm["image"] == "vllm/vllm-openai:v0.33.0"
     assert vllm["args"][:2] == ["--model", "meta-llama/Llama-3.1-8B-Instruct"]
+    # Bound to the pod's loopback, where infer reaches it (TOLLGATE_UPSTREAM_URL above).
+    assert vllm["args"][vllm["args"].index("--host") + 1] == "127.0.0.1"
+    assert vllm["args"][vllm["args"].index("--port") + 1] == "8000"
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    # The startup probe waits out the whole progress deadline (20m) for the weights to load.
+    # The startup probe waits out the whole progress deadline (20m) for the weights to load; it
+    # runs in the container, since the kubelet cannot reach a loopback-bound server.
     probe = vllm["startupProbe"]
-    assert probe["httpGet"] == {"path": "/health", "port": 8000}
+    assert "http://127.0.0.1:8000/health" in probe["exec"]["command"][-1]
     assert probe["periodSeconds"] * probe["failureThreshold"] == 1200
-    assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert vllm["readinessProbe"]["exec"] == probe["exec"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
     assert spec["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -116,6 +120,8 @@ def test_cpu_inference_uses_llamacpp_in_process(shipped: Template) -> None:
     assert env["TOLLGATE_ENGINE"] == "llamacpp"
     assert env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
     assert env["TOLLGATE_N_CTX"] == "8192"
+    # As many sequences decoded together as Knative admits requests to the pod.
+    assert env["TOLLGATE_CONCURRENCY"] == str(spec["containerConcurrency"]) == "4"
     assert "nodeSelector" not in spec and "nvidia.com/gpu" not in container["resources"]["limits"]
 
 
