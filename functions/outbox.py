@@ -409,6 +409,8 @@ def sink_route(emitter: Emitter) -> Deliver:
     """Deliver to K_SINK through the emitter (the one place events leave a function)."""
 
     def deliver(entry: Entry) -> Outcome:
+        if emitter.sink is None:  # a misconfigured function: loud, and never a silent pile-up
+            return Outcome(Verdict.REFUSED, "K_SINK is not set: nowhere to deliver")
         sent = emitter.send(
             entry.type, entry.source, entry.data, id=entry.id, subject=entry.subject
         )

@@ -48,6 +48,7 @@ def build_app(function: str) -> Flask:
 
 
 def _ingress() -> Flask:
+    from router_fn.ingress import HOLD_TTL_S
     from router_fn.ingress_app import create_app as ingress_app
     from router_fn.ledger_client import LedgerClient
     from router_fn.probe import start_probing
@@ -68,9 +69,18 @@ def _ingress() -> Flask:
         start_probing(topology, states, interval_s=interval)
     ledger = LedgerClient(authorize_url, os.environ.get("TOLLGATE_REFUND_URL") or None)
     template = template_from_env(os.environ)
-    network = network_blueprint(template, store, Emitter(settings.sink))
+    emitter = Emitter(settings.sink)
+    network = network_blueprint(template, store, emitter)
     return ingress_app(
-        topology, store, ledger, admin_token=settings.admin_token, states=states, network=network
+        topology,
+        store,
+        ledger,
+        admin_token=settings.admin_token,
+        states=states,
+        network=network,
+        emitter=emitter,
+        # Shorter only where a test must see holds expire (bench/chaos.py).
+        hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
     )
 
 

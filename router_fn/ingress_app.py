@@ -6,9 +6,12 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
+from functions.emit import Emitter
+from functions.outbox import OutboxSettings
 from functions.store import Store
-from router_fn.ingress import Ingress
+from router_fn.ingress import HOLD_TTL_S, Ingress
 from router_fn.ledger_client import LedgerClient
+from router_fn.owed import Owed
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
@@ -21,8 +24,28 @@ def create_app(
     admin_token: str | None = None,
     states: TierStates | None = None,
     network: Blueprint | None = None,
+    emitter: Emitter | None = None,
+    outbox: OutboxSettings | None = None,
+    hold_ttl_s: int = HOLD_TTL_S,
 ) -> Flask:
-    """``network``: the endpoint network systems POST their notifications to (``/events``)."""
-    ingress = Ingress(topology, store, ledger, states or TierStates(store), admin_token=admin_token)
+    """``network``: the endpoint network systems POST their notifications to (``/events``);
+    ``emitter`` (default K_SINK) and ``outbox`` (default ``TOLLGATE_OUTBOX_*``): where what the
+    ingress owes goes, and where it waits meanwhile."""
+    owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
+    ingress = Ingress(
+        topology,
+        store,
+        ledger,
+        states or TierStates(store),
+        owed,
+        admin_token=admin_token,
+        hold_ttl_s=hold_ttl_s,
+    )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
-    return create_function_app("ingress", blueprints=blueprints, ready=store.ping)
+
+    def ready() -> None:
+        store.ping()
+        if owed.full:
+            raise RuntimeError("the outbox of what this ingress owes the ledger is full")
+
+    return create_function_app("ingress", blueprints=blueprints, ready=ready)
