@@ -18,6 +18,7 @@ Delivered events are kept ``keep_seconds`` (the function's own per-request recor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -388,10 +389,13 @@ class Outbox:
         return int(row[0])
 
     def _oldest_age(self) -> float:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(created) FROM outbox WHERE state = 'pending'"
-            ).fetchone()
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT MIN(created) FROM outbox WHERE state = 'pending'"
+                ).fetchone()
+        except sqlite3.Error:  # closed, or the disk failed: /metrics must still answer
+            return 0.0
         return 0.0 if row[0] is None else max(self._clock() - float(row[0]), 0.0)
 
     def counts(self) -> dict[str, int]:
@@ -401,6 +405,9 @@ class Outbox:
 
     def close(self) -> None:
         self.stop()
+        for gauge in (PENDING, OLDEST, NEAR_FULL):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name)
         with self._lock:
             self._db.close()
 

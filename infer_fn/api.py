@@ -13,7 +13,6 @@ even if this function dies mid-stream."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from events.openai import (
     Endpoint,
     OpenAIRequest,
 )
+from functions import jsonbody
 from functions.errors import FunctionError
 from functions.validation import validate
 from infer_fn import errors, metrics
@@ -114,12 +114,7 @@ class _Api:
         raw = request.stream.read(limit + 1)
         if len(raw) > limit:
             raise errors.too_large(limit)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise errors.bad_request(
-                f"Request body is not valid JSON: {exc}", code="invalid_json"
-            ) from exc
+        body = jsonbody.loads(raw, "Request body")
         if not isinstance(body, dict):
             raise errors.bad_request("Request body must be a JSON object.", code="invalid_json")
         # The ingress validated the same body with the same model before it priced it.

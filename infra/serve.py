@@ -8,7 +8,7 @@ import os
 import click
 from flask import Blueprint, Flask
 
-from events.adapter import Mapped
+from events.adapter import Mapped, derived_id
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
@@ -99,7 +99,7 @@ def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blu
                 event.type,
                 "/tollgate/network",
                 event.data,
-                id=f"{key}#{index}",
+                id=derived_id(key, index),
                 subject=event.subject,
             )
 
