@@ -26,6 +26,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -49,7 +50,10 @@ CLAIM_S = 15.0  # an attempt's claim: longer than any route's own timeout (5 s)
 IDLE_S = 5.0
 BATCH = 32
 PRUNE_EVERY_S = 60.0
+DRAIN_PAUSE_S = 0.5
 _BUSY_TIMEOUT_S = 30.0
+# Every outbox this process opened, for a shutdown's last delivery pass (drain_all).
+_OPEN: weakref.WeakSet[Outbox] = weakref.WeakSet()
 
 PENDING = Gauge("tollgate_outbox_pending", "Events owed and not yet delivered.", ["outbox"])
 OLDEST = Gauge(
@@ -173,6 +177,7 @@ class Outbox:
         PENDING.labels(name).set_function(lambda: self._pending)
         OLDEST.labels(name).set_function(self._oldest_age)
         NEAR_FULL.labels(name).set_function(lambda: float(self._pending >= self.warn_at))
+        _OPEN.add(self)
         if self._pending:
             log.warning("outbox %s: %d events owed from before; delivering", name, self._pending)
             self.start()
@@ -258,13 +263,14 @@ class Outbox:
             self._thread.join()
 
     def drain(self, timeout_s: float) -> int:
-        """Deliver what is due until nothing is owed or ``timeout_s`` passes (a shutdown's grace
-        period); returns what is still owed."""
+        """Attempt everything owed, backoff or not, pass after pass, until nothing is owed or
+        ``timeout_s`` passes (a shutdown's grace period); returns what is still owed."""
         deadline = time.monotonic() + timeout_s
         while self._pending and time.monotonic() < deadline:
-            if not self.deliver_due():
-                with self._wake:
-                    self._wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
+            before = self._pending
+            self.deliver_due(horizon=float("inf"))
+            if self._pending and self._pending >= before:
+                time.sleep(min(DRAIN_PAUSE_S, max(deadline - time.monotonic(), 0.0)))
         return self._pending
 
     def _run(self) -> None:
@@ -280,9 +286,11 @@ class Outbox:
                 with self._wake:
                     self._wake.wait(wait)
 
-    def deliver_due(self) -> int:
-        """One pass: claim what is due and attempt each once. Returns how many were attempted."""
-        entries = self._claim(self._clock(), BATCH)
+    def deliver_due(self, horizon: float | None = None) -> int:
+        """One pass: claim what is due (by ``horizon``, default now) and attempt each once.
+        Returns how many were attempted."""
+        now = self._clock()
+        entries = self._claim(now if horizon is None else horizon, now, BATCH)
         for entry in entries:
             try:
                 outcome = self.routes[entry.route](entry)
@@ -292,14 +300,14 @@ class Outbox:
             self._record(entry, outcome)
         return len(entries)
 
-    def _claim(self, now: float, limit: int) -> list[Entry]:
+    def _claim(self, due_by: float, now: float, limit: int) -> list[Entry]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(
                     "SELECT seq, route, type, source, id, subject, data, attempts FROM outbox "
                     "WHERE state = 'pending' AND due <= ? ORDER BY due LIMIT ?",
-                    (now, limit),
+                    (due_by, limit),
                 ).fetchall()
                 self._db.executemany(
                     "UPDATE outbox SET due = ? WHERE seq = ?",
@@ -404,12 +412,24 @@ class Outbox:
         return {str(state): int(n) for state, n in rows}
 
     def close(self) -> None:
+        _OPEN.discard(self)
         self.stop()
         for gauge in (PENDING, OLDEST, NEAR_FULL):
             with contextlib.suppress(KeyError):
                 gauge.remove(self.name)
         with self._lock:
             self._db.close()
+
+
+def drain_all(timeout_s: float) -> int:
+    """A stopping process's last delivery pass over every outbox it opened, for at most
+    ``timeout_s`` in all; returns what is still owed (it stays on disk)."""
+    deadline = time.monotonic() + timeout_s
+    owed = 0
+    for box in list(_OPEN):
+        box.stop()  # its own thread would race this pass for the same events
+        owed += box.drain(max(deadline - time.monotonic(), 0.0))
+    return owed
 
 
 def sink_route(emitter: Emitter) -> Deliver:

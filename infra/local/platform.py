@@ -12,7 +12,7 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,10 @@ def plan(
         # The ingress last: it calls everything else.
         ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),
     ]
+    processes = [
+        replace(spec, env={**spec.env, **_sized(template, state_dir, spec.name)})
+        for spec in processes
+    ]
     return LocalPlatform(
         processes=tuple(processes),
         triggers=tuple(_triggers(template, urls)),
@@ -120,6 +124,24 @@ def _infer_processes(
         }
         processes.append(ProcessSpec(f"{INFER}-{tier}", [*_SERVE, INFER], tier_port, tier_env))
     return processes
+
+
+def _sized(template: Template, state_dir: Path, process: str) -> dict[str, str]:
+    """As on Knative: the process's WSGI server is sized from the template's concurrency of
+    what it serves (functions/server.py), and its durable outbox has its own folder."""
+    if process.startswith(INFER):
+        base = template.infer_function()
+        model = template.model(template.local.model)
+        concurrency = model.serving.concurrency
+        if concurrency is None:
+            concurrency = base.concurrency if base is not None else 0
+    else:
+        served = [f for f in template.functions if _HOSTS.get(f.name) == process]
+        concurrency = sum(f.concurrency for f in served)
+    return {
+        "TOLLGATE_CONTAINER_CONCURRENCY": str(concurrency),
+        "TOLLGATE_OUTBOX_DIR": str((state_dir / "outbox" / process).resolve()),
+    }
 
 
 def _infer_endpoints(template: Template, infer: Mapping[str, str]) -> dict[str, Any]:
