@@ -491,29 +491,29 @@ def _count(db_path: Path, query: str) -> int:
         return int(db.execute(query).fetchone()[0])
 
 
-def settle_down(ep: dict[str, Any], state: Path, config: ChaosConfig, accounts: list[str]) -> None:
-    """Until nothing is owed anywhere, every hold has outlived its TTL and a sweep has run,
-    and no account holds anything."""
+def settle_down(
+    ep: dict[str, Any], state: Path, config: ChaosConfig, accounts: list[str], store_url: str
+) -> None:
+    """Until nothing is owed anywhere, every hold left open has outlived its TTL and a sweep
+    has returned it, and no account holds anything."""
     deadline = time.monotonic() + config.settle_timeout_s
     while owed(state):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{owed(state)} events still owed after the settle timeout")
         time.sleep(1)
-    time.sleep(config.hold_ttl_s + 2)  # every hold a dead process left is now due
-    sweep = to_binary(make_event(types.HOLDS_SWEEP, "/chaos", {}, id=f"sweep-{time.time()}"))
-    retrying(
-        lambda: requests.post(ep["broker"], headers=sweep.headers, data=sweep.body, timeout=10)
-    )
-    s = admin()
+    ledger = Ledger(open_store(store_url))
     while True:
-        held = 0
-        for account in accounts:
-            balance = retrying(lambda a=account: s.get(f"{ep['admin']}/accounts/{a}/balance"))
-            held += balance.json()["open_holds"]
-        if not held and not owed(state):
+        expiries = [h.expires_at for a in accounts for h in ledger.state(a).holds.values()]
+        if not expiries and not owed(state):
             return
         if time.monotonic() > deadline:
             return  # the tally reports what is still held
+        # Orphans (their request's process died): due at their TTL, then swept.
+        time.sleep(max(max(expiries, default=0) + 1 - time.time(), 1))
+        sweep = to_binary(make_event(types.HOLDS_SWEEP, "/chaos", {}, id=f"sweep-{time.time()}"))
+        retrying(
+            lambda m=sweep: requests.post(ep["broker"], headers=m.headers, data=m.body, timeout=10)
+        )
         time.sleep(1)
 
 
@@ -689,9 +689,11 @@ def run(store: str, config: ChaosConfig, workdir: Path, console: Console | None 
             store_url = f"sqlite:///{(state / 'tollgate.db').resolve()}"
         say(f"starting tollgate up on {store_url}")
         outcomes: list[Outcome] = []
+        begun = time.monotonic()
         with platform(state, config, store_url) as ep:
             keys = open_accounts(ep, config)
             warm_up(ep, next(iter(keys.values())), config)
+            t.info["startup seconds"] = round(time.monotonic() - begun)
             say(f"{config.requests} requests from {config.clients} clients, faults on")
             faults = Faults(state, config, java_pid)
             started = time.monotonic()
@@ -704,7 +706,9 @@ def run(store: str, config: ChaosConfig, workdir: Path, console: Console | None 
                 state, ep["admin"], config.redeliveries, random.Random(config.seed)
             )
             say(f"load done in {t.info['load seconds']}s; waiting for every retry and the sweep")
-            settle_down(ep, state, config, list(keys))
+            settled = time.monotonic()
+            settle_down(ep, state, config, list(keys), store_url)
+            t.info["settle seconds"] = round(time.monotonic() - settled)
         # The platform is stopped: nothing writes any more. Verify and tally on the store.
         t.verify, t.verify_ok = verify(store_url)
         tally(store_url, state, config, list(keys), outcomes, t)
