@@ -4,8 +4,8 @@ what a faulty network does, and at-least-once delivery still holds; every fault 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +29,8 @@ def test_no_faults_unless_the_chaos_run_names_a_spec(monkeypatch: pytest.MonkeyP
 )
 def test_each_fault_and_delivery_still_happens(tmp_path: Path, kind: str, deliveries: int) -> None:
     log = tmp_path / "faults.log"
-    spec = replace(
-        FaultSpec(log=log, max_faults=1, reorder_max_s=1.2, delay_max_s=0.2), **{kind: 1.0}
-    )
+    settings: dict[str, Any] = {"max_faults": 1, "reorder_max_s": 1.2, "delay_max_s": 0.2}
+    spec = FaultSpec(log=log, **settings, **{kind: 1.0})
     subscriber = Subscriber()
     with running(subscriber):
         server = BrokerServer(
