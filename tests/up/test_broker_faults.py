@@ -30,7 +30,8 @@ def test_no_faults_unless_the_chaos_run_names_a_spec(monkeypatch: pytest.MonkeyP
 def test_each_fault_and_delivery_still_happens(tmp_path: Path, kind: str, deliveries: int) -> None:
     log = tmp_path / "faults.log"
     settings: dict[str, Any] = {"max_faults": 1, "reorder_max_s": 1.2, "delay_max_s": 0.2}
-    spec = FaultSpec(log=log, **settings, **{kind: 1.0})
+    settings[kind] = 1.0
+    spec = FaultSpec(log=log, **settings)
     subscriber = Subscriber()
     with running(subscriber):
         server = BrokerServer(
