@@ -36,6 +36,10 @@ SOURCE = "/tollgate/ingress"
 M = TypeVar("M", bound=EventData)
 
 
+class BadReply(Unavailable):
+    """The ledger answered, but not with the reply the command has: asking again will not help."""
+
+
 class LedgerClient:
     def __init__(
         self, authorize_url: str, refund_url: str | None = None, *, timeout_s: float = 5.0
@@ -81,7 +85,7 @@ class LedgerClient:
                 needed=amount,
             )
         if reply.type != types.HOLD_AUTHORIZED:
-            raise Unavailable(f"the ledger answered authorize with {reply.type}")
+            raise BadReply(f"the ledger answered authorize with {reply.type}")
         return _parse(HoldAuthorized, reply)
 
     def void(self, event_id: str, hold_id: str) -> None:
@@ -124,4 +128,4 @@ def _parse(model: type[M], reply: Incoming) -> M:
     try:
         return model.model_validate(reply.data)
     except ValidationError as exc:
-        raise Unavailable(f"the ledger answered an invalid {reply.type}: {describe(exc)}") from exc
+        raise BadReply(f"the ledger answered an invalid {reply.type}: {describe(exc)}") from exc

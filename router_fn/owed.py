@@ -42,7 +42,7 @@ from functions.outbox import (
     sink_route,
 )
 from router_fn import metrics
-from router_fn.ledger_client import SOURCE, LedgerClient
+from router_fn.ledger_client import SOURCE, BadReply, LedgerClient
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ class Owed:
             hold = self.ledger.hold(entry.id, command)
         except PaymentRequired:
             return Outcome(Verdict.DELIVERED, "declined: nothing was held")
+        except BadReply as exc:
+            return Outcome(Verdict.REFUSED, exc.message)
         except Unavailable as exc:
             return Outcome(Verdict.RETRY, exc.message)
         except FunctionError as exc:
