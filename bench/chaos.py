@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -90,8 +91,8 @@ class ChaosConfig:
     stream_share: float = 0.5
     cancel_share: float = 0.1  # of streams: the client closes after a chunk or two
     max_tokens: tuple[int, int] = (4, 12)
-    kill_every_s: float = 4.0
-    kills: int = 40
+    kill_every_s: float = 6.0
+    kills: int = 30
     store_stops: int = 12
     store_stop_s: tuple[float, float] = (1.0, 3.0)
     broker_faults: dict[str, float] = field(
@@ -327,7 +328,7 @@ def client_loop(
         with lock:
             outcomes.append(outcome)
         if outcome.status is None or outcome.status >= 500:
-            time.sleep(rng.uniform(0.5, 1.5))  # as a client backs off (this request is not retried)
+            time.sleep(rng.uniform(1.0, 3.0))  # as a client backs off (this request is not retried)
 
 
 def one_request(
@@ -467,8 +468,12 @@ def redeliver_old_events(state: Path, ledger_url: str, count: int, rng: random.R
         message = to_binary(
             make_event(event["type"], event["source"], event.get("data") or {}, id=event["id"])
         )
-        with contextlib.suppress(requests.RequestException):
-            requests.post(ledger_url, headers=message.headers, data=message.body, timeout=30)
+        with contextlib.suppress(RuntimeError):  # the ledger stayed down: not redelivered
+            retrying(
+                lambda m=message: requests.post(
+                    ledger_url, headers=m.headers, data=m.body, timeout=30
+                )
+            )
             sent += 1
     return sent
 
@@ -530,6 +535,7 @@ class Hold:
     settle_key: str | None = None
     settle_usage: Usage | None = None
     engine_ms: int = 0
+    ended: str = "open"  # settled | voided | expired (what resolved it)
 
     @property
     def net(self) -> int:
@@ -618,8 +624,13 @@ def _journal_entry(
         hold.settle_key = op.get("key")
         hold.settle_usage = Usage.model_validate(args["usage"]) if args.get("usage") else None
         hold.engine_ms = int(args.get("engine_ms") or 0)
-    elif kind == "refund" and not result.get("voided"):
+        hold.ended = "settled"
+    elif kind == "refund" and result.get("voided"):
+        holds[args["hold_id"]].ended = "voided"
+    elif kind == "refund":
         holds[args["hold_id"]].refunded += int(result["refunded"])
+    elif kind == "expire_hold":
+        holds[result["hold_id"]].ended = "expired"
     elif kind == "settle_late":  # the ledger's late settle, where it exists
         hold = holds[args["hold_id"]]
         hold.captured += int(result.get("captured", 0))
@@ -650,18 +661,28 @@ def _check_capture(hold_id: str, hold: Hold, metered: dict[str, dict[str, Any]],
 
 def _per_request(holds: dict[str, Hold], outcomes: list[Outcome], t: Tally) -> None:
     by_request: dict[str, list[Hold]] = {}
+    ids = {id(hold): hold_id for hold_id, hold in holds.items()}
     for hold in holds.values():
         by_request.setdefault(hold.request_id, []).append(hold)
+
+    def story(its: list[Hold]) -> str:
+        return "; ".join(
+            f"{ids[id(h)]} {h.ended}, captured {h.captured}, refunded {h.refunded}" for h in its
+        )
+
     for request_id, its in by_request.items():
         if sum(1 for h in its if h.net > 0) > 1:
             t.double += 1
-            t.problems.append(f"request {request_id}: {len(its)} holds captured")
+            t.problems.append(f"request {request_id}: captured twice: {story(its)}")
     for outcome in outcomes:
         if outcome.content and outcome.request_id is not None:
             its = by_request.get(outcome.request_id, [])
             if sum(h.net for h in its) <= 0:
                 t.free += 1
-                t.problems.append(f"request {outcome.request_id}: content reached the client free")
+                t.problems.append(
+                    f"request {outcome.request_id} ({outcome.kind}, serving hold "
+                    f"{outcome.hold_id}): content reached the client free: {story(its)}"
+                )
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -774,8 +795,12 @@ def main() -> None:
     )
     tallies = []
     for store in stores:
-        with tempfile.TemporaryDirectory(prefix=f"chaos-{store}-") as workdir:
-            tallies.append(run(store, config, Path(workdir), console))
+        workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{store}-"))
+        tallies.append(run(store, config, workdir, console))
+        if tallies[-1].ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            console.print(f"[{store}] kept for a look: {workdir}", markup=False)
     console.print(table(tallies))
     for t in tallies:
         for problem in t.problems[:20]:

@@ -387,7 +387,9 @@ class Outbox:
                 "DELETE FROM outbox WHERE state = 'delivered' AND finished < ?",
                 (now - self.keep_seconds,),
             )
-        self._pending = self._count_pending()  # other processes sharing the file move it too
+            # Other processes sharing the file move the count too.
+            row = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+            self._pending = int(row.fetchone()[0])
 
     # -- reading --------------------------------------------------------------------------------
 
