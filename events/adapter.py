@@ -6,6 +6,7 @@ apply half of a notification."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -47,3 +48,12 @@ def parse(model: type[M], data: Any, what: str) -> M:
 def mapped(event_type: str, data: BaseModel, subject: str | None) -> Mapped:
     """Data as JSON (timestamps as RFC 3339 strings), ready to be published as is."""
     return Mapped(event_type, data.model_dump(mode="json", exclude_none=True), subject)
+
+
+def derived_id(key: str, index: int) -> str:
+    """The id of the ``index``-th event published for the notification deduplicated as ``key``:
+    stable across replays, and short enough (under 256 bytes) for every receiver's dedupe keys
+    whatever the notification's own source and id."""
+    if len(key.encode("utf-8")) > 200:
+        key = "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return f"{key}#{index}"

@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     StrictBool,
@@ -42,6 +43,22 @@ from events.fields import OpenEventData, Timestamp
 EVENT_TYPE: Final = re.compile(
     r"^org\.camaraproject\.(?P<api>[a-z0-9-]+)\.(?P<version>v\d+)\.(?P<event>[a-z0-9-]+)$"
 )
+# CloudEvents ids and sources key deduplication records and the ids of the events published for
+# them: longer than this many UTF-8 bytes they would overflow a store key, so they are refused.
+MAX_ATTRIBUTE_BYTES: Final = 256
+
+
+def _short_attribute(value: str) -> str:
+    size = len(value.encode("utf-8"))
+    if size > MAX_ATTRIBUTE_BYTES:
+        raise ValueError(
+            f"is {size} bytes long; CloudEvent ids and sources are at most "
+            f"{MAX_ATTRIBUTE_BYTES} bytes (UTF-8) here"
+        )
+    return value
+
+
+Attribute = Annotated[str, Field(min_length=1), AfterValidator(_short_attribute)]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Uuid = Annotated[
     str,
@@ -101,8 +118,8 @@ class CamaraEnvelope(CamaraData):
     attributes are allowed and ignored."""
 
     specversion: Literal["1.0"]
-    id: Id
-    source: Annotated[str, Field(min_length=1, max_length=2048)]
+    id: Attribute
+    source: Attribute
     type: Annotated[str, Field(min_length=1, max_length=512)]
     time: DateTime
     datacontenttype: Literal["application/json"] | None = None

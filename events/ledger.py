@@ -1,4 +1,23 @@
-"""Data of the ledger's commands and facts (types in events/types.py)."""
+"""Data of the ledger's commands and facts (types in events/types.py).
+
+One capture per hold — the rule infer, the ingress and the ledger keep between them:
+
+- A hold resolves once: the first of settle (``inference.completed``, ``hold.settle``, or
+  ``inference.failed`` with output), void (``hold.refund`` of an open hold, ``inference.failed``
+  with no output) and expiry wins; any later settle of it is refused (409), however late it
+  comes and whatever its idempotency key — the hold's state refuses it, not only the dedupe.
+- Two meters may report one hold: infer's own event, and the ingress's ``inference.completed``
+  (source ``/tollgate/ingress``, id ``<hold>#relayed``) for a stream infer broke off. The first to
+  arrive settles; the second is refused.
+- ``inference.failed`` whose usage has completion tokens settles by that usage (the output
+  reached the client before the engine failed); without completion tokens it voids the hold.
+- The ingress voids the hold of an attempt that put nothing in front of the client with
+  ``hold.refund`` {hold_id} (id ``<hold>#void``): an open hold is voided; a hold its infer settled
+  meanwhile gets its whole capture back (a refund lot). A hold voided this way is never captured
+  afterwards — a late settle of an expired hold included: if the void arrives after the hold
+  expired, the ledger keeps that it was voided and refuses the late settle.
+- The ingress authorizes another cluster's hold for the same request only after the ledger took
+  the previous hold's void, so a request is captured at most once."""
 
 from __future__ import annotations
 

@@ -61,6 +61,10 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool | None = None
+    # vLLM's extension: the usage so far on every chunk. The ingress asks infer for both on
+    # every stream (what it relays is then known even if infer dies mid-stream) and strips them
+    # from what the client sees unless the client asked.
+    continuous_usage_stats: bool | None = None
 
 
 class TextPart(BaseModel):
@@ -132,6 +136,10 @@ class OpenAIRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -18,7 +18,8 @@ from werkzeug.exceptions import HTTPException
 
 from functions.cloudevent import Incoming, Reply, make_event, parse_http, to_binary
 from functions.errors import INVALID_REQUEST, FunctionError, NotFound, Unavailable
-from functions.metrics import EVENT_SECONDS, EVENTS
+from functions.jsonbody import CheckedJSON
+from functions.metrics import EVENT_SECONDS, EVENTS, event_type_label
 from functions.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def create_app(
     sees every error the app answers."""
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = CheckedJSON(app)  # request bodies: too deep or lone surrogates are a 400
+    app.json.sort_keys = False
     routes = dict(handlers or {})
     source = f"/tollgate/{name}"
 
@@ -75,8 +77,9 @@ def create_app(
             status = f"{exc.status // 100}xx"
             raise
         finally:
-            EVENTS.labels(name, incoming.type, status).inc()
-            EVENT_SECONDS.labels(name, incoming.type).observe(time.perf_counter() - started)
+            label = event_type_label(incoming.type, routes)
+            EVENTS.labels(name, label, status).inc()
+            EVENT_SECONDS.labels(name, label).observe(time.perf_counter() - started)
         if reply is None:
             return Response(status=204)
         message = to_binary(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from cloudevents.core.bindings.http import (
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
 
+from functions import jsonbody
 from functions.errors import BadRequest
 
 # Replies and emitted events get ids derived from what caused them, so a redelivered command
@@ -67,6 +67,9 @@ _CORE_ATTRIBUTES = {
 def parse_http(headers: Mapping[str, str], body: bytes) -> Incoming:
     """Read a CloudEvent in binary or structured mode; BadRequest says what is wrong."""
     lowered = {k.lower(): v for k, v in headers.items()}
+    if "json" in lowered.get("content-type", "") and body:
+        # The SDK parses JSON itself: too deep or lone surrogates are a 400 before it does.
+        jsonbody.loads(body, "the CloudEvent")
     try:
         event = from_http_event(HTTPMessage(headers=lowered, body=body))
     except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
@@ -76,10 +79,7 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> Incoming:
         ) from exc
     data = event.get_data()
     if isinstance(data, bytes | str):
-        try:
-            data = json.loads(data) if data else {}
-        except ValueError as exc:
-            raise BadRequest(f"event data is not JSON: {exc}") from exc
+        data = jsonbody.loads(data, "event data") if data else {}
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -20,6 +21,24 @@ TIMEOUT_S = 5.0
 
 class EmitFailed(Exception):
     """The sink refused the event or stayed unreachable after every retry."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one POST of an event got: an HTTP status, or none at all (``problem`` says why)."""
+
+    status: int | None
+    problem: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and self.status < 300
+
+    @property
+    def refused(self) -> bool:
+        """The receiver will never accept this event: retrying cannot help (4xx but 408/429)."""
+        status = self.status
+        return status is not None and 400 <= status < 500 and status not in (408, 429)
 
 
 class Emitter:
@@ -50,25 +69,42 @@ class Emitter:
         if self.sink is None:
             log.info("K_SINK is not set; not emitting %s", type)
             return
-        message = to_binary(
-            make_event(type, source, data, id=id, subject=subject, caused_by=caused_by)
-        )
         backoff = FIRST_BACKOFF_S
-        problem = ""
+        sent = Sent(None)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                response = self._session.post(
-                    self.sink, headers=message.headers, data=message.body, timeout=TIMEOUT_S
-                )
-            except requests.RequestException as exc:
-                problem = f"{exc.__class__.__name__}: {exc}"
-            else:
-                if response.status_code < 300:
-                    return
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if 400 <= response.status_code < 500 and response.status_code != 429:
-                    break  # the sink will never accept this event; retrying cannot help
+            sent = self.send(type, source, data, id=id, subject=subject, caused_by=caused_by)
+            if sent.delivered:
+                return
+            if sent.refused:
+                break  # the sink will never accept this event; retrying cannot help
             if attempt < MAX_ATTEMPTS:
                 time.sleep(backoff)
                 backoff *= 2
-        raise EmitFailed(f"could not deliver {type} to {self.sink}: {problem}")
+        raise EmitFailed(f"could not deliver {type} to {self.sink}: {sent.problem}")
+
+    def send(
+        self,
+        type: str,
+        source: str,
+        data: dict[str, Any],
+        *,
+        id: str | None = None,
+        subject: str | None = None,
+        caused_by: str | None = None,
+    ) -> Sent:
+        """One POST of the event to the sink, no retry: the one place an event leaves a function
+        (``emit`` retries it briefly; the durable outbox, functions/outbox.py, until done)."""
+        if self.sink is None:
+            return Sent(None, "K_SINK is not set")
+        message = to_binary(
+            make_event(type, source, data, id=id, subject=subject, caused_by=caused_by)
+        )
+        try:
+            response = self._session.post(
+                self.sink, headers=message.headers, data=message.body, timeout=TIMEOUT_S
+            )
+        except requests.RequestException as exc:
+            return Sent(None, f"{exc.__class__.__name__}: {exc}")
+        if response.status_code < 300:
+            return Sent(response.status_code)
+        return Sent(response.status_code, f"HTTP {response.status_code}: {response.text[:200]}")

@@ -18,6 +18,7 @@ Configuration (environment, as Knative sets it; see `infer_fn.config`):
     TOLLGATE_LOAD_TIMEOUT_SECONDS, TOLLGATE_REQUEST_TIMEOUT_SECONDS
     TOLLGATE_TIER, TOLLGATE_CLUSTER   where this function runs (event source, default tier/cluster)
     K_SINK                        where metering events go (unset: not emitted)
+    TOLLGATE_OUTBOX_DIR           where they are owed until the sink took them (functions/outbox.py)
 
 llama-cpp-python builds from source; building only the library is what makes it quick:
     CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF

@@ -4,11 +4,15 @@ A request is fully validated — body, model, context window — before its resp
 bad input gets its own status and leaves the engine as it was. Each admitted request ends exactly
 once, in `_Outcome.finish`, called by the server when it closes the response: the stream was
 exhausted, the client went away, or the engine failed. That single place releases the engine slot
-and meters what was produced."""
+and records the request's metrics. Its billing event is owed earlier, before the response's last
+bytes (`_Outcome.bill`), or there at the latest (a client gone mid-stream).
+
+A stream asked for `stream_options.continuous_usage_stats` (vLLM's extension; the ingress always
+asks) carries the usage so far on every chunk, so whoever relays it knows what reached the client
+even if this function dies mid-stream."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,6 +30,7 @@ from events.openai import (
     Endpoint,
     OpenAIRequest,
 )
+from functions import jsonbody
 from functions.errors import FunctionError
 from functions.validation import validate
 from infer_fn import errors, metrics
@@ -43,8 +48,14 @@ Start = Callable[[Engine, SamplingParams], Generation]
 BLUEPRINT = "openai"
 
 
-def build_blueprint(host: EngineHost, emitter: EventSink, config: InferConfig) -> Blueprint:
-    api = _Api(host, emitter, config)
+def build_blueprint(
+    host: EngineHost,
+    emitter: EventSink,
+    config: InferConfig,
+    owing_full: Callable[[], bool] = lambda: False,
+) -> Blueprint:
+    """``owing_full``: the metering outbox is full, so billed work is refused (503)."""
+    api = _Api(host, emitter, config, owing_full)
     blueprint = Blueprint(BLUEPRINT, __name__)
     blueprint.add_url_rule(PATHS["chat"], view_func=api.chat, methods=["POST"])
     blueprint.add_url_rule(PATHS["completions"], view_func=api.completions, methods=["POST"])
@@ -63,10 +74,17 @@ def count_refusal(error: FunctionError) -> None:
 
 
 class _Api:
-    def __init__(self, host: EngineHost, emitter: EventSink, config: InferConfig) -> None:
+    def __init__(
+        self,
+        host: EngineHost,
+        emitter: EventSink,
+        config: InferConfig,
+        owing_full: Callable[[], bool],
+    ) -> None:
         self._host = host
         self._emitter = emitter
         self._config = config
+        self._owing_full = owing_full
         self._started = int(time.time())
 
     def models(self) -> Response:
@@ -96,12 +114,7 @@ class _Api:
         raw = request.stream.read(limit + 1)
         if len(raw) > limit:
             raise errors.too_large(limit)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise errors.bad_request(
-                f"Request body is not valid JSON: {exc}", code="invalid_json"
-            ) from exc
+        body = jsonbody.loads(raw, "Request body")
         if not isinstance(body, dict):
             raise errors.bad_request("Request body must be a JSON object.", code="invalid_json")
         # The ingress validated the same body with the same model before it priced it.
@@ -130,6 +143,11 @@ class _Api:
             )
         except wire.BadHold as exc:
             raise errors.bad_request(str(exc), code="invalid_hold") from exc
+        if hold is not None and self._owing_full():
+            raise errors.unavailable(
+                "This function's metering outbox is full (its events are not being delivered); "
+                "it takes no billed work until they are."
+            )
         try:
             lease = self._host.acquire()
         except QueueFull as exc:
@@ -154,7 +172,7 @@ class _Api:
         headers = {wire.COLD_START_MS: str(_ms(lease.cold_start_seconds))}
         if req.stream:
             response = Response(
-                _stream(envelope, outcome, req.include_usage),
+                _stream(envelope, outcome, req.include_usage, req.continuous_usage),
                 mimetype="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -164,13 +182,14 @@ class _Api:
 
 
 class _Outcome:
-    """How an admitted request ended; `finish` runs once, after the response is closed."""
+    """How an admitted request ended: `bill` owes its event once (before the response's last
+    bytes); `finish` runs once, after the response is closed."""
 
-    def __init__(self, gen: Generation, lease: Lease, meter: Meter, emitter: EventSink) -> None:
+    def __init__(self, gen: Generation, lease: Lease, meter: Meter, sink: EventSink) -> None:
         self.gen = gen
         self.lease = lease
         self.meter = meter
-        self.emitter = emitter
+        self.sink = sink
         # Until the stream says otherwise, a response closed early lost its client.
         self.status = "disconnected"
         self.error: tuple[str, str] | None = None
@@ -182,6 +201,9 @@ class _Outcome:
         self.status = "failed"
         self.error = ("engine_error", str(exc) or type(exc).__name__)
 
+    def bill(self) -> None:
+        self.meter.bill(self.gen, self.sink, error=self.error)
+
     def finish(self) -> None:
         with self._done:
             if self._finished:
@@ -189,28 +211,37 @@ class _Outcome:
             self._finished = True
         # Stops a generation still running (the client left): only produced tokens count.
         self.gen.close()
+        self.bill()
         self.lease.release()
-        self.meter.finish(self.gen, self.emitter, outcome=self.status, error=self.error)
+        self.meter.finish(self.gen, outcome=self.status)
 
 
-def _stream(envelope: Envelope, outcome: _Outcome, include_usage: bool) -> Iterator[bytes]:
+def _stream(
+    envelope: Envelope, outcome: _Outcome, include_usage: bool, continuous: bool
+) -> Iterator[bytes]:
     gen = outcome.gen
+
+    def so_far() -> tuple[int, int] | None:
+        return (gen.prompt_tokens, gen.completion_tokens) if continuous else None
+
     try:
         if envelope.endpoint == "chat":
-            yield envelope.chunk(None, first=True)
+            yield envelope.chunk(None, first=True, usage=so_far())
         for piece in gen:
             outcome.meter.mark_text()
-            yield envelope.chunk(piece)
-        yield envelope.chunk(None, gen.finish_reason or "stop")
+            yield envelope.chunk(piece, usage=so_far())
+        outcome.status = "ok"
+        outcome.bill()  # owed before the client can see the stream end
+        yield envelope.chunk(None, gen.finish_reason or "stop", usage=so_far())
         if include_usage:
             yield envelope.usage_chunk(gen.prompt_tokens, gen.completion_tokens)
         yield SSE_DONE
-        outcome.status = "ok"
     except GeneratorExit:
         raise
     except Exception as exc:
         # Headers are long gone: the error travels as a final SSE event, as OpenAI's do.
         outcome.fail(exc)
+        outcome.bill()
         yield sse(errors.engine_failed(f"The engine failed mid-stream: {exc}").body())
 
 
@@ -226,8 +257,10 @@ def _whole(
             pieces.append(piece)
     except Exception as exc:
         outcome.fail(exc)
+        outcome.bill()
         raise errors.engine_failed() from exc
     outcome.status = "ok"
+    outcome.bill()  # owed before the response leaves
     body = envelope.full(
         "".join(pieces), gen.finish_reason or "stop", gen.prompt_tokens, gen.completion_tokens
     )

@@ -6,6 +6,7 @@ import flask
 
 from functions.app import create_app as create_function_app
 from functions.emit import Emitter
+from functions.outbox import SINK, Outbox, OutboxSettings, sink_route
 from functions.server import THREADS_CONFIG
 from infer_fn.admission import Admission
 from infer_fn.api import build_blueprint, count_refusal
@@ -28,7 +29,8 @@ def create_app(
     engine: Engine | None = None,
     emitter: EventSink | None = None,
 ) -> flask.Flask:
-    """`engine` and `emitter` default to what the config and `K_SINK` say; tests inject theirs."""
+    """`engine` and `emitter` default to what the config and `K_SINK` say (metering events owed
+    through the durable outbox, `TOLLGATE_OUTBOX_*`); tests inject theirs."""
     config = config or InferConfig.from_env()
     engine = engine or build_engine(config)
     admission = Admission(config.concurrency, config.queue_size, config.queue_timeout_seconds)
@@ -41,15 +43,23 @@ def create_app(
         signals=engine.load_signals,
     )
 
+    sink = emitter or metering_sink()
+    outbox = sink if isinstance(sink, Outbox) else None
+
+    def owing_full() -> bool:
+        return outbox is not None and outbox.full
+
     def ready() -> None:
         # Ready means able to serve, not loaded: a scale-to-zero function loads on demand.
         if config.engine is EngineKind.LLAMACPP and not config.resolved_model_path().is_file():
             raise RuntimeError(f"model file {config.resolved_model_path()} is missing")
+        if owing_full():
+            raise RuntimeError("the metering outbox is full: its events are not being delivered")
 
     app = create_function_app(
         NAME,
         blueprints=[
-            build_blueprint(host, emitter or Emitter.from_env(), config),
+            build_blueprint(host, sink, config, owing_full),
             warmup_blueprint(host, config.model_name),
         ],
         ready=ready,
@@ -59,6 +69,15 @@ def create_app(
     app.extensions[EXTENSION] = host
     app.config[THREADS_CONFIG] = config.server_threads
     return app
+
+
+def metering_sink() -> EventSink:
+    """Where metering events go: owed through the durable outbox to K_SINK; with no K_SINK
+    nobody takes them, so they are not emitted (a lone function run by hand)."""
+    emitter = Emitter.from_env()
+    if emitter.sink is None:
+        return emitter
+    return OutboxSettings.from_env(NAME).open(NAME, {SINK: sink_route(emitter)})
 
 
 def engine_host(app: flask.Flask) -> EngineHost:

@@ -3,9 +3,12 @@ a hold on the request — as `inference.completed` / `inference.failed` events f
 
 Event data is built with the catalogue's own models (`events.ledger`), so what settle and refund
 validate is what we send. Every number is an integer (token counts, milliseconds): money
-downstream is integral. Events go out after the response, so delivery retries never delay a
-client. A client that disconnects mid-stream got what was produced: that is `completed`, with the
-usage up to the cut."""
+downstream is integral. A held request's event is owed — written to the function's durable
+outbox (functions/outbox.py) — before its response's last bytes go out (`bill`), so a response a
+client saw end is never unbilled, even if this process dies the next instant; delivery happens
+afterwards and never delays a client. A client that disconnects mid-stream got what was produced:
+that is `completed`, with the usage up to the cut; an engine that fails after producing output is
+`failed` with that usage (the ledger charges it; with no output it voids the hold)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from events.quote import Usage
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
 from events.wire import BilledHold
 from functions.emit import EmitFailed
+from functions.outbox import OutboxError
 from infer_fn import metrics
 from infer_fn.engines.base import Generation
 
@@ -43,36 +47,37 @@ class Meter:
     hold: BilledHold | None
     arrived: float = field(default_factory=time.perf_counter)
     first_text: float | None = None
+    billed: bool = False
 
     def mark_text(self) -> None:
         if self.first_text is None:
             self.first_text = time.perf_counter()
             metrics.TTFT_SECONDS.observe(self.first_text - self.arrived)
 
-    def finish(
-        self,
-        gen: Generation,
-        emitter: EventSink,
-        *,
-        outcome: str,
-        error: tuple[str, str] | None = None,
-    ) -> None:
-        """Record the request; `error` (type, message) makes it an `inference.failed` event."""
-        ended = time.perf_counter()
+    def finish(self, gen: Generation, *, outcome: str) -> None:
+        """Record the request's metrics, once, when its response is closed."""
         prompt, completion, engine_seconds = (
             gen.prompt_tokens,
             gen.completion_tokens,
             gen.engine_seconds,
         )
         metrics.REQUESTS.labels(self.endpoint, outcome).inc()
-        metrics.REQUEST_SECONDS.observe(ended - self.arrived)
+        metrics.REQUEST_SECONDS.observe(time.perf_counter() - self.arrived)
         metrics.TOKENS.labels("prompt").inc(prompt)
         metrics.TOKENS.labels("completion").inc(completion)
         if completion and engine_seconds > 0:
             metrics.TOKENS_PER_SECOND.set(completion / engine_seconds)
-        if self.hold is None:
+
+    def bill(
+        self, gen: Generation, sink: EventSink, *, error: tuple[str, str] | None = None
+    ) -> None:
+        """Owe the hold's metering event, once: `error` (type, message) makes it
+        `inference.failed`. A no-op for a request that carries no hold."""
+        if self.hold is None or self.billed:
             return
-        total_ms = _ms(ended - self.arrived)
+        self.billed = True
+        total_ms = _ms(time.perf_counter() - self.arrived)
+        prompt, completion = gen.prompt_tokens, gen.completion_tokens
         usage = Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
@@ -80,7 +85,7 @@ class Meter:
         timings = Timings(
             ttft_ms=total_ms if ttft is None else _ms(ttft - self.arrived),
             total_ms=total_ms,
-            engine_ms=_ms(engine_seconds),
+            engine_ms=_ms(gen.engine_seconds),
         )
         hold = self.hold
         common: dict[str, Any] = {
@@ -102,10 +107,10 @@ class Meter:
         data = event.model_dump(mode="json")
         source = f"/tollgate/infer/{hold.tier}/{hold.cluster}"
         try:
-            emitter.emit(kind, source, data, id=self.request_id)
-        except EmitFailed:  # the response is already out: a lost event must be loud, not fatal
+            sink.emit(kind, source, data, id=self.request_id)
+        except (EmitFailed, OutboxError):  # the work is done: a lost event is loud, not fatal
             metrics.EMIT_FAILURES.inc()
-            log.exception("could not emit %s for hold %s", kind, hold.hold_id)
+            log.exception("could not owe %s for hold %s", kind, hold.hold_id)
 
 
 def _ms(seconds: float) -> int:

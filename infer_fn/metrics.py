@@ -50,7 +50,8 @@ REQUESTS = Counter(
     ["endpoint", "outcome"],
 )
 EMIT_FAILURES = Counter(
-    "tollgate_infer_emit_failures", "Metering events that could not be delivered to K_SINK."
+    "tollgate_infer_emit_failures",
+    "Metering events that could not be owed (the outbox could not write them): lost, loudly.",
 )
 
 

@@ -19,7 +19,7 @@ from events.openai import Endpoint
 from infer_fn.engines.base import FinishReason
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+def _usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
     return CompletionUsage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
@@ -44,7 +44,7 @@ class Envelope:
     def full(
         self, text: str, finish: FinishReason, prompt_tokens: int, completion_tokens: int
     ) -> dict[str, Any]:
-        used = usage(prompt_tokens, completion_tokens)
+        used = _usage(prompt_tokens, completion_tokens)
         body: ChatCompletion | Completion
         if self.endpoint == "chat":
             message = ChatCompletionMessage(role="assistant", content=text)
@@ -69,8 +69,15 @@ class Envelope:
         return body.model_dump(mode="json", exclude_unset=True)
 
     def chunk(
-        self, text: str | None, finish: FinishReason | None = None, *, first: bool = False
+        self,
+        text: str | None,
+        finish: FinishReason | None = None,
+        *,
+        first: bool = False,
+        usage: tuple[int, int] | None = None,
     ) -> bytes:
+        """``usage`` (prompt, completion tokens so far): vLLM's `continuous_usage_stats`."""
+        used = None if usage is None else _usage(*usage)
         body: ChatCompletionChunk | Completion
         if self.endpoint == "chat":
             # OpenAI opens a chat stream with the role and closes it with an empty delta.
@@ -98,11 +105,13 @@ class Envelope:
                 model=self.model,
                 choices=[choice],
             )
+        if used is not None:
+            body.usage = used  # set only when asked: an unset field stays out of the chunk
         return sse(body.model_dump(mode="json", exclude_unset=True))
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """`stream_options.include_usage`: a last chunk with no choices and the usage."""
-        used = usage(prompt_tokens, completion_tokens)
+        used = _usage(prompt_tokens, completion_tokens)
         body: ChatCompletionChunk | Completion
         if self.endpoint == "chat":
             body = ChatCompletionChunk(

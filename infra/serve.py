@@ -8,7 +8,7 @@ import os
 import click
 from flask import Blueprint, Flask
 
-from events.adapter import Mapped
+from events.adapter import Mapped, derived_id
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
@@ -68,6 +68,7 @@ def build_app(function: str) -> Flask:
 
 
 def _ingress() -> Flask:
+    from router_fn.ingress import HOLD_TTL_S
     from router_fn.ingress_app import create_app as ingress_app
     from router_fn.ledger_client import LedgerClient
     from router_fn.probe import start_probing
@@ -87,7 +88,8 @@ def _ingress() -> Flask:
         start_probing(topology, states, interval_s=interval)
     ledger = LedgerClient(authorize_url, os.environ.get("TOLLGATE_REFUND_URL") or None)
     template = template_from_env(os.environ)
-    network = network_blueprint(template, store, Emitter(settings.sink))
+    emitter = Emitter(settings.sink)
+    network = network_blueprint(template, store, emitter)
     return ingress_app(
         topology,
         store,
@@ -96,6 +98,9 @@ def _ingress() -> Flask:
         states=states,
         network=network,
         latency=latency_promise(topology, store, states),
+        emitter=emitter,
+        # Shorter only where a test must see holds expire (bench/chaos.py).
+        hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
     )
 
 
@@ -125,7 +130,7 @@ def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blu
                 event.type,
                 "/tollgate/network",
                 event.data,
-                id=f"{key}#{index}",
+                id=derived_id(key, index),
                 subject=event.subject,
             )
 

@@ -27,6 +27,7 @@ from events.ledger import (
     HoldsSwept,
     InferenceCompleted,
     InferenceFailed,
+    InferenceOutcome,
     PlansRenew,
     PlansRenewed,
 )
@@ -140,12 +141,7 @@ class LedgerHandlers:
     def completed(self, event: Incoming) -> Reply:
         done = validate(InferenceCompleted, event.data, f"{event.type} data")
         account_id = self._owner(done.hold_id, done.account_id)
-        args = {
-            "hold_id": done.hold_id,
-            "usage": done.usage.model_dump(),
-            "engine_ms": done.timings.engine_ms,
-        }
-        return self._settled(self._run(event, account_id, "settle", args))
+        return self._settled(self._run(event, account_id, "settle", usage_args(done)))
 
     def _settled(self, r: dict[str, Any]) -> Reply:
         settled = HoldSettled(
@@ -164,6 +160,8 @@ class LedgerHandlers:
     def failed(self, event: Incoming) -> Reply:
         failure = validate(InferenceFailed, event.data, f"{event.type} data")
         account_id = self._owner(failure.hold_id, failure.account_id)
+        if charges_output(failure):
+            return self._settled(self._run(event, account_id, "settle", usage_args(failure)))
         return self._refunded(self._run(event, account_id, "refund", {"hold_id": failure.hold_id}))
 
     def _refunded(self, r: dict[str, Any]) -> Reply:
@@ -205,6 +203,21 @@ class LedgerHandlers:
             "refund": {types.HOLD_REFUND: self.refund, types.INFERENCE_FAILED: self.failed},
             "sweep": {types.HOLDS_SWEEP: self.sweep},
         }
+
+
+def usage_args(outcome: InferenceOutcome) -> dict[str, Any]:
+    """A settle by metered usage, priced by the hold's own quote."""
+    return {
+        "hold_id": outcome.hold_id,
+        "usage": outcome.usage.model_dump(),
+        "engine_ms": outcome.timings.engine_ms,
+    }
+
+
+def charges_output(failure: InferenceFailed) -> bool:
+    """An engine that failed after producing output failed the client part-way: what it
+    produced reached the client and is charged; with no output the hold is voided."""
+    return failure.usage.completion_tokens > 0
 
 
 def handlers_for(table: dict[str, dict[str, Handler]], names: list[str]) -> dict[str, Handler]:

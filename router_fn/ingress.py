@@ -9,6 +9,7 @@ usage, and the settle/refund functions consume it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ import requests
 from flask import Blueprint, Response, jsonify, request
 
 from events import wire
-from events.ledger import HoldAuthorized
+from events.ledger import HoldAuthorize, HoldAuthorized
 from events.openai import (
     MODELS,
     PATHS,
@@ -48,7 +49,9 @@ from router_fn import metrics
 from router_fn.hints import parse_hints
 from router_fn.latency import LatencyPromise, Served
 from router_fn.ledger_client import LedgerClient
+from router_fn.owed import Owed
 from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
+from router_fn.relay import StreamRelay
 from router_fn.tierstate import TierStates
 from router_fn.tierview import tiers_view
 from router_fn.topology import ModelSpec, PlanSpec, Topology
@@ -64,6 +67,8 @@ STREAM_CUT = (
     b'data: {"error": {"message": "the inference stream was cut", "type": "server_error"}}\n\n'
 )
 AUTH_CACHE_S = 5.0  # a revoked key stops working within this long
+# Every stream asks infer for its usage as it goes (stripped from what the client did not ask).
+USAGE_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Caller:
     plan: PlanSpec | None
     # Where the account's roaming devices allow processing (None: none roams).
     roaming: frozenset[str] | None = None
+    unknown_plan: str | None = None  # the account names a plan this platform does not have
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class Attempt:
     quote: Quote
     upstream: requests.Response
     chunks: Iterator[bytes]  # the body's one iterator (a second iter_content would start empty)
-    first: bytes  # its first chunk, read before answering (so failover stays possible)
+    first: bytes  # its first chunk (a whole response: all of it), read before answering
+    started: float  # time.monotonic() when infer was called
 
 
 class Ingress:
@@ -91,15 +98,19 @@ class Ingress:
         store: Store,
         ledger: LedgerClient,
         states: TierStates,
+        owed: Owed,
         *,
         admin_token: str | None = None,
+        hold_ttl_s: int = HOLD_TTL_S,
         sleep: Callable[[float], None] = time.sleep,
         latency: LatencyPromise | None = None,
     ) -> None:
         self.topology = topology
+        self.hold_ttl_s = hold_ttl_s
         self.store = store
         self.keys = ApiKeys(store)
         self.ledger = ledger
+        self.owed = owed
         self.states = states
         self.admin_token = admin_token
         self.sleep = sleep
@@ -118,16 +129,28 @@ class Ingress:
         key = bearer_token()
         if key is None:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <your Tollgate key>'")
-        return self._callers.get(key, lambda: self._resolve(key))
+        caller = self._callers.get(key, lambda: self._resolve(key))
+        if caller.unknown_plan is not None:
+            # Fail closed: a plan we do not know may restrict tiers, models or residency.
+            raise Forbidden(
+                f"account {caller.account_id} is on plan {caller.unknown_plan!r}, which this "
+                "platform does not offer, so its restrictions (residency included) cannot be "
+                "applied; nothing is served until an operator sets a known plan "
+                f"(plans: {', '.join(sorted(self.topology.plans)) or 'none'})",
+                code="unknown_plan",
+            )
+        return caller
 
     def _resolve(self, key: str) -> Caller:
         account_id = self.keys.resolve(key)
         profile = read_profile(self.store, account_id) or {}
         plan_name = profile.get("plan")
         plan = self.topology.plans.get(plan_name) if isinstance(plan_name, str) else None
+        if plan_name is not None and plan is None:
+            return Caller(account_id, None, unknown_plan=str(plan_name)[:256])
         countries = roaming_countries(self.store, account_id)
         allowed = None if countries is None else self.topology.roaming_jurisdictions(countries)
-        return Caller(account_id, plan, allowed)
+        return Caller(account_id, plan, allowed)  # no plan: credits alone decide
 
     def allowed_models(self, caller: Caller) -> list[ModelSpec]:
         hosted = {m for c in self.topology.clusters for m in c.infer_urls}
@@ -147,21 +170,34 @@ class Ingress:
         route = replace(_route_request(model, parsed), roaming=caller.roaming)
         forward = {**body, "model": model.served_name, "max_tokens": route.max_tokens}
         forward.pop("max_completion_tokens", None)
+        if parsed.stream:
+            forward["stream_options"] = USAGE_OPTIONS
+        if self.owed.full:
+            raise Unavailable(
+                "this ingress owes the ledger more than its outbox may hold (the ledger or the "
+                "broker is not taking them); retry shortly",
+                code="outbox_full",
+            )
         request_id = uuid.uuid4().hex
-        attempt, decision = self._attempt(endpoint, caller, route, forward, request_id, started)
+        attempt, decision = self._attempt(
+            endpoint, caller, route, forward, request_id, started, bool(parsed.stream)
+        )
         metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
         headers = self._answer_headers(attempt, decision, request_id)
-        if self.latency is None:
-            return _streamed(attempt, headers) if parsed.stream else _whole(attempt, headers)
-        first_token = FirstToken(started)
+        relayed: Iterator[bytes] | None = None
         if parsed.stream:
-            watched = replace(
-                attempt, first=b"", chunks=first_token.watch(attempt.first, attempt.chunks)
+            relay = StreamRelay(
+                chunk_usage=parsed.continuous_usage, usage_chunk=parsed.include_usage
             )
-            response = _streamed(watched, headers)
-        else:
+            relayed = self._relay(attempt, relay, model.served_name)
+        if self.latency is None:
+            return _whole(attempt, headers) if relayed is None else _streamed(relayed, headers)
+        first_token = FirstToken(started)
+        if relayed is None:
             first_token.whole(attempt.upstream.headers)
             response = _whole(attempt, headers)
+        else:
+            response = _streamed(first_token.watch(b"", relayed), headers)
         served = Served(
             caller.account_id,
             caller.plan,
@@ -218,9 +254,10 @@ class Ingress:
         forward: dict[str, Any],
         request_id: str,
         started: float,
+        stream: bool,
     ) -> tuple[Attempt, Decision]:
-        """Route, hold and call; an attempt that fails before its first byte is refunded and
-        the next feasible cluster tried."""
+        """Route, hold and call; an attempt that fails before anything reaches the client is
+        voided and, once the ledger took the void, the next feasible cluster tried."""
         excluded: frozenset[str] = frozenset()
         failures: list[str] = []
         while True:
@@ -229,12 +266,20 @@ class Ingress:
             hold, quote = self._authorize(route, caller, candidate, request_id)
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             try:
-                return self._call(endpoint, candidate, hold, quote, caller, forward), decision
+                attempt = self._call(endpoint, candidate, hold, quote, caller, forward, stream)
+                return attempt, decision
             except _AttemptFailed as failure:
                 failures.append(f"{candidate.cluster}: {failure}")
-                self._refund(hold, caller, route.model, candidate, str(failure))
+                voided = self.owed.void(hold, str(failure))
                 if failure.final is not None:
                     raise failure.final from None
+                if not voided:
+                    raise Unavailable(
+                        f"{'; '.join(failures)}; the ledger could not void that attempt's hold "
+                        "yet, so no other cluster is tried (a request is charged at most once); "
+                        "retry shortly",
+                        code="ledger_unavailable",
+                    ) from None
                 excluded = excluded | {candidate.cluster}
                 metrics.FAILOVERS.labels(candidate.tier).inc()
 
@@ -265,16 +310,21 @@ class Ingress:
         amount = quote.worst_case(
             route.prompt_tokens, route.max_tokens or 0, int(READ_TIMEOUT_S * 1000)
         )
-        hold = self.ledger.authorize(
-            f"{request_id}#{candidate.cluster}",
-            caller.account_id,
-            amount,
-            ttl_seconds=HOLD_TTL_S,
+        command = HoldAuthorize(
+            account_id=caller.account_id,
+            amount=amount,
+            ttl_seconds=self.hold_ttl_s,
             tier=candidate.tier,
             model=route.model.name,
             quote=quote,
         )
-        return hold, quote
+        event_id = f"{request_id}#{candidate.cluster}"
+        try:
+            return self.ledger.hold(event_id, command), quote
+        except Unavailable:
+            # The ledger may have made the hold and lost only its answer: find it and void it.
+            self.owed.release(event_id, command)
+            raise
 
     def _call(
         self,
@@ -284,11 +334,13 @@ class Ingress:
         quote: Quote,
         caller: Caller,
         forward: dict[str, Any],
+        stream: bool,
     ) -> Attempt:
         cluster = self.topology.cluster(candidate.cluster)
         if cluster.emulated:
             self.sleep(cluster.rtt_ms / 1000)  # `tollgate up`: the tier's network RTT, emulated
         billed = wire.BilledHold(hold.hold_id, caller.account_id, candidate.tier, candidate.cluster)
+        started = time.monotonic()
         try:
             upstream = self._session.post(
                 candidate.url.rstrip("/") + PATHS[endpoint],
@@ -309,35 +361,42 @@ class Ingress:
             raise _AttemptFailed(error.message, final=error)
         chunks = upstream.iter_content(chunk_size=None)
         try:
-            first = next(chunks, b"")
+            # A whole response reaches the client only once all of it arrived: until then the
+            # attempt can still fail over.
+            first = b"".join(chunks) if not stream else next(chunks, b"")
         except requests.RequestException as exc:
             upstream.close()
-            raise _AttemptFailed(
-                f"failed before the first byte ({exc.__class__.__name__})"
-            ) from exc
-        return Attempt(candidate, hold, quote, upstream, chunks, first)
+            where = "before the first byte" if stream else "before its whole answer arrived"
+            raise _AttemptFailed(f"failed {where} ({exc.__class__.__name__})") from exc
+        return Attempt(candidate, hold, quote, upstream, chunks, first, started)
 
-    def _refund(
-        self,
-        hold: HoldAuthorized,
-        caller: Caller,
-        model: ModelSpec,
-        candidate: Candidate,
-        error: str,
-    ) -> None:
+    def _relay(self, attempt: Attempt, relay: StreamRelay, model: str) -> Iterator[bytes]:
+        """Stream the upstream's events through; closing (client gone) closes the upstream, so
+        the infer function stops generating and meters what it produced. A stream that breaks
+        off before saying it is over lost its infer: it is metered here, from the usage of the
+        last event relayed."""
+        first_text: float | None = None
         try:
-            self.ledger.refund_failed(
-                hold.hold_id,
-                caller.account_id,
-                model.name,
-                candidate.tier,
-                candidate.cluster,
-                error,
-            )
-        except FunctionError as exc:
-            # Already voided by the infer function's own failed event, or the ledger is down:
-            # either way the hold cannot be spent twice, and the sweep returns it at its TTL.
-            log.warning("refund of %s after a failed attempt: %s", hold.hold_id, exc.message)
+            for data in itertools.chain((attempt.first,), attempt.chunks):
+                out = relay.feed(data)
+                if out:
+                    first_text = first_text or time.monotonic()
+                    yield out
+            rest = relay.rest()
+            if rest:
+                yield rest
+            if relay.ended:
+                return
+            log.warning("upstream %s ended its stream unfinished", attempt.candidate.cluster)
+        except requests.RequestException as exc:
+            log.warning("upstream %s broke mid-stream: %s", attempt.candidate.cluster, exc)
+        finally:
+            attempt.upstream.close()
+        if relay.usage is not None:
+            billed = _billed(attempt)
+            self.owed.relayed(billed, model, relay.usage, attempt.started, first_text)
+        # Tell the client in the stream's own error form.
+        yield STREAM_CUT
 
     # -- the blueprint --------------------------------------------------------------------------
 
@@ -404,9 +463,9 @@ def _route_request(model: ModelSpec, parsed: ChatRequest | CompletionRequest) ->
     )
 
 
-def _streamed(attempt: Attempt, headers: dict[str, str]) -> Response:
+def _streamed(events: Iterator[bytes], headers: dict[str, str]) -> Response:
     return Response(
-        _relay(attempt),
+        events,
         status=200,
         mimetype="text/event-stream",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -414,26 +473,19 @@ def _streamed(attempt: Attempt, headers: dict[str, str]) -> Response:
 
 
 def _whole(attempt: Attempt, headers: dict[str, str]) -> Response:
-    payload = attempt.first + b"".join(attempt.chunks)
+    payload = attempt.first
     attempt.upstream.close()
     headers.update(_charges(attempt, payload))
     return Response(payload, status=200, mimetype="application/json", headers=headers)
 
 
-def _relay(attempt: Attempt) -> Iterator[bytes]:
-    """Stream the upstream's bytes through; closing (client gone) closes the upstream, so the
-    infer function stops generating and meters only what it produced."""
-    try:
-        if attempt.first:
-            yield attempt.first
-        yield from attempt.chunks
-    except requests.RequestException as exc:
-        log.warning("upstream %s broke mid-stream: %s", attempt.candidate.cluster, exc)
-        # The infer function died mid-stream: it can emit no event, so the hold returns to the
-        # account at its TTL (the sweep). Tell the client in the stream's own error form.
-        yield STREAM_CUT
-    finally:
-        attempt.upstream.close()
+def _billed(attempt: Attempt) -> wire.BilledHold:
+    return wire.BilledHold(
+        attempt.hold.hold_id,
+        attempt.hold.account_id,
+        attempt.candidate.tier,
+        attempt.candidate.cluster,
+    )
 
 
 def _charges(attempt: Attempt, payload: bytes) -> dict[str, str]:

@@ -6,10 +6,13 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
+from functions.emit import Emitter
+from functions.outbox import OutboxSettings
 from functions.store import Store
-from router_fn.ingress import Ingress
+from router_fn.ingress import HOLD_TTL_S, Ingress
 from router_fn.latency import LatencyPromise
 from router_fn.ledger_client import LedgerClient
+from router_fn.owed import Owed
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
@@ -23,16 +26,30 @@ def create_app(
     states: TierStates | None = None,
     network: Blueprint | None = None,
     latency: LatencyPromise | None = None,
+    emitter: Emitter | None = None,
+    outbox: OutboxSettings | None = None,
+    hold_ttl_s: int = HOLD_TTL_S,
 ) -> Flask:
     """``network``: the endpoint network systems POST their notifications to (``/events``);
-    ``latency``: waking cold tiers, learning from answers and measuring SLA attainment."""
+    ``latency``: waking cold tiers, learning from answers and measuring SLA attainment;
+    ``emitter`` (default K_SINK) and ``outbox`` (default ``TOLLGATE_OUTBOX_*``): where what the
+    ingress owes goes, and where it waits meanwhile."""
+    owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
     ingress = Ingress(
         topology,
         store,
         ledger,
         states or TierStates(store),
+        owed,
         admin_token=admin_token,
+        hold_ttl_s=hold_ttl_s,
         latency=latency,
     )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
-    return create_function_app("ingress", blueprints=blueprints, ready=store.ping)
+
+    def ready() -> None:
+        store.ping()
+        if owed.full:
+            raise RuntimeError("the outbox of what this ingress owes the ledger is full")
+
+    return create_function_app("ingress", blueprints=blueprints, ready=ready)

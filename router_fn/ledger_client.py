@@ -1,8 +1,10 @@
-"""The ingress's synchronous calls to the ledger: authorize a hold, and refund a failed attempt.
+"""The ingress's synchronous calls to the ledger: authorize a hold, and void the hold of an
+attempt that put nothing in front of the client.
 
 Both are CloudEvents over HTTP, exactly what a Knative Trigger would deliver, answered with the
 ledger's reply event. Ids are derived from the hold or request, so a retried call is a
-redelivery the ledger dedupes."""
+redelivery the ledger dedupes: an authorize whose answer was lost is found again by sending it
+once more under the same id."""
 
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ from events.ledger import (
     HoldAuthorize,
     HoldAuthorized,
     HoldDeclined,
-    InferenceError,
-    InferenceFailed,
+    HoldRefund,
 )
 from events.quote import Quote
 from functions.cloudevent import Incoming, make_event, parse_http, to_binary
@@ -33,6 +34,10 @@ from functions.validation import describe
 
 SOURCE = "/tollgate/ingress"
 M = TypeVar("M", bound=EventData)
+
+
+class BadReply(Unavailable):
+    """The ledger answered, but not with the reply the command has: asking again will not help."""
 
 
 class LedgerClient:
@@ -65,7 +70,12 @@ class LedgerClient:
             model=model,
             quote=quote,
         )
-        reply = self._send(self.authorize_url, types.HOLD_AUTHORIZE, command, request_id)
+        return self.hold(request_id, command)
+
+    def hold(self, event_id: str, command: HoldAuthorize) -> HoldAuthorized:
+        """Send one authorize command under ``event_id`` (the same id finds the same hold)."""
+        amount = command.amount
+        reply = self._send(self.authorize_url, types.HOLD_AUTHORIZE, command, event_id)
         if reply.type == types.HOLD_DECLINED:
             declined = _parse(HoldDeclined, reply)
             raise PaymentRequired(
@@ -75,22 +85,13 @@ class LedgerClient:
                 needed=amount,
             )
         if reply.type != types.HOLD_AUTHORIZED:
-            raise Unavailable(f"the ledger answered authorize with {reply.type}")
+            raise BadReply(f"the ledger answered authorize with {reply.type}")
         return _parse(HoldAuthorized, reply)
 
-    def refund_failed(
-        self, hold_id: str, account_id: str, model: str, tier: str, cluster: str, error: str
-    ) -> None:
-        """Return a hold whose attempt failed before any output (the attempt costs nothing)."""
-        failed = InferenceFailed(
-            hold_id=hold_id,
-            account_id=account_id,
-            model=model,
-            tier=tier,
-            cluster=cluster,
-            error=InferenceError(type="attempt_failed", message=error[:4000]),
-        )
-        self._send(self.refund_url, types.INFERENCE_FAILED, failed, f"{hold_id}#failed")
+    def void(self, event_id: str, hold_id: str) -> None:
+        """Void an open hold, or return a settled hold's whole capture: its attempt put nothing
+        in front of the client, so it costs nothing (``io.tollgate.hold.refund.v1``)."""
+        self._send(self.refund_url, types.HOLD_REFUND, HoldRefund(hold_id=hold_id), event_id)
 
     def _send(self, url: str, event_type: str, data: EventData, event_id: str) -> Incoming:
         message = to_binary(
@@ -127,4 +128,4 @@ def _parse(model: type[M], reply: Incoming) -> M:
     try:
         return model.model_validate(reply.data)
     except ValidationError as exc:
-        raise Unavailable(f"the ledger answered an invalid {reply.type}: {describe(exc)}") from exc
+        raise BadReply(f"the ledger answered an invalid {reply.type}: {describe(exc)}") from exc

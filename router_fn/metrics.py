@@ -15,3 +15,15 @@ OVERHEAD = Histogram(
     "Time from request to the infer call: key, route, quote and authorize",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+RELAYED_METERING = Counter(
+    "tollgate_ingress_relayed_metering_total",
+    "Streams infer broke off mid-way, metered by the ingress from the usage it relayed",
+)
+OWED_LOST = Counter(
+    "tollgate_ingress_owed_lost_total",
+    "Voids, releases or meterings the outbox could not write (lost: look at the log)",
+)
+VOIDS_OWED = Counter(
+    "tollgate_ingress_voids_owed_total",
+    "Failed attempts whose hold the ledger could not void at once (owed; no failover)",
+)

@@ -9,6 +9,9 @@
 - ``real_store`` / ``real_store_url``: sqlite and dynamodb_local only, where concurrency and
   durability are real; the URL (``sqlite:///...``, ``dynamodb://127.0.0.1:PORT/table``) is for
   tests that open the store in other processes via ``functions.store.open_store``.
+
+Every test gets its own durable outbox folder (``TOLLGATE_OUTBOX_DIR``), so no test delivers
+events another one owed.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             fixtures
         ):
             item.add_marker(pytest.mark.dynamodb_local)
+
+
+@pytest.fixture(autouse=True)
+def own_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_OUTBOX_DIR", str(tmp_path / "outbox"))
 
 
 @pytest.fixture

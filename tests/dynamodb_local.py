@@ -106,6 +106,11 @@ class DynamoDBLocal:
             time.sleep(0.2)
         return self.endpoint
 
+    @property
+    def pid(self) -> int | None:
+        """The java process (a chaos run stops and resumes it: bench/chaos.py)."""
+        return None if self._proc is None else self._proc.pid
+
     def _answers(self) -> bool:
         # Any HTTP answer on the port means the server is up (it is the only one on that port).
         try:

@@ -30,6 +30,9 @@ SINK_BINDING = "tollgate-sink"
 VLLM_PORT = 8000
 # Generation can stream for minutes; Knative's default request timeout is 300 s.
 INFER_TIMEOUT_S = 900
+# What infer and the ingress owe (metering events, voids) waits here until delivered.
+OUTBOX_DIR = "/var/lib/tollgate/outbox"
+OUTBOX_SIZE = "256Mi"  # far above the outbox's own bound (50,000 events of ~1 KB)
 
 
 def render(t: Template) -> dict[str, list[Manifest]]:
@@ -286,17 +289,38 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
             container["env"].append(_secret_env(t, cb.credential_env, "carrier-billing-token"))
     if f.image:
         container["image"] = f.image
+    spec: Manifest = {
+        "containerConcurrency": f.concurrency,
+        "containers": [container],
+        "volumes": [_TEMPLATE_VOLUME],
+    }
+    _size_server(spec)
+    if f.name == "ingress":
+        _outbox(spec)
     return _service(
         t,
         f.name,
         {"tollgate.io/function": f.name},
         _annotations(f.min_scale, f.max_scale, f.scale_down_delay, f.progress_deadline),
-        {
-            "containerConcurrency": f.concurrency,
-            "containers": [container],
-            "volumes": [_TEMPLATE_VOLUME],
-        },
+        spec,
     )
+
+
+def _size_server(spec: Manifest) -> None:
+    """The function's WSGI server takes what Knative sends it (functions/server.py)."""
+    env = spec["containers"][0]["env"]
+    env.append(
+        {"name": "TOLLGATE_CONTAINER_CONCURRENCY", "value": str(spec["containerConcurrency"])}
+    )
+
+
+def _outbox(spec: Manifest) -> None:
+    """An emptyDir for the durable outbox: it outlives a container restart (a crash, an OOM
+    kill), not the pod; a pod being stopped delivers what it owes first (SIGTERM drain)."""
+    container = spec["containers"][0]
+    container["env"].append({"name": "TOLLGATE_OUTBOX_DIR", "value": OUTBOX_DIR})
+    container["volumeMounts"].append({"name": "outbox", "mountPath": OUTBOX_DIR})
+    spec["volumes"].append({"name": "outbox", "emptyDir": {"sizeLimit": OUTBOX_SIZE}})
 
 
 def _secret_env(t: Template, name: str, key: str) -> Manifest:
@@ -340,6 +364,8 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         env["TOLLGATE_N_CTX"] = str(m.context_length)
         infer = _tollgate_container(t, c, INFER, env, m.resources.cpu, m.resources.memory)
         spec["containers"] = [infer]
+        _size_server(spec)
+        _outbox(spec)
         return _service(t, infer_service_name(m), labels, annotations, spec)
     env |= {
         "TOLLGATE_ENGINE": "openai-upstream",
@@ -356,6 +382,8 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         {"name": "model-cache", "emptyDir": {}},
     ]
+    _size_server(spec)
+    _outbox(spec)
     assert c.gpu is not None  # validated: vllm models only on GPU clusters
     if c.gpu.node_selector:
         spec["nodeSelector"] = dict(c.gpu.node_selector)

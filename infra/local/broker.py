@@ -40,6 +40,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from functions.app import register_error_handlers
 from functions.errors import BadRequest
+from infra.local.broker_faults import DeliveryFaults
 from infra.local.broker_queue import BrokerQueue, PendingDelivery
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,12 @@ class Broker:
         *,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.time,
+        faults: DeliveryFaults | None = None,
     ) -> None:
+        """``faults``: chaos runs only (infra/local/broker_faults.py)."""
         self.queue = queue
         self.triggers = {s.name: s for s in triggers}
+        self._faults = faults
         self._workers = workers
         self._clock = clock
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="broker-delivery")
@@ -279,6 +283,15 @@ class Broker:
             self.queue.fail(delivery.seq)
 
     def _post(self, url: str, event: BaseCloudEvent, timeout_s: float) -> _Outcome:
+        if self._faults is None:
+            return self._send(url, event, timeout_s)
+        return self._faults.deliver(
+            lambda: self._send(url, event, timeout_s),
+            lambda: _Outcome(None, {}, b"lost (fault injection)"),
+            f"{event.get_type()} {event.get_id()}",
+        )
+
+    def _send(self, url: str, event: BaseCloudEvent, timeout_s: float) -> _Outcome:
         message = to_binary_event(event)
         session: requests.Session | None = getattr(self._sessions, "session", None)
         if session is None:

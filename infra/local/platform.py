@@ -1,9 +1,10 @@
 """template.yaml → what ``tollgate up`` runs on one machine: processes, triggers, endpoints.
 
-This is the one place that decides the local process list: one all-in-one ``ledger`` (every
-ledger trigger and the admin API), ``ledger-admin`` as the dead-letter sink (``ledger`` would
-hand a dead letter back to the handler that refused it; only ``ledger-admin`` keeps them),
-``route``, one ``infer`` per local tier (every cluster of a tier shares it) and the ``ingress``.
+This is the one place that decides the local process list: the ``broker`` (its own process, as
+Knative's broker is its own deployment), one all-in-one ``ledger`` (every ledger trigger and the
+admin API), ``ledger-admin`` as the dead-letter sink (``ledger`` would hand a dead letter back to
+the handler that refused it; only ``ledger-admin`` keeps them), ``route``, one ``infer`` per
+local tier (every cluster of a tier shares it) and the ``ingress``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.supervisor import ProcessSpec
@@ -28,6 +30,7 @@ DEAD_LETTERS = "ledger-admin"
 ROUTE = "route"
 INGRESS = "ingress"
 INFER = "infer"
+BROKER = "broker"
 _HOSTS = {
     "grant": LEDGER,
     "authorize": LEDGER,
@@ -59,6 +62,7 @@ class LocalPlatform:
     infer: Mapping[str, str]  # tier → URL
     endpoints_file: Path
     endpoints: Mapping[str, Any]  # TOLLGATE_LOCAL_ENDPOINTS: cluster → model → infer URL
+    triggers_file: Path  # the broker process reads its triggers from it
 
     def url(self, process: str) -> str:
         return next(p.url for p in self.processes if p.name == process)
@@ -72,26 +76,47 @@ def plan(
     ingress_port: int,
     broker_url: str,
     admin_token: str,
+    store_url: str | None = None,
     port: Callable[[], int] = free_port,
 ) -> LocalPlatform:
+    """``store_url``: every function's store (default: sqlite in ``state_dir``)."""
     ports = {name: port() for name in (LEDGER, DEAD_LETTERS, ROUTE)}
     urls = {name: _url(p) for name, p in {**ports, INGRESS: ingress_port}.items()}
     infer_ports = {t.name: port() for t in template.tiers if t.name in template.local.tiers}
     infer = {tier: _url(p) for tier, p in infer_ports.items()}
     endpoints_file = state_dir / "local-endpoints.json"
     env = {
-        "TOLLGATE_STORE": f"sqlite:///{(state_dir / 'tollgate.db').resolve()}",
+        "TOLLGATE_STORE": store_url or f"sqlite:///{(state_dir / 'tollgate.db').resolve()}",
         "TOLLGATE_ADMIN_TOKEN": admin_token,
         "K_SINK": broker_url,
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
         "TOLLGATE_LEDGER_URL": urls[LEDGER],
     }
+    triggers_file = state_dir / "local-triggers.json"
+    broker = ProcessSpec(
+        BROKER,
+        [
+            sys.executable,
+            "-m",
+            "infra.local.broker_process",
+            str(triggers_file.resolve()),
+            str((state_dir / "broker.db").resolve()),
+        ],
+        urlsplit(broker_url).port or 80,
+    )
     processes = [
+        broker,  # first: it takes events from the start, and stops last
         *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),
         *_infer_processes(template, infer_ports, env),
         # The ingress last: it calls everything else.
         ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),
+    ]
+    processes = [
+        replace(spec, env={**spec.env, **_sized(template, state_dir, spec.name)})
+        if spec.name != BROKER
+        else spec
+        for spec in processes
     ]
     return LocalPlatform(
         processes=tuple(processes),
@@ -99,6 +124,7 @@ def plan(
         infer=infer,
         endpoints_file=endpoints_file,
         endpoints=_infer_endpoints(template, infer),
+        triggers_file=triggers_file,
     )
 
 
@@ -120,6 +146,27 @@ def _infer_processes(
         }
         processes.append(ProcessSpec(f"{INFER}-{tier}", [*_SERVE, INFER], tier_port, tier_env))
     return processes
+
+
+def _sized(template: Template, state_dir: Path, process: str) -> dict[str, str]:
+    """As on Knative: the process's WSGI server is sized from the template's concurrency of
+    what it serves (functions/server.py), and its durable outbox has its own folder."""
+    if process.startswith(INFER):
+        base = template.infer_function()
+        model = template.model(template.local.model)
+        concurrency = model.serving.concurrency
+        if concurrency is None:
+            concurrency = base.concurrency if base is not None else 0
+    else:
+        served = [f for f in template.functions if _HOSTS.get(f.name) == process]
+        concurrency = sum(f.concurrency for f in served)
+    return {
+        "TOLLGATE_CONTAINER_CONCURRENCY": str(concurrency),
+        "TOLLGATE_OUTBOX_DIR": str((state_dir / "outbox" / process).resolve()),
+        # A stopping process delivers what it owes for this long; the rest stays on disk for
+        # the next run (Knative pods get the default, functions/server.py).
+        "TOLLGATE_DRAIN_SECONDS": "2",
+    }
 
 
 def _infer_endpoints(template: Template, infer: Mapping[str, str]) -> dict[str, Any]:

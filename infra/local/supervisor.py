@@ -1,8 +1,13 @@
-"""Child processes of ``tollgate up``: start each function, wait until healthy, stop them all.
+"""Child processes of ``tollgate up``: start each function, wait until healthy, restart what
+crashes, stop them all.
 
 Children get their own process group, so a Ctrl-C in the terminal reaches only ``tollgate up``,
 which then stops them in order (SIGTERM, wait, SIGKILL after a grace period). On Linux they are
 also told to die with their parent, so even a killed ``tollgate up`` leaves no orphans.
+
+A child that exits is restarted as Kubernetes restarts a crashed container (CrashLoopBackOff),
+each on its own clock: the first crash at once, then after 1, 2, 4 ... seconds, capped; a child
+that stayed up long enough starts over. The rest of the platform keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -22,6 +27,9 @@ import requests
 
 STOP_GRACE_S = 10.0
 HEALTH_POLL_S = 0.2
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+STABLE_AFTER_S = 60.0
 LOG_TAIL_LINES = 30
 _PR_SET_PDEATHSIG = 1
 
@@ -60,10 +68,65 @@ class Child:
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    started: float = field(default_factory=time.monotonic)
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class BackOff:
+    """CrashLoopBackOff: how long to wait before restarting a child after its n-th crash in a
+    row. Kubernetes uses 10 s doubling to 5 min, reset after 10 min up; the defaults here are a
+    developer machine's (1 s doubling to 60 s, reset after 60 s up)."""
+
+    first_s: float = FIRST_BACKOFF_S
+    max_s: float = MAX_BACKOFF_S
+    stable_after_s: float = STABLE_AFTER_S
+
+    def delay(self, crashes: int) -> float:
+        """Before the restart that follows crash number ``crashes`` (1-based) in a row."""
+        if crashes <= 1:
+            return 0.0
+        return float(min(self.max_s, self.first_s * 2 ** (crashes - 2)))
+
+
+@dataclass
+class Restart:
+    """A crashed child waiting for its restart."""
+
+    child: Child
+    crashes: int  # in a row, this one included
+    due: float  # time.monotonic()
+
+
+class Restarts:
+    """Per-child crash counts and due restarts (the watch loop asks ``due`` what to restart)."""
+
+    def __init__(self, backoff: BackOff, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backoff = backoff
+        self._clock = clock
+        self._crashes: dict[str, int] = {}
+        self.waiting: dict[str, Restart] = {}
+
+    def crashed(self, child: Child) -> Restart:
+        """Schedule ``child``'s restart; a child that had been up for a while starts over."""
+        now = self._clock()
+        name = child.spec.name
+        stable = now - child.started >= self.backoff.stable_after_s
+        crashes = 1 if stable else self._crashes.get(name, 0) + 1
+        self._crashes[name] = crashes
+        restart = Restart(child, crashes, now + self.backoff.delay(crashes))
+        self.waiting[name] = restart
+        return restart
+
+    def due(self) -> list[Restart]:
+        now = self._clock()
+        ready = [r for r in self.waiting.values() if r.due <= now]
+        for restart in ready:
+            del self.waiting[restart.child.spec.name]
+        return ready
 
 
 class Supervisor:
@@ -118,21 +181,27 @@ class Supervisor:
         self.children.remove(child)
         return self.start(child.spec)
 
-    def dead(self) -> Child | None:
-        """The first child that exited on its own, if any."""
-        return next((c for c in self.children if c.process.poll() is not None), None)
+    def dead(self, waiting: Container[str] = ()) -> list[Child]:
+        """The children that exited on their own, except those already ``waiting`` a restart."""
+        return [
+            c for c in self.children if c.process.poll() is not None and c.spec.name not in waiting
+        ]
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM everyone, the ingress first (it calls the rest); SIGKILL who outlives grace."""
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.terminate()
-        deadline = time.monotonic() + grace_s
-        for child in reversed(self.children):
-            try:
-                child.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
-            child.log_file.close()
+    def stop(self, grace_s: float = STOP_GRACE_S, *, last: Container[str] = ()) -> None:
+        """SIGTERM everyone, the ingress first (it calls the rest) and the ``last`` ones after
+        all others are gone; SIGKILL who outlives its grace period."""
+        first = [c for c in reversed(self.children) if c.spec.name not in last]
+        final = [c for c in reversed(self.children) if c.spec.name in last]
+        for group in (first, final):
+            for child in group:
+                if child.process.poll() is None:
+                    child.process.terminate()
+            deadline = time.monotonic() + grace_s
+            for child in group:
+                try:
+                    child.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+                child.log_file.close()
         self.children.clear()

@@ -1,32 +1,34 @@
 """``tollgate up``: the whole platform from template.yaml on one machine.
 
-The broker (Knative Broker/Trigger semantics) and the ping scheduler run in this process; every
-function runs as ``tollgate serve <function>`` in a child process, exactly as in its container,
-with its log under ``<state-dir>/logs/``. State (the sqlite store, the broker queue, the admin
-token, the demo key) lives in the state dir, so a restart keeps every balance and every event.
+The ping scheduler runs in this process; the broker (Knative Broker/Trigger semantics) and every
+function run in child processes — each function as ``tollgate serve <function>``, exactly as in
+its container — with their logs under ``<state-dir>/logs/``. A child that crashes is restarted
+with its own back-off while the rest keeps serving. State (the store, the broker queue, the
+outboxes, the admin token, the demo key) lives in the state dir, so a restart keeps every balance
+and every event.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import requests
 from rich.console import Console
 from rich.table import Table
 
-from infra.local.broker import Broker, BrokerServer
-from infra.local.broker_queue import BrokerQueue
+from infra.local.broker_process import triggers_json
 from infra.local.demo import Demo, admin_token, ensure_demo, token_file
-from infra.local.platform import LEDGER, LocalPlatform, free_port, plan, write_json
+from infra.local.platform import BROKER, LEDGER, LocalPlatform, free_port, plan, write_json
 from infra.local.scheduler import Scheduler, http_sender
-from infra.local.supervisor import ChildFailed, Supervisor
+from infra.local.supervisor import BackOff, ChildFailed, Restarts, Supervisor
 from infra.template.load import load_template
 from infra.template.problems import TemplateError
 from infra.template.schema import Template
@@ -78,7 +80,15 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     show_default=True,
     help="Seconds each function may take to answer /healthz.",
 )
-def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) -> None:
+@click.option(
+    "--store",
+    default=None,
+    help="Store URL for every function (default: sqlite in the state dir). A DynamoDB table "
+    "(dynamodb://host:port/table) must exist: tollgate table create.",
+)
+def up(
+    port: int, state_dir: Path, template_path: Path, startup_timeout: float, store: str | None
+) -> None:
     """Run the whole platform locally: broker, ledger, route, ingress and an infer per tier."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # One access-log line per event would bury what matters (retries, dead letters).
@@ -89,17 +99,17 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         raise click.ClickException(str(exc)) from exc
     state_dir.mkdir(parents=True, exist_ok=True)
     token, generated = admin_token(state_dir)
-    broker_port = free_port()
     platform = plan(
         template,
         template_path,
         state_dir,
         ingress_port=port,
-        broker_url=f"http://127.0.0.1:{broker_port}",
+        broker_url=f"http://127.0.0.1:{free_port()}",
         admin_token=token,
+        store_url=store,
     )
     write_json(platform.endpoints_file, platform.endpoints)
-    running = _Running(template, platform, state_dir, broker_port)
+    running = _Running(template, platform, state_dir)
     status = 0
     try:
         signal.signal(signal.SIGINT, _on_signal)
@@ -107,10 +117,10 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         running.start(startup_timeout)
         demo = ensure_demo(platform.url(LEDGER), token, state_dir)
         write_json(
-            running.endpoints_json, _endpoints(platform, running.broker.url, port, state_dir)
+            running.endpoints_json, _endpoints(platform, running.broker_url, port, state_dir)
         )
         _summary(template, platform, running, port, demo, token, generated, state_dir)
-        status = _watch(running.supervisor)
+        _watch(running, BackOff())
     except _Stop as stop:
         console.print(f"\n[bold]{stop}[/]: stopping…")
     except (ChildFailed, requests.RequestException) as exc:
@@ -120,68 +130,70 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         running.stop()
-        console.print("stopped.")
     sys.exit(status)
 
 
 class _Running:
-    """What ``tollgate up`` runs: the function processes, the broker and the ping scheduler."""
+    """What ``tollgate up`` runs: the broker and function processes, and the ping scheduler."""
 
-    def __init__(
-        self, template: Template, platform: LocalPlatform, state_dir: Path, broker_port: int
-    ) -> None:
+    def __init__(self, template: Template, platform: LocalPlatform, state_dir: Path) -> None:
         self.supervisor = Supervisor(state_dir / "logs")
-        queue = BrokerQueue(state_dir / "broker.db")
-        self.broker = BrokerServer(Broker(queue, platform.triggers), broker_port)
-        send = http_sender(self.broker.url)
+        self.broker_url = platform.url(BROKER)
+        send = http_sender(self.broker_url)
         self.scheduler = Scheduler(template.namespace, template.eventing.pings, send)
         self.processes = platform.processes
         self.endpoints_json = state_dir / "endpoints.json"
+        self.processes_json = state_dir / "processes.json"
+        write_json(platform.triggers_file, triggers_json(platform.triggers))
+
+    def write_pids(self) -> None:
+        """processes.json: every child's current pid, for tools (rewritten on each restart)."""
+        pids = {c.spec.name: c.process.pid for c in self.supervisor.children}
+        write_json(self.processes_json, {"pid": os.getpid(), "children": pids})
 
     def start(self, startup_timeout: float) -> None:
         # Children are forked before this process starts any thread (fork + threads can leave
-        # a child holding a lock nobody will release); the broker's socket already listens, so
-        # an early event waits in its backlog.
+        # a child holding a lock nobody will release).
         children = [self.supervisor.start(spec) for spec in self.processes]
-        self.broker.start()
+        self.write_pids()
         for child in children:
             self.supervisor.wait_healthy(child, startup_timeout)
         self.scheduler.start()
 
     def stop(self) -> None:
+        started = time.monotonic()
         self.scheduler.stop()
-        self.supervisor.stop()
-        self.broker.stop()
-        # Stale URLs would mislead tools: the file exists exactly while the platform runs.
+        # The broker last: stopping functions deliver what they owe to it.
+        self.supervisor.stop(last=(BROKER,))
+        # Stale URLs would mislead tools: the files exist exactly while the platform runs.
         self.endpoints_json.unlink(missing_ok=True)
+        self.processes_json.unlink(missing_ok=True)
+        console.print(f"stopped in {time.monotonic() - started:.1f}s", markup=False)
 
 
-CRASH_LOOP_RESTARTS = 5
-CRASH_LOOP_WINDOW_S = 60.0
-
-
-def _watch(supervisor: Supervisor) -> int:
-    """Block until a signal (raised as _Stop). A child that dies is restarted, as Knative
-    restarts a crashed container; one that keeps dying (a crash loop) stops everything (1)."""
-    restarts: list[float] = []
+def _watch(running: _Running, backoff: BackOff) -> NoReturn:
+    """Block until a signal (raised as _Stop). A child that dies is restarted as Kubernetes
+    restarts a crashed container: at once the first time, then with its own growing back-off
+    (CrashLoopBackOff); the others keep serving, and the platform never stops by itself."""
+    supervisor = running.supervisor
+    restarts = Restarts(backoff)
     while True:
         time.sleep(WATCH_EVERY_S)
-        dead = supervisor.dead()
-        if dead is None:
-            continue
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < CRASH_LOOP_WINDOW_S] + [now]
-        console.print(
-            f"{dead.spec.name} exited with status {dead.process.returncode}; its last log "
-            f"lines ({dead.log_path}):\n{dead.tail()}",
-            style="red",
-            markup=False,
-        )
-        if len(restarts) > CRASH_LOOP_RESTARTS:
-            console.print(f"{len(restarts)} restarts within {CRASH_LOOP_WINDOW_S:.0f}s: stopping")
-            return 1
-        supervisor.restart(dead)
-        console.print(f"restarted {dead.spec.name}")
+        for dead in supervisor.dead(waiting=restarts.waiting):
+            restart = restarts.crashed(dead)
+            wait = restart.due - time.monotonic()
+            when = "now" if wait <= 0 else f"in {wait:.0f}s (back-off)"
+            console.print(
+                f"{dead.spec.name} exited with status {dead.process.returncode} "
+                f"(crash {restart.crashes} in a row); restarting {when}. Its last log lines "
+                f"({dead.log_path}):\n{dead.tail()}",
+                style="red",
+                markup=False,
+            )
+        for restart in restarts.due():
+            child = supervisor.restart(restart.child)
+            running.write_pids()
+            console.print(f"restarted {child.spec.name} (pid {child.process.pid})", markup=False)
 
 
 def _endpoints(platform: LocalPlatform, broker: str, port: int, state_dir: Path) -> dict[str, Any]:
@@ -210,7 +222,6 @@ def _summary(
     table = Table(title=f"tollgate up: {template.metadata.name}", title_justify="left")
     for column in ("process", "url", "pid"):
         table.add_column(column, no_wrap=True)
-    table.add_row("broker", running.broker.url, "(this process)")
     for child in running.supervisor.children:
         table.add_row(child.spec.name, child.spec.url, str(child.process.pid))
     console.print(table)
@@ -248,4 +259,7 @@ def _summary(
         f"{platform.url(LEDGER)}/accounts/{demo.account}/balance",
         markup=False,
     )
-    console.print(f"Endpoints for tools: {state_dir / 'endpoints.json'}. Ctrl-C stops.")
+    console.print(
+        f"Endpoints for tools: {state_dir / 'endpoints.json'}, process ids: "
+        f"{state_dir / 'processes.json'}. Ctrl-C stops."
+    )

@@ -67,14 +67,15 @@ FUNCTION_KINDS: Final = MappingProxyType(
             ),
             (t.ROUTE_DECIDED,),
         ),
-        # The ingress asks authorize with CloudEvents and reports a failed attempt itself when
-        # it fails over; its events endpoint publishes what network systems tell us.
+        # The ingress asks authorize with CloudEvents, voids a failed attempt's hold itself
+        # (hold.refund, to the refund function), meters a stream whose infer died (completed,
+        # to the broker); its events endpoint publishes what network systems tell us.
         "ingress": _kind(
             (),
             (
                 t.HOLD_AUTHORIZE,
+                t.HOLD_REFUND,
                 t.INFERENCE_COMPLETED,
-                t.INFERENCE_FAILED,
                 *network.MODELS,
                 topups.TOPUP_PAYMENT_CHANGED,
                 topups.TOPUP_REFUND_CHANGED,

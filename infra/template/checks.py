@@ -14,7 +14,7 @@ from infra.template.catalog import FUNCTION_KINDS, INFER, known_event_types
 from infra.template.eventing import consumers, emitters
 from infra.template.fields import format_parameters
 from infra.template.problems import Problem
-from infra.template.schema import Template
+from infra.template.schema import PerSecond, Template
 
 
 def cross_check(t: Template) -> list[Problem]:
@@ -23,6 +23,7 @@ def cross_check(t: Template) -> list[Problem]:
         *_table(t),
         *_clusters(t),
         *_prices(t),
+        *_per_second_prices(t),
         *_plans(t),
         *_functions(t),
         *_event_types(t),
@@ -160,6 +161,33 @@ def _prices(t: Template) -> Iterator[Problem]:
                 ("priceBook", "prices"),
                 f"no price for model {model!r} on tier {tier!r} (hosted on cluster {cluster!r}); "
                 f"add {{model: {model}, tier: {tier}, inputPerMillion: N, outputPerMillion: N}}",
+            )
+
+
+def _per_second_prices(t: Template) -> Iterator[Problem]:
+    """A per-second plan is charged perEngineSecond: a price it may route to without one would
+    hold 1 credit, charge nothing and rank its cluster cheapest. Prices no per-second plan can
+    reach (another tier, a larger model) need none."""
+    parameters = {m.name: m.parameters for m in t.models}
+    plans = [p for p in t.plans if isinstance(p, PerSecond)]
+    for i, price in enumerate(t.price_book.prices):
+        if price.per_engine_second:
+            continue
+        size = parameters.get(price.model)
+        reaching = [
+            plan.name
+            for plan in plans
+            if (not plan.tiers or price.tier in plan.tiers)
+            and (not plan.models or price.model in plan.models)
+            and size is not None
+            and size <= plan.max_parameters
+        ]
+        if reaching:
+            yield Problem(
+                ("priceBook", "prices", i, "perEngineSecond"),
+                f"model {price.model!r} on tier {price.tier!r} has no perEngineSecond rate (or "
+                f"0), but per-second plan(s) {', '.join(reaching)} may run it there; add a "
+                "positive perEngineSecond",
             )
 
 

@@ -14,7 +14,7 @@ from functions.emit import EmitFailed, Emitter
 
 
 class Sink:
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], port: int = 0) -> None:
         self.statuses = statuses
         self.received: list[Incoming] = []
         sink = self
@@ -30,7 +30,7 @@ class Sink:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

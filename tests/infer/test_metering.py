@@ -3,9 +3,12 @@ client that disconnects mid-stream and on an engine that fails mid-stream."""
 
 from __future__ import annotations
 
+import json
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -172,3 +175,63 @@ def test_engine_failure_without_stream_is_500_and_metered(
     [event] = sink.wait_for(1)
     assert event["type"] == INFERENCE_FAILED
     assert event.data["usage"]["completion_tokens"] == 2
+
+
+def test_the_event_is_owed_on_disk_before_the_stream_ends(
+    serve: type[Server], config: InferConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The broker is unreachable: the client still gets its whole stream, and by the time it
+    reads the end, the event waits in the outbox for a successor if this process dies now."""
+    monkeypatch.setenv("K_SINK", "http://127.0.0.1:9/")
+    monkeypatch.setenv("TOLLGATE_OUTBOX_DIR", str(tmp_path / "owed"))
+    server = serve(create_app(config, engine=ScriptedEngine(WORDS[:4])))
+    body = {**CHAT, "stream": True}
+    reply = requests.post(f"{server.url}/v1/chat/completions", json=body, headers=HOLD, timeout=10)
+    assert reply.text.rstrip().endswith("data: [DONE]")
+    with sqlite3.connect(tmp_path / "owed" / "outbox.db") as db:
+        rows = db.execute("SELECT type, state, data FROM outbox").fetchall()
+    assert [(t, s) for t, s, _ in rows] == [(INFERENCE_COMPLETED, "pending")]
+    assert json.loads(rows[0][2])["usage"]["completion_tokens"] == 4
+
+
+def test_continuous_usage_rides_on_every_chunk_when_asked(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
+    server = serve(create_app(config, engine=ScriptedEngine(WORDS[:3])))
+    body = {
+        **CHAT,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    reply = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=10)
+    chunks = [
+        json.loads(line[len("data: ") :])
+        for line in reply.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    assert [c["usage"]["completion_tokens"] for c in chunks] == [0, 1, 2, 3, 3, 3]
+    assert all(c["usage"]["prompt_tokens"] == 2 for c in chunks)
+    plain = requests.post(
+        f"{server.url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10
+    )
+    assert '"usage"' not in plain.text
+
+
+def test_a_full_outbox_refuses_billed_work_and_is_not_ready(
+    serve: type[Server], config: InferConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("K_SINK", "http://127.0.0.1:9/")  # nothing gets delivered
+    monkeypatch.setenv("TOLLGATE_OUTBOX_DIR", str(tmp_path / "small"))
+    monkeypatch.setenv("TOLLGATE_OUTBOX_MAX_PENDING", "2")
+    engine = ScriptedEngine(WORDS[:2])
+    server = serve(create_app(config, engine=engine))
+    url = f"{server.url}/v1/chat/completions"
+    for _ in range(2):
+        assert requests.post(url, json=CHAT, headers=HOLD, timeout=10).status_code == 200
+    refused = requests.post(url, json=CHAT, headers=HOLD, timeout=10)
+    assert refused.status_code == 503
+    assert "outbox is full" in refused.json()["error"]["message"]
+    assert len(engine.generations) == 2  # the engine never ran it
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 503
+    # Unbilled work (no hold) owes nothing, so it is still served.
+    assert requests.post(url, json=CHAT, timeout=10).status_code == 200

@@ -351,3 +351,32 @@ def test_cron_outside_what_pingsource_takes(schedule: str) -> None:
         _line_of(text, f'schedule: "{schedule}"'),
         f"schedule {schedule!r}",
     )
+
+
+def test_a_price_a_per_second_plan_may_use_needs_a_per_second_rate() -> None:
+    text = _broken(
+        "{model: smollm2-135m, tier: edge, inputPerMillion: 60, outputPerMillion: 120, "
+        "perEngineSecond: 2}",
+        "{model: smollm2-135m, tier: edge, inputPerMillion: 60, outputPerMillion: 120}",
+    )
+    _assert_problem(
+        _errors(text),
+        "priceBook.prices[0].perEngineSecond",
+        _line_of(text, "{model: smollm2-135m, tier: edge"),
+        "model 'smollm2-135m' on tier 'edge' has no perEngineSecond rate (or 0), but per-second "
+        "plan(s) edge-seconds-8b may run it there",
+    )
+    zero = _broken(
+        "tier: edge, inputPerMillion: 450, outputPerMillion: 900, perEngineSecond: 40",
+        "tier: edge, inputPerMillion: 450, outputPerMillion: 900, perEngineSecond: 0",
+    )
+    assert "perEngineSecond" in str(_errors(zero))
+
+
+def test_a_price_no_per_second_plan_reaches_needs_no_per_second_rate() -> None:
+    # The per-second plan runs edge models up to 13B: the regional 70B price is out of its reach.
+    text = _broken(
+        "inputPerMillion: 1800, outputPerMillion: 3600, perEngineSecond: 180}",
+        "inputPerMillion: 1800, outputPerMillion: 3600}",
+    )
+    parse_template(text, "t.yaml")

@@ -143,6 +143,43 @@ def test_inference_failed_refunds_the_hold(client: FlaskClient, ledger: Ledger) 
     assert invariant(ledger, "acme")["available"] == 10_000
 
 
+def test_inference_failed_after_output_charges_what_was_produced_once(
+    client: FlaskClient, ledger: Ledger
+) -> None:
+    quote = {"price_book": "b", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
+    _, held = reply(
+        send(client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 300, "quote": quote})
+    )
+    failed = {
+        "hold_id": held["hold_id"],
+        "account_id": "acme",
+        "model": "m",
+        "usage": {"prompt_tokens": 20, "completion_tokens": 3},
+        "error": {"type": "engine_error", "message": "died mid-stream"},
+    }
+    kind, settled = reply(send(client, types.INFERENCE_FAILED, failed, id="f1"))
+    assert kind == types.HOLD_SETTLED and settled["captured"] == 26
+    # The ingress's metering of the same stream, arriving second, is refused: one capture.
+    completed = {k: v for k, v in failed.items() if k != "error"}
+    assert send(client, types.INFERENCE_COMPLETED, completed, id="relayed").status_code == 409
+    b = invariant(ledger, "acme")
+    assert (b["spent"], b["held"]) == (26, 0)
+
+
+def test_a_voided_hold_takes_no_later_settle(client: FlaskClient, ledger: Ledger) -> None:
+    """The ingress voided an abandoned attempt; its infer's event, arriving late, is refused."""
+    hold = authorize(client, 400)
+    assert send(client, types.HOLD_REFUND, {"hold_id": hold}, id="void").status_code == 200
+    completed = {
+        "hold_id": hold,
+        "account_id": "acme",
+        "model": "m",
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+    }
+    assert send(client, types.INFERENCE_COMPLETED, completed, id="late").status_code == 409
+    assert invariant(ledger, "acme")["spent"] == 0
+
+
 BAD_AMOUNTS = [1.5, 1.0, "100", -5, 0, 2**63, True, None]
 
 

@@ -14,7 +14,9 @@ import requests
 from flask import Flask, Response, request
 
 from events.quote import Quote
+from events.types import INFERENCE_COMPLETED
 from functions.apikeys import ApiKeys
+from functions.cloudevent import make_event, to_binary
 from functions.config import Settings
 from functions.store import Store
 from ledger_fn.app import create_app as ledger_app
@@ -31,10 +33,14 @@ CHEAP = Quote(price_book="t1", input_per_million=500_000, output_per_million=1_0
 
 @dataclass
 class Upstream:
-    """A stand-in infer function: ``mode`` picks how it answers."""
+    """A stand-in infer function: ``mode`` picks how it answers. ``ok``; ``500``/``400``;
+    ``cut``: a stream that dies after two words (as infer killed mid-stream), a whole answer
+    that dies half-way; ``settle-then-503``: settles its hold with the ledger at ``settle_url``
+    (as an infer that finished after the ingress gave up) and answers 503."""
 
     mode: str = "ok"
     calls: list[dict[str, Any]] = field(default_factory=list)
+    settle_url: str | None = None
 
     def app(self) -> Flask:
         app = Flask("upstream")
@@ -48,22 +54,57 @@ class Upstream:
             if self.mode == "400":
                 error = {"message": "prompt too long", "code": "context_length_exceeded"}
                 return Response(json.dumps({"error": error}), status=400)
-            usage = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+            if self.mode == "settle-then-503":
+                self._settle(request.headers["X-Tollgate-Hold-Id"])
+                return Response('{"error": {"message": "gave up"}}', status=503)
             if body.get("stream"):
-                chunks = [
-                    {"choices": [{"delta": {"content": w}, "index": 0}]} for w in ("Par", "is")
-                ]
-                events = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
-                # One write per event, as a real stream arrives: the relay must pass them all.
-                return Response(iter(events), mimetype="text/event-stream")
+                return Response(self._stream(body), mimetype="text/event-stream")
             reply = {
                 "object": "chat.completion",
                 "choices": [{"message": {"role": "assistant", "content": "Paris"}, "index": 0}],
-                "usage": usage,
+                "usage": USAGE,
             }
+            if self.mode == "cut":
+                return Response(_dies_after(json.dumps(reply)[:20]), mimetype="application/json")
             return Response(json.dumps(reply), mimetype="application/json")
 
         return app
+
+    def _stream(self, body: dict[str, Any]) -> Iterator[str]:
+        # One write per event, as a real stream arrives: the relay must pass them all.
+        options = body.get("stream_options") or {}
+        words = ("Par", "is", "!")
+        for n, word in enumerate(words, start=1):
+            chunk: dict[str, Any] = {"choices": [{"delta": {"content": word}, "index": 0}]}
+            if options.get("continuous_usage_stats"):
+                chunk["usage"] = {"prompt_tokens": 11, "completion_tokens": n}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            if self.mode == "cut" and n == 2:
+                raise ConnectionError("infer died")  # the server drops the connection
+        if options.get("include_usage"):
+            last = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3}}
+            yield f"data: {json.dumps(last)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def _settle(self, hold_id: str) -> None:
+        assert self.settle_url is not None
+        data = {
+            "hold_id": hold_id,
+            "account_id": hold_id.rpartition(":")[0],
+            "model": "Tiny-1",
+            "usage": USAGE,
+        }
+        message = to_binary(make_event(INFERENCE_COMPLETED, "/upstream", data, id=hold_id))
+        answer = requests.post(self.settle_url, headers=message.headers, data=message.body)
+        assert answer.status_code == 200, answer.text
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+
+
+def _dies_after(text: str) -> Iterator[str]:
+    yield text
+    raise ConnectionError("infer died")
 
 
 @dataclass

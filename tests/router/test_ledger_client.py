@@ -11,7 +11,7 @@ import pytest
 from flask import Flask, Response, request
 
 from events import catalogue, types
-from events.ledger import HoldAuthorized, InferenceFailed
+from events.ledger import HoldAuthorized, HoldRefund
 from events.quote import Quote
 from functions.cloudevent import Incoming, make_event, parse_http, to_binary
 from functions.errors import PaymentRequired, Unavailable
@@ -113,7 +113,7 @@ def test_a_reply_that_is_not_its_model_is_the_ledgers_fault(
     assert "the ledger answered" in failed.value.message
 
 
-def test_a_failed_attempt_is_reported_as_the_catalogues_inference_failed(
+def test_a_failed_attempt_is_voided_with_the_catalogues_hold_refund(
     fake: tuple[FakeLedger, LedgerClient],
 ) -> None:
     ledger, client = fake
@@ -121,10 +121,9 @@ def test_a_failed_attempt_is_reported_as_the_catalogues_inference_failed(
         types.HOLD_REFUNDED,
         {"hold_id": "acme:4", "account_id": "acme", "refunded": 90},
     )
-    client.refund_failed("acme:4", "acme", "tiny", "edge", "edge-a", "answered 503" + "!" * 5000)
+    client.void("acme:4#void", "acme:4")
     [sent] = ledger.received
-    assert (sent.type, sent.id) == (types.INFERENCE_FAILED, "acme:4#failed")
-    failed = catalogue.parse(sent.type, sent.data)
-    assert isinstance(failed, InferenceFailed)
-    assert failed.error.type == "attempt_failed" and len(failed.error.message) == 4000
-    assert failed.usage.prompt_tokens == failed.usage.completion_tokens == 0  # no output
+    assert (sent.type, sent.id) == (types.HOLD_REFUND, "acme:4#void")
+    refund = catalogue.parse(sent.type, sent.data)
+    assert isinstance(refund, HoldRefund)
+    assert refund.hold_id == "acme:4" and refund.amount is None  # all of it, open or settled

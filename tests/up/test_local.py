@@ -28,18 +28,31 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     platform = local(tmp_path)
     names = [p.name for p in platform.processes]
     assert names == [
-        "ledger", "ledger-admin", "route", "infer-edge", "infer-regional", "infer-cloud", "ingress"
+        "broker", "ledger", "ledger-admin", "route",
+        "infer-edge", "infer-regional", "infer-cloud", "ingress",
     ]  # fmt: skip
+    broker = platform.processes[0]
+    assert broker.port == 9999 and broker.argv[-2:] == [
+        str((tmp_path / "local-triggers.json").resolve()),
+        str((tmp_path / "broker.db").resolve()),
+    ]
     ingress = platform.processes[-1]
     assert ingress.port == 8080
     assert ingress.env["K_SINK"] == "http://127.0.0.1:9999"
     assert ingress.env["TOLLGATE_LEDGER_URL"] == platform.url("ledger")
     assert "TOLLGATE_ROUTE_URL" not in ingress.env  # the ingress routes in-process
     assert ingress.env["TOLLGATE_STORE"] == f"sqlite:///{(tmp_path / 'tollgate.db').resolve()}"
-    edge = platform.processes[3]
+    edge = platform.processes[4]
     assert edge.argv[-1] == "infer"
     assert edge.env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
     assert edge.env["TOLLGATE_TIER"] == "edge"
+    # Sized as Knative sizes them, each with its own outbox.
+    assert ingress.env["TOLLGATE_CONTAINER_CONCURRENCY"] == "200"
+    assert edge.env["TOLLGATE_CONTAINER_CONCURRENCY"] == "4"  # smollm2's serving.concurrency
+    ledger = platform.processes[1]
+    assert ledger.env["TOLLGATE_CONTAINER_CONCURRENCY"] == str(100 + 50 + 50 + 20 + 1)
+    outboxes = {p.env["TOLLGATE_OUTBOX_DIR"] for p in platform.processes[1:]}
+    assert len(outboxes) == len(platform.processes) - 1
     clusters = platform.endpoints["clusters"]
     assert clusters["regional-paris-1"] == dict.fromkeys(
         ["smollm2-135m", "llama31-8b", "llama33-70b"], platform.infer["regional"]

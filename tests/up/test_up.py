@@ -60,7 +60,12 @@ def tollgate_up(state_dir: Path, port: int, env: dict[str, str]) -> Iterator[dic
             time.sleep(0.2)
         endpoints = json.loads(endpoints_file.read_text())
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        yield {**endpoints, "pid": process.pid, "children": [int(c) for c in children]}
+        yield {
+            **endpoints,
+            "pid": process.pid,
+            "children": [int(c) for c in children],
+            "log": log.name,
+        }
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -111,7 +116,7 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
         edge = endpoints["infer"]["edge"]
         assert local["clusters"]["edge-lyon-5g-1"] == {"smollm2-135m": edge, "llama31-8b": edge}
         children = endpoints["children"]
-        assert len(children) == len(("ledger", "ledger-admin", "route", "ingress")) + len(
+        assert len(children) == len(("broker", "ledger", "ledger-admin", "route", "ingress")) + len(
             endpoints["infer"]
         )
     # SIGINT: every child is gone and the endpoints file with it.
@@ -212,3 +217,38 @@ def test_children_die_with_a_killed_tollgate_up(tmp_path: Path) -> None:
         while any(alive(pid) for pid in endpoints["children"]):
             assert time.monotonic() < deadline, "orphans left behind"
             time.sleep(0.2)
+
+
+def test_a_crashing_child_is_restarted_with_its_own_back_off_while_the_rest_serves(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    with tollgate_up(state, free_port(), {"TOLLGATE_ADMIN_TOKEN": "adm"}) as endpoints:
+
+        def pids() -> dict[str, int]:
+            children: dict[str, int] = json.loads((state / "processes.json").read_text())[
+                "children"
+            ]
+            return children
+
+        before = pids()
+        for crash in range(1, 4):
+            victim = pids()["route"]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while pids()["route"] == victim:
+                assert time.monotonic() < deadline, f"route not restarted after crash {crash}"
+                # The rest keeps serving meanwhile.
+                health = requests.get(endpoints["admin"] + "/healthz", timeout=5)
+                assert health.status_code == 200
+                time.sleep(0.1)
+        after = pids()
+        assert {k: v for k, v in after.items() if k != "route"} == {
+            k: v for k, v in before.items() if k != "route"
+        }
+        assert alive(endpoints["pid"])
+        output = Path(endpoints["log"]).read_text(errors="replace")
+    assert "route exited with status -9 (crash 1 in a row); restarting now" in output
+    assert "(crash 2 in a row); restarting in 1s (back-off)" in output
+    assert "(crash 3 in a row); restarting in 2s (back-off)" in output
+    assert output.count("restarted route (pid") == 3

@@ -1,0 +1,156 @@
+"""What the ingress owes the ledger, durably (functions/outbox.py), so no fault loses it:
+
+- the **void** of a hold whose attempt put nothing in front of the client (a failed attempt, a
+  request the engine refused): tried at once; if the ledger cannot take it now, owed until it does
+  — and the request is not failed over meanwhile, so a second hold is only ever authorized once
+  the first is void (one request is captured at most once, whatever the timing);
+- the **release** of a hold whose authorize answer was lost (a timeout, a 5xx): the same
+  authorize is sent again under its event id until the ledger answers; the ledger's dedupe hands
+  back the hold it made (or makes it now), and that hold is voided;
+- the **metering of a relayed stream whose infer died** before saying the stream was over:
+  ``inference.completed`` with the usage of the last chunk relayed (what reached the client),
+  owed to the broker. Infer owes its own event for the same hold when it can; the ledger settles
+  a hold once, so whichever arrives first settles it and the other is refused (see
+  events/ledger.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from events import types
+from events.ledger import (
+    HoldAuthorize,
+    HoldAuthorized,
+    InferenceCompleted,
+    Timings,
+)
+from events.quote import Usage
+from events.wire import BilledHold
+from functions.emit import Emitter
+from functions.errors import FunctionError, PaymentRequired, Unavailable
+from functions.outbox import (
+    SINK,
+    Entry,
+    Outbox,
+    OutboxError,
+    OutboxSettings,
+    Outcome,
+    Verdict,
+    sink_route,
+)
+from router_fn import metrics
+from router_fn.ledger_client import SOURCE, BadReply, LedgerClient
+
+log = logging.getLogger(__name__)
+
+VOID = "void"
+RELEASE = "release"
+VOID_TRIES = 2
+VOID_PAUSE_S = 0.2
+# The ledger's answers that mean "this hold can no longer be captured": it is already void,
+# settled and now refunded, or expired (the ledger refuses later settles of a hold voided here).
+RESOLVED = (404, 409)
+
+
+def void_id(hold_id: str) -> str:
+    return f"{hold_id}#void"
+
+
+class Owed:
+    def __init__(self, ledger: LedgerClient, emitter: Emitter, settings: OutboxSettings) -> None:
+        self.ledger = ledger
+        self.outbox: Outbox = settings.open(
+            "ingress", {SINK: sink_route(emitter), VOID: self._void, RELEASE: self._release}
+        )
+
+    @property
+    def full(self) -> bool:
+        return self.outbox.full
+
+    # -- what the request path calls ------------------------------------------------------------
+
+    def void(self, hold: HoldAuthorized, why: str) -> bool:
+        """Void the hold now; True once the ledger took it, else it is owed (False)."""
+        for attempt in range(VOID_TRIES):
+            outcome = self._void_now(hold.hold_id)
+            if outcome.verdict is not Verdict.RETRY:
+                return True
+            if attempt + 1 < VOID_TRIES:
+                time.sleep(VOID_PAUSE_S)
+        log.warning("void of %s (%s) owed: %s", hold.hold_id, why, outcome.detail)
+        metrics.VOIDS_OWED.inc()
+        self._owe(types.HOLD_REFUND, void_id(hold.hold_id), {"hold_id": hold.hold_id}, VOID)
+        return False
+
+    def release(self, event_id: str, command: HoldAuthorize) -> None:
+        """The authorize sent as ``event_id`` got no answer: find its hold and void it, later."""
+        self._owe(types.HOLD_AUTHORIZE, event_id, command.model_dump(mode="json"), RELEASE)
+
+    def relayed(
+        self, billed: BilledHold, model: str, usage: Usage, started: float, ttft: float | None
+    ) -> None:
+        """Meter a stream infer could not: what reached the client, owed to the broker."""
+        total_ms = round((time.monotonic() - started) * 1000)
+        event = InferenceCompleted(
+            hold_id=billed.hold_id,
+            account_id=billed.account_id,
+            model=model,
+            tier=billed.tier,
+            cluster=billed.cluster,
+            usage=usage,
+            # The engine time infer would have reported is unknown: the stream's time bounds it.
+            timings=Timings(
+                ttft_ms=None if ttft is None else round((ttft - started) * 1000),
+                total_ms=total_ms,
+                engine_ms=total_ms,
+            ),
+        )
+        metrics.RELAYED_METERING.inc()
+        self._owe(
+            types.INFERENCE_COMPLETED,
+            f"{billed.hold_id}#relayed",
+            event.model_dump(mode="json"),
+            SINK,
+        )
+
+    def _owe(self, type: str, event_id: str, data: dict[str, Any], route: str) -> None:
+        try:
+            self.outbox.put(type, SOURCE, data, id=event_id, route=route)
+        except OutboxError:
+            metrics.OWED_LOST.inc()
+            log.exception("could not owe %s %s: it is lost", type, event_id)
+
+    # -- the outbox's routes --------------------------------------------------------------------
+
+    def _void_now(self, hold_id: str) -> Outcome:
+        try:
+            self.ledger.void(void_id(hold_id), hold_id)
+        except Unavailable as exc:
+            return Outcome(Verdict.RETRY, exc.message)
+        except FunctionError as exc:
+            if exc.status in RESOLVED:
+                return Outcome(Verdict.DELIVERED, exc.message)
+            return Outcome(Verdict.REFUSED, exc.message)
+        return Outcome(Verdict.DELIVERED)
+
+    def _void(self, entry: Entry) -> Outcome:
+        return self._void_now(str(entry.data["hold_id"]))
+
+    def _release(self, entry: Entry) -> Outcome:
+        command = HoldAuthorize.model_validate(entry.data)
+        try:
+            hold = self.ledger.hold(entry.id, command)
+        except PaymentRequired:
+            return Outcome(Verdict.DELIVERED, "declined: nothing was held")
+        except BadReply as exc:
+            return Outcome(Verdict.REFUSED, exc.message)
+        except Unavailable as exc:
+            return Outcome(Verdict.RETRY, exc.message)
+        except FunctionError as exc:
+            return Outcome(Verdict.REFUSED, exc.message)
+        log.info("found hold %s of lost authorize %s: voiding it", hold.hold_id, entry.id)
+        self._owe(types.HOLD_REFUND, void_id(hold.hold_id), {"hold_id": hold.hold_id}, VOID)
+        return Outcome(Verdict.DELIVERED)
