@@ -38,12 +38,20 @@ FUNCTION_KINDS: Final = MappingProxyType(
             (
                 t.CREDITS_GRANT,
                 t.PLANS_RENEW,
+                t.PLANS_RENEW_ACCOUNT,
                 network.SLICE_BOOKED,
                 topups.TOPUP_PAYMENT_CHANGED,
                 topups.TOPUP_REFUND_CHANGED,
                 topups.TOPUPS_POLL,
             ),
-            (t.CREDITS_GRANTED, t.PLANS_RENEWED, topups.TOPUPS_POLLED),
+            # The renewal fans out one event per account, and continues itself page by page.
+            (
+                t.CREDITS_GRANTED,
+                t.PLANS_RENEWED,
+                t.PLANS_RENEW,
+                t.PLANS_RENEW_ACCOUNT,
+                topups.TOPUPS_POLLED,
+            ),
         ),
         "sweep": _kind((t.HOLDS_SWEEP,), (t.HOLD_EXPIRED, t.HOLDS_SWEPT)),
         "ledger-admin": _kind(),

@@ -86,7 +86,7 @@ def test_verify_detects_a_tampered_journal(sqlite_store: SqliteStore) -> None:
     sqlite_store.put(item)
     report = Ledger(sqlite_store).verify()
     assert not report.ok
-    assert "entry 2 does not match its hash" in report.problems[0]
+    assert "entry 2 does not match its MAC" in report.problems[0]
 
 
 def test_verify_cli_passes_and_fails(tmp_path: Path) -> None:
