@@ -473,8 +473,10 @@ def _settle_late(state: AccountState, op: Op, terms: LateTerms) -> dict[str, Any
 def _refund(state: AccountState, op: Op) -> dict[str, Any]:
     hold_id, amount = op.args["hold_id"], op.args.get("amount")
     if op.args.get("void_only") and hold_id not in state.holds:
+        seq = hold_id.rpartition(":")[2]
+        if hold_id not in state.settled and not (seq.isdigit() and int(seq) < state.seq):
+            raise NotFound(f"no hold {hold_id}")
         how = "settled" if hold_id in state.settled else "no longer open"
-        open_hold(state, hold_id)  # NotFound for a hold that never was
         raise Conflict(
             f"hold {hold_id} is {how}; a failure report voids only an open hold and never "
             "undoes a capture"

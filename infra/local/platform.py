@@ -38,6 +38,7 @@ _HOSTS = {
     "route": ROUTE,
     "ingress": INGRESS,
 }
+_LEDGER_HOSTS = frozenset({LEDGER, DEAD_LETTERS})
 _SERVE = (sys.executable, "-m", "infra.cli", "serve")
 
 
@@ -72,8 +73,10 @@ def plan(
     ingress_port: int,
     broker_url: str,
     admin_token: str,
+    ledger_keys: str = "",
     port: Callable[[], int] = free_port,
 ) -> LocalPlatform:
+    """``ledger_keys``: TOLLGATE_LEDGER_KEYS, given to the ledger processes only."""
     ports = {name: port() for name in (LEDGER, DEAD_LETTERS, ROUTE)}
     urls = {name: _url(p) for name, p in {**ports, INGRESS: ingress_port}.items()}
     infer_ports = {t.name: port() for t in template.tiers if t.name in template.local.tiers}
@@ -87,8 +90,12 @@ def plan(
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
         "TOLLGATE_LEDGER_URL": urls[LEDGER],
     }
+    ledger_env = {**env, "TOLLGATE_LEDGER_KEYS": ledger_keys} if ledger_keys else env
     processes = [
-        *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),
+        *(
+            ProcessSpec(name, [*_SERVE, name], p, ledger_env if name in _LEDGER_HOSTS else env)
+            for name, p in ports.items()
+        ),
         *_infer_processes(template, infer_ports, env),
         # The ingress last: it calls everything else.
         ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),

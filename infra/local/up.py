@@ -23,7 +23,7 @@ from rich.table import Table
 
 from infra.local.broker import Broker, BrokerServer
 from infra.local.broker_queue import BrokerQueue
-from infra.local.demo import Demo, admin_token, ensure_demo, token_file
+from infra.local.demo import Demo, admin_token, ensure_demo, ledger_keys, token_file
 from infra.local.platform import LEDGER, LocalPlatform, free_port, plan, write_json
 from infra.local.scheduler import Scheduler, http_sender
 from infra.local.supervisor import ChildFailed, Supervisor
@@ -97,6 +97,7 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         ingress_port=port,
         broker_url=f"http://127.0.0.1:{broker_port}",
         admin_token=token,
+        ledger_keys=ledger_keys(state_dir),
     )
     write_json(platform.endpoints_file, platform.endpoints)
     running = _Running(template, platform, state_dir, broker_port)
