@@ -174,7 +174,7 @@ def test_an_index_write_lost_after_commit_is_not_an_error_and_is_repaired(
     real_store: Store, clock: Clock
 ) -> None:
     flaky = _IndexDown(real_store)
-    ledger = Ledger(flaky, clock=clock)  # type: ignore[arg-type]
+    ledger = Ledger(flaky, clock=clock)
     ledger.open_account("acme")
     first = ledger.execute("acme", "grant", {"amount": 5}, key="k")  # committed, not indexed
     assert real_store.get(account_pk("acme"), key_claim("k")) is None
