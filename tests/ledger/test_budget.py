@@ -96,7 +96,7 @@ class _CheckpointsFail:
 
 def test_a_failed_checkpoint_is_never_an_error_and_is_retried(real_store: Store) -> None:
     flaky = _CheckpointsFail(real_store)
-    ledger = Ledger(flaky, clock=Clock(), checkpoint_every=2)  # type: ignore[arg-type]
+    ledger = Ledger(flaky, clock=Clock(), checkpoint_every=2)
     before = REGISTRY.get_sample_value("tollgate_ledger_checkpoint_failures_total") or 0
     ledger.open_account("acme")
     for n in range(8):  # every command answers its result although checkpoints fail
