@@ -102,7 +102,7 @@ def main() -> None:
     from ledger_fn.state import AccountState
     from tests.dynamodb_local import DynamoDBLocal, java_missing
 
-    console = Console()
+    console = Console(width=160)
     console.print(f"Machine: {describe()}")
     console.print(f"Budget {STATE_BUDGET_BYTES:,} B; store item data limit {MAX_DATA_BYTES:,} B")
     table = Table(title="One account driven to every limit (after)")

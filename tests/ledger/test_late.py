@@ -3,6 +3,7 @@ negative, the shortfall journaled and visible; a settle after a void charges not
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -162,3 +163,33 @@ def test_inference_completed_after_the_sweep_over_cloudevents(sqlite_store: Stor
     assert (view["spent"], view["shortfall"], view["waived"]) == (100, 0, 0)
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'tollgate_ledger_late_settles_total{resolved="expired"}' in metrics
+
+
+def test_racing_late_settles_of_one_hold_charge_once(
+    real_store: Store, ledger: Ledger, clock: Clock
+) -> None:
+    """The infer outbox and the ingress may both report one request: 8 threads settle the same
+    expired hold under ids of their own; exactly one charges, the rest are refused."""
+    h = hold(ledger, 300)
+    expire(ledger, clock)
+    captured: list[int] = []
+    refused: list[str] = []
+    start = threading.Barrier(8)
+
+    def settle(n: int) -> None:
+        own = Ledger(real_store, clock=clock)
+        start.wait()
+        try:
+            r = own.execute("acme", "settle", {"hold_id": h, "amount": 100}, key=f"s{n}")
+            captured.append(r["captured"])
+        except Conflict as exc:
+            refused.append(exc.message)
+
+    threads = [threading.Thread(target=settle, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert captured == [100] and len(refused) == 7
+    assert invariant(ledger, "acme")["spent"] == 100
+    assert Ledger(real_store, clock=clock).verify().ok
