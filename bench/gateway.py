@@ -27,6 +27,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The ledger signs its journal (ledger_fn/keys.py); a bench key unless one is given.
+os.environ.setdefault("TOLLGATE_LEDGER_KEYS", "bench:tollgate-bench-ledger-key-0123456789")
 
 from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402

@@ -15,6 +15,7 @@ MODELS: dict[str, type[BaseModel]] = {
     types.HOLD_REFUND: ledger.HoldRefund,
     types.HOLDS_SWEEP: ledger.HoldsSweep,
     types.PLANS_RENEW: ledger.PlansRenew,
+    types.PLANS_RENEW_ACCOUNT: ledger.PlansRenewAccount,
     types.PLANS_RENEWED: ledger.PlansRenewed,
     types.CREDITS_GRANTED: ledger.CreditsGranted,
     types.HOLD_AUTHORIZED: ledger.HoldAuthorized,

@@ -21,7 +21,7 @@ One capture per hold — the rule infer, the ingress and the ledger keep between
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -64,19 +64,38 @@ class HoldSettle(EventData):
 class HoldRefund(EventData):
     hold_id: HoldId
     amount: Amount | None = None  # for a settled hold: how much to return (default: all of it)
+    # The operator's own id of this refund: the same refund_id twice (under any event id)
+    # refunds once. Without one, each event is a refund of its own.
+    refund_id: Name | None = None
 
 
 class HoldsSweep(EventData):
     pass
 
 
+Period = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]  # YYYY-MM, UTC
+
+
 class PlansRenew(EventData):
-    """The monthly schedule: grant every account its plan's credits for the current period."""
+    """The monthly schedule: grant every account its plan's credits for the period (default:
+    the current one). It fans out one ``plans.renew.account`` per registered account, a page at
+    a time; a page that is not the last ends by sending this command again, ``after`` it."""
+
+    period: Period | None = None
+    after: Count = 0  # registry position to continue after
+
+
+class PlansRenewAccount(EventData):
+    """One account's renewal for one period (its own event, so its failure is its own)."""
+
+    account_id: AccountId
+    period: Period
 
 
 class PlansRenewed(EventData):
-    accounts: Count
-    granted: Count
+    period: Period
+    accounts: Count  # renewals sent by this page
+    next_after: Count | None = None  # where the next page starts; None: this was the last
 
 
 class Timings(EventData):
@@ -141,6 +160,11 @@ class HoldSettled(EventData):
     account_id: AccountId
     captured: Count
     released: Count
+    # A settle after the hold ended: "expired" (charged from what the account had, the rest a
+    # shortfall) or "voided" (nothing charged, all waived).
+    late: Literal["expired", "voided"] | None = None
+    shortfall: Count = 0
+    waived: Count = 0
 
 
 class HoldRefunded(EventData):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from events.fields import Count, EventData
+from events.fields import Count, EventData, Name
 
 PER_MILLION = 1_000_000
 MS_PER_SECOND = 1000
@@ -21,7 +21,7 @@ class Usage(EventData):
 
 
 class Quote(EventData):
-    price_book: str  # the price book version, e.g. "2026-11-01"
+    price_book: Name  # the price book version, e.g. "2026-11-01"
     unit: Literal["token", "engine_second"] = "token"
     input_per_million: Count = 0
     output_per_million: Count = 0

@@ -11,6 +11,7 @@ HOLD_SETTLE: Final = "io.tollgate.hold.settle.v1"
 HOLD_REFUND: Final = "io.tollgate.hold.refund.v1"
 HOLDS_SWEEP: Final = "io.tollgate.holds.sweep.v1"
 PLANS_RENEW: Final = "io.tollgate.plans.renew.v1"
+PLANS_RENEW_ACCOUNT: Final = "io.tollgate.plans.renew.account.v1"
 
 # Ledger facts (replies and emitted events).
 CREDITS_GRANTED: Final = "io.tollgate.credits.granted.v1"

@@ -20,6 +20,9 @@ from cloudevents.core.v1.event import CloudEvent
 from functions import jsonbody
 from functions.errors import BadRequest
 
+# An event's id and source are its identity, kept by every consumer that dedupes it: bounded, so
+# what a consumer keeps per event stays small (the CloudEvents spec sets no limit).
+MAX_IDENTITY_BYTES = 256
 # Replies and emitted events get ids derived from what caused them, so a redelivered command
 # yields the very same reply event and consumers downstream dedupe it on source + id.
 _REPLY_NAMESPACE = uuid.UUID("6f1c3a52-93a4-4c55-8d5e-2b8c57a0d1e4")
@@ -84,6 +87,12 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> Incoming:
         data = {}
     if not isinstance(data, dict):
         raise BadRequest(f"event data must be a JSON object, got {type(data).__name__}")
+    for name, value in (("id", event.get_id()), ("source", event.get_source())):
+        size = len(value.encode(errors="surrogatepass"))
+        if size > MAX_IDENTITY_BYTES:
+            raise BadRequest(
+                f"the event's {name} is {size} bytes; at most {MAX_IDENTITY_BYTES} are accepted"
+            )
     attributes = event.get_attributes()
     return Incoming(
         type=event.get_type(),

@@ -15,6 +15,7 @@ from functions.deadletters import DeadLetters
 from functions.emit import Emitter
 from functions.store import Store, open_store
 from ledger_fn.admin import admin_blueprint
+from ledger_fn.config import LedgerSettings
 from ledger_fn.handlers import LedgerHandlers, handlers_for
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans
@@ -46,7 +47,7 @@ def create_app(
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
-    ledger = ledger or Ledger(store)
+    ledger = ledger or Ledger.configured(store, LedgerSettings.from_env())
     plan_book = Plans(ledger, plans or {})
     emitter = Emitter(settings.sink)
     handlers = LedgerHandlers(ledger, plan_book, emitter, source=f"/tollgate/{function}")

@@ -13,6 +13,7 @@ from functions.apikeys import ApiKeys
 from functions.config import DEFAULT_STORE
 from functions.errors import FunctionError
 from functions.store import open_store
+from ledger_fn.config import LedgerSettings
 from ledger_fn.ledger import Ledger
 from ledger_fn.topup_cli import topup
 
@@ -30,7 +31,11 @@ def _print(data: Any) -> None:
 
 
 def _ledger(store: str) -> Ledger:
-    return Ledger(open_store(store))
+    try:
+        settings = LedgerSettings.from_env()
+    except ValueError as exc:  # no or bad TOLLGATE_LEDGER_KEYS: the message says what to set
+        raise click.ClickException(str(exc)) from exc
+    return Ledger.configured(open_store(store), settings)
 
 
 @click.group("ledger")
@@ -98,9 +103,9 @@ def issue_key(account_id: str, store: str) -> None:
     """Issue an API key (shown once)."""
 
     def issue() -> dict[str, Any]:
-        opened = open_store(store)
-        Ledger(opened).meta(account_id)
-        return ApiKeys(opened).issue(account_id)
+        ledger = _ledger(store)
+        ledger.meta(account_id)
+        return ApiKeys(ledger.store).issue(account_id)
 
     _run(issue)
 
@@ -133,15 +138,32 @@ def sweep(store: str) -> None:
 
 @ledger.command("verify")
 @store_option
-def verify(store: str) -> None:
-    """Check every journal chain and recompute every balance from the journal."""
-    report = _ledger(store).verify()
+@click.option(
+    "--expect-head",
+    metavar="N:MAC",
+    default=None,
+    help="A registry head an earlier verify printed: fail unless that entry is still there.",
+)
+def verify(store: str, expect_head: str | None) -> None:
+    """Check the account registry and every journal chain (keys from $TOLLGATE_LEDGER_KEYS),
+    recompute every balance from the journal and compare every checkpoint with the replay."""
+    expected = None
+    if expect_head is not None:
+        n, sep, mac = expect_head.partition(":")
+        if not sep or not n.isdigit() or not mac:
+            raise click.BadParameter(
+                "expected N:MAC, as verify prints it", param_hint="--expect-head"
+            )
+        expected = (int(n), mac)
+    report = _ledger(store).verify(expect_head=expected)
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}", err=True)
     click.echo(
         f"{report.accounts} accounts, {report.entries} journal entries: "
         + ("ok" if report.ok else f"{len(report.problems)} problems")
     )
+    head, head_mac = report.head
+    click.echo(f"registry head {head}:{head_mac} (keep it; --expect-head checks it later)")
     sys.exit(0 if report.ok else 1)
 
 

@@ -1,8 +1,9 @@
 """CloudEvent handlers of the ledger functions: validate, apply once, reply with the fact.
 
-Each command is applied under its event's source + id as idempotency key, inside the same
-journal write as its effect (ledger_fn/ledger.py), so a redelivery — even one after a crash —
-returns the first result and a redelivery with different data is refused (409)."""
+Each command is applied under its event's source + id as idempotency key, claimed by the same
+journal write as its effect (ledger_fn/ledger.py), so a redelivery — even one after a crash, for
+as long as the dedupe window — returns the first result and a redelivery with different data is
+refused (409)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from events.ledger import (
     InferenceFailed,
     InferenceOutcome,
     PlansRenew,
+    PlansRenewAccount,
     PlansRenewed,
 )
 from events.network import SLICE_BOOKED, SliceBooked
@@ -36,7 +38,7 @@ from functions.accounts import account_for_slice
 from functions.app import Handler
 from functions.cloudevent import Incoming, Reply
 from functions.emit import Emitter
-from functions.errors import BadRequest
+from functions.errors import BadRequest, Unavailable
 from functions.validation import validate
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import Plans
@@ -109,8 +111,42 @@ class LedgerHandlers:
         return None if result is None else granted_reply(result)
 
     def renew(self, event: Incoming) -> Reply:
-        validate(PlansRenew, event.data, f"{event.type} data")
-        return reply(types.PLANS_RENEWED, PlansRenewed(**self.plans.renew_all()))
+        """The monthly schedule: one renewal event per registered account, a page at a time
+        (a page that is not the last sends this command again for the next). Event ids derive
+        from the period and account, so a re-run sends the same events."""
+        cmd = validate(PlansRenew, event.data, f"{event.type} data")
+        if self.emitter.sink is None:
+            raise Unavailable("the renewal sends one event per account to K_SINK, which is not set")
+        period = cmd.period or self.plans.current_period()
+        page, next_after = self.plans.renewal_page(cmd.after)
+        for registered in page:
+            renewal = PlansRenewAccount(account_id=registered.account_id, period=period)
+            self.emitter.emit(
+                types.PLANS_RENEW_ACCOUNT,
+                self.source,
+                renewal.model_dump(mode="json"),
+                id=f"renew:{period}:{registered.account_id}",
+                subject=registered.account_id,
+            )
+        if next_after is not None:
+            more = PlansRenew(period=period, after=next_after)
+            self.emitter.emit(
+                types.PLANS_RENEW,
+                self.source,
+                more.model_dump(mode="json"),
+                id=f"renew:{period}:after:{next_after}",
+            )
+        renewed = PlansRenewed(period=period, accounts=len(page), next_after=next_after)
+        return reply(types.PLANS_RENEWED, renewed)
+
+    def renew_account(self, event: Incoming) -> Reply | None:
+        """One account's renewal; granted once per period (the grant's reference)."""
+        cmd = validate(PlansRenewAccount, event.data, f"{event.type} data")
+        if not self.ledger.exists(cmd.account_id):
+            log.info("account %s was registered but never opened; nothing to renew", cmd.account_id)
+            return None
+        result = self.plans.grant_period(cmd.account_id, cmd.period, key=event.key)
+        return None if result is None else granted_reply(result)
 
     def authorize(self, event: Incoming) -> Reply:
         cmd = validate(HoldAuthorize, event.data, f"{event.type} data")
@@ -149,6 +185,9 @@ class LedgerHandlers:
             account_id=r["account_id"],
             captured=r["captured"],
             released=r["released"],
+            late=r.get("late"),
+            shortfall=r.get("shortfall", 0),
+            waived=r.get("waived", 0),
         )
         return reply(types.HOLD_SETTLED, settled, subject=settled.account_id)
 
@@ -162,7 +201,9 @@ class LedgerHandlers:
         account_id = self._owner(failure.hold_id, failure.account_id)
         if charges_output(failure):
             return self._settled(self._run(event, account_id, "settle", usage_args(failure)))
-        return self._refunded(self._run(event, account_id, "refund", {"hold_id": failure.hold_id}))
+        # Without output a failure report voids an open hold, and never refunds a settled one.
+        args = {"hold_id": failure.hold_id, "void_only": True}
+        return self._refunded(self._run(event, account_id, "refund", args))
 
     def _refunded(self, r: dict[str, Any]) -> Reply:
         refunded = HoldRefunded(
@@ -197,6 +238,7 @@ class LedgerHandlers:
                 types.CREDITS_GRANT: self.grant,
                 SLICE_BOOKED: self.slice_booked,
                 types.PLANS_RENEW: self.renew,
+                types.PLANS_RENEW_ACCOUNT: self.renew_account,
             },
             "authorize": {types.HOLD_AUTHORIZE: self.authorize},
             "settle": {types.HOLD_SETTLE: self.settle, types.INFERENCE_COMPLETED: self.completed},

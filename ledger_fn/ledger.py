@@ -1,17 +1,32 @@
 """The token ledger over the store: load (with roll-forward), commit, accounts, sweep, verify.
 
 Layout in the table (partition ``ACCT#<id>``):
-  ``J#<seq>``  journal entries — the truth; entry N+1 is written with put-if-absent, so exactly one
-               writer commits each step of an account, and a crash after that single write loses
-               nothing: the next reader rolls the state forward from the journal;
-  ``STATE``    a checkpoint of the state every ``checkpoint_every`` entries (never authoritative);
-  ``META``     account metadata (plan, slices; see the admin API).
-and ``ACCOUNTS``/``<id>``, the registry the sweep walks.
+  ``J#<seq>``   journal entries — the truth; entry N+1 is written with put-if-absent, so exactly one
+                writer commits each step of an account, and a crash after that single write loses
+                nothing: the next reader rolls the state forward from the journal;
+  ``K#…`` ``B#…`` ``X#…`` ``L#…``  the claim index (claim_index.py): pointers from command keys,
+                business references and resolved holds to the entries that claimed them, each
+                with a TTL;
+  ``STATE``     a checkpoint of the state every ``checkpoint_every`` entries (never authoritative,
+                signed like the journal);
+  ``META``      account metadata (plan, slices; see the admin API);
+and the account registry, a chain in partition ``ACCOUNTS`` (registry.py).
+
+Committing an operation on an account whose journal ends at entry N:
+  1. load the state after N (cached or checkpointed, rolled forward through the journal);
+  2. if a name it claims (claims.py) is claimed already: a replay gets the first result, a
+     command with other data is refused (409);
+  3. apply it, and refuse it (409, nothing written) if it would grow the state past its budget;
+  4. make sure entry N's claims are indexed (its committer may have died right after it);
+  5. put entry N+1 if absent (another writer was first: back to 1);
+  6. index N+1's claims, and checkpoint now and then: failures there are logged and repaired
+     later, never answered as errors, since the command is committed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -21,30 +36,57 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from functions.accounts import META_SK, account_pk
-from functions.errors import BadRequest, Conflict, NotFound, Unavailable
-from functions.idempotency import payload_hash
+from functions.errors import BadRequest, Conflict, FunctionError, NotFound, Unavailable
 from functions.store import (
     Absent,
     ConditionFailed,
     Contended,
     Item,
     Store,
+    StoreUnavailable,
     VersionIs,
     query_all,
     update_item,
 )
-from ledger_fn.journal import ENTRY_PREFIX, chain_hash, entry_data, entry_sk
-from ledger_fn.state import AccountState, Op, OpKind, apply
+from ledger_fn import footprint
+from ledger_fn.claim_index import Claimed, ClaimIndex
+from ledger_fn.claims import KEY, LATE, digest, lasting, resolved_claim
+from ledger_fn.config import CACHE_BYTES, DEDUPE_S, REFERENCE_S, LedgerSettings
+from ledger_fn.journal import ENTRY_PREFIX, CorruptJournal, check_entry, entry_data, entry_sk
+from ledger_fn.keys import LedgerKeys
+from ledger_fn.metrics import (
+    BUDGET_REFUSALS,
+    CACHE_GAUGE,
+    CHECKPOINT_FAILURES,
+    INDEX_FAILURES,
+    LATE_SETTLES,
+    SHORTFALL,
+    WAIVED,
+)
+from ledger_fn.registry import PK as REGISTRY_PK
+from ledger_fn.registry import Registry
+from ledger_fn.registry import entry_sk as registry_sk
+from ledger_fn.state import (
+    AccountState,
+    LateTerms,
+    Op,
+    OpKind,
+    account_of,
+    apply,
+    requested_claims,
+)
 
-REGISTRY = "ACCOUNTS"
+log = logging.getLogger(__name__)
+
 STATE_SK = "STATE"
 MAX_COMMIT_ATTEMPTS = 200
-CACHE_ACCOUNTS = 4096
 PAGE = 500
-
-
-class CorruptJournal(Exception):
-    """A journal entry does not chain to its predecessor: the journal was tampered with."""
+# The most a state may take as a STATE item (the store's own limit is 350,000 B of data,
+# DynamoDB's 400 KB per item): an operation that would grow it past this is refused.
+STATE_BUDGET_BYTES = 300_000
+# Cached states take this many bytes of memory per byte of their JSON (bench/ledger_state.py).
+MEMORY_PER_STATE_BYTE = 8
+CACHE_ENTRY_OVERHEAD = 4096
 
 
 @dataclass
@@ -52,12 +94,23 @@ class _Loaded:
     state: AccountState
     checkpoint_version: int  # 0: no checkpoint item yet
     checkpoint_seq: int
+    elements: int  # footprint.elements(state)
+    indexed: int = 0  # the newest entry whose claims this process knows are in the index
+    next_checkpoint: int = 0  # after a failed checkpoint: not before this entry
+    size: int | None = None  # footprint.total, once computed
+
+    @property
+    def bytes(self) -> int:
+        if self.size is None:
+            self.size = footprint.total(self.state, self.elements)
+        return self.size
 
 
 @dataclass
 class VerifyReport:
     accounts: int = 0
     entries: int = 0
+    head: tuple[int, str] = (0, "")  # the account registry's newest entry: number and MAC
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -72,26 +125,52 @@ class Ledger:
         *,
         clock: Callable[[], float] = time.time,
         checkpoint_every: int = 64,
+        keys: LedgerKeys | None = None,
+        dedupe_s: int = DEDUPE_S,
+        reference_s: int = REFERENCE_S,
+        budget_bytes: int = STATE_BUDGET_BYTES,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
-        assert checkpoint_every >= 1
+        """``keys`` default to TOLLGATE_LEDGER_KEYS; ``dedupe_s``: how long a command key stays
+        claimed; ``reference_s``: a business reference; ``cache_bytes``: estimated memory."""
+        assert checkpoint_every >= 1 and dedupe_s > 0 and reference_s > 0
         self.store = store
         self.clock = clock
         self.checkpoint_every = checkpoint_every
+        self.keys = keys or LedgerKeys.from_env()
+        self.dedupe_s = dedupe_s
+        self.reference_s = reference_s
+        self.budget_bytes = budget_bytes
+        self.cache_bytes = cache_bytes
+        self.index = ClaimIndex(store, clock)
+        self.registry = Registry(store, self.keys, clock)
         # Last state seen per account: only a starting point, always rolled forward from the
-        # journal before use, so it can be stale but never wrong.
-        self._cache: OrderedDict[str, _Loaded] = OrderedDict()
+        # journal before use, so it can be stale but never wrong. Bounded by estimated bytes.
+        self._cache: OrderedDict[str, tuple[_Loaded, int]] = OrderedDict()
+        self._cached_bytes = 0
         self._cache_lock = threading.Lock()
+
+    @classmethod
+    def configured(cls, store: Store, settings: LedgerSettings) -> Ledger:
+        return cls(
+            store,
+            keys=settings.keys,
+            dedupe_s=settings.dedupe_s,
+            cache_bytes=settings.cache_bytes,
+        )
 
     # -- accounts -------------------------------------------------------------------------------
 
     def open_account(self, account_id: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Create an account (journal entry 1). Its registry item is written first: an orphan
-        registry item (crash before the journal write) is harmless, the sweep skips it."""
+        """Create an account (journal entry 1), registered first: a registration whose journal
+        never started (crash in between) is skipped by everything that walks the registry."""
         now = int(self.clock())
-        self.store.put(Item(REGISTRY, account_id, 1, {"created": now}))
         # On a retry after a crash META exists already: the journal decides if the account does.
         with contextlib.suppress(ConditionFailed):
             self.store.put(Item(account_pk(account_id), META_SK, 1, dict(meta or {})), Absent())
+        if self.exists(account_id):
+            raise Conflict(f"account {account_id} already exists")
+        self.registry.add(account_id)
         try:
             self._commit(account_id, Op(kind="open", at=now), create=True)
         except ConditionFailed:
@@ -121,8 +200,9 @@ class Ledger:
         except Contended:
             raise Unavailable(f"account {account_id} metadata is contended; retry") from None
 
-    def accounts(self) -> Iterator[str]:
-        return (item.sk for item in query_all(self.store, REGISTRY, page_size=PAGE))
+    def accounts(self, after: int = 0) -> Iterator[str]:
+        """Registered accounts in order of opening (a retried opening may come twice)."""
+        return (registered.account_id for registered in self.registry.walk(after))
 
     def state(self, account_id: str) -> AccountState:
         loaded = self._load(account_id)
@@ -137,6 +217,8 @@ class Ledger:
             **state.balances(),
             "refunded": state.refunded,
             "revoked": state.revoked,
+            "shortfall": state.shortfall,
+            "waived": state.waived,
             "open_holds": len(state.holds),
             "lots": [lot.model_dump() for lot in state.lots.values() if lot.remaining > 0],
         }
@@ -152,10 +234,13 @@ class Ledger:
         key: str | None = None,
         payload: Any = None,
     ) -> dict[str, Any]:
-        """Apply one command once. ``key`` (e.g. a CloudEvent's source#id) makes it idempotent:
-        a replay returns the first result; a replay with another ``payload`` is a Conflict."""
-        digest = payload_hash(payload if payload is not None else args) if key else None
-        return self._commit(account_id, Op(kind=kind, at=0, key=key, digest=digest, args=args))
+        """Apply one command once. ``key`` (e.g. a CloudEvent's source#id) makes it idempotent
+        for ``dedupe_s``: a replay returns the first result; a replay with another ``payload``
+        is a Conflict. Grants and refunds also dedupe on their business reference."""
+        command_digest = digest(payload if payload is not None else args) if key else None
+        clean = {name: value for name, value in args.items() if name != "late"}
+        op = Op(kind=kind, at=0, key=key, digest=command_digest, args=clean)
+        return self._commit(account_id, op)
 
     def _commit(self, account_id: str, op: Op, *, create: bool = False) -> dict[str, Any]:
         pk = account_pk(account_id)
@@ -164,17 +249,17 @@ class Ledger:
             state = loaded.state
             if state.seq == 0 and not create:
                 raise NotFound(f"no account {account_id}")
-            if op.key is not None and op.key in state.recent:
-                seen = state.recent[op.key]
-                if seen.digest != op.digest:
-                    raise Conflict(
-                        f"command {op.key} was already applied with different data; "
-                        "send changed data as a new command with a new id"
-                    )
-                return self._result_at(account_id, seen.seq)
-            timed = op.model_copy(update={"at": int(self.clock())})
+            timed = self._with_late_terms(loaded, op.model_copy(update={"at": int(self.clock())}))
+            first = self._first_result(loaded, timed)
+            if first is not None:
+                return first
             new, result = apply(state, timed)
-            data = entry_data(state.head, new.seq, timed, result, new.balances())
+            elements = loaded.elements + footprint.delta(state, new)
+            size = self._check_budget(loaded, new, elements, timed.kind)
+            self._index_head(loaded)
+            data = entry_data(
+                self.keys, state.head, new.seq, timed, result, new.balances(), new.last_claims
+            )
             new.head = data["hash"]
             try:
                 self.store.put(Item(pk, entry_sk(new.seq), 1, data), Absent())
@@ -184,68 +269,236 @@ class Ledger:
                 # Another writer committed this step first: roll forward and try again.
                 time.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
                 continue
-            self._remember(_Loaded(new, loaded.checkpoint_version, loaded.checkpoint_seq))
-            self._maybe_checkpoint(account_id)
+            committed = _Loaded(
+                new,
+                loaded.checkpoint_version,
+                loaded.checkpoint_seq,
+                elements,
+                indexed=state.seq,
+                next_checkpoint=loaded.next_checkpoint,
+                size=size,
+            )
+            self._remember(committed)
+            _observe(result)
+            self._index_committed(committed)
+            self._maybe_checkpoint(committed)
             return result
         raise Unavailable(f"account {account_id} is too contended right now; retry")
 
-    def _result_at(self, account_id: str, seq: int) -> dict[str, Any]:
-        item = self.store.get(account_pk(account_id), entry_sk(seq))
-        assert item is not None, f"journal entry {seq} of {account_id} vanished"
-        result: dict[str, Any] = item.data["result"]
-        return result
+    def _check_budget(self, loaded: _Loaded, new: AccountState, elements: int, kind: str) -> int:
+        """The new state's size; Conflict if the operation would grow it past its budget (one
+        that shrinks it is always allowed, so a full account can still settle, void, expire)."""
+        size = footprint.total(new, elements)
+        if size <= self.budget_bytes or size <= loaded.bytes:
+            return size
+        BUDGET_REFUSALS.labels(kind).inc()
+        raise Conflict(
+            f"account {new.account_id} is full: this {kind} would grow its state to {size} "
+            f"bytes, over its budget of {self.budget_bytes}; nothing changed. Settle or void "
+            "open holds, or use up small lots, first."
+        )
 
-    # -- loading and checkpoints ----------------------------------------------------------------
+    # -- claims ---------------------------------------------------------------------------------
+
+    def _claimed(self, loaded: _Loaded, name: str) -> Claimed | None:
+        state = loaded.state
+        if name in state.last_claims:  # the head entry's claims may not be indexed yet
+            return Claimed(state.seq, state.last_claims[name])
+        return self.index.find(state.account_id, name)
+
+    def _first_result(self, loaded: _Loaded, op: Op) -> dict[str, Any] | None:
+        """The result of the entry that claimed one of ``op``'s names first (a replay), or None
+        if it claims nothing claimed yet; Conflict if it asks something else under them."""
+        for name, wanted in requested_claims(op).items():
+            hit = self._claimed(loaded, name)
+            if hit is None:
+                continue
+            if name.startswith(LATE):
+                raise Conflict(f"hold {op.args['hold_id']} was already settled after it expired")
+            if hit.digest != wanted:
+                if name.startswith(KEY):
+                    raise Conflict(
+                        f"command {op.key} was already applied with different data; "
+                        "send changed data as a new command with a new id"
+                    )
+                reference = op.args.get("reference") or op.args.get("refund_id")
+                raise Conflict(
+                    f"{op.kind} reference {reference!r} was already applied with other terms "
+                    f"(journal entry {hit.seq}); a different {op.kind} needs a new reference"
+                )
+            entry = self._entry(loaded.state.account_id, hit.seq)
+            if name not in entry["claims"]:
+                raise CorruptJournal(f"the claim index points {name} at entry {hit.seq} wrongly")
+            result: dict[str, Any] = entry["result"]
+            return result
+        return None
+
+    def _index_head(self, loaded: _Loaded) -> None:
+        """Index the head entry's claims unless this process knows they are."""
+        state = loaded.state
+        if loaded.indexed >= state.seq:
+            return
+        if state.last_claims:
+            try:
+                self._index(state.account_id, state.seq, state.last_claims)
+            except ConditionFailed as exc:
+                raise Unavailable(f"account {state.account_id}: {exc}; retry") from exc
+        loaded.indexed = state.seq
+
+    def _index_committed(self, loaded: _Loaded) -> None:
+        try:
+            self._index_head(loaded)
+        except (StoreUnavailable, Unavailable) as exc:
+            INDEX_FAILURES.inc()
+            log.warning(
+                "account %s: claims of entry %d not indexed yet (the next commit will): %s",
+                loaded.state.account_id,
+                loaded.state.seq,
+                exc,
+            )
+
+    def _index(self, account_id: str, seq: int, claims: dict[str, str]) -> None:
+        now = int(self.clock())
+        for name, claimed in claims.items():
+            expires = now + (self.reference_s if lasting(name) else self.dedupe_s)
+            self.index.record(account_id, name, Claimed(seq, claimed), expires)
+
+    # -- late settles ---------------------------------------------------------------------------
+
+    def _with_late_terms(self, loaded: _Loaded, op: Op) -> Op:
+        """A settle of a hold that is no longer open and not settled gets, from the journal, how
+        the hold ended and what it was authorized for (``apply`` then charges what it can)."""
+        state = loaded.state
+        hold_id = op.args.get("hold_id")
+        if op.kind != "settle" or hold_id in state.holds or hold_id in state.settled:
+            return op
+        assert isinstance(hold_id, str)
+        seq = hold_id.rpartition(":")[2]
+        if account_of(hold_id) != state.account_id or not seq.isdigit() or int(seq) >= state.seq:
+            return op  # apply answers NotFound
+        ended = self._claimed(loaded, resolved_claim(hold_id))
+        if ended is None:
+            return op  # settled or resolved longer ago than claims last: apply answers 409
+        end = self._entry(state.account_id, ended.seq)
+        authorized = self._entry(state.account_id, int(seq))
+        if end["result"].get("hold_id") != hold_id or (
+            authorized["op"]["kind"] != "authorize"
+            or authorized["result"].get("hold_id") != hold_id
+        ):
+            raise CorruptJournal(f"the journal does not hold the ending of hold {hold_id}")
+        args = authorized["op"]["args"]
+        terms = LateTerms(
+            resolved="expired" if end["op"]["kind"] == "expire_hold" else "voided",
+            amount=authorized["result"]["amount"],
+            tier=args.get("tier"),
+            model=args.get("model"),
+            quote=args.get("quote"),
+        )
+        return op.model_copy(update={"args": {**op.args, "late": terms.model_dump(mode="json")}})
+
+    def _entry(self, account_id: str, seq: int) -> dict[str, Any]:
+        """One journal entry, its MAC checked."""
+        item = self.store.get(account_pk(account_id), entry_sk(seq))
+        if item is None:
+            raise CorruptJournal(f"entry {seq} of account {account_id} is missing")
+        check_entry(self.keys, item.data)
+        return dict(item.data)
+
+    # -- loading, cache and checkpoints ---------------------------------------------------------
 
     def _load(self, account_id: str) -> _Loaded:
         with self._cache_lock:
-            cached = self._cache.get(account_id)
-        if cached is None:
-            cached = self._read_checkpoint(account_id)
-        state = cached.state
+            hit = self._cache.get(account_id)
+        cached = hit[0] if hit is not None else self._read_checkpoint(account_id)
+        state, elements = cached.state, cached.elements
         for item in self._entries(account_id, after=state.seq):
-            state = replay(state, item.data)
-        loaded = _Loaded(state, cached.checkpoint_version, cached.checkpoint_seq)
+            new = replay(self.keys, state, item.data)
+            elements += footprint.delta(state, new)
+            state = new
+        if hit is not None and state is cached.state:
+            return cached
+        loaded = _Loaded(
+            state,
+            cached.checkpoint_version,
+            cached.checkpoint_seq,
+            elements,
+            indexed=cached.indexed,
+            next_checkpoint=cached.next_checkpoint,
+        )
         self._remember(loaded)
         return loaded
 
     def _read_checkpoint(self, account_id: str) -> _Loaded:
         item = self.store.get(account_pk(account_id), STATE_SK)
         if item is None:
-            return _Loaded(AccountState(account_id=account_id), 0, 0)
-        state = AccountState.model_validate(item.data)
-        return _Loaded(state, item.version, state.seq)
+            return _Loaded(AccountState(account_id=account_id), 0, 0, 0)
+        try:
+            state = self._unseal(item.data)
+        except CorruptJournal as exc:
+            # Not trusted: start over from the journal (verify reports the checkpoint).
+            log.error("account %s: checkpoint ignored: %s", account_id, exc)
+            return _Loaded(AccountState(account_id=account_id), item.version, 0, 0)
+        return _Loaded(state, item.version, state.seq, footprint.elements(state))
+
+    def _seal(self, state: AccountState) -> dict[str, Any]:
+        body = state.model_dump(mode="json")
+        kid, mac = self.keys.sign(body)
+        return {**body, "kid": kid, "mac": mac}
+
+    def _unseal(self, data: dict[str, Any]) -> AccountState:
+        body = {k: v for k, v in data.items() if k not in ("kid", "mac")}
+        if not self.keys.verifies(data.get("kid"), body, str(data.get("mac"))):
+            raise CorruptJournal("the checkpoint does not match its MAC")
+        return AccountState.model_validate(body)
 
     def _remember(self, loaded: _Loaded) -> None:
         account_id = loaded.state.account_id
+        size = CACHE_ENTRY_OVERHEAD + MEMORY_PER_STATE_BYTE * loaded.bytes
         with self._cache_lock:
             current = self._cache.get(account_id)
-            if current is None or current.state.seq <= loaded.state.seq:
-                self._cache[account_id] = loaded
-                self._cache.move_to_end(account_id)
-            while len(self._cache) > CACHE_ACCOUNTS:
-                self._cache.popitem(last=False)
+            if current is not None and current[0].state.seq > loaded.state.seq:
+                return
+            if current is not None:
+                self._cached_bytes -= current[1]
+            self._cache[account_id] = (loaded, size)
+            self._cache.move_to_end(account_id)
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes and self._cache:
+                _, (_, evicted) = self._cache.popitem(last=False)
+                self._cached_bytes -= evicted
+            CACHE_GAUGE.set(self._cached_bytes)
 
-    def _maybe_checkpoint(self, account_id: str) -> None:
-        with self._cache_lock:
-            loaded = self._cache.get(account_id)
-        if loaded is None or loaded.state.seq - loaded.checkpoint_seq < self.checkpoint_every:
+    @property
+    def cached_bytes(self) -> int:
+        """Estimated memory of the account cache (at most ``cache_bytes``)."""
+        return self._cached_bytes
+
+    def _maybe_checkpoint(self, loaded: _Loaded) -> None:
+        """Checkpoint every ``checkpoint_every`` entries. Never fatal: the command committed; a
+        failed checkpoint is tried again ``checkpoint_every`` entries later."""
+        state = loaded.state
+        due = max(loaded.checkpoint_seq + self.checkpoint_every, loaded.next_checkpoint)
+        if state.seq < due:
             return
         version = loaded.checkpoint_version
-        item = Item(
-            account_pk(account_id), STATE_SK, version + 1, loaded.state.model_dump(mode="json")
-        )
+        item = Item(account_pk(state.account_id), STATE_SK, version + 1, self._seal(state))
         try:
-            self.store.put(item, VersionIs(version) if version else Absent())
-            fresh = _Loaded(loaded.state, version + 1, loaded.state.seq)
-        except ConditionFailed:
-            # Someone else checkpointed; pick up their version next time we load.
-            fresh = self._read_checkpoint(account_id)
-        with self._cache_lock:
-            current = self._cache.get(account_id)
-            if current is not None and current.state.seq >= fresh.state.seq:
-                fresh = _Loaded(current.state, fresh.checkpoint_version, fresh.checkpoint_seq)
-            self._cache[account_id] = fresh
+            try:
+                self.store.put(item, VersionIs(version) if version else Absent())
+                version, seq = version + 1, state.seq
+            except ConditionFailed:
+                # Someone else checkpointed; pick up their version.
+                theirs = self._read_checkpoint(state.account_id)
+                version, seq = theirs.checkpoint_version, theirs.checkpoint_seq
+        except (StoreUnavailable, ValueError) as exc:
+            CHECKPOINT_FAILURES.inc()
+            loaded.next_checkpoint = state.seq + self.checkpoint_every
+            log.warning("account %s: checkpoint at %d failed: %s", state.account_id, state.seq, exc)
+            return
+        fresh = _Loaded(
+            state, version, seq, loaded.elements, indexed=loaded.indexed, size=loaded.size
+        )
+        self._remember(fresh)
 
     # -- sweep ----------------------------------------------------------------------------------
 
@@ -257,7 +510,7 @@ class Ledger:
         for account_id in self.accounts():
             state = self._load(account_id).state
             if state.seq == 0:
-                continue  # an orphan registry item
+                continue  # registered, never opened
             accounts += 1
             for hold in [h for h in state.holds.values() if h.expires_at <= now]:
                 result = self._try(account_id, "expire_hold", {"hold_id": hold.id})
@@ -299,47 +552,114 @@ class Ledger:
             self.store, account_pk(account_id), ENTRY_PREFIX, after=entry_sk(after), page_size=PAGE
         )
 
-    def verify(self) -> VerifyReport:
-        """Check every chain link and recompute every balance from the journal alone."""
-        report = VerifyReport()
-        for account_id in self.accounts():
-            state = AccountState(account_id=account_id)
-            try:
-                for item in self._entries(account_id, after=0):
-                    state = replay(state, item.data, check_result=True)
-                    report.entries += 1
-            except (CorruptJournal, AssertionError) as exc:
-                report.problems.append(f"account {account_id}: {exc}")
-                continue
-            if state.seq == 0:
-                continue
-            report.accounts += 1
-            checkpoint = self.store.get(account_pk(account_id), STATE_SK)
-            if checkpoint is not None:
-                saved = AccountState.model_validate(checkpoint.data)
-                if saved.seq > state.seq:
-                    report.problems.append(
-                        f"account {account_id}: checkpoint at {saved.seq} is past the journal"
-                        f" end {state.seq}"
-                    )
-                elif saved.seq == state.seq and saved.balances() != state.balances():
-                    report.problems.append(
-                        f"account {account_id}: checkpoint balances differ from the journal"
-                    )
+    def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
+        """Check the registry chain, every journal entry's link and MAC, recompute every result
+        and balance from the journal alone, compare the checkpoint with the replay at its entry,
+        and check that no name was claimed twice within its window. ``expect_head``: a registry
+        head an earlier run reported, which must still be there."""
+        registry = self.registry.check()
+        report = VerifyReport(head=registry.head, problems=list(registry.problems))
+        if expect_head is not None:
+            n, mac = expect_head
+            entry = self.store.get(REGISTRY_PK, registry_sk(n))
+            if entry is None or entry.data.get("hash") != mac:
+                report.problems.append(
+                    f"registry entry {n} is not the one expected: the registry was cut or rewritten"
+                )
+        for account_id in registry.accounts:
+            self._verify_account(account_id, report)
         return report
+
+    def _verify_account(self, account_id: str, report: VerifyReport) -> None:
+        checkpoint = self.store.get(account_pk(account_id), STATE_SK)
+        saved: AccountState | None = None
+        if checkpoint is not None:
+            try:
+                saved = self._unseal(checkpoint.data)
+            except (CorruptJournal, ValueError) as exc:
+                report.problems.append(f"account {account_id}: {exc}")
+        state = AccountState(account_id=account_id)
+        claims = _ClaimWindow(self.dedupe_s, self.reference_s)
+        try:
+            for item in self._entries(account_id, after=0):
+                state = replay(self.keys, state, item.data, check_result=True)
+                report.entries += 1
+                for name in claims.repeated(state.last_claims, item.data["op"]["at"]):
+                    report.problems.append(
+                        f"account {account_id}: entry {state.seq} claims {name} again within "
+                        "its window (a command applied twice)"
+                    )
+                if saved is not None and saved.seq == state.seq and saved != state:
+                    report.problems.append(
+                        f"account {account_id}: the checkpoint at entry {saved.seq} differs "
+                        f"from the replay in {_differences(saved, state)}"
+                    )
+        except (CorruptJournal, AssertionError, FunctionError) as exc:
+            report.problems.append(f"account {account_id}: {exc}")
+            return
+        if state.seq == 0:
+            return  # registered, never opened
+        report.accounts += 1
+        if saved is not None and saved.seq > state.seq:
+            report.problems.append(
+                f"account {account_id}: checkpoint at {saved.seq} is past the journal end "
+                f"{state.seq}"
+            )
+
+
+class _ClaimWindow:
+    """The names claimed within their windows, to spot one claimed twice."""
+
+    def __init__(self, dedupe_s: int, reference_s: int) -> None:
+        self.dedupe_s = dedupe_s
+        self.reference_s = reference_s
+        self.seen: dict[str, int] = {}
+
+    def repeated(self, claims: dict[str, str], at: int) -> list[str]:
+        again = []
+        for name in claims:
+            window = self.reference_s if lasting(name) else self.dedupe_s
+            before = self.seen.get(name)
+            if before is not None and at < before + window:
+                again.append(name)
+            self.seen[name] = at
+        return again
+
+
+def _differences(saved: AccountState, replayed: AccountState) -> str:
+    a, b = saved.model_dump(), replayed.model_dump()
+    return ", ".join(sorted(name for name in a if a[name] != b.get(name)))
+
+
+def _observe(result: dict[str, Any]) -> None:
+    """Count a committed late settle (its shortfall is also journaled and on the account)."""
+    late = result.get("late")
+    if late is None:
+        return
+    LATE_SETTLES.labels(late).inc()
+    SHORTFALL.inc(result["shortfall"])
+    WAIVED.inc(result["waived"])
+    if result["shortfall"]:
+        log.warning(
+            "hold %s settled late: %d of %d credits were no longer there (shortfall)",
+            result["hold_id"],
+            result["shortfall"],
+            result["captured"] + result["shortfall"],
+        )
 
 
 def replay(
-    state: AccountState, entry: dict[str, Any], *, check_result: bool = False
+    keys: LedgerKeys, state: AccountState, entry: dict[str, Any], *, check_result: bool = False
 ) -> AccountState:
-    """Apply one stored journal entry, checking that it chains to ``state``."""
-    seq = entry["seq"]
-    if seq != state.seq + 1 or entry["prev"] != state.head:
+    """Apply one stored journal entry, checking that it chains to ``state`` and its MAC."""
+    seq = entry.get("seq")
+    if seq != state.seq + 1 or entry.get("prev") != state.head:
         raise CorruptJournal(f"entry {seq} does not follow entry {state.seq}")
+    check_entry(keys, entry)
     op = Op.model_validate(entry["op"])
-    if chain_hash(state.head, seq, op, entry["result"], entry["balances"]) != entry["hash"]:
-        raise CorruptJournal(f"entry {seq} does not match its hash")
     new, result = apply(state, op)
+    if new.last_claims != entry["claims"]:
+        raise CorruptJournal(f"entry {seq}: its claims are not the operation's")
     if check_result and (result != entry["result"] or new.balances() != entry["balances"]):
         raise CorruptJournal(
             f"entry {seq}: replay gives {new.balances()}, journal says {entry['balances']}"
@@ -348,4 +668,4 @@ def replay(
     return new
 
 
-__all__ = ["Ledger", "VerifyReport", "replay"]
+__all__ = ["CorruptJournal", "Ledger", "VerifyReport", "replay"]

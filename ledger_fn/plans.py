@@ -1,23 +1,28 @@
 """Plans: the credits an account's plan grants each month, and per network-slice booking.
 
 A plan grant is a lot like any other (origin ``plan``/``subscription``, restricted to the plan's
-tiers and models, expiring at the end of its period unless the plan rolls over). Each grant runs
-under an idempotency record that outlives the ledger's own dedupe window, so a schedule that fires
-twice, or a booking announced twice (AVAILABLE, then OPERATING), grants once."""
+tiers and models, expiring at the end of its period unless the plan rolls over). Its reference
+(``plan:<plan>:<period>``, ``slice:<id>``) is a business reference the ledger dedupes on for
+longer than a year (ledger_fn/claims.py), so a schedule that fires twice, a renewal re-run after a
+crash, or a booking announced twice (AVAILABLE, then OPERATING), grants once.
+
+The monthly renewal fans out: the schedule's command walks the account registry a page at a time
+and sends one renewal event per account (ledger_fn/handlers.py), each applied on its own, so one
+account that cannot be renewed fails (and is dead-lettered) alone."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from events.sla import period_end, period_of
 from functions.accounts import read_profile
-from functions.idempotency import Idempotency
 from ledger_fn.ledger import Ledger
+from ledger_fn.registry import Registered
 
-# Long enough that a period or booking is never granted twice (a year and a bit).
-GRANT_RECORD_S = 400 * 24 * 3600
+RENEWALS_PER_PAGE = 200  # renewal events one invocation sends at most
 
 
 @dataclass(frozen=True)
@@ -40,25 +45,30 @@ class Plans:
         plans: Mapping[str, PlanGrant],
         *,
         clock: Callable[[], float] | None = None,
+        renewals_per_page: int = RENEWALS_PER_PAGE,
     ) -> None:
+        assert renewals_per_page >= 1
         self.ledger = ledger
         self.plans = plans
         self.clock = clock or ledger.clock
-        self.records = Idempotency(ledger.store, expires_s=GRANT_RECORD_S, clock=self.clock)
+        self.renewals_per_page = renewals_per_page
 
     def plan_of(self, account_id: str) -> PlanGrant | None:
         name = (read_profile(self.ledger.store, account_id) or {}).get("plan")
         return self.plans.get(name) if isinstance(name, str) else None
 
-    def grant_period(self, account_id: str, period: str) -> dict[str, Any] | None:
-        """Grant the account's plan credits for ``period`` once; None if its plan grants none."""
+    def grant_period(
+        self, account_id: str, period: str, key: str | None = None
+    ) -> dict[str, Any] | None:
+        """Grant the account's plan credits for ``period`` once; None if its plan grants none.
+        ``key``: the command's own idempotency key (the renewal event's)."""
         plan = self.plan_of(account_id)
         if plan is None or plan.credits == 0:
             return None
         expires = None if plan.rollover else period_end(period)
         if expires is not None and expires <= self.clock():
             return None  # the period is over: a late schedule must not grant dead credits
-        return self._grant(account_id, plan, f"plan:{plan.name}:{period}", expires)
+        return self._grant(account_id, plan, f"plan:{plan.name}:{period}", expires, key)
 
     def grant_slice(
         self, account_id: str, slice_id: str, ends_at: int | None = None
@@ -77,16 +87,18 @@ class Plans:
             expires = None if plan.rollover else period_end(period_of(int(self.clock())))
         return self._grant(account_id, plan, f"slice:{slice_id}", expires)
 
-    def renew_all(self) -> dict[str, int]:
-        """The monthly schedule: every account with a granting plan gets this period's credits."""
-        period = period_of(int(self.clock()))
-        granted = 0
-        accounts = 0
-        for account_id in self.ledger.accounts():
-            accounts += 1
-            if self.grant_period(account_id, period) is not None:
-                granted += 1
-        return {"accounts": accounts, "granted": granted}
+    def current_period(self) -> str:
+        return period_of(int(self.clock()))
+
+    def renewal_page(self, after: int) -> tuple[list[Registered], int | None]:
+        """The registered accounts to renew after registry position ``after``, at most a page,
+        and the position the next page starts after (None: this is the last page)."""
+        size = self.renewals_per_page
+        page = list(itertools.islice(self.ledger.registry.walk(after), size + 1))
+        if len(page) <= size:
+            return page, None
+        page = page[:size]
+        return page, page[-1].n
 
     def next_grant(self, account_id: str) -> dict[str, Any]:
         plan = self.plan_of(account_id)
@@ -98,8 +110,13 @@ class Plans:
         }
 
     def _grant(
-        self, account_id: str, plan: PlanGrant, reference: str, expires: int | None
-    ) -> dict[str, Any] | None:
+        self,
+        account_id: str,
+        plan: PlanGrant,
+        reference: str,
+        expires: int | None,
+        key: str | None = None,
+    ) -> dict[str, Any]:
         args: dict[str, Any] = {
             "amount": plan.credits,
             "origin": "subscription" if plan.kind == "subscription" else "plan",
@@ -110,9 +127,4 @@ class Plans:
             args["tiers"] = list(plan.tiers)
         if plan.models:
             args["models"] = list(plan.models)
-        key = f"{account_id}#{reference}"
-        return self.records.run(
-            key,
-            {"account_id": account_id, "reference": reference},
-            lambda: self.ledger.execute(account_id, "grant", args, key=key),
-        )
+        return self.ledger.execute(account_id, "grant", args, key=key)

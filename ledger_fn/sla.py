@@ -44,9 +44,11 @@ from functions.sla import Tally, tally
 from functions.store import Item
 from functions.validation import validate
 from ledger_fn.ledger import PAGE, Ledger
-from ledger_fn.plans import GRANT_RECORD_S, Plans
+from ledger_fn.plans import Plans
 
 Emit = Callable[[str, dict[str, Any], str], None]  # (type, data, id)
+# A month's credit is decided once, whatever a later re-evaluation would compute (a year and a bit).
+CREDIT_RECORD_S = 400 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class ServiceCredits:
         self.terms = terms
         self.emit = emit
         self.clock = clock or ledger.clock
-        self.records = Idempotency(ledger.store, expires_s=GRANT_RECORD_S, clock=self.clock)
+        self.records = Idempotency(ledger.store, expires_s=CREDIT_RECORD_S, clock=self.clock)
 
     def terms_of(self, account_id: str) -> tuple[str, SlaTerms] | None:
         plan = self.plans.plan_of(account_id)

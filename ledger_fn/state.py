@@ -14,6 +14,14 @@ and available both drop by the revoked amount, so the invariant reads the same, 
 counts what was reversed (as ``refunded`` counts what came back as refund lots). Only a lot's
 unspent, unexpired remainder can be revoked, never credits held or spent. A revocation whose
 refund the operator denied is restored once, to the same lot.
+
+A hold resolves once: settled, voided (refunded while open) or expired. A settle that arrives
+after its hold expired is still owed: it charges what was used from what the account has now, on
+lots the hold could have drawn from, and journals any part that is not there as a ``shortfall``
+(never a negative balance). A settle after a void charges nothing and journals what it asked as
+``waived``: a voided attempt served nobody (the ingress voids only attempts that failed before
+their first byte). The ledger supplies what such a settle needs from the journal (``late``: how
+the hold ended and its terms), so ``apply`` stays pure.
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ from pydantic import BaseModel, Field
 
 from events.quote import Quote, Usage
 from functions.errors import BadRequest, Conflict, NotFound
+from ledger_fn.claims import key_claim, late_claim, reference_claims, resolved_claim
 
-# Explicit limits: they keep one account's state within a single store item (DynamoDB: 400 KB).
+# Explicit limits on what one account's state remembers; with the byte budget checked before
+# every commit (ledger_fn/footprint.py) they keep it within a single store item.
 MAX_OPEN_HOLDS = 256
-MAX_LOTS = 256
+MAX_LOTS = 256  # live lots, refund lots included
 MAX_SETTLED_KEPT = 512  # settled holds remembered for later refunds
-MAX_RECENT_KEYS = 1024  # idempotency keys remembered per account
-MAX_REVOCATIONS_KEPT = 256  # revocations remembered for a restore
-RECENT_WINDOW_S = 24 * 3600  # ... and for how long
+MAX_REVOCATIONS_KEPT = 256  # revocations remembered for a restore (a new one is refused beyond)
 REFUND_WINDOW_S = 30 * 24 * 3600
 GENESIS = "0" * 64  # the "previous hash" of journal entry 1: where every chain starts
 
@@ -81,10 +89,14 @@ class Revocation(BaseModel):
     at: int
 
 
-class Recent(BaseModel):
-    seq: int
-    digest: str
-    at: int
+class LateTerms(BaseModel):
+    """How a hold no longer open ended and what it was authorized for (from the journal)."""
+
+    resolved: Literal["expired", "voided"]
+    amount: int
+    tier: str | None = None
+    model: str | None = None
+    quote: Quote | None = None
 
 
 class AccountState(BaseModel):
@@ -98,11 +110,13 @@ class AccountState(BaseModel):
     expired: int = 0
     refunded: int = 0  # informational: part of granted that came back as refund lots
     revoked: int = 0  # informational: granted credits taken back (net of restores)
+    shortfall: int = 0  # informational: used after a hold expired, but no longer there to charge
+    waived: int = 0  # informational: asked by settles of voided holds, not charged
     lots: dict[str, Lot] = Field(default_factory=dict)
     holds: dict[str, OpenHold] = Field(default_factory=dict)
     settled: dict[str, Settled] = Field(default_factory=dict)
-    recent: dict[str, Recent] = Field(default_factory=dict)
     revocations: dict[str, Revocation] = Field(default_factory=dict)
+    last_claims: dict[str, str] = Field(default_factory=dict)  # the claims of entry ``seq``
 
     def balances(self) -> dict[str, int]:
         return {
@@ -117,6 +131,7 @@ class AccountState(BaseModel):
         """Assert the invariants; a failure here is a bug, never a user error."""
         assert self.granted == self.available + self.held + self.spent + self.expired, self
         assert min(self.granted, self.available, self.held, self.spent, self.expired) >= 0
+        assert min(self.shortfall, self.waived) >= 0
         assert self.available == sum(lot.remaining for lot in self.lots.values())
         assert self.held == sum(hold.amount for hold in self.holds.values())
         assert all(lot.remaining >= 0 for lot in self.lots.values())
@@ -141,8 +156,29 @@ class Op(BaseModel):
     kind: OpKind
     at: int
     key: str | None = None
-    digest: str | None = None  # payload hash of the command behind ``key``
+    digest: str | None = None  # digest of the command's payload behind ``key`` (claims.digest)
     args: dict[str, Any] = Field(default_factory=dict)
+
+
+def requested_claims(op: Op) -> dict[str, str]:
+    """The names an op must be the first to claim (checked by the ledger before it commits)."""
+    claims = {}
+    if op.key is not None:
+        assert op.digest is not None
+        claims[key_claim(op.key)] = op.digest
+    claims.update(reference_claims(op.kind, op.args))
+    if op.kind == "settle" and op.args.get("late"):
+        claims[late_claim(op.args["hold_id"])] = ""
+    return claims
+
+
+def claims_of(op: Op, result: dict[str, Any]) -> dict[str, str]:
+    """Every name the committed op claims: what it requested, and the hold it expired or voided
+    (indexed so that a late settle can find how its hold ended)."""
+    claims = requested_claims(op)
+    if op.kind == "expire_hold" or (op.kind == "refund" and result.get("voided")):
+        claims[resolved_claim(result["hold_id"])] = op.kind
+    return claims
 
 
 def hold_id_for(account_id: str, seq: int) -> str:
@@ -164,26 +200,44 @@ def apply(state: AccountState, op: Op) -> tuple[AccountState, dict[str, Any]]:
     new.seq = state.seq + 1
     result = _APPLY[op.kind](new, op)
     _forget_old(new, op)
-    if op.key is not None:
-        assert op.digest is not None
-        new.recent[op.key] = Recent(seq=new.seq, digest=op.digest, at=op.at)
+    new.last_claims = claims_of(op, result)
     new.check()
     return new, result
 
 
 def _copy(state: AccountState) -> AccountState:
-    """A copy that ``apply`` may change: lots are mutated in place, so they are copied; holds,
-    settled and recent entries are only ever replaced, so sharing them is safe (and keeps an
-    operation's cost independent of how many of them the account remembers)."""
+    """A copy that ``apply`` may change. Its lots, holds, settled entries and revocations are
+    shared with ``state`` and only ever replaced, never changed in place (a lot is copied by
+    ``_own`` before its ``remaining`` moves), so an operation's cost does not grow with how
+    many of them the account remembers."""
     return state.model_copy(
         update={
-            "lots": {k: lot.model_copy() for k, lot in state.lots.items()},
-            "holds": dict(state.holds),
-            "settled": dict(state.settled),
-            "recent": dict(state.recent),
-            "revocations": dict(state.revocations),
+            "lots": Tracked(state.lots),
+            "holds": Tracked(state.holds),
+            "settled": Tracked(state.settled),
+            "revocations": Tracked(state.revocations),
         }
     )
+
+
+class Tracked(dict[str, Any]):
+    """A state's collection that remembers the keys an operation set or deleted (``apply``
+    changes collections only by item assignment and ``del``), so that the state's size can be
+    kept up to date from those alone (ledger_fn/footprint.py)."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.changed: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed.add(key)
+        super().__delitem__(key)
 
 
 def _open(state: AccountState, op: Op) -> dict[str, Any]:
@@ -199,9 +253,7 @@ def _grant(state: AccountState, op: Op) -> dict[str, Any]:
     expires_at = a.get("expires_at")
     if expires_at is not None and expires_at <= op.at:
         raise BadRequest("expires_at is in the past; a grant must expire in the future")
-    live = [lot for lot in state.lots.values() if lot.remaining > 0]
-    if len(live) >= MAX_LOTS:
-        raise Conflict(f"account {state.account_id} has {MAX_LOTS} live lots, the limit")
+    _room_for_a_lot(state)
     lot = Lot(
         id=f"lot-{state.seq}",
         amount=amount,
@@ -226,6 +278,22 @@ def _grant(state: AccountState, op: Op) -> dict[str, Any]:
         "expires_at": expires_at,
         "available": state.available,
     }
+
+
+def _own(state: AccountState, lot: Lot) -> Lot:
+    """The lot as this state may change it (a copy of the one shared with the previous state)."""
+    mine = lot.model_copy()
+    state.lots[lot.id] = mine
+    return mine
+
+
+def _room_for_a_lot(state: AccountState) -> None:
+    live = sum(1 for lot in state.lots.values() if lot.remaining > 0)
+    if live >= MAX_LOTS:
+        raise Conflict(
+            f"account {state.account_id} has {MAX_LOTS} live lots, the limit; spend or let "
+            "some run out first"
+        )
 
 
 def _draw_order(lot: Lot) -> tuple[int, int, int]:
@@ -269,7 +337,7 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
     left = amount
     for lot in lots:
         take = min(lot.remaining, left)
-        lot.remaining -= take
+        _own(state, lot).remaining -= take
         allocations.append((lot.id, take))
         left -= take
         if left == 0:
@@ -324,7 +392,7 @@ def _release(state: AccountState, hold: OpenHold, keep: int, at: int) -> int:
         if lot.expires_at is not None and lot.expires_at <= at:
             state.expired += back
         else:
-            lot.remaining += back
+            _own(state, lot).remaining += back
             state.available += back
             released += back
     del state.holds[hold.id]
@@ -333,18 +401,26 @@ def _release(state: AccountState, hold: OpenHold, keep: int, at: int) -> int:
     return released
 
 
-def _settle(state: AccountState, op: Op) -> dict[str, Any]:
-    hold = open_hold(state, op.args["hold_id"])
+def _charge(op: Op, hold_id: str, quote: Quote | None) -> int:
+    """What the settle asks: its amount, or its usage priced by the hold's quote."""
     if "usage" in op.args and op.args.get("amount") is None:
-        if hold.quote is None:
+        if quote is None:
             raise BadRequest(
-                f"hold {hold.id} carries no quote to price usage by; settle it with "
+                f"hold {hold_id} carries no quote to price usage by; settle it with "
                 "io.tollgate.hold.settle.v1 and an amount"
             )
         usage = Usage.model_validate(op.args["usage"])
-        wanted = hold.quote.charge(usage, int(op.args.get("engine_ms", 0)))
-    else:
-        wanted = int(op.args["amount"])
+        return quote.charge(usage, int(op.args.get("engine_ms", 0)))
+    return int(op.args["amount"])
+
+
+def _settle(state: AccountState, op: Op) -> dict[str, Any]:
+    hold_id = op.args["hold_id"]
+    late = op.args.get("late")
+    if hold_id not in state.holds and hold_id not in state.settled and late is not None:
+        return _settle_late(state, op, LateTerms.model_validate(late))
+    hold = open_hold(state, hold_id)
+    wanted = _charge(op, hold.id, hold.quote)
     captured = min(wanted, hold.amount)  # a settle captures at most the hold
     released = _release(state, hold, captured, op.at)
     state.settled[hold.id] = Settled(captured=captured, at=op.at)
@@ -354,11 +430,57 @@ def _settle(state: AccountState, op: Op) -> dict[str, Any]:
         "captured": captured,
         "released": released,
         "requested": wanted,
+        "shortfall": 0,
+        "waived": 0,
+    }
+
+
+def _settle_late(state: AccountState, op: Op, terms: LateTerms) -> dict[str, Any]:
+    """A settle of a hold that expired (charge what was used from what is there now, on lots the
+    hold could have drawn from) or was voided (charge nothing)."""
+    hold_id = op.args["hold_id"]
+    seq = hold_id.rpartition(":")[2]
+    assert seq.isdigit() and int(seq) < state.seq, hold_id
+    wanted = _charge(op, hold_id, terms.quote)
+    owed = min(wanted, terms.amount)  # as on time: at most what was held
+    captured = 0
+    if terms.resolved == "expired":
+        for lot in spendable(state, terms.tier, terms.model, op.at):
+            take = min(lot.remaining, owed - captured)
+            _own(state, lot).remaining -= take
+            captured += take
+            if captured == owed:
+                break
+        state.available -= captured
+        state.spent += captured
+    shortfall = owed - captured if terms.resolved == "expired" else 0
+    waived = owed if terms.resolved == "voided" else 0
+    state.shortfall += shortfall
+    state.waived += waived
+    state.settled[hold_id] = Settled(captured=captured, at=op.at)
+    return {
+        "hold_id": hold_id,
+        "account_id": state.account_id,
+        "captured": captured,
+        "released": 0,
+        "requested": wanted,
+        "shortfall": shortfall,
+        "waived": waived,
+        "late": terms.resolved,
     }
 
 
 def _refund(state: AccountState, op: Op) -> dict[str, Any]:
     hold_id, amount = op.args["hold_id"], op.args.get("amount")
+    if op.args.get("void_only") and hold_id not in state.holds:
+        seq = hold_id.rpartition(":")[2]
+        if hold_id not in state.settled and not (seq.isdigit() and int(seq) < state.seq):
+            raise NotFound(f"no hold {hold_id}")
+        how = "settled" if hold_id in state.settled else "no longer open"
+        raise Conflict(
+            f"hold {hold_id} is {how}; a failure report voids only an open hold and never "
+            "undoes a capture"
+        )
     if hold_id in state.holds:
         hold = state.holds[hold_id]
         if amount is not None and amount != hold.amount:
@@ -381,6 +503,7 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
     amount = refundable if amount is None else int(amount)
     if amount <= 0 or amount > refundable:
         raise Conflict(f"hold {hold_id} has {refundable} refundable credits, asked {amount}")
+    _room_for_a_lot(state)
     state.settled[hold_id] = settled.model_copy(update={"refunded": settled.refunded + amount})
     lot = Lot(
         id=f"lot-{state.seq}",
@@ -418,7 +541,7 @@ def _expire_lot(state: AccountState, op: Op) -> dict[str, Any]:
     if lot.expires_at is None or lot.expires_at > op.at:
         raise Conflict(f"lot {lot.id} is not due to expire")
     amount = lot.remaining
-    lot.remaining = 0
+    _own(state, lot).remaining = 0
     state.available -= amount
     state.expired += amount
     return {"account_id": state.account_id, "lot_id": lot.id, "expired": amount}
@@ -429,13 +552,18 @@ def _revoke(state: AccountState, op: Op) -> dict[str, Any]:
     assert amount > 0
     if reference in state.revocations:
         raise Conflict(f"revocation {reference} was already made")
+    if len(state.revocations) >= MAX_REVOCATIONS_KEPT:
+        raise Conflict(
+            f"account {state.account_id} remembers {MAX_REVOCATIONS_KEPT} revocations, the "
+            "limit; they are forgotten after the refund window"
+        )
     lot = state.lots.get(lot_id)
     live = lot is not None and (lot.expires_at is None or lot.expires_at > op.at)
     remaining = lot.remaining if lot is not None and live else 0
     if lot is None or amount > remaining:
         raise Conflict(f"lot {lot_id} has {remaining} unspent credits to take back, asked {amount}")
     state.revocations[reference] = Revocation(lot=lot.model_copy(), amount=amount, at=op.at)
-    lot.remaining -= amount
+    _own(state, lot).remaining -= amount
     state.available -= amount
     state.granted -= amount
     state.revoked += amount
@@ -460,6 +588,8 @@ def _restore(state: AccountState, op: Op) -> dict[str, Any]:
     if lot is None:  # fully revoked (or spent) and forgotten since: bring it back empty
         lot = revocation.lot.model_copy(update={"remaining": 0})
         state.lots[lot.id] = lot
+    else:
+        lot = _own(state, lot)
     state.revocations[reference] = revocation.model_copy(update={"restored": True})
     state.granted += amount
     state.revoked -= amount
@@ -487,7 +617,6 @@ def _forget_old(state: AccountState, op: Op) -> None:
         if lot_id not in held_lots:
             del state.lots[lot_id]
     _trim(state.settled, op.at - REFUND_WINDOW_S, MAX_SETTLED_KEPT)
-    _trim(state.recent, op.at - RECENT_WINDOW_S, MAX_RECENT_KEYS)
     _trim(state.revocations, op.at - REFUND_WINDOW_S, MAX_REVOCATIONS_KEPT)
 
 

@@ -35,11 +35,10 @@ from events.topups import sink_subject
 from functions import sink_tokens
 from functions.accounts import account_pk
 from functions.errors import BadRequest, Conflict, FunctionError, NotFound, Unavailable
-from functions.idempotency import Idempotency
 from functions.store import Absent, ConditionFailed, Item, VersionIs
 from ledger_fn.carrier_client import CarrierClient, CarrierRefused, CarrierUnreachable
 from ledger_fn.ledger import Ledger
-from ledger_fn.plans import GRANT_RECORD_S, Plans
+from ledger_fn.plans import Plans
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,6 @@ class TopUps:
             config.api_root, config.refund_api_root, config.token, timeout_s=config.timeout_s
         )
         self.clock = clock or ledger.clock
-        self.grants = Idempotency(ledger.store, expires_s=GRANT_RECORD_S, clock=self.clock)
 
     # -- records -------------------------------------------------------------------------------
 
@@ -318,14 +316,10 @@ class TopUps:
             self._settle(account_id, topup_id, status)
             return None
         topup = self.get(account_id, topup_id)
-        key = f"topup#{topup_id}"
+        # The top-up id is the grant's business reference: granted once, however often the
+        # operator's word arrives (notification, poll, both).
         args = {"amount": topup["credits"], "origin": "top-up", "reference": topup_id}
-        result = self.grants.run(
-            key,
-            {"account_id": account_id, "topup_id": topup_id},
-            lambda: self.ledger.execute(account_id, "grant", args, key=key),
-        )
-        assert result is not None
+        result = self.ledger.execute(account_id, "grant", args, key=f"topup#{topup_id}")
         lot_id = result["lot_id"]
         self._update(
             account_id, topup_id, lambda t: t.update(status="succeeded", lot_id=lot_id, error=None)

@@ -29,6 +29,10 @@ from functions.store.sqlite import SqliteStore
 from tests.dynamodb_local import DynamoDBLocal, java_missing
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
+# The ledger signs its journal with the keys in TOLLGATE_LEDGER_KEYS (ledger_fn/keys.py): every
+# ledger a test builds, and every process it starts, signs with this one unless told otherwise.
+TEST_LEDGER_KEYS = "test:tollgate-test-ledger-key-0123456789abcdef"
+os.environ.setdefault("TOLLGATE_LEDGER_KEYS", TEST_LEDGER_KEYS)
 _STORE_FIXTURES = {
     "sqlite": "sqlite_store",
     "moto": "moto_store",

@@ -2,12 +2,17 @@
 
 Each thread gets its own connection; every write is one statement in autocommit, so a put is
 atomic and durable on its own. Processes share the file safely (sqlite's own locking).
+
+Items past their ``expires_at`` are deleted as DynamoDB's TTL deletes them: some time after, in
+the background (here: by a writer, at most once a minute, a bounded batch). Until then they read
+as stored, as on DynamoDB; readers that care compare ``expires_at`` with their own clock.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from functions.store.port import (
@@ -34,7 +39,12 @@ CREATE TABLE IF NOT EXISTS items (
   PRIMARY KEY (pk, sk)
 ) WITHOUT ROWID
 """
+_EXPIRY_INDEX = (
+    "CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL"
+)
 _BUSY_TIMEOUT_S = 30.0
+PURGE_INTERVAL_S = 60.0
+PURGE_BATCH = 1000
 
 
 class SqliteStore:
@@ -43,10 +53,12 @@ class SqliteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._purged_at = time.monotonic()
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._conn().execute(_SCHEMA)
+            self._conn().execute(_EXPIRY_INDEX)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open sqlite store {self.path}: {exc}") from exc
 
@@ -110,6 +122,22 @@ class SqliteStore:
                 conn.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)", args)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite write failed: {exc}") from exc
+        if time.monotonic() - self._purged_at >= PURGE_INTERVAL_S:
+            self.purge_expired()
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete up to PURGE_BATCH items whose ``expires_at`` passed (DynamoDB's TTL, here);
+        returns how many. A failure is left for the next purge."""
+        self._purged_at = time.monotonic()
+        try:
+            cur = self._conn().execute(
+                "DELETE FROM items WHERE (pk, sk) IN (SELECT pk, sk FROM items"
+                " WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)",
+                (int(time.time() if now is None else now), PURGE_BATCH),
+            )
+        except sqlite3.Error:
+            return 0
+        return cur.rowcount
 
     def query(
         self,

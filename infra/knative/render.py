@@ -280,6 +280,15 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         # The bearer network systems present to /events (CAMARA sinkCredential), from the
         # admin Secret's "camara-token" key; without it the endpoint answers 503.
         container["env"].append(_secret_env(t, t.camara.credential_env, "camara-token"))
+    if f.name in LEDGER_FUNCTIONS:
+        # The keys the ledger signs its journal with (ledger_fn/keys.py): the Secret's
+        # "ledger-keys", not optional; rotate by listing a new key first and keeping the old.
+        container["env"].append(
+            {
+                "name": "TOLLGATE_LEDGER_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": t.admin_secret, "key": "ledger-keys"}},
+            }
+        )
     cb = t.carrier_billing
     if cb is not None and f.name in ("ingress", "grant", "ledger-admin"):
         # Top-ups: the ingress checks the sink credentials the ledger signs with this key; the
@@ -321,6 +330,10 @@ def _outbox(spec: Manifest) -> None:
     container["env"].append({"name": "TOLLGATE_OUTBOX_DIR", "value": OUTBOX_DIR})
     container["volumeMounts"].append({"name": "outbox", "mountPath": OUTBOX_DIR})
     spec["volumes"].append({"name": "outbox", "emptyDir": {"sizeLimit": OUTBOX_SIZE}})
+
+
+# The functions that run the ledger (ledger_fn/app.py) and hold its keys.
+LEDGER_FUNCTIONS = frozenset({"grant", "authorize", "settle", "refund", "sweep", "ledger-admin"})
 
 
 def _secret_env(t: Template, name: str, key: str) -> Manifest:

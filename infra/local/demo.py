@@ -83,3 +83,22 @@ def admin_token(state_dir: Path, environ: Mapping[str, str] | None = None) -> tu
 
 def token_file(state_dir: Path) -> Path:
     return state_dir / "admin-token"
+
+
+def ledger_keys(state_dir: Path, environ: Mapping[str, str] | None = None) -> str:
+    """TOLLGATE_LEDGER_KEYS if set, else the keys kept in the state dir, else a new key kept
+    there (the ledger signs its journal with them; the journal outlives any one run)."""
+    env = os.environ if environ is None else environ
+    given = env.get("TOLLGATE_LEDGER_KEYS", "").strip()
+    if given:
+        return given
+    path = ledger_keys_file(state_dir)
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    keys = f"local1:{secrets.token_urlsafe(32)}"
+    _write_secret(path, keys)
+    return keys
+
+
+def ledger_keys_file(state_dir: Path) -> Path:
+    return state_dir / "ledger-keys"

@@ -41,6 +41,7 @@ _HOSTS = {
     "route": ROUTE,
     "ingress": INGRESS,
 }
+_LEDGER_HOSTS = frozenset({LEDGER, DEAD_LETTERS})
 _SERVE = (sys.executable, "-m", "infra.cli", "serve")
 
 
@@ -77,9 +78,11 @@ def plan(
     broker_url: str,
     admin_token: str,
     store_url: str | None = None,
+    ledger_keys: str = "",
     port: Callable[[], int] = free_port,
 ) -> LocalPlatform:
-    """``store_url``: every function's store (default: sqlite in ``state_dir``)."""
+    """``store_url``: every function's store (default: sqlite in ``state_dir``);
+    ``ledger_keys``: TOLLGATE_LEDGER_KEYS, given to the ledger processes only."""
     ports = {name: port() for name in (LEDGER, DEAD_LETTERS, ROUTE)}
     urls = {name: _url(p) for name, p in {**ports, INGRESS: ingress_port}.items()}
     infer_ports = {t.name: port() for t in template.tiers if t.name in template.local.tiers}
@@ -105,9 +108,13 @@ def plan(
         ],
         urlsplit(broker_url).port or 80,
     )
+    ledger_env = {**env, "TOLLGATE_LEDGER_KEYS": ledger_keys} if ledger_keys else env
     processes = [
         broker,  # first: it takes events from the start, and stops last
-        *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),
+        *(
+            ProcessSpec(name, [*_SERVE, name], p, ledger_env if name in _LEDGER_HOSTS else env)
+            for name, p in ports.items()
+        ),
         *_infer_processes(template, infer_ports, env),
         # The ingress last: it calls everything else.
         ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.local.broker_process import triggers_json
-from infra.local.demo import Demo, admin_token, ensure_demo, token_file
+from infra.local.demo import Demo, admin_token, ensure_demo, ledger_keys, token_file
 from infra.local.platform import BROKER, LEDGER, LocalPlatform, free_port, plan, write_json
 from infra.local.scheduler import Scheduler, http_sender
 from infra.local.supervisor import BackOff, ChildFailed, Restarts, Supervisor
@@ -107,6 +107,7 @@ def up(
         broker_url=f"http://127.0.0.1:{free_port()}",
         admin_token=token,
         store_url=store,
+        ledger_keys=ledger_keys(state_dir),
     )
     write_json(platform.endpoints_file, platform.endpoints)
     running = _Running(template, platform, state_dir)

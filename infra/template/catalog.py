@@ -38,6 +38,7 @@ FUNCTION_KINDS: Final = MappingProxyType(
             (
                 t.CREDITS_GRANT,
                 t.PLANS_RENEW,
+                t.PLANS_RENEW_ACCOUNT,
                 network.SLICE_BOOKED,
                 topups.TOPUP_PAYMENT_CHANGED,
                 topups.TOPUP_REFUND_CHANGED,
@@ -47,6 +48,9 @@ FUNCTION_KINDS: Final = MappingProxyType(
             (
                 t.CREDITS_GRANTED,
                 t.PLANS_RENEWED,
+                # The renewal fans out one event per account, and continues itself page by page.
+                t.PLANS_RENEW,
+                t.PLANS_RENEW_ACCOUNT,
                 topups.TOPUPS_POLLED,
                 sla.SLA_EVALUATED,
                 sla.SLA_CREDITED,

@@ -176,7 +176,8 @@ class Price(_Model):
 
 
 class PriceBook(_Model):
-    version: str = Field(min_length=1)
+    # Carried on every hold's quote (events/quote.py): a short name, not free text.
+    version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     effective_from: dt.date
     prices: tuple[Price, ...]
 

@@ -60,7 +60,7 @@ def test_plan_uses_kn_where_kn_can_express_the_resource(shipped: Template) -> No
     # A trigger with its own delivery goes through kubectl: kn trigger has no delivery flags.
     assert (
         "kubectl --context tollgate-regional-paris-1 apply -f "
-        "out/regional-paris-1/24-trigger-settle-inference-completed.yaml"
+        "out/regional-paris-1/26-trigger-settle-inference-completed.yaml"
     ) in text
     # GPU services wait as long as their progress deadline for the model to load.
     assert (

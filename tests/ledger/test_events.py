@@ -326,9 +326,10 @@ def test_every_reply_and_emitted_fact_is_its_catalogue_model(sqlite_store: Store
         assert kind == expected
         assert catalogue.parse(kind, data).model_dump(mode="json") == data
     assert replies[0][1][1]["expires_at"] == "2099-01-01T00:00:00Z"
-    [expired] = sink.wait_for(1)
-    assert expired["type"] == types.HOLD_EXPIRED
-    assert catalogue.parse(types.HOLD_EXPIRED, expired.data).model_dump() == expired.data
+    emitted = sink.wait_for(2)
+    assert [e["type"] for e in emitted] == [types.PLANS_RENEW_ACCOUNT, types.HOLD_EXPIRED]
+    for event in emitted:
+        assert catalogue.parse(event["type"], event.data).model_dump(mode="json") == event.data
     sink.close()
 
 

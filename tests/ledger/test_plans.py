@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cloudevents.v1.http import CloudEvent
 from flask.testing import FlaskClient
 
 from events import types
@@ -13,15 +15,21 @@ from events.camara import EVENTS, SubscriptionBinding, from_camara
 from events.network import SLICE_BOOKED
 from events.sla import period_end
 from functions.accounts import bind_slices
+from functions.app import create_app as create_function_app
 from functions.config import Settings
+from functions.emit import Emitter
 from functions.store import Store
 from ledger_fn.app import create_app
+from ledger_fn.handlers import LedgerHandlers, handlers_for
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans
+from ledger_fn.state import MAX_LOTS
 from tests import camara_schemas as specs
 from tests.clock import Clock
 from tests.events import payloads
+from tests.infer.conftest import Sink
 from tests.ledger.helpers import invariant, send
+from tests.ledger.test_events import reply
 
 NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
 PLANS = {
@@ -51,12 +59,48 @@ def client(sqlite_store: Store, ledger: Ledger) -> FlaskClient:
     return app.test_client()
 
 
-def test_monthly_grants_run_once_per_account_and_period(
-    client: FlaskClient, ledger: Ledger, clock: Clock
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    sink = Sink()
+    yield sink
+    sink.close()
+
+
+def grant_app(store: Store, ledger: Ledger, sink: Sink) -> FlaskClient:
+    """The grant function with K_SINK pointing at ``sink`` (the renewal fans out through it)."""
+    settings = Settings(store_url="unused", admin_token=None, sink=sink.url, port=0)
+    app = create_app("grant", settings=settings, store=store, ledger=ledger, plans=PLANS)
+    return app.test_client()
+
+
+def deliver(client: FlaskClient, events: list[CloudEvent]) -> list[int]:
+    """What the broker does with what the grant function emitted: deliver each, as sent."""
+    return [
+        send(client, e["type"], e.data, id=e["id"], source=e["source"]).status_code for e in events
+    ]
+
+
+def renew(client: FlaskClient, sink: Sink, data: dict[str, Any], ping: str) -> list[CloudEvent]:
+    """Run the renewal command; the events it sent."""
+    before = len(sink.events)
+    response = send(client, types.PLANS_RENEW, data, id=ping)
+    assert response.status_code == 200, response.get_json()
+    _, renewed = reply(response)
+    sent = renewed["accounts"] + (renewed["next_after"] is not None)
+    return sink.wait_for(before + sent)[before:]
+
+
+def test_monthly_renewal_fans_out_one_event_per_account_and_grants_once(
+    sqlite_store: Store, ledger: Ledger, clock: Clock, sink: Sink
 ) -> None:
-    for ping in ("p1", "p2"):  # the schedule fires twice
-        response = send(client, types.PLANS_RENEW, {}, id=ping)
-        assert response.status_code == 200
+    client = grant_app(sqlite_store, ledger, sink)
+    first = renew(client, sink, {}, "p1")
+    again = renew(client, sink, {}, "p2")  # the schedule fires twice: the same events again
+    assert [e["id"] for e in first] == [e["id"] for e in again]
+    assert [e.data for e in first] == [
+        {"account_id": account, "period": "2026-11"} for account in "abcd"
+    ]
+    assert set(deliver(client, first + again)) <= {200, 204}
     assert ledger.balance("a")["granted"] == 1000
     assert ledger.balance("b")["granted"] == 300
     assert ledger.balance("c")["granted"] == ledger.balance("d")["granted"] == 0
@@ -65,9 +109,66 @@ def test_monthly_grants_run_once_per_account_and_period(
     assert lot["origin"] == "plan" and lot["reference"] == "plan:bundle:2026-11"
     assert ledger.balance("b")["lots"][0]["expires_at"] is None  # rolls over
     clock.now = datetime(2026, 12, 1, 0, 5, tzinfo=UTC).timestamp()
-    send(client, types.PLANS_RENEW, {}, id="p3")
+    deliver(client, renew(client, sink, {}, "p3"))
     assert ledger.balance("a")["granted"] == 2000
     invariant(ledger, "a")
+
+
+def test_the_renewal_pages_through_accounts_and_a_rerun_sends_the_same_events(
+    sqlite_store: Store, ledger: Ledger, sink: Sink
+) -> None:
+    for n in range(5):
+        ledger.open_account(f"e{n}", {"plan": "bundle"})
+    plans = Plans(ledger, PLANS, renewals_per_page=3)
+    handlers = LedgerHandlers(ledger, plans, Emitter(sink.url), source="/tollgate/grant")
+    app = create_function_app("grant", handlers=handlers_for(handlers.routes(), ["grant"]))
+    client = app.test_client()
+    pages = [renew(client, sink, {}, "ping")]
+    while pages[-1][-1]["type"] == types.PLANS_RENEW:  # a page that is not the last continues
+        more = pages[-1][-1]
+        pages.append(renew(client, sink, more.data, more["id"]))
+    assert [len(page) for page in pages] == [4, 4, 3]  # 3 renewals (+ the continuation) a page
+    renewals = [e for page in pages for e in page if e["type"] == types.PLANS_RENEW_ACCOUNT]
+    assert [e.data["account_id"] for e in renewals] == [*"abcd", *(f"e{n}" for n in range(5))]
+    rerun = renew(client, sink, pages[0][-1].data, pages[0][-1]["id"])
+    assert [e["id"] for e in rerun] == [e["id"] for e in pages[1]]
+    assert set(deliver(client, renewals + rerun)) <= {200, 204}
+    assert all(ledger.balance(f"e{n}")["granted"] == 1000 for n in range(5))
+
+
+def test_one_account_that_cannot_be_renewed_fails_alone(
+    sqlite_store: Store, ledger: Ledger, sink: Sink
+) -> None:
+    ledger.registry.add("half")  # registered, never opened (a crash in its creation)
+    ledger.open_account("full", {"plan": "bundle"})
+    for n in range(MAX_LOTS):
+        ledger.execute("full", "grant", {"amount": 1, "reference": f"r{n}"})
+    ledger.open_account("z", {"plan": "bundle"})
+    client = grant_app(sqlite_store, ledger, sink)
+    events = renew(client, sink, {}, "p1")
+    statuses = dict(
+        zip((e.data["account_id"] for e in events), deliver(client, events), strict=True)
+    )
+    assert statuses == {"a": 200, "b": 200, "c": 204, "d": 204, "half": 204, "full": 409, "z": 200}
+    assert ledger.balance("z")["granted"] == ledger.balance("a")["granted"] == 1000
+
+
+def test_a_renewal_redelivered_after_a_crash_grants_once(ledger: Ledger) -> None:
+    """No in-progress record outlives a crash: the grant itself dedupes on its reference, so a
+    redelivery (under any event id) after the grant committed gets the first grant."""
+    plans = Plans(ledger, PLANS)
+    first = plans.grant_period("a", "2026-11", key="/tollgate/grant#renew:2026-11:a")
+    # The process died before answering; the broker delivers again later, a re-run of the
+    # schedule under another event id as well.
+    assert plans.grant_period("a", "2026-11", key="/tollgate/grant#renew:2026-11:a") == first
+    assert plans.grant_period("a", "2026-11", key="/other#x") == first
+    assert ledger.balance("a")["granted"] == 1000
+
+
+def test_the_renewal_needs_a_sink(client: FlaskClient, ledger: Ledger) -> None:
+    response = send(client, types.PLANS_RENEW, {})
+    assert response.status_code == 503
+    assert "K_SINK" in response.get_json()["error"]["message"]
 
 
 def _booked(event: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ def local(tmp_path: Path) -> LocalPlatform:
         ingress_port=8080,
         broker_url="http://127.0.0.1:9999",
         admin_token="tok",
+        ledger_keys="k1:0123456789abcdef0123456789abcdef",
         port=lambda: next(ports),
     )
 
@@ -42,6 +43,9 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     assert ingress.env["TOLLGATE_LEDGER_URL"] == platform.url("ledger")
     assert "TOLLGATE_ROUTE_URL" not in ingress.env  # the ingress routes in-process
     assert ingress.env["TOLLGATE_STORE"] == f"sqlite:///{(tmp_path / 'tollgate.db').resolve()}"
+    # The ledger's signing keys reach the ledger processes only.
+    keyed = [p.name for p in platform.processes if "TOLLGATE_LEDGER_KEYS" in p.env]
+    assert keyed == ["ledger", "ledger-admin"]
     edge = platform.processes[4]
     assert edge.argv[-1] == "infer"
     assert edge.env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
