@@ -166,9 +166,16 @@ def test_inference_failed_after_output_charges_what_was_produced_once(
     assert (b["spent"], b["held"]) == (26, 0)
 
 
-def test_a_voided_hold_takes_no_later_settle(client: FlaskClient, ledger: Ledger) -> None:
-    """The ingress voided an abandoned attempt; its infer's event, arriving late, is refused."""
-    hold = authorize(client, 400)
+def test_a_voided_hold_charges_nothing_for_a_later_settle(
+    client: FlaskClient, ledger: Ledger
+) -> None:
+    """The ingress voided an abandoned attempt; its infer's event, arriving late, charges nothing
+    and journals what it asked as waived (ledger_fn/state.py)."""
+    quote = {"price_book": "b", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
+    _, held = reply(
+        send(client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 400, "quote": quote})
+    )
+    hold = held["hold_id"]
     assert send(client, types.HOLD_REFUND, {"hold_id": hold}, id="void").status_code == 200
     completed = {
         "hold_id": hold,
@@ -176,7 +183,9 @@ def test_a_voided_hold_takes_no_later_settle(client: FlaskClient, ledger: Ledger
         "model": "m",
         "usage": {"prompt_tokens": 1, "completion_tokens": 1},
     }
-    assert send(client, types.INFERENCE_COMPLETED, completed, id="late").status_code == 409
+    kind, settled = reply(send(client, types.INFERENCE_COMPLETED, completed, id="late"))
+    assert kind == types.HOLD_SETTLED
+    assert (settled["captured"], settled["waived"], settled["late"]) == (0, 3, "voided")
     assert invariant(ledger, "acme")["spent"] == 0
 
 
