@@ -90,8 +90,10 @@ class Ingress:
         *,
         admin_token: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.topology = topology
+        self.clock = clock
         self.store = store
         self.keys = ApiKeys(store)
         self.ledger = ledger
@@ -140,13 +142,24 @@ class Ingress:
         forward = {**body, "model": model.served_name, "max_tokens": route.max_tokens}
         forward.pop("max_completion_tokens", None)
         request_id = uuid.uuid4().hex
-        attempt, decision = self._attempt(endpoint, caller, route, forward, request_id, started)
+        # Priced by the price book version in effect now, for every attempt of this request.
+        priced = self.topology.at(self.clock())
+        attempt, decision = self._attempt(
+            priced, endpoint, caller, route, forward, request_id, started
+        )
         metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
         headers = self._answer_headers(attempt, decision, request_id)
         return _streamed(attempt, headers) if parsed.stream else _whole(attempt, headers)
 
     def _served_model(self, caller: Caller, name: str) -> ModelSpec:
         model = self.topology.model(name)
+        if model is None and name in self.topology.unserved:
+            raise NotFound(
+                f"the model {name!r} is declared but not served on this platform: "
+                f"{self.topology.unserved[name]}; GET /v1/models lists what is served",
+                param="model",
+                code="model_not_found",
+            )
         if model is None:
             raise NotFound(
                 f"the model {name!r} does not exist; GET /v1/models lists yours",
@@ -181,6 +194,7 @@ class Ingress:
 
     def _attempt(
         self,
+        priced: Topology,
         endpoint: Endpoint,
         caller: Caller,
         route: RouteRequest,
@@ -193,9 +207,9 @@ class Ingress:
         excluded: frozenset[str] = frozenset()
         failures: list[str] = []
         while True:
-            decision = self._decide(replace(route, exclude=excluded), caller, failures)
+            decision = self._decide(priced, replace(route, exclude=excluded), caller, failures)
             candidate = decision.chosen
-            hold, quote = self._authorize(route, caller, candidate, request_id)
+            hold, quote = self._authorize(priced, route, caller, candidate, request_id)
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             try:
                 return self._call(endpoint, candidate, hold, quote, caller, forward), decision
@@ -207,9 +221,11 @@ class Ingress:
                 excluded = excluded | {candidate.cluster}
                 metrics.FAILOVERS.labels(candidate.tier).inc()
 
-    def _decide(self, route: RouteRequest, caller: Caller, failures: list[str]) -> Decision:
+    def _decide(
+        self, priced: Topology, route: RouteRequest, caller: Caller, failures: list[str]
+    ) -> Decision:
         try:
-            return decide(route, self.topology, self.states.snapshot(), caller.plan)
+            return decide(route, priced, self.states.snapshot(), caller.plan)
         except NoRoute as exc:
             metrics.REQUESTS.labels("none", "no_route").inc()
             raise Unavailable(
@@ -219,10 +235,15 @@ class Ingress:
             ) from exc
 
     def _authorize(
-        self, route: RouteRequest, caller: Caller, candidate: Candidate, request_id: str
+        self,
+        priced: Topology,
+        route: RouteRequest,
+        caller: Caller,
+        candidate: Candidate,
+        request_id: str,
     ) -> tuple[HoldAuthorized, Quote]:
         """A hold for the request's worst case at the chosen tier's price."""
-        quote = self.topology.quote(
+        quote = priced.quote(
             route.model.name,
             candidate.tier,
             per_engine_second=bool(caller.plan and caller.plan.per_engine_second),
@@ -326,6 +347,17 @@ class Ingress:
                 for m in self.allowed_models(caller)
             ]
             return jsonify(object="list", data=data)
+
+        @bp.get("/v1/prices")
+        def prices() -> Response:
+            # Public, no key: what every model costs here, now, before and next.
+            book = self.topology.price_book
+            if book is None:
+                raise NotFound("this platform publishes no price book")
+            published = book.published(self.clock(), models=self.topology.models)
+            response = jsonify(published)
+            response.headers["Cache-Control"] = "public, max-age=60"
+            return response
 
         @bp.get("/tiers")
         def tiers() -> Response:

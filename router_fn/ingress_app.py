@@ -3,6 +3,9 @@ tier prober keeping the shared live state fresh."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
@@ -21,8 +24,17 @@ def create_app(
     admin_token: str | None = None,
     states: TierStates | None = None,
     network: Blueprint | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Flask:
-    """``network``: the endpoint network systems POST their notifications to (``/events``)."""
-    ingress = Ingress(topology, store, ledger, states or TierStates(store), admin_token=admin_token)
+    """``network``: the endpoint network systems POST their notifications to (``/events``);
+    ``clock``: what picks the price book version in effect."""
+    ingress = Ingress(
+        topology,
+        store,
+        ledger,
+        states or TierStates(store),
+        admin_token=admin_token,
+        clock=clock,
+    )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
     return create_function_app("ingress", blueprints=blueprints, ready=store.ping)

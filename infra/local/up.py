@@ -23,7 +23,8 @@ from rich.table import Table
 
 from infra.local.broker import Broker, BrokerServer
 from infra.local.broker_queue import BrokerQueue
-from infra.local.demo import Demo, admin_token, ensure_demo, token_file
+from infra.local.demo import Demo, TokenSource, admin_token, ensure_demo, token_file
+from infra.local.echo import LogEcho
 from infra.local.platform import LEDGER, LocalPlatform, free_port, plan, write_json
 from infra.local.scheduler import Scheduler, http_sender
 from infra.local.supervisor import ChildFailed, Supervisor
@@ -88,7 +89,7 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
     except (OSError, TemplateError) as exc:
         raise click.ClickException(str(exc)) from exc
     state_dir.mkdir(parents=True, exist_ok=True)
-    token, generated = admin_token(state_dir)
+    token, source = admin_token(state_dir)
     broker_port = free_port()
     platform = plan(
         template,
@@ -109,8 +110,8 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         write_json(
             running.endpoints_json, _endpoints(platform, running.broker.url, port, state_dir)
         )
-        _summary(template, platform, running, port, demo, token, generated, state_dir)
-        status = _watch(running.supervisor)
+        _summary(template, platform, running, port, demo, token, source, state_dir)
+        status = _watch(running.supervisor, running.echo)
     except _Stop as stop:
         console.print(f"\n[bold]{stop}[/]: stopping…")
     except (ChildFailed, requests.RequestException) as exc:
@@ -131,6 +132,9 @@ class _Running:
         self, template: Template, platform: LocalPlatform, state_dir: Path, broker_port: int
     ) -> None:
         self.supervisor = Supervisor(state_dir / "logs")
+        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Models loading and unloading, told as they happen (from before any child starts).
+        self.echo = LogEcho(state_dir / "logs", lambda line: console.print(line, markup=False))
         queue = BrokerQueue(state_dir / "broker.db")
         self.broker = BrokerServer(Broker(queue, platform.triggers), broker_port)
         send = http_sender(self.broker.url)
@@ -160,12 +164,13 @@ CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_WINDOW_S = 60.0
 
 
-def _watch(supervisor: Supervisor) -> int:
+def _watch(supervisor: Supervisor, echo: LogEcho) -> int:
     """Block until a signal (raised as _Stop). A child that dies is restarted, as Knative
     restarts a crashed container; one that keeps dying (a crash loop) stops everything (1)."""
     restarts: list[float] = []
     while True:
         time.sleep(WATCH_EVERY_S)
+        echo.poll()
         dead = supervisor.dead()
         if dead is None:
             continue
@@ -204,7 +209,7 @@ def _summary(
     port: int,
     demo: Demo,
     token: str,
-    generated: bool,
+    source: TokenSource,
     state_dir: Path,
 ) -> None:
     table = Table(title=f"tollgate up: {template.metadata.name}", title_justify="left")
@@ -217,10 +222,13 @@ def _summary(
     console.print(f"Logs: {running.supervisor.log_dir}/<process>.log", markup=False)
     rtt = ", ".join(f"{t} +{v.emulated_rtt_ms} ms" for t, v in template.local.tiers.items())
     console.print(f"Tiers (emulated RTT): {rtt}; model {template.local.model} on CPU everywhere.")
-    if generated:
-        console.print(f"Admin token (generated, kept in {token_file(state_dir)}): {token}")
+    for name, why in platform.unserved.items():
+        served_name = template.model(name).served_name
+        console.print(f"Not served locally: {served_name} ({name}): {why}.", markup=False)
+    if source == "environment":
+        console.print("Admin token: $TOLLGATE_ADMIN_TOKEN (from the environment)")
     else:
-        console.print(f"Admin token: $TOLLGATE_ADMIN_TOKEN or {token_file(state_dir)}")
+        console.print(f"Admin token ({source}, in {token_file(state_dir)}): {token}", markup=False)
     base = f"http://127.0.0.1:{port}/v1"
     model = template.model(template.local.model).served_name
     what = "created" if demo.created else "kept from the last run"
@@ -243,9 +251,15 @@ def _summary(
         "print(reply.choices[0].message.content)",
         markup=False,
     )
+    # The token as the shell should see it: given in the environment, the variable (not the
+    # secret itself) in double quotes; generated or kept in the state dir, the value.
+    bearer = (
+        '"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN"'
+        if source == "environment"
+        else f"'Authorization: Bearer {token}'"
+    )
     console.print(
-        f"\nBalance: curl -s -H 'Authorization: Bearer <admin token>' "
-        f"{platform.url(LEDGER)}/accounts/{demo.account}/balance",
+        f"\nBalance: curl -s -H {bearer} {platform.url(LEDGER)}/accounts/{demo.account}/balance",
         markup=False,
     )
     console.print(f"Endpoints for tools: {state_dir / 'endpoints.json'}. Ctrl-C stops.")

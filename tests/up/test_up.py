@@ -60,7 +60,12 @@ def tollgate_up(state_dir: Path, port: int, env: dict[str, str]) -> Iterator[dic
             time.sleep(0.2)
         endpoints = json.loads(endpoints_file.read_text())
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        yield {**endpoints, "pid": process.pid, "children": [int(c) for c in children]}
+        yield {
+            **endpoints,
+            "pid": process.pid,
+            "children": [int(c) for c in children],
+            "output": Path(log.name),
+        }
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -79,6 +84,23 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def printed(endpoints: dict[str, Any], text: str, timeout_s: float = 30.0) -> str:
+    """What `tollgate up` has printed, once it contains ``text``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        output = endpoints["output"].read_text(errors="replace")
+        if text in output:
+            return str(output)
+        assert time.monotonic() < deadline, f"{text!r} not printed:\n{output[-4000:]}"
+        time.sleep(0.2)
+
+
+def printed_command(output: str, prefix: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(prefix)).removeprefix(
+        prefix
+    )
 
 
 def admin(token: str) -> requests.Session:
@@ -109,7 +131,40 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
         local = json.loads((state / "local-endpoints.json").read_text())
         assert local["emulated"] is True
         edge = endpoints["infer"]["edge"]
-        assert local["clusters"]["edge-lyon-5g-1"] == {"smollm2-135m": edge, "llama31-8b": edge}
+        # Only the model the local infer processes run is served (and listed), here as on
+        # every cluster hosting it; the template's vLLM models are not, and it says why.
+        assert local["clusters"]["edge-lyon-5g-1"] == {"smollm2-135m": edge}
+        assert set(local["unserved"]) == {"llama31-8b", "llama33-70b"}
+        output = printed(endpoints, "Endpoints for tools")
+        assert (
+            "Not served locally: meta-llama/Llama-3.1-8B-Instruct (llama31-8b): it runs on vLLM "
+            "with 1 GPU(s) (20 GiB); this machine serves only smollm2-135m on the CPU" in output
+        )
+        key = (state / "demo-api-key").read_text().strip()
+        user = {"Authorization": f"Bearer {key}"}
+        models = requests.get(endpoints["ingress"] + "/v1/models", headers=user, timeout=10)
+        assert [m["id"] for m in models.json()["data"]] == ["SmolLM2-135M-Instruct"]
+        llama = requests.post(
+            endpoints["ingress"] + "/v1/chat/completions",
+            headers=user,
+            json={
+                "model": "meta-llama/Llama-3.1-8B-Instruct",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            timeout=10,
+        )
+        assert llama.status_code == 404
+        assert "declared but not served on this platform" in llama.json()["error"]["message"]
+        # The balance command, printed with the generated token filled in, works as printed.
+        command = printed_command(output, "Balance: ")
+        assert token in command
+        answer = subprocess.run(["bash", "-c", command], capture_output=True, timeout=30, text=True)
+        assert json.loads(answer.stdout)["account_id"] == ACCOUNT
+        prices = requests.get(endpoints["ingress"] + "/v1/prices", timeout=10).json()
+        assert prices["credit"]["credits_per_unit"] == 1_000_000
+        assert {row["model"] for v in prices["versions"] for row in v["prices"]} == {
+            "SmolLM2-135M-Instruct"
+        }
         children = endpoints["children"]
         assert len(children) == len(("ledger", "ledger-admin", "route", "ingress")) + len(
             endpoints["infer"]
@@ -193,6 +248,23 @@ def test_the_openai_client_spends_credits_on_every_tier(tmp_path: Path) -> None:
         balance = settled()
         assert balance["open_holds"] == 0 and balance["held"] == 0
         assert balance["spent"] == charged  # exactly what the responses said
+        # Each tier's model loaded on its first request, and the terminal said so.
+        output = printed(endpoints, "model loaded in")
+        for tier in ("edge", "regional", "cloud"):
+            assert f"infer-{tier}: SmolLM2-135M-Instruct: loading the model (cold start)" in output
+        # Settled requests are no news at INFO (the broker drops their replies quietly).
+        assert "no trigger matches" not in output
+        # The token came from the environment: the printed command names the variable.
+        command = printed_command(output, "Balance: ")
+        assert "$TOLLGATE_ADMIN_TOKEN" in command and "test-admin" not in command
+        answer = subprocess.run(
+            ["bash", "-c", command],
+            capture_output=True,
+            timeout=30,
+            text=True,
+            env={**os.environ, "TOLLGATE_ADMIN_TOKEN": "test-admin"},
+        )
+        assert json.loads(answer.stdout)["spent"] == charged
         assert balance["available"] == CREDITS - charged
         stream = client.chat.completions.create(
             model="SmolLM2-135M-Instruct", messages=messages, max_tokens=8, stream=True
