@@ -8,14 +8,23 @@ import os
 import click
 from flask import Blueprint, Flask
 
+from events.activity import NETWORK_EVENTS, ROUTE_DECISIONS
 from events.adapter import Mapped
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
+from functions.recent import RecentLog
 from functions.server import serve as serve_app
 from functions.store import Store, open_store
 from infra.template.schema import Template
-from infra.wiring import carrier_billing, plan_grants, template_from_env, topology_from_env
+from infra.wiring import (
+    carrier_billing,
+    credit_unit,
+    plan_grants,
+    price_book,
+    template_from_env,
+    topology_from_env,
+)
 
 LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
 FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer")
@@ -26,12 +35,18 @@ def build_app(function: str) -> Flask:
     """The app of a deployable function, configured from the environment."""
     if function in LEDGER_FUNCTIONS:
         from ledger_fn.app import create_app as ledger_app
+        from ledger_fn.console import ConsoleConfig
 
         template = template_from_env(os.environ)
         return ledger_app(
             function,
             plans=plan_grants(template),
             carrier=carrier_billing(template, os.environ),
+            console=ConsoleConfig(
+                credit=credit_unit(template),
+                price_book=price_book(template),
+                ingress_url=os.environ.get("TOLLGATE_INGRESS_URL") or None,
+            ),
         )
     if function == "infer":
         from infer_fn.app import create_app as infer_app
@@ -70,7 +85,13 @@ def _ingress() -> Flask:
     template = template_from_env(os.environ)
     network = network_blueprint(template, store, Emitter(settings.sink))
     return ingress_app(
-        topology, store, ledger, admin_token=settings.admin_token, states=states, network=network
+        topology,
+        store,
+        ledger,
+        admin_token=settings.admin_token,
+        states=states,
+        network=network,
+        decisions=RecentLog(store, ROUTE_DECISIONS),
     )
 
 
@@ -104,6 +125,7 @@ def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blu
             credential=os.environ.get(template.camara.credential_env) or None,
             subscriptions=subscriptions,
             idempotency=Idempotency(store),
+            recent=RecentLog(store, NETWORK_EVENTS),
         )
     )
     cb = template.carrier_billing

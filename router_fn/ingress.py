@@ -21,6 +21,7 @@ import requests
 from flask import Blueprint, Response, jsonify, request
 
 from events import wire
+from events.activity import RouteDecisionRecord, clip
 from events.ledger import HoldAuthorized
 from events.openai import (
     MODELS,
@@ -42,6 +43,7 @@ from functions.errors import (
     Unavailable,
 )
 from functions.http import bearer_token, require_bearer
+from functions.recent import RecentLog
 from functions.store import Store
 from functions.validation import validate
 from router_fn import metrics
@@ -91,9 +93,11 @@ class Ingress:
         admin_token: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        decisions: RecentLog | None = None,
     ) -> None:
         self.topology = topology
         self.clock = clock
+        self.decisions = decisions  # the last route decisions, for ops (off the hot path)
         self.store = store
         self.keys = ApiKeys(store)
         self.ledger = ledger
@@ -144,12 +148,40 @@ class Ingress:
         request_id = uuid.uuid4().hex
         # Priced by the price book version in effect now, for every attempt of this request.
         priced = self.topology.at(self.clock())
-        attempt, decision = self._attempt(
-            priced, endpoint, caller, route, forward, request_id, started
-        )
+        try:
+            attempt, decision = self._attempt(
+                priced, endpoint, caller, route, forward, request_id, started
+            )
+        except Unavailable as exc:
+            if exc.code == "no_feasible_tier":
+                self._record(request_id, caller, route, None, exc.message)
+            raise
+        self._record(request_id, caller, route, decision, reason_header(decision))
         metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
         headers = self._answer_headers(attempt, decision, request_id)
         return _streamed(attempt, headers) if parsed.stream else _whole(attempt, headers)
+
+    def _record(
+        self,
+        request_id: str,
+        caller: Caller,
+        route: RouteRequest,
+        decision: Decision | None,
+        reason: str,
+    ) -> None:
+        if self.decisions is None:
+            return
+        record = RouteDecisionRecord(
+            request_id=request_id,
+            account_id=caller.account_id,
+            model=route.model.served_name,
+            outcome="no_route" if decision is None else "routed",
+            cluster=None if decision is None else decision.cluster,
+            tier=None if decision is None else decision.tier,
+            reason=clip(reason),
+            latency_budget_ms=route.latency_budget_ms,
+        )
+        self.decisions.add(record.model_dump(mode="json"))
 
     def _served_model(self, caller: Caller, name: str) -> ModelSpec:
         model = self.topology.model(name)

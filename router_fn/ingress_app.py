@@ -9,6 +9,7 @@ from collections.abc import Callable
 from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
+from functions.recent import RecentLog
 from functions.store import Store
 from router_fn.ingress import Ingress
 from router_fn.ledger_client import LedgerClient
@@ -25,9 +26,11 @@ def create_app(
     states: TierStates | None = None,
     network: Blueprint | None = None,
     clock: Callable[[], float] = time.time,
+    decisions: RecentLog | None = None,
 ) -> Flask:
     """``network``: the endpoint network systems POST their notifications to (``/events``);
-    ``clock``: what picks the price book version in effect."""
+    ``clock``: what picks the price book version in effect; ``decisions``: where the last route
+    decisions are kept for ops."""
     ingress = Ingress(
         topology,
         store,
@@ -35,6 +38,7 @@ def create_app(
         states or TierStates(store),
         admin_token=admin_token,
         clock=clock,
+        decisions=decisions,
     )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
     return create_function_app("ingress", blueprints=blueprints, ready=store.ping)

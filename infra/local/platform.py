@@ -90,6 +90,8 @@ def plan(
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
         "TOLLGATE_LEDGER_URL": urls[LEDGER],
+        # The ops console's tiers page reads the router's live view from the ingress.
+        "TOLLGATE_INGRESS_URL": urls[INGRESS],
     }
     processes = [
         *(ProcessSpec(name, [*_SERVE, name], p, env) for name, p in ports.items()),

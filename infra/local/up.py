@@ -194,6 +194,8 @@ def _endpoints(platform: LocalPlatform, broker: str, port: int, state_dir: Path)
     return {
         "ingress": ingress,
         "admin": platform.url(LEDGER),
+        # The ops console (ledger_fn/console), served with the admin API; sign in with the token.
+        "console": platform.url(LEDGER) + "/console",
         "broker": broker,
         # The network-events endpoint (CAMARA, 3GPP) is served by the ingress.
         "events": ingress + "/events",
@@ -260,6 +262,10 @@ def _summary(
     )
     console.print(
         f"\nBalance: curl -s -H {bearer} {platform.url(LEDGER)}/accounts/{demo.account}/balance",
+        markup=False,
+    )
+    console.print(
+        f"Ops console: {platform.url(LEDGER)}/console (sign in with the admin token)",
         markup=False,
     )
     console.print(f"Endpoints for tools: {state_dir / 'endpoints.json'}. Ctrl-C stops.")
