@@ -23,7 +23,11 @@ def clip(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class RouteDecisionRecord(EventData):
+class ActivityRecord(EventData):
+    at: float | None = None  # epoch seconds, set when the record is queued (functions.recent)
+
+
+class RouteDecisionRecord(ActivityRecord):
     """One request's route: where it went and why, or why no tier could serve it (with the
     attempts that failed first)."""
 
@@ -43,7 +47,7 @@ class PublishedEvent(EventData):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class NetworkEventRecord(EventData):
+class NetworkEventRecord(ActivityRecord):
     """A notification a network system posted to the ingress, and what it did: published our
     events, was a replay, held nothing for Tollgate, or was refused (with the reason)."""
 

@@ -57,7 +57,7 @@ class RecentLog:
     def add(self, record: dict[str, Any]) -> None:
         """Queue ``record`` (JSON-able) for writing; never blocks, never raises."""
         try:
-            self._queue.put_nowait({"at": self.clock(), **record})
+            self._queue.put_nowait({**record, "at": self.clock()})
         except queue.Full:
             self.dropped += 1
             return

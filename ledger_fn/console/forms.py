@@ -19,6 +19,7 @@ from wtforms import (
     SelectField,
     StringField,
 )
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from events.fields import MAX_AMOUNT
@@ -52,7 +53,8 @@ class NewAccountForm(FlaskForm):
         description="Letters, digits, - and _ (e.g. acme-robotics)",
     )
     name = StringField("Name", validators=[Optional(), Length(max=200)])
-    plan = SelectField("Plan", choices=[("", "No plan")])
+    # The plan is checked by the admin API's rule (ledger_fn.admin.check_plan), like the API's.
+    plan = SelectField("Plan", choices=[SelectChoice("", "No plan")], validate_choice=False)
     slice_ids = StringField(
         "Network slices",
         validators=[Optional(), Length(max=4000)],
@@ -71,10 +73,13 @@ class SlicesForm(FlaskForm):
 class GrantForm(FlaskForm):
     amount = CreditsField(
         "Credits",
-        validators=[InputRequired(), NumberRange(min=1, max=MAX_AMOUNT)],
+        validators=[
+            InputRequired(),
+            NumberRange(min=1, max=MAX_AMOUNT, message="give a whole number of at least 1 credit"),
+        ],
         description="A whole number, e.g. 1,000,000",
     )
-    origin = SelectField("Kind", choices=[(o, o) for o in ORIGINS], default="top-up")
+    origin = SelectField("Kind", choices=[SelectChoice(o) for o in ORIGINS], default="top-up")
     expires = DateField("Expires (optional)", validators=[Optional()])
     reference = StringField("Reference (optional)", validators=[Optional(), Length(max=128)])
     # One per rendered form: a double click, or a resubmission, grants once.

@@ -29,6 +29,7 @@ from flask import (
 )
 from pydantic import ValidationError
 from werkzeug.wrappers import Response as BaseResponse
+from wtforms.fields.choices import SelectChoice
 
 from events.activity import NETWORK_EVENTS, ROUTE_DECISIONS
 from events.network import SLICE_BOOKED
@@ -127,7 +128,8 @@ def console_blueprint(
 
     @bp.context_processor
     def common() -> dict[str, Any]:
-        return {"logout_form": LogoutForm(), "credit": credit}
+        signed_in = g.get("console_signed_in", False)
+        return {"logout_form": LogoutForm() if signed_in else None, "credit": credit}
 
     @bp.before_request
     def signed_in() -> BaseResponse | tuple[str, int] | None:
@@ -187,7 +189,7 @@ def console_blueprint(
     @bp.route("/accounts", methods=["GET", "POST"])
     def accounts() -> BaseResponse | str:
         form = NewAccountForm()
-        form.plan.choices = [("", "No plan"), *((p, p) for p in sorted(plans.plans))]
+        form.plan.choices = [SelectChoice("", "No plan"), *map(SelectChoice, sorted(plans.plans))]
         if request.method == "POST":
             if form.validate_on_submit():
                 created = _apply(

@@ -113,7 +113,7 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
     state = tmp_path / "state"
     env = {"TOLLGATE_ADMIN_TOKEN": ""}  # generated and kept in the state dir
     with tollgate_up(state, free_port(), env) as endpoints:
-        assert set(endpoints) >= {"ingress", "admin", "broker", "events", "infer"}
+        assert set(endpoints) >= {"ingress", "admin", "console", "broker", "events", "infer"}
         assert set(endpoints["infer"]) == {"edge", "regional", "cloud"}
         token = Path(endpoints["admin_token_file"]).read_text().strip()
         session = admin(token)

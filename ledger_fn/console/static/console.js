@@ -15,14 +15,17 @@
   }
   var number = new Intl.NumberFormat("en-US");
   var first = points[0].x;
-  var last = Math.max(points[points.length - 1].x, first + 60 * 1000);
+  var last = Math.max(points[points.length - 1].x, first + 10 * 1000);
+  var span = last - first;
   var stamp = function (ms) {
     return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
   };
-  // Ticks say the date when the history spans days, the time of day when it spans less.
-  var tick = last - first > 2 * 86400 * 1000
-    ? function (ms) { return new Date(ms).toISOString().slice(0, 10); }
-    : function (ms) { return new Date(ms).toISOString().slice(5, 16).replace("T", " "); };
+  // Ticks say the date when the history spans days, the minute when it spans hours, the
+  // second when it spans minutes.
+  var cut = span > 2 * 86400 * 1000 ? [0, 10] : span > 600 * 1000 ? [5, 16] : [11, 19];
+  var tick = function (ms) {
+    return new Date(ms).toISOString().slice(cut[0], cut[1]).replace("T", " ");
+  };
   new Chart(canvas, {
     type: "line",
     data: {
