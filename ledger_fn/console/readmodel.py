@@ -4,6 +4,8 @@ entries, lots and holds from the account state, and what slice bookings granted.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,6 +182,20 @@ def slice_grant(ledger: Ledger, slice_id: str) -> str:
             "ended, or the grant is spent or still on its way)"
         )
     return f"granted {account_id} {lot.amount:,} credits ({lot.id}, {lot.remaining:,} left)"
+
+
+def dead_letter_error(extensions: dict[str, str]) -> str:
+    """What the refusing subscriber said: Knative's ``knativeerrordata`` is its response body,
+    base64-encoded; our functions answer errors in OpenAI's shape, so show the message."""
+    raw = extensions.get("knativeerrordata", "")
+    try:
+        text = base64.b64decode(raw, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return raw
+    try:
+        return str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 def when(epoch: float | None) -> str:

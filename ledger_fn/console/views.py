@@ -246,8 +246,9 @@ def console_blueprint(
 
     @bp.post("/accounts/<account_id>/keys")
     def issue_key(account_id: str) -> BaseResponse | str:
-        if not IssueKeyForm().validate_on_submit():
-            _form_problems(IssueKeyForm())
+        form = IssueKeyForm()
+        if not form.validate_on_submit():
+            _form_problems(form)
             return redirect(url_for("console.account", account_id=account_id))
         ledger.meta(account_id)  # 404 for an unknown account
         issued = keys.issue(account_id)
@@ -333,9 +334,13 @@ def console_blueprint(
             ]
             for i, record in enumerate(received)
         }
+        dead = [
+            {**d, "error": readmodel.dead_letter_error(d.get("extensions", {}))}
+            for d in dead_letters.list(limit=RECENT_SHOWN)
+        ]
         return render_template(
             "events.html",
-            dead=dead_letters.list(limit=RECENT_SHOWN),
+            dead=dead,
             received=received,
             effects=effects,
         )

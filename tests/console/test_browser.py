@@ -219,7 +219,7 @@ def test_network_events_and_dead_letters_are_shown(
     network = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=network-title]")
     assert "network.site.degraded.v1 for edge-lyon-5g-1" in network.text
     dead = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=dead-title]")
-    assert "404" in dead.text
+    assert "404" in dead.text and "no account nobody" in dead.text  # the error, decoded
     page(browser, "07-events")
 
 
