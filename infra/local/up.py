@@ -106,6 +106,7 @@ def up(port: int, state_dir: Path, template_path: Path, startup_timeout: float) 
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
         running.start(startup_timeout)
+        _wait_routable(f"http://127.0.0.1:{port}", token, startup_timeout)
         demo = ensure_demo(platform.url(LEDGER), token, state_dir)
         write_json(
             running.endpoints_json, _endpoints(platform, running.broker.url, port, state_dir)
@@ -158,6 +159,29 @@ class _Running:
         self.broker.stop()
         # Stale URLs would mislead tools: the file exists exactly while the platform runs.
         self.endpoints_json.unlink(missing_ok=True)
+
+
+def _wait_routable(ingress: str, token: str, timeout_s: float) -> None:
+    """Up means routable: the router sees every tier healthy. Its prober may have tried the
+    infer functions before they listened (under load they start slowly) and marked them
+    unhealthy; its next round marks them healthy, and until then every request would be 503."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            answer = requests.get(
+                f"{ingress}/tiers", headers={"Authorization": f"Bearer {token}"}, timeout=5
+            )
+            clusters = answer.json()["clusters"]
+            if all(m["healthy"] for c in clusters for m in c["models"].values()):
+                return
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            pass  # not answering yet
+        time.sleep(0.25)
+    console.print(
+        f"the router does not see every tier healthy after {timeout_s:.0f}s (GET {ingress}/tiers)",
+        style="yellow",
+        markup=False,
+    )
 
 
 CRASH_LOOP_RESTARTS = 5
