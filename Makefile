@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml package.json | sha1sum | 
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install up test lint typecheck imports unit dynamodb-local bench clean
+.PHONY: install up test lint typecheck imports unit dynamodb-local browser vendor bench clean
 
 $(STAMP): pyproject.toml package.json
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,22 @@ node_modules/.installed: package.json package-lock.json
 
 dynamodb-local: node_modules/.installed
 
+# The ops console's browser tests drive Debian's headless Chromium through its matching driver
+# (Selenium); both come from apt, never downloaded at run time.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+# The console ships Chart.js's own built file and license inside the package (no CDN): this
+# refreshes the copy in ledger_fn/console/static/vendor from the version package.json pins
+# (tests/console checks the two agree).
+VENDOR := ledger_fn/console/static/vendor
+vendor: node_modules/.installed
+	mkdir -p $(VENDOR)
+	cp node_modules/chart.js/dist/chart.umd.min.js $(VENDOR)/chart.umd.min.js
+	cp node_modules/chart.js/LICENSE.md $(VENDOR)/chart.js-LICENSE.md
+
 # The whole platform on this machine from template.yaml (state in .tollgate/; Ctrl-C stops it).
 up: install
 	$(VENV)/bin/tollgate up
@@ -41,7 +57,7 @@ typecheck: install
 imports: install
 	$(VENV)/bin/lint-imports
 
-unit: install dynamodb-local
+unit: install dynamodb-local browser
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck imports unit

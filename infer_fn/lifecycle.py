@@ -70,12 +70,15 @@ class EngineHost:
         """Load the engine unless loaded (the caller holds the lock): the seconds it took."""
         if self.engine.loaded:
             return None
+        # Said before and after: a load can take minutes (vLLM), and whoever watches the log
+        # (`tollgate up` echoes these lines) should know why requests wait.
+        log.info("%s: loading the model (cold start); requests wait", self._name())
         started = time.perf_counter()
         self.engine.load()
         cold = time.perf_counter() - started
         metrics.COLD_STARTS.inc()
         metrics.COLD_START_SECONDS.observe(cold)
-        log.info("engine loaded in %.3fs", cold)
+        log.info("%s: model loaded in %.2f s", self._name(), cold)
         return cold
 
     def unload_if_idle(self) -> bool:
@@ -84,9 +87,12 @@ class EngineHost:
             if self.engine.loaded and self._in_flight == 0 and idle >= self._idle_seconds:
                 self.engine.unload()
                 metrics.UNLOADS.inc()
-                log.info("engine unloaded after %.1fs idle", idle)
+                log.info("%s: model unloaded after %.0f s idle", self._name(), idle)
                 return True
         return False
+
+    def _name(self) -> str:
+        return ", ".join(self.engine.models())
 
     def stop(self) -> None:
         """Stop the idle reaper and unload (process shutdown, tests)."""

@@ -37,7 +37,9 @@ def validate(file: Path) -> None:
     t = _load(file)
     click.echo(
         f"{file}: valid ({len(t.clusters)} clusters, {len(t.models)} models, "
-        f"{len(t.price_book.prices)} prices, {len(t.eventing.triggers)} triggers)"
+        f"{len(t.price_book.versions)} price book versions (newest {t.price_book.newest.version}"
+        f" from {t.price_book.newest.effective_from:%Y-%m-%d %H:%M} UTC), "
+        f"{len(t.eventing.triggers)} triggers)"
     )
 
 

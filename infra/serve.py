@@ -8,16 +8,20 @@ import os
 import click
 from flask import Blueprint, Flask
 
+from events.activity import NETWORK_EVENTS, ROUTE_DECISIONS
 from events.adapter import Mapped, derived_id
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
+from functions.recent import RecentLog
 from functions.server import serve as serve_app
 from functions.store import Store, open_store
 from infra.template.schema import Template
 from infra.wiring import (
     carrier_billing,
+    credit_unit,
     plan_grants,
+    price_book,
     sla_terms,
     template_from_env,
     topology_from_env,
@@ -35,6 +39,7 @@ def build_app(function: str) -> Flask:
     """The app of a deployable function, configured from the environment."""
     if function in LEDGER_FUNCTIONS:
         from ledger_fn.app import create_app as ledger_app
+        from ledger_fn.console import ConsoleConfig
 
         template = template_from_env(os.environ)
         return ledger_app(
@@ -42,6 +47,11 @@ def build_app(function: str) -> Flask:
             plans=plan_grants(template),
             carrier=carrier_billing(template, os.environ),
             sla=sla_terms(template),
+            console=ConsoleConfig(
+                credit=credit_unit(template),
+                price_book=price_book(template),
+                ingress_url=os.environ.get("TOLLGATE_INGRESS_URL") or None,
+            ),
         )
     if function == "infer":
         from infer_fn.app import create_app as infer_app
@@ -101,6 +111,7 @@ def _ingress() -> Flask:
         emitter=emitter,
         # Shorter only where a test must see holds expire (bench/chaos.py).
         hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
+        decisions=RecentLog(store, ROUTE_DECISIONS),
     )
 
 
@@ -145,6 +156,7 @@ def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blu
             credential=os.environ.get(template.camara.credential_env) or None,
             subscriptions=subscriptions,
             idempotency=Idempotency(store),
+            recent=RecentLog(store, NETWORK_EVENTS),
         )
     )
     cb = template.carrier_billing

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from events.quote import Quote
+from events.prices import CreditUnit, PriceBook, PriceRow, PriceVersion
 from infra.knative.render import infer_service_name
 from infra.template.load import load_template
 from infra.template.schema import Cluster, Model, PerSecond, Template
@@ -15,7 +16,8 @@ from ledger_fn.sla import SlaTerms
 from ledger_fn.topups import CarrierBilling
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Site, Topology, Warming
 
-InferUrl = Callable[[Cluster, Model], str]
+# The base URL of a model's infer function on a cluster; None: nothing serves it there.
+InferUrl = Callable[[Cluster, Model], str | None]
 
 
 def knative_infer_url(template: Template) -> InferUrl:
@@ -24,13 +26,23 @@ def knative_infer_url(template: Template) -> InferUrl:
 
 
 def topology(
-    template: Template, infer_url: InferUrl | None = None, *, local: bool = False
+    template: Template,
+    infer_url: InferUrl | None = None,
+    *,
+    local: bool = False,
+    unserved: Mapping[str, str] | None = None,
 ) -> Topology:
-    """``local``: `tollgate up`, where each tier's RTT is emulated (template ``local.tiers``)."""
+    """``local``: `tollgate up`, where each tier's RTT is emulated (template ``local.tiers``).
+    Only models something serves are in the topology (so listed and routed); ``unserved``
+    says why the others are not (by template name)."""
     url = infer_url or knative_infer_url(template)
 
     def rtt(c: Cluster) -> int:
         return template.local.tiers[c.tier].emulated_rtt_ms if local else c.rtt_ms
+
+    def served(c: Cluster) -> dict[str, str]:
+        urls = {m: url(c, template.model(m)) for m in c.models}
+        return {m: u for m, u in urls.items() if u is not None}
 
     clusters = tuple(
         ClusterSpec(
@@ -39,12 +51,13 @@ def topology(
             jurisdiction=c.jurisdiction,
             rtt_ms=rtt(c),
             max_parameters=template.tier(c.tier).max_parameters,
-            infer_urls={m: url(c, template.model(m)) for m in c.models},
+            infer_urls=served(c),
             emulated=local,
             site=Site(c.site.latitude, c.site.longitude, c.site.radius_km) if c.site else None,
         )
         for c in template.clusters
     )
+    hosted = {m for c in clusters for m in c.infer_urls}
     models = {
         m.name: ModelSpec(
             m.name,
@@ -55,16 +68,15 @@ def topology(
             warm_for_s=template.warm_for_s(m),
         )
         for m in template.models
+        if m.name in hosted
     }
-    quotes = {
-        (p.model, p.tier): Quote(
-            price_book=template.price_book.version,
-            input_per_million=p.input_per_million,
-            output_per_million=p.output_per_million,
-            per_engine_second=p.per_engine_second or 0,
-        )
-        for p in template.price_book.prices
-    }
+    reasons = {**(unserved or {})}
+    for m in template.models:
+        if m.name not in hosted:
+            reason = reasons.get(m.name, "no cluster hosts it")
+            reasons |= {m.name: reason, m.served_name: reason}
+    book = price_book(template)
+    version = book.in_effect(time.time())
     plans = {
         p.name: PlanSpec(
             name=p.name,
@@ -80,41 +92,88 @@ def topology(
     return Topology(
         clusters,
         models,
-        quotes,
+        version.quotes() if version else {},
         plans,
         warming=Warming(template.warming.idle_seconds, template.warming.slice_lead_seconds),
         roaming_allow={c: frozenset(a) for c, a in template.roaming.allow.items()},
+        price_book=book,
+        unserved=reasons,
+    )
+
+
+def credit_unit(template: Template) -> CreditUnit:
+    """What a credit is worth (the template's ``credit``), for every function that shows money."""
+    c = template.credit
+    return CreditUnit(currency=c.currency, decimals=c.currency_decimals, per_unit=c.per_unit)
+
+
+def price_book(template: Template) -> PriceBook:
+    """The template's price book history as the ingress quotes and publishes it and the ops
+    console shows it."""
+    return PriceBook(
+        credit=credit_unit(template),
+        versions=tuple(
+            PriceVersion(
+                version=v.version,
+                effective_from=v.effective_from,
+                note=v.note,
+                prices=tuple(
+                    PriceRow(
+                        model=p.model,
+                        served_name=template.model(p.model).served_name,
+                        tier=p.tier,
+                        input_per_million=p.input_per_million,
+                        output_per_million=p.output_per_million,
+                        per_engine_second=p.per_engine_second,
+                    )
+                    for p in v.prices
+                ),
+            )
+            for v in template.price_book.versions
+        ),
     )
 
 
 def topology_from_env(environ: Mapping[str, str]) -> Topology:
     """The topology a function process serves: TOLLGATE_TEMPLATE (default ./template.yaml), and
     under `tollgate up` TOLLGATE_LOCAL_ENDPOINTS, a JSON file of the local infer URLs
-    ({"clusters": {cluster: {model: url}}, "emulated": true}); emulated tiers get their RTT from
-    the template's ``local.tiers`` and the ingress adds it to each call."""
+    ({"clusters": {cluster: {model: url}}, "emulated": true, "unserved": {model: why}}): only
+    the models it lists are served; emulated tiers get their RTT from the template's
+    ``local.tiers`` and the ingress adds it to each call."""
     template = template_from_env(environ)
     endpoints = environ.get("TOLLGATE_LOCAL_ENDPOINTS")
     if not endpoints:
         return topology(template)
     local = json.loads(Path(endpoints).read_text())
     urls = local["clusters"]
+
+    def url(cluster: Cluster, model: Model) -> str | None:
+        found = urls.get(cluster.name, {}).get(model.name)
+        return None if found is None else str(found)
+
     return topology(
         template,
-        lambda cluster, model: str(urls[cluster.name][model.name]),
+        url,
         local=bool(local.get("emulated", True)),
+        unserved=local.get("unserved", {}),
     )
 
 
-def plan_grants(template: Template) -> dict[str, PlanGrant]:
+def plan_grants(template: Template, now: float | None = None) -> dict[str, PlanGrant]:
     """What each plan grants per period, in credits. A per-second plan sells engine seconds on
     models up to a size: it grants enough credits for that many seconds at the dearest
-    per-second rate it may run at, so every allowed model gets at least the seconds sold."""
+    per-second rate it may run at under the price book version in effect at ``now`` or any
+    published after it, so every allowed model gets at least the seconds sold."""
+    book = price_book(template)
+    current = book.in_effect(time.time() if now is None else now)
+    start = book.versions.index(current) if current else 0
+    prices = [p for v in book.versions[start:] for p in v.prices]
     grants = {}
     for plan in template.plans:
         if isinstance(plan, PerSecond):
             rates = [
                 p.per_engine_second or 0
-                for p in template.price_book.prices
+                for p in prices
                 if (not plan.tiers or p.tier in plan.tiers)
                 and template.model(p.model).parameters <= plan.max_parameters
             ]
@@ -159,9 +218,9 @@ def carrier_billing(template: Template, environ: Mapping[str, str]) -> CarrierBi
         token=environ.get(cb.credential_env) or None,
         sink_key=key.encode() if key else None,
         notify_url=cb.notify_url,
-        currency=cb.currency,
-        decimals=cb.currency_decimals,
-        credits_per_unit=cb.credits_per_unit,
+        currency=template.credit.currency,
+        decimals=template.credit.currency_decimals,
+        credits_per_unit=template.credit.per_unit,
         description=cb.description,
         merchant_identifier=cb.merchant_identifier,
         poll_after_s=cb.poll_after_seconds,

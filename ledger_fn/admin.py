@@ -53,6 +53,52 @@ def _lot_view(lot: dict[str, Any]) -> dict[str, Any]:
     return {**lot, "expires_at": iso(lot["expires_at"])}
 
 
+# -- what the admin API and the ops console both do (one code path, one set of checks) ----------
+
+
+def create_account(ledger: Ledger, plans: Plans, body: NewAccount) -> None:
+    check_plan(plans, body.plan)
+    bind_slices(ledger.store, body.account_id, body.slice_ids)
+    bind_devices(ledger.store, body.account_id, body.devices)
+    ledger.open_account(body.account_id, body.model_dump(exclude={"account_id"}, exclude_none=True))
+
+
+def change_account(ledger: Ledger, plans: Plans, account_id: str, change: AccountChange) -> None:
+    check_plan(plans, change.plan)
+    ledger.meta(account_id)  # 404 before binding anything to an unknown account
+    if change.slice_ids is not None:
+        bind_slices(ledger.store, account_id, change.slice_ids)
+    if change.devices is not None:
+        bind_devices(ledger.store, account_id, change.devices)
+    ledger.update_meta(account_id, change.model_dump(exclude_none=True))
+
+
+def grant_credits(
+    ledger: Ledger, account_id: str, body: NewGrant, key: str | None
+) -> dict[str, Any]:
+    """Grant a lot; ``key`` (as Stripe's Idempotency-Key): a retried request grants once."""
+    if key is not None and not 1 <= len(key) <= 200:
+        raise BadRequest("Idempotency-Key must be 1..200 characters")
+    args = body.model_dump(exclude_none=True)
+    args["expires_at"] = epoch(body.expires_at)
+    result = ledger.execute(
+        account_id,
+        "grant",
+        args,
+        key=f"admin-grant#{key}" if key else None,
+        payload=body.model_dump(mode="json"),
+    )
+    return {**result, "expires_at": iso(result["expires_at"])}
+
+
+def check_plan(plans: Plans, plan: str | None) -> None:
+    if plan is not None and plan not in plans.plans:
+        raise BadRequest(
+            f"unknown plan {plan!r}; plans: {', '.join(sorted(plans.plans)) or 'none'}",
+            param="plan",
+        )
+
+
 def admin_blueprint(
     ledger: Ledger,
     plans: Plans,
@@ -78,13 +124,9 @@ def admin_blueprint(
         return view
 
     @bp.post("/accounts")
-    def create_account() -> tuple[Response, int]:
+    def new_account() -> tuple[Response, int]:
         body = json_body(NewAccount)
-        meta = body.model_dump(exclude={"account_id"}, exclude_none=True)
-        _check_plan(body.plan)
-        bind_slices(ledger.store, body.account_id, body.slice_ids)
-        bind_devices(ledger.store, body.account_id, body.devices)
-        ledger.open_account(body.account_id, meta)
+        create_account(ledger, plans, body)
         return jsonify(account_view(body.account_id)), 201
 
     @bp.get("/accounts")
@@ -97,16 +139,8 @@ def admin_blueprint(
         return jsonify(account_view(account_id))
 
     @bp.patch("/accounts/<account_id>")
-    def change_account(account_id: str) -> Response:
-        change = json_body(AccountChange)
-        changes = change.model_dump(exclude_none=True)
-        _check_plan(change.plan)
-        ledger.meta(account_id)  # 404 before binding anything to an unknown account
-        if change.slice_ids is not None:
-            bind_slices(ledger.store, account_id, change.slice_ids)
-        if change.devices is not None:
-            bind_devices(ledger.store, account_id, change.devices)
-        ledger.update_meta(account_id, changes)
+    def patch_account(account_id: str) -> Response:
+        change_account(ledger, plans, account_id, json_body(AccountChange))
         return jsonify(account_view(account_id))
 
     @bp.get("/accounts/<account_id>/balance")
@@ -132,20 +166,8 @@ def admin_blueprint(
     @bp.post("/accounts/<account_id>/grants")
     def grant(account_id: str) -> tuple[Response, int]:
         body = json_body(NewGrant)
-        args = body.model_dump(exclude_none=True)
-        args["expires_at"] = epoch(body.expires_at)
-        # Idempotency-Key (as Stripe's API): a retried POST grants once.
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 1 <= len(key) <= 200:
-            raise BadRequest("Idempotency-Key must be 1..200 characters")
-        result = ledger.execute(
-            account_id,
-            "grant",
-            args,
-            key=f"admin-grant#{key}" if key else None,
-            payload=body.model_dump(mode="json"),
-        )
-        return jsonify({**result, "expires_at": iso(result["expires_at"])}), 201
+        return jsonify(grant_credits(ledger, account_id, body, key)), 201
 
     @bp.get("/accounts/<account_id>/journal")
     def journal(account_id: str) -> Response:
@@ -158,13 +180,6 @@ def admin_blueprint(
         next_after = entries[-1]["seq"] if len(entries) == limit else None
         return jsonify(entries=entries, next_after=next_after)
 
-    def _check_plan(plan: str | None) -> None:
-        if plan is not None and plan not in plans.plans:
-            raise BadRequest(
-                f"unknown plan {plan!r}; plans: {', '.join(sorted(plans.plans)) or 'none'}",
-                param="plan",
-            )
-
     @bp.get("/deadletters")
     def list_dead_letters() -> Response:
         return jsonify(events=dead_letters.list(after=request.args.get("after"), limit=100))
@@ -172,4 +187,13 @@ def admin_blueprint(
     return bp
 
 
-__all__ = ["admin_blueprint"]
+__all__ = [
+    "AccountChange",
+    "NewAccount",
+    "NewGrant",
+    "admin_blueprint",
+    "change_account",
+    "check_plan",
+    "create_account",
+    "grant_credits",
+]

@@ -16,6 +16,7 @@ from functions.emit import Emitter
 from functions.store import Store, open_store
 from ledger_fn.admin import admin_blueprint
 from ledger_fn.config import LedgerSettings
+from ledger_fn.console import ConsoleConfig, console_blueprint
 from ledger_fn.handlers import LedgerHandlers, handlers_for
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans
@@ -38,11 +39,13 @@ def create_app(
     carrier: CarrierBilling | None = None,
     topups: TopUps | None = None,
     sla: Mapping[str, SlaTerms] | None = None,
+    console: ConsoleConfig | None = None,
 ) -> Flask:
     """``plans``: what each plan grants (from template.yaml, wired by infra); none: no plans.
     ``carrier``: the operator's Carrier Billing API for top-ups (none: top-ups answer 503);
     ``topups``: a ready service instead (tests); ``sla``: each plan's SLA terms (from
-    template.yaml), evaluated monthly into service credits."""
+    template.yaml), evaluated monthly into service credits; ``console``: what the ops console
+    shows beyond the ledger (money, prices, the router's view)."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
@@ -77,6 +80,16 @@ def create_app(
         )
         blueprints.append(sla_blueprint(credits, settings.admin_token))
         blueprints.append(topups_blueprint(topups, settings.admin_token))
+        blueprints.append(
+            console_blueprint(
+                ledger,
+                plan_book,
+                ApiKeys(store),
+                dead_letters,
+                settings.admin_token,
+                console or ConsoleConfig(),
+            )
+        )
     routes = handlers_for(handlers.routes(), names)
     if "grant" in names:
         routes.update(TopupHandlers(topups).routes())

@@ -22,6 +22,7 @@ import requests
 from flask import Blueprint, Response, jsonify, request
 
 from events import wire
+from events.activity import RouteDecisionRecord, clip
 from events.ledger import HoldAuthorize, HoldAuthorized
 from events.openai import (
     MODELS,
@@ -43,6 +44,7 @@ from functions.errors import (
     Unavailable,
 )
 from functions.http import bearer_token, require_bearer
+from functions.recent import RecentLog
 from functions.store import Store
 from functions.validation import validate
 from router_fn import metrics
@@ -104,9 +106,13 @@ class Ingress:
         hold_ttl_s: int = HOLD_TTL_S,
         sleep: Callable[[float], None] = time.sleep,
         latency: LatencyPromise | None = None,
+        clock: Callable[[], float] = time.time,
+        decisions: RecentLog | None = None,
     ) -> None:
         self.topology = topology
         self.hold_ttl_s = hold_ttl_s
+        self.clock = clock
+        self.decisions = decisions  # the last route decisions, for ops (off the hot path)
         self.store = store
         self.keys = ApiKeys(store)
         self.ledger = ledger
@@ -179,9 +185,17 @@ class Ingress:
                 code="outbox_full",
             )
         request_id = uuid.uuid4().hex
-        attempt, decision = self._attempt(
-            endpoint, caller, route, forward, request_id, started, bool(parsed.stream)
-        )
+        # Priced by the price book version in effect now, for every attempt of this request.
+        priced = self.topology.at(self.clock())
+        try:
+            attempt, decision = self._attempt(
+                priced, endpoint, caller, route, forward, request_id, started, bool(parsed.stream)
+            )
+        except Unavailable as exc:
+            if exc.code == "no_feasible_tier":
+                self._record(request_id, caller, route, None, exc.message)
+            raise
+        self._record(request_id, caller, route, decision, reason_header(decision))
         metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
         headers = self._answer_headers(attempt, decision, request_id)
         relayed: Iterator[bytes] | None = None
@@ -212,8 +226,37 @@ class Ingress:
         response.call_on_close(lambda: latency.observe(served, first_token))
         return response
 
+    def _record(
+        self,
+        request_id: str,
+        caller: Caller,
+        route: RouteRequest,
+        decision: Decision | None,
+        reason: str,
+    ) -> None:
+        if self.decisions is None:
+            return
+        record = RouteDecisionRecord(
+            request_id=request_id,
+            account_id=caller.account_id,
+            model=route.model.served_name,
+            outcome="no_route" if decision is None else "routed",
+            cluster=None if decision is None else decision.cluster,
+            tier=None if decision is None else decision.tier,
+            reason=clip(reason),
+            latency_budget_ms=route.latency_budget_ms,
+        )
+        self.decisions.add(record.model_dump(mode="json"))
+
     def _served_model(self, caller: Caller, name: str) -> ModelSpec:
         model = self.topology.model(name)
+        if model is None and name in self.topology.unserved:
+            raise NotFound(
+                f"the model {name!r} is declared but not served on this platform: "
+                f"{self.topology.unserved[name]}; GET /v1/models lists what is served",
+                param="model",
+                code="model_not_found",
+            )
         if model is None:
             raise NotFound(
                 f"the model {name!r} does not exist; GET /v1/models lists yours",
@@ -248,6 +291,7 @@ class Ingress:
 
     def _attempt(
         self,
+        priced: Topology,
         endpoint: Endpoint,
         caller: Caller,
         route: RouteRequest,
@@ -261,9 +305,9 @@ class Ingress:
         excluded: frozenset[str] = frozenset()
         failures: list[str] = []
         while True:
-            decision = self._decide(replace(route, exclude=excluded), caller, failures)
+            decision = self._decide(priced, replace(route, exclude=excluded), caller, failures)
             candidate = decision.chosen
-            hold, quote = self._authorize(route, caller, candidate, request_id)
+            hold, quote = self._authorize(priced, route, caller, candidate, request_id)
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             try:
                 attempt = self._call(endpoint, candidate, hold, quote, caller, forward, stream)
@@ -283,9 +327,11 @@ class Ingress:
                 excluded = excluded | {candidate.cluster}
                 metrics.FAILOVERS.labels(candidate.tier).inc()
 
-    def _decide(self, route: RouteRequest, caller: Caller, failures: list[str]) -> Decision:
+    def _decide(
+        self, priced: Topology, route: RouteRequest, caller: Caller, failures: list[str]
+    ) -> Decision:
         try:
-            decision = decide(route, self.topology, self.states.snapshot(), caller.plan)
+            decision = decide(route, priced, self.states.snapshot(), caller.plan)
             if self.latency is not None:
                 self.latency.wake(decision)
             return decision
@@ -298,10 +344,15 @@ class Ingress:
             ) from exc
 
     def _authorize(
-        self, route: RouteRequest, caller: Caller, candidate: Candidate, request_id: str
+        self,
+        priced: Topology,
+        route: RouteRequest,
+        caller: Caller,
+        candidate: Candidate,
+        request_id: str,
     ) -> tuple[HoldAuthorized, Quote]:
         """A hold for the request's worst case at the chosen tier's price."""
-        quote = self.topology.quote(
+        quote = priced.quote(
             route.model.name,
             candidate.tier,
             per_engine_second=bool(caller.plan and caller.plan.per_engine_second),
@@ -419,6 +470,17 @@ class Ingress:
                 for m in self.allowed_models(caller)
             ]
             return jsonify(object="list", data=data)
+
+        @bp.get("/v1/prices")
+        def prices() -> Response:
+            # Public, no key: what every model costs here, now, before and next.
+            book = self.topology.price_book
+            if book is None:
+                raise NotFound("this platform publishes no price book")
+            published = book.published(self.clock(), models=self.topology.models)
+            response = jsonify(published)
+            response.headers["Cache-Control"] = "public, max-age=60"
+            return response
 
         @bp.get("/tiers")
         def tiers() -> Response:

@@ -3,11 +3,15 @@ tier prober keeping the shared live state fresh."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
 from functions.emit import Emitter
 from functions.outbox import OutboxSettings
+from functions.recent import RecentLog
 from functions.store import Store
 from router_fn.ingress import HOLD_TTL_S, Ingress
 from router_fn.latency import LatencyPromise
@@ -29,11 +33,14 @@ def create_app(
     emitter: Emitter | None = None,
     outbox: OutboxSettings | None = None,
     hold_ttl_s: int = HOLD_TTL_S,
+    clock: Callable[[], float] = time.time,
+    decisions: RecentLog | None = None,
 ) -> Flask:
     """``network``: the endpoint network systems POST their notifications to (``/events``);
     ``latency``: waking cold tiers, learning from answers and measuring SLA attainment;
     ``emitter`` (default K_SINK) and ``outbox`` (default ``TOLLGATE_OUTBOX_*``): where what the
-    ingress owes goes, and where it waits meanwhile."""
+    ingress owes goes, and where it waits meanwhile; ``clock``: what picks the price book
+    version in effect; ``decisions``: where the last route decisions are kept for ops."""
     owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
     ingress = Ingress(
         topology,
@@ -44,6 +51,8 @@ def create_app(
         admin_token=admin_token,
         hold_ttl_s=hold_ttl_s,
         latency=latency,
+        clock=clock,
+        decisions=decisions,
     )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
 

@@ -121,7 +121,8 @@ def create_app(
             exclude=frozenset(cmd.exclude),
         )
         try:
-            decision = decide(request, topology, live.snapshot(), plan, config)
+            priced = topology.at(live.clock())  # the price book version in effect now
+            decision = decide(request, priced, live.snapshot(), plan, config)
         except NoRoute as exc:
             error = Unavailable if exc.retryable else Unroutable
             raise error(str(exc), rejected=exc.rejected) from exc

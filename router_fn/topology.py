@@ -6,8 +6,9 @@ so tests can build a topology by hand and the template stays the one source of t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from events.prices import PriceBook
 from events.quote import Quote
 
 
@@ -70,7 +71,7 @@ class Warming:
 @dataclass(frozen=True)
 class Topology:
     clusters: tuple[ClusterSpec, ...]
-    models: Mapping[str, ModelSpec]
+    models: Mapping[str, ModelSpec]  # the models something serves (by template name)
     quotes: Mapping[tuple[str, str], Quote]  # (model name, tier) -> the price book's rates
     plans: Mapping[str, PlanSpec] = field(default_factory=dict)
     warming: Warming = Warming()
@@ -85,6 +86,27 @@ class Topology:
             here = self.roaming_allow.get(country, frozenset({country}))
             allowed = here if allowed is None else allowed & here
         return allowed or frozenset()
+
+    # The price book's history; ``at`` picks the quotes of the version in effect.
+    price_book: PriceBook | None = None
+    # Models the template declares that nothing here serves -> why (e.g. no GPU locally).
+    unserved: Mapping[str, str] = field(default_factory=dict)
+    _priced: dict[str, Topology] = field(default_factory=dict, compare=False, repr=False)
+
+    def at(self, now: float) -> Topology:
+        """This topology priced by the price book version in effect at ``now`` (epoch
+        seconds): a request is quoted, and its hold settled, by that version only. Before the
+        first version takes effect nothing is priced, so nothing is routed."""
+        if self.price_book is None:
+            return self
+        version = self.price_book.in_effect(now)
+        key = version.version if version else ""
+        view = self._priced.get(key)
+        if view is None:
+            quotes = version.quotes() if version else {}
+            view = replace(self, quotes=quotes, _priced={})
+            self._priced[key] = view  # a handful of versions: bounded by the template
+        return view
 
     def model(self, requested: str) -> ModelSpec | None:
         """The model an application asked for, by served name or template name."""

@@ -275,6 +275,9 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         env["TOLLGATE_LEDGER_URL"] = f"http://authorize.{local}"
         env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
         env |= _passive_warmth()
+    if f.name == "ledger-admin":
+        # The ops console's tiers page shows the router's live view (GET /tiers, admin token).
+        env["TOLLGATE_INGRESS_URL"] = f"http://ingress.{t.namespace}.svc.cluster.local"
     container = _tollgate_container(t, c, f.name, env, f.resources.cpu, f.resources.memory)
     if f.name == "ingress":
         # The bearer network systems present to /events (CAMARA sinkCredential), from the

@@ -152,7 +152,7 @@ class Broker:
         if fresh and targets:
             self._kick.set()
         elif fresh:
-            log.info("no trigger matches %s (%s); dropped", event.get_type(), event.get_id())
+            log.debug("no trigger matches %s (%s); dropped", event.get_type(), event.get_id())
         return fresh
 
     # -- dispatch -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import requests
 
@@ -65,20 +66,25 @@ def _write_secret(path: Path, value: str) -> None:
         f.write(value + "\n")
 
 
-def admin_token(state_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+TokenSource = Literal["environment", "kept", "generated"]
+
+
+def admin_token(
+    state_dir: Path, environ: Mapping[str, str] | None = None
+) -> tuple[str, TokenSource]:
     """TOLLGATE_ADMIN_TOKEN if set, else the one kept in the state dir, else a new one kept there.
 
-    Returns (token, generated now)."""
+    Returns (token, where it came from)."""
     env = os.environ if environ is None else environ
     given = env.get("TOLLGATE_ADMIN_TOKEN", "").strip()
     if given:
-        return given, False
+        return given, "environment"
     path = token_file(state_dir)
     if path.is_file():
-        return path.read_text(encoding="utf-8").strip(), False
+        return path.read_text(encoding="utf-8").strip(), "kept"
     token = secrets.token_urlsafe(24)
     _write_secret(path, token)
-    return token, True
+    return token, "generated"
 
 
 def token_file(state_dir: Path) -> Path:

@@ -5,6 +5,9 @@ Knative's broker is its own deployment), one all-in-one ``ledger`` (every ledger
 admin API), ``ledger-admin`` as the dead-letter sink (``ledger`` would hand a dead letter back to
 the handler that refused it; only ``ledger-admin`` keeps them), ``route``, one ``infer`` per
 local tier (every cluster of a tier shares it) and the ``ingress``.
+Every infer process runs the template's ``local.model`` on the CPU, so that is the one model
+served locally: the others are left out of the local endpoints (so neither listed nor routed),
+each with the reason ``tollgate up`` prints at start.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class LocalPlatform:
     endpoints_file: Path
     endpoints: Mapping[str, Any]  # TOLLGATE_LOCAL_ENDPOINTS: cluster → model → infer URL
     triggers_file: Path  # the broker process reads its triggers from it
+    unserved: Mapping[str, str]  # declared models not served locally → why
 
     def url(self, process: str) -> str:
         return next(p.url for p in self.processes if p.name == process)
@@ -95,6 +99,8 @@ def plan(
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
         "TOLLGATE_LEDGER_URL": urls[LEDGER],
+        # The ops console's tiers page reads the router's live view from the ingress.
+        "TOLLGATE_INGRESS_URL": urls[INGRESS],
     }
     triggers_file = state_dir / "local-triggers.json"
     broker = ProcessSpec(
@@ -132,6 +138,7 @@ def plan(
         endpoints_file=endpoints_file,
         endpoints=_infer_endpoints(template, infer),
         triggers_file=triggers_file,
+        unserved=unserved_locally(template),
     )
 
 
@@ -176,13 +183,35 @@ def _sized(template: Template, state_dir: Path, process: str) -> dict[str, str]:
     }
 
 
+def unserved_locally(template: Template) -> dict[str, str]:
+    """Each declared model ``tollgate up`` does not serve (by template name), and why."""
+    local = template.local.model
+    reasons = {}
+    for m in template.models:
+        if m.name == local:
+            continue
+        if m.engine == "vllm":
+            why = (
+                f"it runs on vLLM with {m.gpus} GPU(s) ({m.gpu_memory_gib} GiB); this machine "
+                f"serves only {local} on the CPU (template local.model)"
+            )
+        else:
+            why = f"this machine serves one CPU model, {local} (template local.model)"
+        reasons[m.name] = why
+    return reasons
+
+
 def _infer_endpoints(template: Template, infer: Mapping[str, str]) -> dict[str, Any]:
-    # Every model a cluster hosts answers locally from its tier's process (running the local
-    # model), so routing over the template's real topology stays visible.
+    # The local model answers from its tier's process on every cluster that hosts it, so
+    # routing over the template's real topology stays visible; the other models are not served
+    # here (the ingress lists only what is served, and says why for the rest).
+    local = template.local.model
     clusters = {
-        c.name: dict.fromkeys(c.models, infer[c.tier]) for c in template.clusters if c.tier in infer
+        c.name: {local: infer[c.tier]}
+        for c in template.clusters
+        if c.tier in infer and local in c.models
     }
-    return {"clusters": clusters, "emulated": True}
+    return {"clusters": clusters, "emulated": True, "unserved": unserved_locally(template)}
 
 
 def _triggers(template: Template, urls: Mapping[str, str]) -> list[BrokerTrigger]:

@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.local.broker_process import triggers_json
-from infra.local.demo import Demo, admin_token, ensure_demo, ledger_keys, token_file
+from infra.local.demo import Demo, TokenSource, admin_token, ensure_demo, ledger_keys, token_file
+from infra.local.echo import LogEcho
 from infra.local.platform import BROKER, LEDGER, LocalPlatform, free_port, plan, write_json
 from infra.local.scheduler import Scheduler, http_sender
 from infra.local.supervisor import BackOff, ChildFailed, Restarts, Supervisor
@@ -98,7 +99,7 @@ def up(
     except (OSError, TemplateError) as exc:
         raise click.ClickException(str(exc)) from exc
     state_dir.mkdir(parents=True, exist_ok=True)
-    token, generated = admin_token(state_dir)
+    token, source = admin_token(state_dir)
     platform = plan(
         template,
         template_path,
@@ -116,11 +117,12 @@ def up(
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
         running.start(startup_timeout)
+        _wait_routable(f"http://127.0.0.1:{port}", token, startup_timeout)
         demo = ensure_demo(platform.url(LEDGER), token, state_dir)
         write_json(
             running.endpoints_json, _endpoints(platform, running.broker_url, port, state_dir)
         )
-        _summary(template, platform, running, port, demo, token, generated, state_dir)
+        _summary(template, platform, running, port, demo, token, source, state_dir)
         _watch(running, BackOff())
     except _Stop as stop:
         console.print(f"\n[bold]{stop}[/]: stopping…")
@@ -141,6 +143,9 @@ class _Running:
         self.supervisor = Supervisor(state_dir / "logs")
         self.broker_url = platform.url(BROKER)
         send = http_sender(self.broker_url)
+        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Models loading and unloading, told as they happen (from before any child starts).
+        self.echo = LogEcho(state_dir / "logs", lambda line: console.print(line, markup=False))
         self.scheduler = Scheduler(template.namespace, template.eventing.pings, send)
         self.processes = platform.processes
         self.endpoints_json = state_dir / "endpoints.json"
@@ -172,6 +177,29 @@ class _Running:
         console.print(f"stopped in {time.monotonic() - started:.1f}s", markup=False)
 
 
+def _wait_routable(ingress: str, token: str, timeout_s: float) -> None:
+    """Up means routable: the router sees every tier healthy. Its prober may have tried the
+    infer functions before they listened (under load they start slowly) and marked them
+    unhealthy; its next round marks them healthy, and until then every request would be 503."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            answer = requests.get(
+                f"{ingress}/tiers", headers={"Authorization": f"Bearer {token}"}, timeout=5
+            )
+            clusters = answer.json()["clusters"]
+            if all(m["healthy"] for c in clusters for m in c["models"].values()):
+                return
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            pass  # not answering yet
+        time.sleep(0.25)
+    console.print(
+        f"the router does not see every tier healthy after {timeout_s:.0f}s (GET {ingress}/tiers)",
+        style="yellow",
+        markup=False,
+    )
+
+
 def _watch(running: _Running, backoff: BackOff) -> NoReturn:
     """Block until a signal (raised as _Stop). A child that dies is restarted as Kubernetes
     restarts a crashed container: at once the first time, then with its own growing back-off
@@ -180,6 +208,7 @@ def _watch(running: _Running, backoff: BackOff) -> NoReturn:
     restarts = Restarts(backoff)
     while True:
         time.sleep(WATCH_EVERY_S)
+        running.echo.poll()
         for dead in supervisor.dead(waiting=restarts.waiting):
             restart = restarts.crashed(dead)
             wait = restart.due - time.monotonic()
@@ -202,6 +231,8 @@ def _endpoints(platform: LocalPlatform, broker: str, port: int, state_dir: Path)
     return {
         "ingress": ingress,
         "admin": platform.url(LEDGER),
+        # The ops console (ledger_fn/console), served with the admin API; sign in with the token.
+        "console": platform.url(LEDGER) + "/console",
         "broker": broker,
         # The network-events endpoint (CAMARA, 3GPP) is served by the ingress.
         "events": ingress + "/events",
@@ -217,7 +248,7 @@ def _summary(
     port: int,
     demo: Demo,
     token: str,
-    generated: bool,
+    source: TokenSource,
     state_dir: Path,
 ) -> None:
     table = Table(title=f"tollgate up: {template.metadata.name}", title_justify="left")
@@ -229,10 +260,13 @@ def _summary(
     console.print(f"Logs: {running.supervisor.log_dir}/<process>.log", markup=False)
     rtt = ", ".join(f"{t} +{v.emulated_rtt_ms} ms" for t, v in template.local.tiers.items())
     console.print(f"Tiers (emulated RTT): {rtt}; model {template.local.model} on CPU everywhere.")
-    if generated:
-        console.print(f"Admin token (generated, kept in {token_file(state_dir)}): {token}")
+    for name, why in platform.unserved.items():
+        served_name = template.model(name).served_name
+        console.print(f"Not served locally: {served_name} ({name}): {why}.", markup=False)
+    if source == "environment":
+        console.print("Admin token: $TOLLGATE_ADMIN_TOKEN (from the environment)")
     else:
-        console.print(f"Admin token: $TOLLGATE_ADMIN_TOKEN or {token_file(state_dir)}")
+        console.print(f"Admin token ({source}, in {token_file(state_dir)}): {token}", markup=False)
     base = f"http://127.0.0.1:{port}/v1"
     model = template.model(template.local.model).served_name
     what = "created" if demo.created else "kept from the last run"
@@ -255,9 +289,19 @@ def _summary(
         "print(reply.choices[0].message.content)",
         markup=False,
     )
+    # The token as the shell should see it: given in the environment, the variable (not the
+    # secret itself) in double quotes; generated or kept in the state dir, the value.
+    bearer = (
+        '"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN"'
+        if source == "environment"
+        else f"'Authorization: Bearer {token}'"
+    )
     console.print(
-        f"\nBalance: curl -s -H 'Authorization: Bearer <admin token>' "
-        f"{platform.url(LEDGER)}/accounts/{demo.account}/balance",
+        f"\nBalance: curl -s -H {bearer} {platform.url(LEDGER)}/accounts/{demo.account}/balance",
+        markup=False,
+    )
+    console.print(
+        f"Ops console: {platform.url(LEDGER)}/console (sign in with the admin token)",
         markup=False,
     )
     console.print(

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from events.camara import EVENTS as CAMARA_EVENTS
 from infra.template.catalog import FUNCTION_KINDS, INFER, known_event_types
 from infra.template.eventing import consumers, emitters
-from infra.template.fields import format_parameters
+from infra.template.fields import format_parameters, version_order
 from infra.template.problems import Problem
 from infra.template.schema import PerSecond, Template
 
@@ -55,11 +55,12 @@ def _duplicates(t: Template) -> Iterator[Problem]:
     yield from _dupes(("models",), (x.served_name for x in t.models), "model servedName")
     yield from _dupes(("plans",), (x.name for x in t.plans), "plan name")
     yield from _dupes(("functions",), (x.name for x in t.functions), "function name")
-    yield from _dupes(
-        ("priceBook", "prices"),
-        (f"{p.model}@{p.tier}" for p in t.price_book.prices),
-        "price for model@tier",
-    )
+    for i, version in enumerate(t.price_book.versions):
+        yield from _dupes(
+            ("priceBook", "versions", i, "prices"),
+            (f"{p.model}@{p.tier}" for p in version.prices),
+            "price for model@tier",
+        )
     ev = ("eventing",)
     yield from _dupes((*ev, "triggers"), (x.resource_name for x in t.eventing.triggers), "trigger")
     yield from _dupes((*ev, "pings"), (x.name for x in t.eventing.pings), "ping name")
@@ -138,29 +139,61 @@ def _clusters(t: Template) -> Iterator[Problem]:
 
 
 def _prices(t: Template) -> Iterator[Problem]:
+    """Every version names known models and tiers; the newest (what the platform will charge
+    from now on) prices exactly what the clusters host. Older versions may price models since
+    retired and lack ones added later: a cluster a version does not price is not routed to."""
     hosted = {(m, c.tier): c.name for c in t.clusters for m in c.models}
-    priced = set()
     models = {m.name for m in t.models}
     tiers = {x.name for x in t.tiers}
-    for i, p in enumerate(t.price_book.prices):
-        where = ("priceBook", "prices", i)
-        priced.add((p.model, p.tier))
-        if p.model not in models:
-            yield Problem((*where, "model"), f"unknown model {p.model!r}; models: {sorted(models)}")
-        elif p.tier not in tiers:
-            yield Problem((*where, "tier"), f"unknown tier {p.tier!r}; tiers: {sorted(tiers)}")
-        elif (p.model, p.tier) not in hosted:
-            yield Problem(
-                where,
-                f"price for model {p.model!r} on tier {p.tier!r}, but no {p.tier} cluster hosts "
-                "it; remove the price or add the model to a cluster of that tier",
-            )
+    newest = len(t.price_book.versions) - 1
+    for v, version in enumerate(t.price_book.versions):
+        at: tuple[str | int, ...] = ("priceBook", "versions", v)
+        for i, p in enumerate(version.prices):
+            where = (*at, "prices", i)
+            if p.model not in models:
+                yield Problem(
+                    (*where, "model"), f"unknown model {p.model!r}; models: {sorted(models)}"
+                )
+            elif p.tier not in tiers:
+                yield Problem((*where, "tier"), f"unknown tier {p.tier!r}; tiers: {sorted(tiers)}")
+            elif v == newest and (p.model, p.tier) not in hosted:
+                yield Problem(
+                    where,
+                    f"price for model {p.model!r} on tier {p.tier!r}, but no {p.tier} cluster "
+                    "hosts it; remove the price or add the model to a cluster of that tier",
+                )
+    priced = {(p.model, p.tier) for p in t.price_book.newest.prices}
     for (model, tier), cluster in sorted(hosted.items()):
         if (model, tier) not in priced and model in models and tier in tiers:
             yield Problem(
-                ("priceBook", "prices"),
-                f"no price for model {model!r} on tier {tier!r} (hosted on cluster {cluster!r}); "
-                f"add {{model: {model}, tier: {tier}, inputPerMillion: N, outputPerMillion: N}}",
+                ("priceBook", "versions", newest, "prices"),
+                f"no price for model {model!r} on tier {tier!r} (hosted on cluster {cluster!r}) "
+                f"in the newest version {t.price_book.newest.version!r}; add {{model: {model}, "
+                f"tier: {tier}, inputPerMillion: N, outputPerMillion: N}}",
+            )
+    yield from _price_history(t)
+
+
+def _price_history(t: Template) -> Iterator[Problem]:
+    """Versions in order, oldest first: each one's name after the last's (digit runs compare
+    as numbers) and its effective time strictly later, so "the version in effect" is one."""
+    versions = t.price_book.versions
+    for i in range(1, len(versions)):
+        before, this = versions[i - 1], versions[i]
+        at = ("priceBook", "versions", i)
+        if version_order(this.version) <= version_order(before.version):
+            yield Problem(
+                (*at, "version"),
+                f"version {this.version!r} is listed after {before.version!r} but does not "
+                "come after it; list versions oldest first, each with a later name "
+                "(e.g. 2026-10.1, 2026-11.1)",
+            )
+        if this.effective_from <= before.effective_from:
+            yield Problem(
+                (*at, "effectiveFrom"),
+                f"version {this.version!r} takes effect {this.effective_from.isoformat()}, not "
+                f"after {before.version!r} ({before.effective_from.isoformat()}); each version "
+                "must take effect strictly after the one listed before it",
             )
 
 
@@ -170,25 +203,26 @@ def _per_second_prices(t: Template) -> Iterator[Problem]:
     reach (another tier, a larger model) need none."""
     parameters = {m.name: m.parameters for m in t.models}
     plans = [p for p in t.plans if isinstance(p, PerSecond)]
-    for i, price in enumerate(t.price_book.prices):
-        if price.per_engine_second:
-            continue
-        size = parameters.get(price.model)
-        reaching = [
-            plan.name
-            for plan in plans
-            if (not plan.tiers or price.tier in plan.tiers)
-            and (not plan.models or price.model in plan.models)
-            and size is not None
-            and size <= plan.max_parameters
-        ]
-        if reaching:
-            yield Problem(
-                ("priceBook", "prices", i, "perEngineSecond"),
-                f"model {price.model!r} on tier {price.tier!r} has no perEngineSecond rate (or "
-                f"0), but per-second plan(s) {', '.join(reaching)} may run it there; add a "
-                "positive perEngineSecond",
-            )
+    for v, version in enumerate(t.price_book.versions):
+        for i, price in enumerate(version.prices):
+            if price.per_engine_second:
+                continue
+            size = parameters.get(price.model)
+            reaching = [
+                plan.name
+                for plan in plans
+                if (not plan.tiers or price.tier in plan.tiers)
+                and (not plan.models or price.model in plan.models)
+                and size is not None
+                and size <= plan.max_parameters
+            ]
+            if reaching:
+                yield Problem(
+                    ("priceBook", "versions", v, "prices", i, "perEngineSecond"),
+                    f"model {price.model!r} on tier {price.tier!r} has no perEngineSecond rate "
+                    f"(or 0) in version {version.version!r}, but per-second plan(s) "
+                    f"{', '.join(reaching)} may run it there; add a positive perEngineSecond",
+                )
 
 
 def _plans(t: Template) -> Iterator[Problem]:
@@ -349,17 +383,17 @@ def _camara(t: Template) -> Iterator[Problem]:
 
 def _carrier_billing(t: Template) -> Iterator[Problem]:
     """Every top-up a plan sells must cost a whole number of the currency's minor units."""
-    cb = t.carrier_billing
-    if cb is None:
+    if t.carrier_billing is None:
         return
-    scale: int = 10**cb.currency_decimals
+    credit = t.credit
+    scale: int = 10**credit.currency_decimals
     for i, plan in enumerate(t.plans):
         for j, credits in enumerate(getattr(plan, "top_ups", ())):
-            if credits * scale % cb.credits_per_unit:
+            if credits * scale % credit.per_unit:
                 yield Problem(
                     ("plans", i, "topUps", j),
-                    f"{credits} credits is not a whole number of {cb.currency} minor units at "
-                    f"{cb.credits_per_unit} credits per {cb.currency}",
+                    f"{credits} credits is not a whole number of {credit.currency} minor units "
+                    f"at {credit.per_unit} credits per {credit.currency} (credit.perUnit)",
                 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from decimal import Decimal
@@ -39,6 +40,39 @@ def _money(value: Any) -> Any:
 
 
 Credits = Annotated[int, BeforeValidator(_money), Field(ge=0)]
+
+
+def _effective(value: Any) -> Any:
+    # A date is its first second in UTC; a time must say its zone, so no two readers disagree.
+    # Text is what YAML leaves quoted and what the ConfigMap's JSON dump holds.
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = (dt.datetime if "T" in value else dt.date).fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError(
+                f"{value.isoformat()} has no time zone: add Z or an offset "
+                "(2026-11-01T00:00:00Z), or write a date (2026-11-01: midnight UTC)"
+            )
+        return value.astimezone(dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    raise ValueError(
+        f"{value!r} is not a date or time: write 2026-11-01 (midnight UTC) or 2026-11-01T09:00:00Z"
+    )
+
+
+# When a price book version starts to apply (an aware datetime, UTC).
+EffectiveFrom = Annotated[dt.datetime, BeforeValidator(_effective)]
+
+
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order of version names: digit runs compare as numbers ("2026-9" < "2026-10")."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.findall(r"\d+|[^\d]+", version)
+    )
+
 
 _PARAMS = re.compile(r"^(\d+(?:\.\d+)?)([MB])$")
 

@@ -7,11 +7,10 @@ function read tiers, clusters, models, prices and plans from one source of truth
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Annotated, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -19,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from infra.template.fields import (
     Credits,
     Cron,
+    EffectiveFrom,
     EventType,
     GoDuration,
     IsoDuration,
@@ -175,11 +175,36 @@ class Price(_Model):
     per_engine_second: Credits | None = None
 
 
-class PriceBook(_Model):
+class PriceVersion(_Model):
+    """One published version of the price book. It prices the holds authorized from
+    ``effectiveFrom`` until the next version's; it is published (``GET /v1/prices``) as soon as
+    it is in the template, before it is charged."""
+
     # Carried on every hold's quote (events/quote.py): a short name, not free text.
-    version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-    effective_from: dt.date
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    effective_from: EffectiveFrom
+    note: str | None = Field(default=None, max_length=500)  # what changed and why, published
     prices: tuple[Price, ...]
+
+
+class PriceBook(_Model):
+    """The price book's history, oldest first: versions and effective times in order. Append a
+    version to change prices; never edit one that has taken effect (holds carry its quotes)."""
+
+    versions: tuple[PriceVersion, ...] = Field(min_length=1)
+
+    @property
+    def newest(self) -> PriceVersion:
+        return self.versions[-1]
+
+
+class Credit(_Model):
+    """What a credit is worth: one unit of ``currency`` buys ``perUnit`` credits. The one
+    definition: top-ups on the phone bill charge at this rate and prices are set in it."""
+
+    currency: str = Field(pattern=r"^[A-Z]{3}$")  # ISO 4217
+    currency_decimals: int = Field(default=2, ge=0, le=4)  # the currency's minor unit
+    per_unit: Credits = Field(ge=1)
 
 
 class SlaCredit(_Model):
@@ -356,7 +381,22 @@ class CarrierBilling(_Model):
     Billing API (2-step payments) and its Refund API. Secrets are named, never written here:
     ``credentialEnv`` holds the access token Tollgate presents to the operator,
     ``sinkKeyEnv`` the key that signs the sink credential of each payment (ledger and ingress
-    share it). A top-up of N credits costs N / creditsPerUnit currency units, exactly."""
+    share it). A top-up of N credits costs N / credit.perUnit currency units, exactly: the
+    rate and currency are the template's ``credit``, never a second definition here."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_own_rate(cls, data: Any) -> Any:
+        moved = {"currency", "currencyDecimals", "creditsPerUnit"} & set(
+            data if isinstance(data, dict) else ()
+        )
+        if moved:
+            raise ValueError(
+                f"{', '.join(sorted(moved))}: moved to the top-level credit section "
+                "(credit: {currency: EUR, currencyDecimals: 2, perUnit: 1000000}), the one "
+                "definition of what a credit is worth"
+            )
+        return data
 
     api_root: str = Field(pattern=r"^https://")
     refund_api_root: str = Field(pattern=r"^https://")
@@ -364,9 +404,6 @@ class CarrierBilling(_Model):
     sink_key_env: EnvName = "TOLLGATE_CARRIER_SINK_KEY"
     # The public ingress the operator posts notifications to (/events/carrier-billing/...).
     notify_url: str = Field(pattern=r"^https://")
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
-    currency_decimals: int = Field(default=2, ge=0, le=4)  # ISO 4217 minor unit
-    credits_per_unit: Credits  # credits one currency unit buys
     description: str = Field(default="AI inference credits", min_length=1, max_length=200)
     merchant_identifier: str | None = Field(default=None, max_length=200)
     poll_after_seconds: int = Field(default=60, ge=1)
@@ -413,6 +450,7 @@ class Template(_Model):
     tiers: tuple[Tier, ...] = Field(min_length=1)
     clusters: tuple[Cluster, ...] = Field(min_length=1)
     models: tuple[Model, ...] = Field(min_length=1)
+    credit: Credit
     price_book: PriceBook
     plans: tuple[Plan, ...] = ()
     functions: tuple[Function, ...]

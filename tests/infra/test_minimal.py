@@ -27,10 +27,12 @@ clusters:
 models:
   - {name: smol, servedName: SmolLM2-135M-Instruct, parameters: 135M, engine: llamacpp,
      contextLength: 2048, resources: {cpu: "1", memory: 512Mi}}
+credit: {currency: USD, perUnit: 100000}
 priceBook:
-  version: "1"
-  effectiveFrom: 2026-01-01
-  prices: [{model: smol, tier: edge, inputPerMillion: 1, outputPerMillion: 2}]
+  versions:
+    - version: "1"
+      effectiveFrom: 2026-01-01
+      prices: [{model: smol, tier: edge, inputPerMillion: 1, outputPerMillion: 2}]
 functions:
   - {name: settle, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
   - {name: ledger-admin, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from functions.store import dynamodb
@@ -73,9 +75,9 @@ def test_api_for_router_and_up(shipped: Template) -> None:
     platform = topology(shipped)
     eight_b = platform.model("meta-llama/Llama-3.1-8B-Instruct")
     assert eight_b is not None and eight_b.name == "llama31-8b"
-    price = platform.quote(eight_b.name, "edge")
-    assert price is not None
-    assert (price.input_per_million, price.output_per_million) == (450, 900)
+    price = platform.at(datetime(2026, 11, 15, tzinfo=UTC).timestamp()).quote(eight_b.name, "edge")
+    assert price is not None and price.price_book == "2026-11.1"
+    assert (price.input_per_million, price.output_per_million) == (4_480_000, 4_480_000)
     assert isinstance(price.input_per_million, int)
     assert platform.quote("llama31-8b", "cloud") is None
     with pytest.raises(KeyError, match="no model 'gpt-5'"):
@@ -164,10 +166,58 @@ def test_price_missing_for_a_hosted_model() -> None:
     )
     _assert_problem(
         _errors(text),
-        "priceBook.prices",
-        _line_of(text, "  prices:"),
-        "no price for model 'llama31-8b' on tier 'regional' (hosted on cluster 'regional-paris-1')",
+        "priceBook.versions[1].prices",
+        _line_of(text, "      prices:", occurrence=2),
+        "no price for model 'llama31-8b' on tier 'regional' (hosted on cluster 'regional-paris-1') "
+        "in the newest version '2026-11.1'",
     )
+
+
+def test_an_older_version_may_lack_a_price_the_newest_has() -> None:
+    # A model added since: only the newest version must price every hosted model.
+    first = TEXT.index("{model: llama31-8b, tier: regional")
+    line_start = TEXT.rindex("\n", 0, first)
+    text = TEXT[:line_start] + TEXT[TEXT.index("\n", first) :]
+    assert len(parse_template(text).price_book.versions[0].prices) == 6
+
+
+def test_price_history_out_of_order_is_refused() -> None:
+    text = _broken("effectiveFrom: 2026-11-01", "effectiveFrom: 2026-09-30")
+    _assert_problem(
+        _errors(text),
+        "priceBook.versions[1].effectiveFrom",
+        _line_of(text, "effectiveFrom: 2026-09-30"),
+        "version '2026-11.1' takes effect 2026-09-30T00:00:00+00:00, not after '2026-10.1'",
+    )
+    text = _broken('version: "2026-11.1"', 'version: "2026-9.1"')
+    _assert_problem(
+        _errors(text),
+        "priceBook.versions[1].version",
+        _line_of(text, 'version: "2026-9.1"'),
+        "version '2026-9.1' is listed after '2026-10.1' but does not come after it",
+    )
+    same = _broken("effectiveFrom: 2026-11-01", "effectiveFrom: 2026-10-01T00:00:00Z")
+    assert "must take effect strictly after" in str(_errors(same))
+
+
+def test_effective_time_needs_a_zone() -> None:
+    text = _broken("effectiveFrom: 2026-11-01", "effectiveFrom: 2026-11-01T00:00:00")
+    _assert_problem(
+        _errors(text),
+        "priceBook.versions[1].effectiveFrom",
+        _line_of(text, "effectiveFrom: 2026-11-01T00:00:00"),
+        "has no time zone: add Z or an offset",
+    )
+    later = _broken("effectiveFrom: 2026-11-01", "effectiveFrom: 2026-11-01T09:30:00+01:00")
+    assert parse_template(later).price_book.newest.effective_from == datetime(
+        2026, 11, 1, 8, 30, tzinfo=UTC
+    )
+
+
+def test_carrier_billing_rate_is_the_credit_definition() -> None:
+    text = _broken("  description: Tollgate", "  creditsPerUnit: 1000000\n  description: Tollgate")
+    err = _errors(text)
+    assert "creditsPerUnit: moved to the top-level credit section" in str(err)
 
 
 def test_duplicate_names() -> None:
@@ -181,12 +231,12 @@ def test_duplicate_names() -> None:
 
 
 def test_float_money_is_refused() -> None:
-    text = _broken("inputPerMillion: 60,", "inputPerMillion: 60.5,")
+    text = _broken("inputPerMillion: 3080000,", "inputPerMillion: 3.08,")
     _assert_problem(
         _errors(text),
-        "priceBook.prices[0].inputPerMillion",
-        _line_of(text, "inputPerMillion: 60.5"),
-        "money must be an integer number of credits, got 60.5",
+        "priceBook.versions[0].prices[0].inputPerMillion",
+        _line_of(text, "inputPerMillion: 3.08"),
+        "money must be an integer number of credits, got 3.08",
     )
 
 
@@ -243,10 +293,11 @@ def test_not_yaml_names_the_line() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    text = _broken("inputPerMillion: 60,", "inputPerMillion: 60.5,")
-    text = text.replace("outputPerMillion: 120,", "outputPerMillion: -1,", 1)
+    text = _broken("inputPerMillion: 3080000,", "inputPerMillion: 3.08,")
+    text = text.replace("outputPerMillion: 3080000,", "outputPerMillion: -1,", 1)
     wheres = {p.where() for p in _errors(text).problems}
-    assert {"priceBook.prices[0].inputPerMillion", "priceBook.prices[0].outputPerMillion"} <= wheres
+    prices = "priceBook.versions[0].prices[0]"
+    assert {f"{prices}.inputPerMillion", f"{prices}.outputPerMillion"} <= wheres
 
 
 def test_bad_event_type() -> None:
@@ -355,20 +406,20 @@ def test_cron_outside_what_pingsource_takes(schedule: str) -> None:
 
 def test_a_price_a_per_second_plan_may_use_needs_a_per_second_rate() -> None:
     text = _broken(
-        "{model: smollm2-135m, tier: edge, inputPerMillion: 60, outputPerMillion: 120, "
-        "perEngineSecond: 2}",
-        "{model: smollm2-135m, tier: edge, inputPerMillion: 60, outputPerMillion: 120}",
+        "{model: smollm2-135m, tier: edge, inputPerMillion: 3080000, outputPerMillion: 3080000, "
+        "perEngineSecond: 139}",
+        "{model: smollm2-135m, tier: edge, inputPerMillion: 3080000, outputPerMillion: 3080000}",
     )
     _assert_problem(
         _errors(text),
-        "priceBook.prices[0].perEngineSecond",
+        "priceBook.versions[0].prices[0].perEngineSecond",
         _line_of(text, "{model: smollm2-135m, tier: edge"),
-        "model 'smollm2-135m' on tier 'edge' has no perEngineSecond rate (or 0), but per-second "
-        "plan(s) edge-seconds-8b may run it there",
+        "model 'smollm2-135m' on tier 'edge' has no perEngineSecond rate (or 0) in version "
+        "'2026-10.1', but per-second plan(s) edge-seconds-8b may run it there",
     )
     zero = _broken(
-        "tier: edge, inputPerMillion: 450, outputPerMillion: 900, perEngineSecond: 40",
-        "tier: edge, inputPerMillion: 450, outputPerMillion: 900, perEngineSecond: 0",
+        "tier: edge, inputPerMillion: 4480000, outputPerMillion: 4480000, perEngineSecond: 81",
+        "tier: edge, inputPerMillion: 4480000, outputPerMillion: 4480000, perEngineSecond: 0",
     )
     assert "perEngineSecond" in str(_errors(zero))
 
@@ -376,7 +427,7 @@ def test_a_price_a_per_second_plan_may_use_needs_a_per_second_rate() -> None:
 def test_a_price_no_per_second_plan_reaches_needs_no_per_second_rate() -> None:
     # The per-second plan runs edge models up to 13B: the regional 70B price is out of its reach.
     text = _broken(
-        "inputPerMillion: 1800, outputPerMillion: 3600, perEngineSecond: 180}",
-        "inputPerMillion: 1800, outputPerMillion: 3600}",
+        "inputPerMillion: 8950000, outputPerMillion: 8950000, perEngineSecond: 537}",
+        "inputPerMillion: 8950000, outputPerMillion: 8950000}",
     )
     parse_template(text, "t.yaml")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.local.platform import LocalPlatform, plan
+from infra.local.platform import LocalPlatform, plan, write_json
 from infra.template.catalog import PING_EVENT_TYPE
 from infra.template.load import load_template
+from infra.wiring import topology_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,10 +58,28 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     assert ledger.env["TOLLGATE_CONTAINER_CONCURRENCY"] == str(100 + 50 + 50 + 20 + 1)
     outboxes = {p.env["TOLLGATE_OUTBOX_DIR"] for p in platform.processes[1:]}
     assert len(outboxes) == len(platform.processes) - 1
+    # Every infer process runs the local model: it is the one model served (and listed); the
+    # template's vLLM models are left out, each with the reason `tollgate up` prints.
     clusters = platform.endpoints["clusters"]
-    assert clusters["regional-paris-1"] == dict.fromkeys(
-        ["smollm2-135m", "llama31-8b", "llama33-70b"], platform.infer["regional"]
+    assert clusters["regional-paris-1"] == {"smollm2-135m": platform.infer["regional"]}
+    assert platform.endpoints["unserved"] == platform.unserved
+    assert platform.unserved["llama33-70b"] == (
+        "it runs on vLLM with 4 GPU(s) (160 GiB); this machine serves only smollm2-135m on the "
+        "CPU (template local.model)"
     )
+    topology = topology_from_env(
+        {
+            "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
+            "TOLLGATE_LOCAL_ENDPOINTS": str(_written(platform)),
+        }
+    )
+    assert list(topology.models) == ["smollm2-135m"]
+    assert "vLLM with 4 GPU(s)" in topology.unserved["meta-llama/Llama-3.3-70B-Instruct"]
+
+
+def _written(platform: LocalPlatform) -> Path:
+    write_json(platform.endpoints_file, platform.endpoints)
+    return platform.endpoints_file
 
 
 def test_triggers_as_knative_renders_them(tmp_path: Path) -> None:

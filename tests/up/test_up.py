@@ -64,7 +64,7 @@ def tollgate_up(state_dir: Path, port: int, env: dict[str, str]) -> Iterator[dic
             **endpoints,
             "pid": process.pid,
             "children": [int(c) for c in children],
-            "log": log.name,
+            "output": Path(log.name),
         }
     finally:
         if process.poll() is None:
@@ -86,6 +86,23 @@ def alive(pid: int) -> bool:
     return True
 
 
+def printed(endpoints: dict[str, Any], text: str, timeout_s: float = 30.0) -> str:
+    """What `tollgate up` has printed, once it contains ``text``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        output = endpoints["output"].read_text(errors="replace")
+        if text in output:
+            return str(output)
+        assert time.monotonic() < deadline, f"{text!r} not printed:\n{output[-4000:]}"
+        time.sleep(0.2)
+
+
+def printed_command(output: str, prefix: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(prefix)).removeprefix(
+        prefix
+    )
+
+
 def admin(token: str) -> requests.Session:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
@@ -96,7 +113,7 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
     state = tmp_path / "state"
     env = {"TOLLGATE_ADMIN_TOKEN": ""}  # generated and kept in the state dir
     with tollgate_up(state, free_port(), env) as endpoints:
-        assert set(endpoints) >= {"ingress", "admin", "broker", "events", "infer"}
+        assert set(endpoints) >= {"ingress", "admin", "console", "broker", "events", "infer"}
         assert set(endpoints["infer"]) == {"edge", "regional", "cloud"}
         token = Path(endpoints["admin_token_file"]).read_text().strip()
         session = admin(token)
@@ -114,7 +131,40 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
         local = json.loads((state / "local-endpoints.json").read_text())
         assert local["emulated"] is True
         edge = endpoints["infer"]["edge"]
-        assert local["clusters"]["edge-lyon-5g-1"] == {"smollm2-135m": edge, "llama31-8b": edge}
+        # Only the model the local infer processes run is served (and listed), here as on
+        # every cluster hosting it; the template's vLLM models are not, and it says why.
+        assert local["clusters"]["edge-lyon-5g-1"] == {"smollm2-135m": edge}
+        assert set(local["unserved"]) == {"llama31-8b", "llama33-70b"}
+        output = printed(endpoints, "Endpoints for tools")
+        assert (
+            "Not served locally: meta-llama/Llama-3.1-8B-Instruct (llama31-8b): it runs on vLLM "
+            "with 1 GPU(s) (20 GiB); this machine serves only smollm2-135m on the CPU" in output
+        )
+        key = (state / "demo-api-key").read_text().strip()
+        user = {"Authorization": f"Bearer {key}"}
+        models = requests.get(endpoints["ingress"] + "/v1/models", headers=user, timeout=10)
+        assert [m["id"] for m in models.json()["data"]] == ["SmolLM2-135M-Instruct"]
+        llama = requests.post(
+            endpoints["ingress"] + "/v1/chat/completions",
+            headers=user,
+            json={
+                "model": "meta-llama/Llama-3.1-8B-Instruct",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            timeout=10,
+        )
+        assert llama.status_code == 404
+        assert "declared but not served on this platform" in llama.json()["error"]["message"]
+        # The balance command, printed with the generated token filled in, works as printed.
+        command = printed_command(output, "Balance: ")
+        assert token in command
+        answer = subprocess.run(["bash", "-c", command], capture_output=True, timeout=30, text=True)
+        assert json.loads(answer.stdout)["account_id"] == ACCOUNT
+        prices = requests.get(endpoints["ingress"] + "/v1/prices", timeout=10).json()
+        assert prices["credit"]["credits_per_unit"] == 1_000_000
+        assert {row["model"] for v in prices["versions"] for row in v["prices"]} == {
+            "SmolLM2-135M-Instruct"
+        }
         children = endpoints["children"]
         assert len(children) == len(("broker", "ledger", "ledger-admin", "route", "ingress")) + len(
             endpoints["infer"]
@@ -198,6 +248,23 @@ def test_the_openai_client_spends_credits_on_every_tier(tmp_path: Path) -> None:
         balance = settled()
         assert balance["open_holds"] == 0 and balance["held"] == 0
         assert balance["spent"] == charged  # exactly what the responses said
+        # Each tier's model loaded on its first request, and the terminal said so.
+        output = printed(endpoints, "model loaded in")
+        for tier in ("edge", "regional", "cloud"):
+            assert f"infer-{tier}: SmolLM2-135M-Instruct: loading the model (cold start)" in output
+        # Settled requests are no news at INFO (the broker drops their replies quietly).
+        assert "no trigger matches" not in output
+        # The token came from the environment: the printed command names the variable.
+        command = printed_command(output, "Balance: ")
+        assert "$TOLLGATE_ADMIN_TOKEN" in command and "test-admin" not in command
+        answer = subprocess.run(
+            ["bash", "-c", command],
+            capture_output=True,
+            timeout=30,
+            text=True,
+            env={**os.environ, "TOLLGATE_ADMIN_TOKEN": "test-admin"},
+        )
+        assert json.loads(answer.stdout)["spent"] == charged
         assert balance["available"] == CREDITS - charged
         stream = client.chat.completions.create(
             model="SmolLM2-135M-Instruct", messages=messages, max_tokens=8, stream=True
@@ -247,7 +314,7 @@ def test_a_crashing_child_is_restarted_with_its_own_back_off_while_the_rest_serv
             k: v for k, v in before.items() if k != "route"
         }
         assert alive(endpoints["pid"])
-        output = Path(endpoints["log"]).read_text(errors="replace")
+        output = endpoints["output"].read_text(errors="replace")
     assert "route exited with status -9 (crash 1 in a row); restarting now" in output
     assert "(crash 2 in a row); restarting in 1s (back-off)" in output
     assert "(crash 3 in a row); restarting in 2s (back-off)" in output
