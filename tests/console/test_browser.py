@@ -94,7 +94,7 @@ def test_sign_in_and_see_the_demo_account(
     assert "That is not the admin token." in text(browser)
     browser.find_element(By.ID, "token").send_keys(ADMIN)
     browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-    assert browser.current_url.rstrip("/").endswith("/console/accounts")
+    assert browser.current_url.rstrip("/").endswith("/console/accounts"), text(browser)
     cookie = browser.get_cookie("tollgate_console")
     assert cookie is not None
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"

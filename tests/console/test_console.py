@@ -187,7 +187,7 @@ def test_creating_an_account_uses_the_admin_api_rules(client: FlaskClient, ledge
         base_url=HTTPS,
         follow_redirects=True,
     )
-    assert "account beta is already open" in again.text
+    assert "account beta already exists" in again.text
     bad = client.post(
         "/console/accounts",
         data={"csrf_token": token, "account_id": "no spaces allowed"},
