@@ -1,4 +1,5 @@
-"""Emitting events to ``K_SINK`` (the Broker on Knative, the local broker under ``tollgate up``)."""
+"""Emitting events to ``K_SINK`` (the Broker on Knative, the local broker under ``tollgate up``),
+with this workload's token for the sink's audience as the bearer (functions/auth/tokens.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import requests
 
+from functions.auth.tokens import SINK, TokenFile, TokenMissing
 from functions.cloudevent import make_event, to_binary
 
 log = logging.getLogger(__name__)
@@ -28,14 +30,22 @@ class Emitter:
     Retries reuse the event id, so a sink that got the event but whose answer was lost dedupes
     the retry (at-least-once delivery, as Knative gives it)."""
 
-    def __init__(self, sink: str | None, *, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        sink: str | None,
+        token: TokenFile | None,
+        *,
+        session: requests.Session | None = None,
+    ) -> None:
         self.sink = sink
+        self.token = token
         self._session = session or requests.Session()
         self._session.trust_env = False  # no proxy lookups from the environment per event
 
     @classmethod
     def from_env(cls) -> Emitter:
-        return cls(os.environ.get("K_SINK") or None)
+        """K_SINK and the workload's token for it ($TOLLGATE_TOKEN_DIR/sink)."""
+        return cls(os.environ.get("K_SINK") or None, TokenFile.from_env(SINK))
 
     def emit(
         self,
@@ -53,13 +63,19 @@ class Emitter:
         message = to_binary(
             make_event(type, source, data, id=id, subject=subject, caused_by=caused_by)
         )
+        if self.token is None:
+            raise EmitFailed(f"no token for {self.sink}: the sink refuses anonymous events")
         backoff = FIRST_BACKOFF_S
         problem = ""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
+                # Read per attempt: a rotated token is picked up by the next one.
+                headers = {**message.headers, **self.token.bearer()}
                 response = self._session.post(
-                    self.sink, headers=message.headers, data=message.body, timeout=TIMEOUT_S
+                    self.sink, headers=headers, data=message.body, timeout=TIMEOUT_S
                 )
+            except TokenMissing as exc:
+                problem = str(exc)
             except requests.RequestException as exc:
                 problem = f"{exc.__class__.__name__}: {exc}"
             else:

@@ -30,6 +30,7 @@ from functions.errors import FunctionError
 from functions.validation import validate
 from infer_fn import errors, metrics
 from infer_fn.admission import QueueFull
+from infer_fn.capability import AttemptGuard, Vouched, bounded
 from infer_fn.config import InferConfig
 from infer_fn.engines.base import Engine, EngineError, Generation, InvalidRequest, SamplingParams
 from infer_fn.lifecycle import EngineHost, Lease
@@ -43,8 +44,10 @@ Start = Callable[[Engine, SamplingParams], Generation]
 BLUEPRINT = "openai"
 
 
-def build_blueprint(host: EngineHost, emitter: EventSink, config: InferConfig) -> Blueprint:
-    api = _Api(host, emitter, config)
+def build_blueprint(
+    host: EngineHost, emitter: EventSink, config: InferConfig, guard: AttemptGuard
+) -> Blueprint:
+    api = _Api(host, emitter, config, guard)
     blueprint = Blueprint(BLUEPRINT, __name__)
     blueprint.add_url_rule(PATHS["chat"], view_func=api.chat, methods=["POST"])
     blueprint.add_url_rule(PATHS["completions"], view_func=api.completions, methods=["POST"])
@@ -63,10 +66,13 @@ def count_refusal(error: FunctionError) -> None:
 
 
 class _Api:
-    def __init__(self, host: EngineHost, emitter: EventSink, config: InferConfig) -> None:
+    def __init__(
+        self, host: EngineHost, emitter: EventSink, config: InferConfig, guard: AttemptGuard
+    ) -> None:
         self._host = host
         self._emitter = emitter
         self._config = config
+        self._guard = guard
         self._started = int(time.time())
 
     def models(self) -> Response:
@@ -114,7 +120,10 @@ class _Api:
         arrived: float,
         start: Start,
     ) -> Response:
-        params = _sampling(req)
+        vouched = self._guard.admit(
+            request.headers.get(wire.CAPABILITY), req.model, req.requested_max_tokens
+        )
+        params = _sampling(req, vouched)
         engine = self._host.engine
         if req.model not in engine.models():
             raise errors.model_not_found(req.model)
@@ -124,20 +133,13 @@ class _Api:
             except ContextExceeded as exc:
                 raise errors.bad_request(str(exc), code=exc.code, param=exc.param) from exc
         try:
-            headers = {name.lower(): value for name, value in request.headers.items()}
-            hold = wire.BilledHold.from_headers(
-                headers, tier=self._config.tier, cluster=self._config.cluster
-            )
-        except wire.BadHold as exc:
-            raise errors.bad_request(str(exc), code="invalid_hold") from exc
-        try:
             lease = self._host.acquire()
         except QueueFull as exc:
             raise errors.queue_full(str(exc), self._config.retry_after_seconds) from exc
         except EngineError as exc:
             raise errors.unavailable(f"The engine could not be loaded: {exc}") from exc
         envelope = Envelope.new(endpoint, req.model)
-        meter = Meter(envelope.id, req.model, request.path, hold, arrived=arrived)
+        meter = Meter(envelope.id, req.model, request.path, vouched, arrived=arrived)
         started = time.perf_counter()
         try:
             gen = start(engine, params)
@@ -150,7 +152,7 @@ class _Api:
             raise errors.unavailable(f"The engine failed: {exc}") from exc
         # Tokenizing and validating the prompt (or reaching the upstream) is engine time too.
         gen.engine_seconds += time.perf_counter() - started
-        outcome = _Outcome(gen, lease, meter, self._emitter)
+        outcome = _Outcome(gen, lease, meter, self._emitter, vouched)
         headers = {wire.COLD_START_MS: str(_ms(lease.cold_start_seconds))}
         if req.stream:
             response = Response(
@@ -166,8 +168,12 @@ class _Api:
 class _Outcome:
     """How an admitted request ended; `finish` runs once, after the response is closed."""
 
-    def __init__(self, gen: Generation, lease: Lease, meter: Meter, emitter: EventSink) -> None:
+    def __init__(
+        self, gen: Generation, lease: Lease, meter: Meter, emitter: EventSink, vouched: Vouched
+    ) -> None:
         self.gen = gen
+        # What generation may run for: the attempt's deadline and priced engine time.
+        self.pieces = bounded(gen, vouched)
         self.lease = lease
         self.meter = meter
         self.emitter = emitter
@@ -198,7 +204,7 @@ def _stream(envelope: Envelope, outcome: _Outcome, include_usage: bool) -> Itera
     try:
         if envelope.endpoint == "chat":
             yield envelope.chunk(None, first=True)
-        for piece in gen:
+        for piece in outcome.pieces:
             outcome.meter.mark_text()
             yield envelope.chunk(piece)
         yield envelope.chunk(None, gen.finish_reason or "stop")
@@ -219,7 +225,7 @@ def _whole(envelope: Envelope, outcome: _Outcome, headers: dict[str, str]) -> Re
     gen = outcome.gen
     pieces: list[str] = []
     try:
-        for piece in gen:
+        for piece in outcome.pieces:
             outcome.meter.mark_text()
             pieces.append(piece)
     except Exception as exc:
@@ -245,11 +251,10 @@ def _finish_after(finish: Callable[[], None]) -> Callable[[Response], Response]:
     return hook
 
 
-def _sampling(req: OpenAIRequest) -> SamplingParams:
+def _sampling(req: OpenAIRequest, vouched: Vouched) -> SamplingParams:
     return SamplingParams(
-        # No limit asked: until the model stops or the window is full, as OpenAI's API does
-        # (the ingress always asks: it prices DEFAULT_MAX_TOKENS when the caller names none).
-        max_tokens=req.requested_max_tokens,
+        # No more than the hold was priced for (the ingress always asks for exactly that).
+        max_tokens=min(req.requested_max_tokens or vouched.max_tokens, vouched.max_tokens),
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=req.stops(),

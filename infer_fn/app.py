@@ -5,10 +5,13 @@ from __future__ import annotations
 import flask
 
 from functions.app import create_app as create_function_app
+from functions.auth.keys import VerifyKeys
+from functions.auth.senders import Senders
 from functions.emit import Emitter
 from functions.server import THREADS_CONFIG
 from infer_fn.admission import Admission
 from infer_fn.api import build_blueprint, count_refusal
+from infer_fn.capability import AttemptGuard
 from infer_fn.config import EngineKind, InferConfig
 from infer_fn.engines import build_engine
 from infer_fn.engines.base import Engine
@@ -24,10 +27,14 @@ EXTENSION = "tollgate_infer"
 def create_app(
     config: InferConfig | None = None,
     *,
+    senders: Senders,
+    capability_keys: VerifyKeys,
     engine: Engine | None = None,
     emitter: EventSink | None = None,
 ) -> flask.Flask:
-    """`engine` and `emitter` default to what the config and `K_SINK` say; tests inject theirs."""
+    """`engine` and `emitter` default to what the config and `K_SINK` say; tests inject theirs.
+    ``capability_keys``: the public keys of the ingress's capabilities (infer serves nothing
+    without one); ``senders``: who may POST events (nobody: infer takes none)."""
     config = config or InferConfig.from_env()
     engine = engine or build_engine(config)
     admission = Admission(config.concurrency, config.queue_size, config.queue_timeout_seconds)
@@ -45,9 +52,11 @@ def create_app(
         if config.engine is EngineKind.LLAMACPP and not config.resolved_model_path().is_file():
             raise RuntimeError(f"model file {config.resolved_model_path()} is missing")
 
+    guard = AttemptGuard(capability_keys, config.capability_audiences)
     app = create_function_app(
         NAME,
-        blueprints=[build_blueprint(host, emitter or Emitter.from_env(), config)],
+        senders=senders,
+        blueprints=[build_blueprint(host, emitter or Emitter.from_env(), config, guard)],
         ready=ready,
         max_body_bytes=config.max_body_bytes,
         on_error=count_refusal,

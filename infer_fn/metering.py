@@ -1,5 +1,6 @@
-"""Per-request metering: exact tokens and timings, reported as metrics and — when the ingress put
-a hold on the request — as `inference.completed` / `inference.failed` events for settlement.
+"""Per-request metering: exact tokens and timings, reported as metrics and as
+`inference.completed` / `inference.failed` events for settlement, billed to the hold the
+attempt's capability names (and carrying that capability, which settle and refund check).
 
 Event data is built with the catalogue's own models (`events.ledger`), so what settle and refund
 validate is what we send. Every number is an integer (token counts, milliseconds): money
@@ -17,9 +18,9 @@ from typing import Any, Protocol
 from events.ledger import InferenceCompleted, InferenceError, InferenceFailed, Timings
 from events.quote import Usage
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
-from events.wire import BilledHold
 from functions.emit import EmitFailed
 from infer_fn import metrics
+from infer_fn.capability import Vouched
 from infer_fn.engines.base import Generation
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Meter:
     request_id: str
     model: str
     endpoint: str
-    hold: BilledHold | None
+    attempt: Vouched
     arrived: float = field(default_factory=time.perf_counter)
     first_text: float | None = None
 
@@ -70,8 +71,6 @@ class Meter:
         metrics.TOKENS.labels("completion").inc(completion)
         if completion and engine_seconds > 0:
             metrics.TOKENS_PER_SECOND.set(completion / engine_seconds)
-        if self.hold is None:
-            return
         total_ms = _ms(ended - self.arrived)
         usage = Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
@@ -82,7 +81,7 @@ class Meter:
             total_ms=total_ms,
             engine_ms=_ms(engine_seconds),
         )
-        hold = self.hold
+        hold = self.attempt.capability
         common: dict[str, Any] = {
             "hold_id": hold.hold_id,
             "account_id": hold.account_id,
@@ -91,6 +90,7 @@ class Meter:
             "cluster": hold.cluster,
             "usage": usage,
             "timings": timings,
+            "capability": self.attempt.token,
         }
         event: InferenceCompleted | InferenceFailed
         if error is None:

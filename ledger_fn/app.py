@@ -1,5 +1,7 @@
 """The ledger functions' apps: one codebase, deployed as several functions (authorize, settle,
-refund, grant, sweep, ledger-admin), or all at once as ``ledger``."""
+refund, grant, sweep), or those five at once as ``ledger`` (``tollgate up``); ``ledger-admin``
+(the admin API, the only holder of the admin token) and ``deadletters`` (the cluster-local sink of
+what the broker gave up delivering; the admin API reads what it keeps) apart."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from flask import Flask
 
 from functions.apikeys import ApiKeys
 from functions.app import create_app as create_function_app
+from functions.auth.keys import VerifyKeys
+from functions.auth.senders import Senders
+from functions.auth.tokens import SINK, TokenFile
 from functions.config import Settings
 from functions.deadletters import DeadLetters
 from functions.emit import Emitter
@@ -21,12 +26,14 @@ from ledger_fn.topups import CarrierBilling, TopUps
 from ledger_fn.topups_api import TopupHandlers, topups_blueprint
 
 EVENT_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep")
-FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "ledger")
+FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "deadletters", "ledger")
 
 
 def create_app(
     function: str = "ledger",
     *,
+    senders: Senders,
+    capability_keys: VerifyKeys | None = None,
     settings: Settings | None = None,
     store: Store | None = None,
     ledger: Ledger | None = None,
@@ -36,15 +43,17 @@ def create_app(
 ) -> Flask:
     """``plans``: what each plan grants (from template.yaml, wired by infra); none: no plans.
     ``carrier``: the operator's Carrier Billing API for top-ups (none: top-ups answer 503);
-    ``topups``: a ready service instead (tests)."""
+    ``topups``: a ready service instead (tests); ``senders``: who may send it events;
+    ``capability_keys``: what settle and refund check inference outcomes' capabilities with."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
     ledger = ledger or Ledger(store)
     plan_book = Plans(ledger, plans or {})
+    emitter = Emitter(settings.sink, TokenFile.from_env(SINK))
     handlers = LedgerHandlers(
-        ledger, plan_book, Emitter(settings.sink), source=f"/tollgate/{function}"
+        ledger, plan_book, emitter, capability_keys, source=f"/tollgate/{function}"
     )
     if topups is None and carrier is not None:
         topups = TopUps(ledger, plan_book, carrier)
@@ -55,10 +64,10 @@ def create_app(
     )
     blueprints = []
     fallback = None
-    if function in ("ledger", "ledger-admin"):
-        # The admin function is also the platform's dead-letter sink (template.yaml).
-        dead_letters = DeadLetters(store)
-        fallback = dead_letters.keep if function == "ledger-admin" else None
+    dead_letters = DeadLetters(store)
+    if function == "deadletters":
+        fallback = dead_letters.keep
+    if function == "ledger-admin":
         blueprints.append(
             admin_blueprint(ledger, plan_book, ApiKeys(store), dead_letters, settings.admin_token)
         )
@@ -68,6 +77,7 @@ def create_app(
         routes.update(TopupHandlers(topups).routes())
     return create_function_app(
         function,
+        senders=senders,
         handlers=routes,
         blueprints=blueprints,
         ready=store.ping,

@@ -33,6 +33,7 @@ from events.openai import (
 from events.quote import Quote, Usage
 from functions.accounts import read_profile
 from functions.apikeys import ApiKeys
+from functions.auth.keys import SigningKey
 from functions.errors import (
     BadRequest,
     Forbidden,
@@ -41,15 +42,15 @@ from functions.errors import (
     Unauthorized,
     Unavailable,
 )
-from functions.http import bearer_token, require_bearer
+from functions.http import bearer_token
 from functions.store import Store
 from functions.validation import validate
 from router_fn import metrics
+from router_fn.capabilities import mint
 from router_fn.hints import parse_hints
 from router_fn.ledger_client import LedgerClient
 from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
 from router_fn.tierstate import TierStates
-from router_fn.tierview import tiers_view
 from router_fn.topology import ModelSpec, PlanSpec, Topology
 from router_fn.ttl_cache import TTLCache
 
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 300.0  # a cold start loads the model before the first byte
+# Engine time a hold is priced for (per-second plans) and an attempt may run.
+ENGINE_BOUND_MS = int(READ_TIMEOUT_S * 1000)
 HOLD_TTL_S = 900  # longer than any request may run; the sweep returns forgotten holds
 STREAM_CUT = (
     b'data: {"error": {"message": "the inference stream was cut", "type": "server_error"}}\n\n'
@@ -87,8 +90,8 @@ class Ingress:
         store: Store,
         ledger: LedgerClient,
         states: TierStates,
+        signing_key: SigningKey,
         *,
-        admin_token: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.topology = topology
@@ -96,7 +99,7 @@ class Ingress:
         self.keys = ApiKeys(store)
         self.ledger = ledger
         self.states = states
-        self.admin_token = admin_token
+        self.signing_key = signing_key
         self.sleep = sleep
         self._callers: TTLCache[str, Caller] = TTLCache(AUTH_CACHE_S)
         self._session = requests.Session()
@@ -201,7 +204,7 @@ class Ingress:
                 return self._call(endpoint, candidate, hold, quote, caller, forward), decision
             except _AttemptFailed as failure:
                 failures.append(f"{candidate.cluster}: {failure}")
-                self._refund(hold, caller, route.model, candidate, str(failure))
+                self._refund(hold, route.model, candidate, str(failure), failure.capability)
                 if failure.final is not None:
                     raise failure.final from None
                 excluded = excluded | {candidate.cluster}
@@ -228,9 +231,7 @@ class Ingress:
             per_engine_second=bool(caller.plan and caller.plan.per_engine_second),
         )
         assert quote is not None, "the policy only picks priced clusters"
-        amount = quote.worst_case(
-            route.prompt_tokens, route.max_tokens or 0, int(READ_TIMEOUT_S * 1000)
-        )
+        amount = quote.worst_case(route.prompt_tokens, route.max_tokens or 0, ENGINE_BOUND_MS)
         hold = self.ledger.authorize(
             f"{request_id}#{candidate.cluster}",
             caller.account_id,
@@ -254,51 +255,61 @@ class Ingress:
         cluster = self.topology.cluster(candidate.cluster)
         if cluster.emulated:
             self.sleep(cluster.rtt_ms / 1000)  # `tollgate up`: the tier's network RTT, emulated
-        billed = wire.BilledHold(hold.hold_id, caller.account_id, candidate.tier, candidate.cluster)
+        capability = mint(
+            self.signing_key,
+            hold,
+            model=str(forward["model"]),
+            cluster=candidate.cluster,
+            tier=candidate.tier,
+            max_tokens=int(forward["max_tokens"]),
+            engine_ms=ENGINE_BOUND_MS,
+            attempt=hold.hold_id,
+        )
         try:
             upstream = self._session.post(
                 candidate.url.rstrip("/") + PATHS[endpoint],
                 json=forward,
-                headers=billed.headers(),
+                headers={wire.CAPABILITY: capability},
                 stream=True,
                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
             )
         except requests.RequestException as exc:
-            raise _AttemptFailed(f"unreachable ({exc.__class__.__name__})") from exc
+            raise _AttemptFailed(f"unreachable ({exc.__class__.__name__})", capability) from exc
         if upstream.status_code >= 500 or upstream.status_code == 429:
             text = upstream.text[:300]
             upstream.close()
-            raise _AttemptFailed(f"answered {upstream.status_code}: {text}")
+            raise _AttemptFailed(f"answered {upstream.status_code}: {text}", capability)
         if upstream.status_code >= 400:
             # The request itself is wrong (e.g. longer than the context): no tier would take it.
             error = _upstream_error(upstream)
-            raise _AttemptFailed(error.message, final=error)
+            raise _AttemptFailed(error.message, capability, final=error)
         chunks = upstream.iter_content(chunk_size=None)
         try:
             first = next(chunks, b"")
         except requests.RequestException as exc:
             upstream.close()
             raise _AttemptFailed(
-                f"failed before the first byte ({exc.__class__.__name__})"
+                f"failed before the first byte ({exc.__class__.__name__})", capability
             ) from exc
         return Attempt(candidate, hold, quote, upstream, chunks, first)
 
     def _refund(
         self,
         hold: HoldAuthorized,
-        caller: Caller,
         model: ModelSpec,
         candidate: Candidate,
         error: str,
+        capability: str,
     ) -> None:
         try:
             self.ledger.refund_failed(
                 hold.hold_id,
-                caller.account_id,
+                hold.account_id,
                 model.name,
                 candidate.tier,
                 candidate.cluster,
                 error,
+                capability,
             )
         except FunctionError as exc:
             # Already voided by the infer function's own failed event, or the ledger is down:
@@ -327,19 +338,16 @@ class Ingress:
             ]
             return jsonify(object="list", data=data)
 
-        @bp.get("/tiers")
-        def tiers() -> Response:
-            require_bearer(self.admin_token)
-            return jsonify(clusters=tiers_view(self.topology, self.states.snapshot()))
-
         return bp
 
 
 class _AttemptFailed(Exception):
-    """An attempt that produced no output. ``final`` set: answer it, do not fail over."""
+    """An attempt that produced no output. ``final`` set: answer it, do not fail over.
+    ``capability``: the attempt's, which its refund carries."""
 
-    def __init__(self, reason: str, final: FunctionError | None = None) -> None:
+    def __init__(self, reason: str, capability: str, final: FunctionError | None = None) -> None:
         super().__init__(reason)
+        self.capability = capability
         self.final = final
 
 

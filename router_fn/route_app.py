@@ -24,19 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask, Response, jsonify
 
 from events import types
 from events.network import SITE_DEGRADED, SITE_RESTORED, SiteDegraded, SiteRestored
 from events.routing import RouteRequested
 from functions.app import Handler
 from functions.app import create_app as create_function_app
+from functions.auth.senders import Senders
 from functions.cloudevent import Incoming, Reply
 from functions.errors import BadRequest, FunctionError, NotFound, Unavailable
 from functions.store import Store
 from functions.validation import validate
 from router_fn.policy import DEFAULT_CONFIG, Decision, NoRoute, PolicyConfig, RouteRequest, decide
 from router_fn.tierstate import TierStates
+from router_fn.tierview import tiers_view
 from router_fn.topology import Topology
 
 NAME = "route"
@@ -56,6 +58,7 @@ def create_app(
     states: TierStates | None = None,
     config: PolicyConfig = DEFAULT_CONFIG,
     degradation_s: int = DEFAULT_DEGRADATION_S,
+    senders: Senders,
 ) -> Flask:
     """The route function's app; ``states`` defaults to the tier state in ``store``."""
     live = states or TierStates(store)
@@ -110,7 +113,25 @@ def create_app(
         SITE_DEGRADED: degraded,
         SITE_RESTORED: restored,
     }
-    return create_function_app(NAME, handlers=handlers, ready=store.ping)
+    return create_function_app(
+        NAME,
+        senders=senders,
+        handlers=handlers,
+        blueprints=[tiers_blueprint(topology, live)],
+        ready=store.ping,
+    )
+
+
+def tiers_blueprint(topology: Topology, live: TierStates) -> Blueprint:
+    """``GET /tiers``: the router's live view, for ops. The route function is cluster-local,
+    so the view is no longer on the public ingress (and the ingress holds no admin token)."""
+    bp = Blueprint("tiers", __name__)
+
+    @bp.get("/tiers")
+    def tiers() -> Response:
+        return jsonify(clusters=tiers_view(topology, live.snapshot()))
+
+    return bp
 
 
 def decided(decision: Decision) -> dict[str, Any]:
