@@ -294,6 +294,8 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         local = f"{t.namespace}.svc.cluster.local"
         env["TOLLGATE_LEDGER_URL"] = f"http://authorize.{local}"
         env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
+        # Where the other clusters' infer report usage (router_fn/cluster_events.py).
+        env["TOLLGATE_CLUSTER_EVENTS_URL"] = knative_placement(t).cluster_events_url
     resources = (f.resources.cpu, f.resources.memory)
     container = _tollgate_container(t, c, f.name, f.name, env, resources)
     container["env"].extend(_secret_envs(t, f.name))

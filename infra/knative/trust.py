@@ -162,7 +162,7 @@ def event_policies(t: Template, placement: Placement | None = None) -> list[Mani
                 "kind": "Service",
                 "name": f.name,
             }
-    out = []
+    out: list[Manifest] = []
     for audience, policy in sorted(sink_policies(t, where).items()):
         if audience in targets:
             out.extend(_event_policy(t, targets[audience], rule) for rule in policy.rules)

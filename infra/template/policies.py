@@ -157,12 +157,12 @@ def sink_policies(t: Template, placement: Placement) -> dict[str, SenderPolicy]:
         sent = emits(t, function)
         if not sent or not any(f.name == function for f in t.functions):
             continue
-        accounts = (
+        senders: tuple[str, ...] = (
             placement.infer_accounts
             if function == INFER
             else (placement.host(function), *delivering.get(function, ()))
         )
-        add(broker, SenderRule(f"{t.eventing.broker}-from-{function}", of(accounts), types(sent)))
+        add(broker, SenderRule(f"{t.eventing.broker}-from-{function}", of(senders), types(sent)))
     name = t.eventing.broker
     for ping in t.eventing.pings:
         match = {"type": PING_EVENT_TYPE, PING_EXTENSION: ping.type}
