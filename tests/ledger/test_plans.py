@@ -20,7 +20,8 @@ from ledger_fn.plans import PlanGrant, Plans, period_end
 from tests import camara_schemas as specs
 from tests.clock import Clock
 from tests.events import payloads
-from tests.ledger.helpers import invariant, send
+from tests.ledger.helpers import invariant, send, senders, signed
+from tests.trust import TestIssuer
 
 NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
 PLANS = {
@@ -44,10 +45,17 @@ def ledger(sqlite_store: Store, clock: Clock) -> Ledger:
 
 
 @pytest.fixture
-def client(sqlite_store: Store, ledger: Ledger) -> FlaskClient:
+def client(sqlite_store: Store, ledger: Ledger, issuer: TestIssuer) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    app = create_app("grant", settings=settings, store=sqlite_store, ledger=ledger, plans=PLANS)
-    return app.test_client()
+    app = create_app(
+        "grant",
+        senders=senders(issuer),
+        settings=settings,
+        store=sqlite_store,
+        ledger=ledger,
+        plans=PLANS,
+    )
+    return signed(app, issuer)
 
 
 def test_monthly_grants_run_once_per_account_and_period(
