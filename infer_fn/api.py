@@ -123,7 +123,7 @@ class _Api:
         vouched = self._guard.admit(
             request.headers.get(wire.CAPABILITY), req.model, req.requested_max_tokens
         )
-        params = _sampling(req, vouched)
+        params = _sampling(req)
         engine = self._host.engine
         if req.model not in engine.models():
             raise errors.model_not_found(req.model)
@@ -251,10 +251,12 @@ def _finish_after(finish: Callable[[], None]) -> Callable[[Response], Response]:
     return hook
 
 
-def _sampling(req: OpenAIRequest, vouched: Vouched) -> SamplingParams:
+def _sampling(req: OpenAIRequest) -> SamplingParams:
     return SamplingParams(
-        # No more than the hold was priced for (the ingress always asks for exactly that).
-        max_tokens=min(req.requested_max_tokens or vouched.max_tokens, vouched.max_tokens),
+        # No limit asked: until the model stops or the window is full, as OpenAI's API does
+        # (the ingress always asks: it prices DEFAULT_MAX_TOKENS when the caller names none);
+        # `bounded` stops it at the bound its capability was priced for in any case.
+        max_tokens=req.requested_max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=req.stops(),

@@ -91,12 +91,17 @@ class AttemptGuard:
 def bounded(
     gen: Generation, vouched: Vouched, clock: Callable[[], float] = time.time
 ) -> Iterator[str]:
-    """The generation's pieces until it ends, its deadline passes, or its engine time reaches
-    the bound the hold was priced for (then it ends as ``length``, as a max_tokens cut does)."""
-    bound_s = vouched.capability.engine_ms / 1000
-    deadline = vouched.capability.deadline
+    """The generation's pieces until it ends, or until it reaches a bound of its capability: the
+    tokens or the engine time the hold was priced for, or the deadline (then it ends as
+    ``length``, as a max_tokens cut does)."""
+    capability = vouched.capability
+    bound_s = capability.engine_ms / 1000
     for piece in gen:
         yield piece
-        if gen.engine_seconds >= bound_s or clock() >= deadline:
+        if (
+            gen.completion_tokens >= capability.max_tokens
+            or gen.engine_seconds >= bound_s
+            or clock() >= capability.deadline
+        ):
             gen.finish_reason = "length"
             return
