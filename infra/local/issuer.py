@@ -7,11 +7,12 @@ expiry. Workloads get theirs as projected token files (``TokenFiles``), rewritte
 they expire, as kubelet does; the broker and the ping scheduler, which run in this process, mint
 their deliveries' tokens directly (as Knative's dispatcher asks TokenRequest for a trigger's).
 
-The signing key lives only in this process's memory: a restart of ``tollgate up`` restarts every
-workload with it, so no token outlives its key."""
+Its signing key is ``<state-dir>/issuer/key.jwk`` (0600), as the API server's is a key file
+(``--service-account-signing-key-file``): whoever can read the state dir is the cluster admin."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -40,18 +41,22 @@ def subject(namespace: str, name: str) -> str:
 
 
 class Issuer:
-    """Keys and minting; ``url`` is set once its HTTP server listens."""
+    """Keys and minting; ``url`` is set once its HTTP server listens. ``key_file``: where the
+    signing key is kept (created on first use); None keeps it in memory only."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, key_file: Path | None = None) -> None:
         self.namespace = namespace
-        self._key = RSAKey.generate_key(2048, auto_kid=True)
+        self._key = _load_or_create(key_file)
         self.url = ""
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
         self._cache_lock = threading.Lock()
 
-    def mint(self, name: str, audience: str, ttl_s: int = TOKEN_TTL_S) -> str:
-        """A fresh token for ServiceAccount ``name`` of this namespace."""
-        now = int(time.time())
+    def mint(
+        self, name: str, audience: str, ttl_s: int = TOKEN_TTL_S, *, now: float | None = None
+    ) -> str:
+        """A fresh token for ServiceAccount ``name`` of this namespace (``now``: when it is
+        issued, for tests of expiry)."""
+        now = int(time.time() if now is None else now)
         claims = {
             "iss": self.url,
             "sub": subject(self.namespace, name),
@@ -98,6 +103,20 @@ class Issuer:
             return jsonify(self.jwks())
 
         return app
+
+
+def _load_or_create(path: Path | None) -> RSAKey:
+    if path is not None and path.is_file():
+        return RSAKey.import_key(json.loads(path.read_text(encoding="utf-8")))
+    key = RSAKey.generate_key(2048, auto_kid=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps({**key.as_dict(private=True), "kid": key.kid}), "utf-8")
+        partial.chmod(0o600)
+        partial.replace(path)
+    return key
 
 
 class IssuerServer:

@@ -103,7 +103,7 @@ def up(port: int, state_dir: Path, template_path: Path, host: str, startup_timeo
     state_dir.mkdir(parents=True, exist_ok=True)
     token, generated = admin_token(state_dir)
     broker_port = free_port(host)
-    issuer = IssuerServer(Issuer(template.namespace), host)
+    issuer = IssuerServer(Issuer(template.namespace, state_dir / "issuer" / "key.jwk"), host)
     platform = plan(
         template,
         template_path,

@@ -60,7 +60,13 @@ def tollgate_up(state_dir: Path, port: int, env: dict[str, str]) -> Iterator[dic
             time.sleep(0.2)
         endpoints = json.loads(endpoints_file.read_text())
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        yield {**endpoints, "pid": process.pid, "children": [int(c) for c in children]}
+        yield {
+            **endpoints,
+            "pid": process.pid,
+            "children": [int(c) for c in children],
+            "state": str(state_dir),
+            "up_log": log.name,
+        }
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -111,9 +117,11 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
         edge = endpoints["infer"]["edge"]
         assert local["clusters"]["edge-lyon-5g-1"] == {"smollm2-135m": edge, "llama31-8b": edge}
         children = endpoints["children"]
-        assert len(children) == len(("ledger", "ledger-admin", "route", "ingress")) + len(
-            endpoints["infer"]
-        )
+        assert len(children) == len(
+            ("ledger", "ledger-admin", "deadletters", "route", "ingress")
+        ) + len(endpoints["infer"])
+        # Every process listens on the loopback only.
+        assert all(url.startswith("http://127.0.0.1:") for url in endpoints["processes"].values())
     # SIGINT: every child is gone and the endpoints file with it.
     assert not any(alive(pid) for pid in [*children, endpoints["pid"]])
     assert not (state / "endpoints.json").exists()
