@@ -1,12 +1,16 @@
 """What the token path adds: the ingress (key, route, quote, authorize over HTTP to the ledger
-function) in front of a fast upstream, against calling that upstream directly, in one run.
+function, a signed capability per attempt) in front of a fast upstream, against calling that
+upstream directly; and the same before the trust boundary (the code at BENCH_BEFORE, default the
+commit this work branched from: no sender checks, no capabilities), all in one run.
 
 Run: `.venv/bin/python bench/gateway.py`. Starts, as separate processes on loopback, a fast
-canned upstream (bench/fast_upstream.py), `tollgate serve ledger` and `tollgate serve ingress`
-(sqlite store in a temp dir), then measures sequential request latency (p50/p99) and requests per
-second with 8 concurrent clients, direct vs through the ingress, and the route decision time.
-Aims (issue 4): added p50 <= 2 ms, p99 <= 5 ms; route decision p99 < 100 us. Compare within one
-run: these machines are small and noisy.
+canned upstream (bench/fast_upstream.py: it checks the capability as infer does and reports usage
+carrying it), `tollgate serve ledger` and `tollgate serve ingress` (sqlite store in a temp dir),
+with tollgate up's issuer in this process; then the same three from `git archive BENCH_BEFORE`.
+Measures sequential request latency (p50/p99) and requests per second with 8 concurrent clients,
+direct vs through the ingress, the route decision time, and bench/trust.py's per-check figures.
+Aims (issue 4): added p50 <= 2 ms, p99 <= 5 ms; route decision p99 < 100 us; (issue 10) each
+token or capability check < 0.2 ms. Compare within one run: these machines are small and noisy.
 """
 
 from __future__ import annotations
@@ -30,9 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402
-from events import wire  # noqa: E402
+from bench.trust import figures, table  # noqa: E402
+from events import types, wire  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
+from functions.auth import keys, senders, tokens  # noqa: E402
+from functions.auth.policy import SenderPolicy, SenderRule, Trust  # noqa: E402
 from functions.store import open_store  # noqa: E402
+from infra.local.issuer import Issuer, IssuerServer, subject  # noqa: E402
 from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
@@ -54,11 +62,13 @@ def free_port() -> int:
         return port
 
 
-def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: dict[str, str], port: int, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         args,
         env={**os.environ, **env, "PORT": str(port)},
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -109,6 +119,117 @@ def route_decision_us() -> tuple[float, float]:
     return timed(5000, lambda i: decide(request, topo, {}, None))
 
 
+LEDGER = "serving.knative.dev/service/tollgate/ledger"
+
+
+def identities(tmp: Path, issuer: Issuer, issuer_url: str) -> dict[str, dict[str, str]]:
+    """Each process's identity env, as tollgate up gives it: the ingress may authorize and
+    refund at the ledger, the upstream (standing in for infer) may report usage there."""
+    rules = (
+        SenderRule("ingress", (subject("tollgate", "ingress"),), (
+            {"type": types.HOLD_AUTHORIZE}, {"type": types.INFERENCE_FAILED},
+        )),
+        SenderRule("infer", (subject("tollgate", "infer-bench"),), (
+            {"type": types.INFERENCE_COMPLETED},
+        )),
+    )  # fmt: skip
+    trust = tmp / "trust.json"
+    trust.write_text(json.dumps(Trust({LEDGER: SenderPolicy(LEDGER, rules)}).to_json()))
+    keys.rotate(tmp / "keys")
+    out = {}
+    for process, targets in {
+        "ledger": {},
+        "ingress": {tokens.AUTHORIZE: LEDGER, tokens.REFUND: LEDGER},
+        "infer-bench": {tokens.SINK: LEDGER},
+    }.items():
+        directory = tmp / "tokens" / process
+        directory.mkdir(parents=True)
+        for target, audience in targets.items():
+            (directory / target).write_text(issuer.mint(process, audience, 3600))
+        out[process] = {
+            senders.DISCOVERY_ENV: issuer_url,
+            senders.TRUST_ENV: str(trust),
+            senders.AUDIENCE_ENV: f"serving.knative.dev/service/tollgate/{process}",
+            tokens.TOKEN_DIR_ENV: str(directory),
+            keys.KEYS_ENV: str(tmp / "keys"),
+        }
+    return out
+
+
+def measure(
+    code: Path, tmp: Path, key: str, store_url: str, ids: dict[str, dict[str, str]] | None
+) -> tuple[list[float], list[float], float, float]:
+    """Direct and gated latencies and throughputs, with the code at ``code``."""
+    upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
+    ledger_url = f"http://127.0.0.1:{ledger_port}"
+    endpoints = tmp / f"endpoints-{ingress_port}.json"
+    template = load_template(ROOT / "template.yaml")
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    # Not emulated: no tier RTT is added, so the figures are the gateway's own cost.
+    clusters = {c.name: {m: upstream for m in c.models} for c in template.clusters}
+    endpoints.write_text(json.dumps({"clusters": clusters, "emulated": False}))
+    env = {"TOLLGATE_STORE": store_url, "TOLLGATE_ADMIN_TOKEN": "bench"}
+    own = ids or {}
+    serve = [sys.executable, "-m", "infra.cli", "serve"]
+    procs = [
+        start([*serve, "ledger"], {**env, **own.get("ledger", {})}, ledger_port, code),
+        start(
+            [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
+            {"K_SINK": ledger_url, **own.get("infer-bench", {})},
+            upstream_port,
+            code,
+        ),
+        start(
+            [*serve, "ingress"],
+            {
+                **env,
+                **own.get("ingress", {}),
+                "TOLLGATE_LEDGER_URL": ledger_url,
+                "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
+                "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
+                "TOLLGATE_PROBE_INTERVAL_S": "0",
+            },
+            ingress_port,
+            code,
+        ),
+    ]
+    try:
+        direct_url = upstream + "/v1/chat/completions"
+        gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
+        auth = {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
+        latencies(gate_url, auth, 50)  # warm both paths
+        direct_headers = direct_capability(tmp) if ids else {}
+        latencies(direct_url, direct_headers, 50)
+        direct = latencies(direct_url, direct_headers, REQUESTS)
+        gated = latencies(gate_url, auth, REQUESTS)
+        direct_rps = throughput(direct_url, direct_headers, REQUESTS)
+        gated_rps = throughput(gate_url, auth, REQUESTS)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+    return direct, gated, direct_rps, gated_rps
+
+
+def direct_capability(tmp: Path) -> dict[str, str]:
+    """The fast upstream checks capabilities: calling it directly presents one (not minted per
+    request, so the direct figure stays the upstream's own cost)."""
+    from events.capability import Capability, sign
+
+    capability = Capability(
+        hold_id="bench:0",
+        account_id="bench",
+        model="SmolLM2-135M-Instruct",
+        cluster="regional-paris-1",
+        tier="regional",
+        max_tokens=16,
+        engine_ms=300_000,
+        deadline=int(time.time()) + 3600,
+        attempt="direct",
+    )
+    return {wire.CAPABILITY: sign(capability, keys.SigningKey(tmp / "keys").get())}
+
+
 def main() -> None:
     console = Console()
     console.print(f"[bold]bench/gateway.py[/] on {describe()}; {REQUESTS} requests per figure")
@@ -120,71 +241,49 @@ def main() -> None:
     ledger.execute("bench", "grant", {"amount": 10**15})
     key = ApiKeys(store).issue("bench")["key"]
     store.close()
+    before_rev = os.environ.get("BENCH_BEFORE", "fa1ce44")
+    before_code = tmp / "before"
+    before_code.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", before_rev], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(before_code)], input=archive.stdout, check=True)
 
-    upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
-    ledger_url = f"http://127.0.0.1:{ledger_port}"
-    endpoints = tmp / "endpoints.json"
-    template = load_template(ROOT / "template.yaml")
-    upstream = f"http://127.0.0.1:{upstream_port}"
-    # Not emulated: no tier RTT is added, so the figures are the gateway's own cost.
-    clusters = {c.name: {m: upstream for m in c.models} for c in template.clusters}
-    endpoints.write_text(json.dumps({"clusters": clusters, "emulated": False}))
-    env = {"TOLLGATE_STORE": store_url, "TOLLGATE_ADMIN_TOKEN": "bench"}
-    procs = [
-        start([sys.executable, "-m", "infra.cli", "serve", "ledger"], env, ledger_port),
-        start(
-            [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
-            {"K_SINK": ledger_url},
-            upstream_port,
-        ),
-        start(
-            [sys.executable, "-m", "infra.cli", "serve", "ingress"],
-            {
-                **env,
-                "TOLLGATE_LEDGER_URL": ledger_url,
-                "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
-                "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
-                "TOLLGATE_PROBE_INTERVAL_S": "0",
-            },
-            ingress_port,
-        ),
-    ]
+    issuer = Issuer("tollgate")
+    server = IssuerServer(issuer)
+    server.start()
     try:
-        direct_url = upstream + "/v1/chat/completions"
-        gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
-        auth = {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
-        latencies(gate_url, auth, 50)  # warm both paths
-        latencies(direct_url, {}, 50)
-        direct = latencies(direct_url, {}, REQUESTS)
-        gated = latencies(gate_url, auth, REQUESTS)
-        direct_rps = throughput(direct_url, {}, REQUESTS)
-        gated_rps = throughput(gate_url, auth, REQUESTS)
+        ids = identities(tmp, issuer, server.url)
+        runs = {
+            f"before ({before_rev})": measure(before_code, tmp, key, store_url, None),
+            "after (sender checks, capabilities)": measure(ROOT, tmp, key, store_url, ids),
+        }
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-    table = Table(title="request latency (ms) and throughput, one run")
-    for col in ("path", "p50", "p99", "req/s (8 clients)"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        "direct to upstream",
-        f"{pct(direct, 0.5):.2f}",
-        f"{pct(direct, 0.99):.2f}",
-        f"{direct_rps:,.0f}",
-    )
-    table.add_row(
-        "through the ingress",
-        f"{pct(gated, 0.5):.2f}",
-        f"{pct(gated, 0.99):.2f}",
-        f"{gated_rps:,.0f}",
-    )
-    table.add_row(
-        "added by the token path",
-        f"{pct(gated, 0.5) - pct(direct, 0.5):.2f}",
-        f"{pct(gated, 0.99) - pct(direct, 0.99):.2f}",
-        "",
-    )
-    console.print(table)
+        server.stop()
+    out = Table(title="request latency (ms) and throughput, one run")
+    for col in ("code", "path", "p50", "p99", "req/s (8 clients)"):
+        out.add_column(col, justify="right")
+    for name, (direct, gated, direct_rps, gated_rps) in runs.items():
+        out.add_row(
+            name,
+            "direct to upstream",
+            f"{pct(direct, 0.5):.2f}",
+            f"{pct(direct, 0.99):.2f}",
+            f"{direct_rps:,.0f}",
+        )
+        out.add_row(
+            "", "through the ingress", f"{pct(gated, 0.5):.2f}", f"{pct(gated, 0.99):.2f}",
+            f"{gated_rps:,.0f}",
+        )  # fmt: skip
+        out.add_row(
+            "",
+            "added by the token path",
+            f"{pct(gated, 0.5) - pct(direct, 0.5):.2f}",
+            f"{pct(gated, 0.99) - pct(direct, 0.99):.2f}",
+            "",
+        )
+    console.print(out)
+    console.print(table(figures()))
     p50, p99 = route_decision_us()
     console.print(f"route decision: p50 {p50:.1f} us, p99 {p99:.1f} us; aim p99 < 100 us")
 

@@ -17,6 +17,7 @@ import json
 import resource
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
 from events import wire
+from events.capability import Capability, sign
+from functions.auth.keys import SigningKey, VerifyKeys, rotate
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.policy import SenderPolicy
+from functions.auth.senders import Senders
 from infer_fn.app import create_app
 from infer_fn.config import DEFAULT_MODEL_NAME, InferConfig
 from infer_fn.engines.base import SamplingParams
@@ -65,7 +71,25 @@ def direct(engine: LlamaCppEngine, max_tokens: int) -> Run:
     return Run((first or ended) - started, ended - started, gen.completion_tokens)
 
 
-def over_http(url: str, max_tokens: int) -> Run:
+def capability(keys: Path, max_tokens: int) -> dict[str, str]:
+    """What the ingress sends with each attempt (minted before the clock starts: its cost is the
+    gateway's, bench/gateway.py and bench/trust.py)."""
+    claims = Capability(
+        hold_id="bench:1",
+        account_id="bench",
+        model=DEFAULT_MODEL_NAME,
+        cluster="local",
+        tier="edge",
+        max_tokens=max_tokens,
+        engine_ms=300_000,
+        deadline=int(time.time()) + 600,
+        attempt=f"bench-{time.monotonic_ns()}",
+    )
+    return {wire.CAPABILITY: sign(claims, SigningKey(keys).get())}
+
+
+def over_http(url: str, max_tokens: int, keys: Path) -> Run:
+    headers = capability(keys, max_tokens)
     body = {
         "model": DEFAULT_MODEL_NAME,
         "messages": MESSAGES,
@@ -77,7 +101,7 @@ def over_http(url: str, max_tokens: int) -> Run:
     started = time.perf_counter()
     first = None
     tokens = 0
-    with requests.post(url, json=body, stream=True, timeout=120) as reply:
+    with requests.post(url, json=body, headers=headers, stream=True, timeout=120) as reply:
         for line in reply.iter_lines(chunk_size=None):
             if first is None and b'"content":"' in line and b'"content":""' not in line:
                 first = time.perf_counter()
@@ -99,8 +123,12 @@ def main() -> None:
     engine = LlamaCppEngine(
         config.resolved_model_path(), config.model_name, n_ctx=config.n_ctx, threads=config.threads
     )
+    keys = Path(tempfile.mkdtemp()) / "keys"
+    rotate(keys)
+    # Infer takes no events: nobody may POST it one (its sender check is never reached here).
+    nobody = Senders(TokenVerifier(Discovery("http://127.0.0.1:9"), "infer"), SenderPolicy("-"))
     server = create_server(
-        create_app(config, engine=engine),
+        create_app(config, senders=nobody, capability_keys=VerifyKeys(keys), engine=engine),
         host="127.0.0.1",
         port=0,
         threads=config.server_threads,
@@ -111,7 +139,7 @@ def main() -> None:
 
     # The first request finds no model: it loads it (the cold start a scaled-to-zero pod pays).
     cold = client.chat.completions.with_raw_response.create(
-        model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=1
+        model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=1, extra_headers=capability(keys, 1)
     )
     cold_seconds = int(cold.headers[wire.COLD_START_MS]) / 1000
     direct(engine, 8)  # warm the prompt cache the same way for both paths
@@ -119,7 +147,7 @@ def main() -> None:
     runs: dict[str, list[Run]] = {"direct": [], "http": []}
     for _ in range(args.runs):
         runs["direct"].append(direct(engine, args.max_tokens))
-        runs["http"].append(over_http(f"{base}/chat/completions", args.max_tokens))
+        runs["http"].append(over_http(f"{base}/chat/completions", args.max_tokens, keys))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def median(path: str, field: str) -> float:

@@ -77,12 +77,7 @@ def credentials(p: dict[str, Any], target: str) -> dict[str, tuple[dict[str, str
             {"Authorization": f"Bearer {minting.mint('route', right)}"},
             403,
         ),
-        "an expired token": (
-            {
-                "Authorization": f"Bearer {minting.mint('ingress', right, 600, now=time.time() - 3600)}"
-            },
-            401,
-        ),
+        "an expired token": ({"Authorization": f"Bearer {expired}"}, 401),
         "a token for another audience": (
             {"Authorization": f"Bearer {minting.mint('ingress', 'serving.knative.dev/x')}"},
             401,

@@ -5,6 +5,7 @@ leaves the platform usable, but the last, which kills the edge."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -244,3 +245,28 @@ def test_a_tier_killed_mid_run_fails_over_and_the_failed_attempt_costs_nothing(
     assert after["held"] == 0 and after["open_holds"] == 0
     assert after["spent"] - before["spent"] == int(r.headers["x-tollgate-credits-charged"])
     invariant(after)
+
+
+def test_no_secret_the_run_used_is_in_any_log(platform: dict[str, Any]) -> None:
+    """After everything above: the logs of every process and of tollgate up itself hold none of
+    the secrets the run used (credentials, keys, tokens)."""
+    state = Path(platform["state"])
+    secrets = {
+        "admin token": ADMIN,
+        "CAMARA credential": CAMARA,
+        "demo API key": platform["key"],
+        "capability signing key": json.loads((state / "keys" / "signing.jwk").read_text())["d"],
+        "issuer signing key": json.loads((state / "issuer" / "key.jwk").read_text())["d"],
+    }
+    for token in sorted((state / "tokens").rglob("*")):
+        if token.is_file():
+            secrets[f"token {token.relative_to(state)}"] = token.read_text().strip()
+    logs = [*sorted((state / "logs").glob("*.log")), Path(platform["up_log"])]
+    assert len(logs) >= 9
+    found = [
+        f"{what} in {log.name}"
+        for log in logs
+        for what, secret in secrets.items()
+        if secret in log.read_text(errors="replace")
+    ]
+    assert found == []
