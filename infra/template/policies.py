@@ -37,8 +37,9 @@ from infra.template.catalog import PING_TYPE_EXTENSION as PING_EXTENSION
 from infra.template.eventing import trigger_filters
 from infra.template.schema import Template
 
-TRIGGER_SUFFIX = "-oidc-eventing.knative.dev-trigger"
-PING_SUFFIX = "-oidc-sources.knative.dev-pingsource"
+# -oidc-<group>-<Kind>, hashed with the Kind's case, lower-cased after (as Knative does).
+TRIGGER_SUFFIX = "-oidc-eventing.knative.dev-Trigger"
+PING_SUFFIX = "-oidc-sources.knative.dev-PingSource"
 CLUSTER_EVENTS_PATH = "/events/clusters"
 _LONGEST = 63
 _HEAD = _LONGEST - 32
