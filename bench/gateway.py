@@ -72,7 +72,7 @@ def start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(300):
+    for _ in range(1200):
         try:
             requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
             return proc
@@ -172,7 +172,12 @@ def measure(
     own = ids or {}
     serve = [sys.executable, "-m", "infra.cli", "serve"]
     procs = [
-        start([*serve, "ledger"], {**env, **own.get("ledger", {})}, ledger_port, code),
+        start(
+            [*serve, "ledger"],
+            {**env, **own.get("ledger", {}), "TOLLGATE_TEMPLATE": str(code / "template.yaml")},
+            ledger_port,
+            code,
+        ),
         start(
             [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
             {"K_SINK": ledger_url, **own.get("infer-bench", {})},
@@ -185,7 +190,7 @@ def measure(
                 **env,
                 **own.get("ingress", {}),
                 "TOLLGATE_LEDGER_URL": ledger_url,
-                "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
+                "TOLLGATE_TEMPLATE": str(code / "template.yaml"),  # each its own
                 "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
                 "TOLLGATE_PROBE_INTERVAL_S": "0",
             },
