@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402
-from bench.trust import figures, table  # noqa: E402
+from bench.trust import bench_capability, figures, table  # noqa: E402
 from events import types, wire  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
 from functions.auth import keys, senders, tokens  # noqa: E402
@@ -219,19 +219,9 @@ def measure(
 def direct_capability(tmp: Path) -> dict[str, str]:
     """The fast upstream checks capabilities: calling it directly presents one (not minted per
     request, so the direct figure stays the upstream's own cost)."""
-    from events.capability import Capability, sign
+    from events.capability import sign
 
-    capability = Capability(
-        hold_id="bench:0",
-        account_id="bench",
-        model="SmolLM2-135M-Instruct",
-        cluster="regional-paris-1",
-        tier="regional",
-        max_tokens=16,
-        engine_ms=300_000,
-        deadline=int(time.time()) + 3600,
-        attempt="direct",
-    )
+    capability = bench_capability("bench:0", "regional-paris-1", "direct", 16)
     return {wire.CAPABILITY: sign(capability, keys.SigningKey(tmp / "keys").get())}
 
 

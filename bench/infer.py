@@ -33,8 +33,9 @@ from waitress.server import create_server
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
+from bench.trust import bench_capability
 from events import wire
-from events.capability import Capability, sign
+from events.capability import sign
 from functions.auth.keys import SigningKey, VerifyKeys, rotate
 from functions.auth.oidc import Discovery, TokenVerifier
 from functions.auth.policy import SenderPolicy
@@ -74,17 +75,7 @@ def direct(engine: LlamaCppEngine, max_tokens: int) -> Run:
 def capability(keys: Path, max_tokens: int) -> dict[str, str]:
     """What the ingress sends with each attempt (minted before the clock starts: its cost is the
     gateway's, bench/gateway.py and bench/trust.py)."""
-    claims = Capability(
-        hold_id="bench:1",
-        account_id="bench",
-        model=DEFAULT_MODEL_NAME,
-        cluster="local",
-        tier="edge",
-        max_tokens=max_tokens,
-        engine_ms=300_000,
-        deadline=int(time.time()) + 600,
-        attempt=f"bench-{time.monotonic_ns()}",
-    )
+    claims = bench_capability("bench:1", "local", f"bench-{time.monotonic_ns()}", max_tokens)
     return {wire.CAPABILITY: sign(claims, SigningKey(keys).get())}
 
 

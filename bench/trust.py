@@ -46,6 +46,21 @@ def timed_us(n: int, step: Callable[[int], object]) -> tuple[float, float]:
     return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
 
 
+def bench_capability(hold_id: str, cluster: str, attempt: str, max_tokens: int) -> Capability:
+    """A capability as the ingress mints it for the bench's model."""
+    return Capability(
+        hold_id=hold_id,
+        account_id=hold_id.split(":", 1)[0],
+        model="SmolLM2-135M-Instruct",
+        cluster=cluster,
+        tier=cluster.split("-", 1)[0],
+        max_tokens=max_tokens,
+        engine_ms=300_000,
+        deadline=int(time.time()) + 600,
+        attempt=attempt,
+    )
+
+
 def figures() -> list[tuple[str, float, float]]:
     """(what, p50 us, p99 us) of each check."""
     issuer = Issuer("tollgate")
@@ -72,17 +87,7 @@ def figures() -> list[tuple[str, float, float]]:
     signing, public = SigningKey(keys), VerifyKeys(keys)
 
     def capability(i: int) -> Capability:
-        return Capability(
-            hold_id=f"acme:{i}",
-            account_id="acme",
-            model="SmolLM2-135M-Instruct",
-            cluster="edge-lyon-5g-1",
-            tier="edge",
-            max_tokens=64,
-            engine_ms=300_000,
-            deadline=int(time.time()) + 300,
-            attempt=f"r{i}#edge-lyon-5g-1",
-        )
+        return bench_capability(f"acme:{i}", "edge-lyon-5g-1", f"r{i}#edge-lyon-5g-1", 64)
 
     signed = [sign(capability(i), signing.get()) for i in range(N // 4)]
     minting = timed_us(N // 4, lambda i: sign(capability(i), signing.get()))

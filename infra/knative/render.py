@@ -60,7 +60,10 @@ def _cluster(t: Template, c: Cluster) -> list[Manifest]:
         _namespace(t),
         *trust.feature_patches(),
         _template_configmap(t),
-        *(trust.service_account(t, a) for a in [*accounts, *([INGRESS] if gateway else [])]),
+        *(
+            trust.service_account(t, a, PART_OF)
+            for a in [*accounts, *([INGRESS] if gateway else [])]
+        ),
     ]
     if home:
         out.append(_broker(t))
@@ -72,7 +75,7 @@ def _cluster(t: Template, c: Cluster) -> list[Manifest]:
     if home:
         out.extend(m for tr in t.eventing.triggers for m in _triggers(t, tr))
         out.extend(_ping(t, p) for p in t.eventing.pings)
-        out.extend(trust.event_policies(t))
+        out.extend(trust.event_policies(t, PART_OF))
     return out
 
 

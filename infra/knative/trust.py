@@ -41,7 +41,6 @@ TRUST_FILE = "trust.json"
 API_SERVER = "https://kubernetes.default.svc"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN_TTL_S = 3600
-PART_OF = {"app.kubernetes.io/part-of": "tollgate"}
 
 
 def feature_patches() -> list[Manifest]:
@@ -79,11 +78,11 @@ def feature_patches() -> list[Manifest]:
     ]
 
 
-def service_account(t: Template, name: str) -> Manifest:
+def service_account(t: Template, name: str, labels: dict[str, str]) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": t.namespace, "labels": dict(PART_OF)},
+        "metadata": {"name": name, "namespace": t.namespace, "labels": dict(labels)},
     }
 
 
@@ -143,7 +142,9 @@ def keys_env() -> dict[str, str]:
     return {keys.KEYS_ENV: KEYS_DIR}
 
 
-def event_policies(t: Template, placement: Placement | None = None) -> list[Manifest]:
+def event_policies(
+    t: Template, labels: dict[str, str], placement: Placement | None = None
+) -> list[Manifest]:
     """One EventPolicy per rule of each sink that is a Knative resource (the broker, each
     function Service); the cluster-events endpoint's rules name other clusters' issuers, which
     an EventPolicy cannot, so they live only in the trust file."""
@@ -165,11 +166,13 @@ def event_policies(t: Template, placement: Placement | None = None) -> list[Mani
     out: list[Manifest] = []
     for audience, policy in sorted(sink_policies(t, where).items()):
         if audience in targets:
-            out.extend(_event_policy(t, targets[audience], rule) for rule in policy.rules)
+            out.extend(_event_policy(t, targets[audience], rule, labels) for rule in policy.rules)
     return out
 
 
-def _event_policy(t: Template, target: Manifest, rule: SenderRule) -> Manifest:
+def _event_policy(
+    t: Template, target: Manifest, rule: SenderRule, labels: dict[str, str]
+) -> Manifest:
     spec: Manifest = {"to": [{"ref": target}], "from": [{"sub": s} for s in rule.subjects]}
     if len(rule.events) == 1:
         spec["filters"] = [{"exact": dict(rule.events[0])}]
@@ -178,6 +181,6 @@ def _event_policy(t: Template, target: Manifest, rule: SenderRule) -> Manifest:
     return {
         "apiVersion": "eventing.knative.dev/v1alpha1",
         "kind": "EventPolicy",
-        "metadata": {"name": rule.name, "namespace": t.namespace, "labels": dict(PART_OF)},
+        "metadata": {"name": rule.name, "namespace": t.namespace, "labels": dict(labels)},
         "spec": spec,
     }

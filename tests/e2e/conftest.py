@@ -4,17 +4,15 @@ workload of it: a process's projected token, or the operator's keys from the sta
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from events.capability import Capability, sign
-from functions.auth.keys import SigningKey
 from infra.local.issuer import Issuer
 from infra.local.platform import free_port
+from tests.trust import CapabilityKeys
 from tests.up.test_up import tollgate_up
 
 ADMIN = "e2e-admin"
@@ -52,18 +50,15 @@ def mint_capability(
     model: str = "SmolLM2-135M-Instruct",
     max_tokens: int = 16,
     deadline_s: float = 300,
-    attempt: str | None = None,
 ) -> str:
     """A capability signed with the platform's current key (the operator's, in the state dir)."""
-    capability = Capability(
-        hold_id=hold_id,
-        account_id=account_id,
+    keys = CapabilityKeys(Path(p["state"]) / "keys")
+    return keys.capability(
+        hold_id,
+        account_id,
         model=model,
         cluster=cluster,
         tier=cluster.split("-", 1)[0],
         max_tokens=max_tokens,
-        engine_ms=300_000,
-        deadline=int(time.time() + deadline_s),
-        attempt=attempt or f"e2e-{time.monotonic_ns()}",
+        deadline_s=deadline_s,
     )
-    return sign(capability, SigningKey(Path(p["state"]) / "keys").get())

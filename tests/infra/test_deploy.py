@@ -100,7 +100,9 @@ def test_deploy_runs_every_command_in_order_then_changes_nothing(
     assert (fake / "state.json").read_text() == state
     assert not [c for c in second if " create " in c or " update " in c]
     assert "regional-paris-1: PingSource/holds-sweep unchanged" in echoed
-    flags = json.loads(state)["tollgate-regional-paris-1/knative-eventing/ConfigMap/config-features"]
+    flags = json.loads(state)[
+        "tollgate-regional-paris-1/knative-eventing/ConfigMap/config-features"
+    ]
     assert flags["data"]["flag-set-by-the-operator"] == "kept"  # merged, not replaced
     assert flags["data"]["authentication-oidc"] == "enabled"
 
