@@ -67,7 +67,8 @@ def start(
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         args,
-        env={**os.environ, **env, "PORT": str(port)},
+        # The code at ``cwd`` is what runs, scripts included (not the installed tree).
+        env={**os.environ, **env, "PORT": str(port), "PYTHONPATH": str(cwd)},
         cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
