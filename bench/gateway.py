@@ -94,11 +94,14 @@ def latencies(url: str, headers: dict[str, str], n: int) -> list[float]:
     return out
 
 
-def throughput(url: str, headers: dict[str, str], n: int) -> float:
-    def run() -> None:
-        latencies(url, headers, n // CLIENTS)
+def throughput(url: str, headers: list[dict[str, str]], n: int) -> float:
+    """Requests per second of CLIENTS clients, each with its own headers (its own account: the
+    ledger caps open holds per account, and settlement trails the requests)."""
 
-    threads = [threading.Thread(target=run) for _ in range(CLIENTS)]
+    def run(i: int) -> None:
+        latencies(url, headers[i % len(headers)], n // CLIENTS)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(CLIENTS)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -157,8 +160,24 @@ def identities(tmp: Path, issuer: Issuer, issuer_url: str) -> dict[str, dict[str
     return out
 
 
+def settled(store_url: str, accounts: list[str]) -> None:
+    """Until every hold of the bench's accounts is settled: a phase starts with no backlog."""
+    store = open_store(store_url)
+    ledger = Ledger(store)
+    deadline = time.monotonic() + 120
+    while any(ledger.balance(a)["open_holds"] for a in accounts):
+        if time.monotonic() > deadline:
+            raise RuntimeError("holds stayed open: settlement is failing")
+        time.sleep(0.2)
+    store.close()
+
+
 def measure(
-    code: Path, tmp: Path, key: str, store_url: str, ids: dict[str, dict[str, str]] | None
+    code: Path,
+    tmp: Path,
+    keys_by_account: dict[str, str],
+    store_url: str,
+    ids: dict[str, dict[str, str]] | None,
 ) -> tuple[list[float], list[float], float, float]:
     """Direct and gated latencies and throughputs, with the code at ``code``."""
     upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
@@ -202,14 +221,21 @@ def measure(
     try:
         direct_url = upstream + "/v1/chat/completions"
         gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
-        auth = {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
-        latencies(gate_url, auth, 50)  # warm both paths
+        auths = [
+            {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
+            for key in keys_by_account.values()
+        ]
+        accounts = list(keys_by_account)
+        latencies(gate_url, auths[0], 50)  # warm both paths
         direct_headers = direct_capability(tmp) if ids else {}
         latencies(direct_url, direct_headers, 50)
+        settled(store_url, accounts)
         direct = latencies(direct_url, direct_headers, REQUESTS)
-        gated = latencies(gate_url, auth, REQUESTS)
-        direct_rps = throughput(direct_url, direct_headers, REQUESTS)
-        gated_rps = throughput(gate_url, auth, REQUESTS)
+        gated = latencies(gate_url, auths[0], REQUESTS)
+        settled(store_url, accounts)
+        direct_rps = throughput(direct_url, [direct_headers], REQUESTS)
+        gated_rps = throughput(gate_url, auths, REQUESTS)
+        settled(store_url, accounts)
     finally:
         for p in procs:
             p.terminate()
@@ -222,7 +248,7 @@ def direct_capability(tmp: Path) -> dict[str, str]:
     request, so the direct figure stays the upstream's own cost)."""
     from events.capability import sign
 
-    capability = bench_capability("bench:0", "regional-paris-1", "direct", 16)
+    capability = bench_capability("bench0:0", "regional-paris-1", "direct", 16)
     return {wire.CAPABILITY: sign(capability, keys.SigningKey(tmp / "keys").get())}
 
 
@@ -233,9 +259,12 @@ def main() -> None:
     store_url = f"sqlite:///{tmp}/gw.db"
     store = open_store(store_url)
     ledger = Ledger(store)
-    ledger.open_account("bench")
-    ledger.execute("bench", "grant", {"amount": 10**15})
-    key = ApiKeys(store).issue("bench")["key"]
+    keys_by_account = {}
+    for i in range(CLIENTS):
+        account = f"bench{i}"
+        ledger.open_account(account)
+        ledger.execute(account, "grant", {"amount": 10**15})
+        keys_by_account[account] = ApiKeys(store).issue(account)["key"]
     store.close()
     before_rev = os.environ.get("BENCH_BEFORE", "fa1ce44")
     before_code = tmp / "before"
@@ -251,8 +280,10 @@ def main() -> None:
     try:
         ids = identities(tmp, issuer, server.url)
         runs = {
-            f"before ({before_rev})": measure(before_code, tmp, key, store_url, None),
-            "after (sender checks, capabilities)": measure(ROOT, tmp, key, store_url, ids),
+            f"before ({before_rev})": measure(before_code, tmp, keys_by_account, store_url, None),
+            "after (sender checks, capabilities)": measure(
+                ROOT, tmp, keys_by_account, store_url, ids
+            ),
         }
     finally:
         server.stop()
