@@ -152,7 +152,8 @@ class _Api:
             raise errors.unavailable(f"The engine failed: {exc}") from exc
         # Tokenizing and validating the prompt (or reaching the upstream) is engine time too.
         gen.engine_seconds += time.perf_counter() - started
-        outcome = _Outcome(gen, lease, meter, self._emitter, vouched)
+        unbounded = req.requested_max_tokens is None
+        outcome = _Outcome(gen, lease, meter, self._emitter, vouched, cut_at_tokens=unbounded)
         headers = {wire.COLD_START_MS: str(_ms(lease.cold_start_seconds))}
         if req.stream:
             response = Response(
@@ -169,11 +170,18 @@ class _Outcome:
     """How an admitted request ended; `finish` runs once, after the response is closed."""
 
     def __init__(
-        self, gen: Generation, lease: Lease, meter: Meter, emitter: EventSink, vouched: Vouched
+        self,
+        gen: Generation,
+        lease: Lease,
+        meter: Meter,
+        emitter: EventSink,
+        vouched: Vouched,
+        *,
+        cut_at_tokens: bool,
     ) -> None:
         self.gen = gen
-        # What generation may run for: the attempt's deadline and priced engine time.
-        self.pieces = bounded(gen, vouched)
+        # What generation may run for: the bounds and the deadline of the attempt's capability.
+        self.pieces = bounded(gen, vouched, cut_at_tokens=cut_at_tokens)
         self.lease = lease
         self.meter = meter
         self.emitter = emitter

@@ -89,17 +89,23 @@ class AttemptGuard:
 
 
 def bounded(
-    gen: Generation, vouched: Vouched, clock: Callable[[], float] = time.time
+    gen: Generation,
+    vouched: Vouched,
+    *,
+    cut_at_tokens: bool,
+    clock: Callable[[], float] = time.time,
 ) -> Iterator[str]:
     """The generation's pieces until it ends, or until it reaches a bound of its capability: the
-    tokens or the engine time the hold was priced for, or the deadline (then it ends as
-    ``length``, as a max_tokens cut does)."""
+    engine time the hold was priced for, or the deadline; and with ``cut_at_tokens`` (a request
+    that named no ``max_tokens``) the tokens it was priced for. It then ends as ``length``, as a
+    max_tokens cut does. A request that names ``max_tokens`` asks at most the bound (``admit``)
+    and the engine stops there itself, with exact usage."""
     capability = vouched.capability
     bound_s = capability.engine_ms / 1000
     for piece in gen:
         yield piece
         if (
-            gen.completion_tokens >= capability.max_tokens
+            (cut_at_tokens and gen.completion_tokens >= capability.max_tokens)
             or gen.engine_seconds >= bound_s
             or clock() >= capability.deadline
         ):

@@ -213,9 +213,10 @@ class IngressHalf:
     ``max_tokens`` it asks and the hold its test names. Tests of the capability check itself use
     ``infer_fn.app.create_app`` directly."""
 
-    def __init__(self, app: Any, cluster: str) -> None:
+    def __init__(self, app: Any, cluster: str, tier: str) -> None:
         self.app = app
         self.cluster = cluster
+        self.tier = tier
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") in _VOUCHED_PATHS and CAPABILITY_ENV not in environ:
@@ -234,7 +235,7 @@ class IngressHalf:
                 environ.get(ACCOUNT_ID, "acct-test"),
                 model=str(body.get("model") or "unnamed"),
                 cluster=environ.get(CLUSTER, self.cluster),
-                tier=environ.get(TIER, "edge"),
+                tier=environ.get(TIER, self.tier),
                 max_tokens=max(bound, 1),
             )
         return self.app(environ, start_response)
@@ -255,6 +256,6 @@ def create_app(
     app = real_create_app(
         config, senders=NOBODY, capability_keys=TEST_KEYS.verify, engine=engine, emitter=emitter
     )
-    cluster = config.cluster if config is not None else InferConfig.from_env().cluster
-    app.wsgi_app = IngressHalf(app.wsgi_app, cluster)  # type: ignore[method-assign]
+    own = config if config is not None else InferConfig.from_env()
+    app.wsgi_app = IngressHalf(app.wsgi_app, own.cluster, own.tier)  # type: ignore[method-assign]
     return app

@@ -210,8 +210,8 @@ def test_configured_from_the_environment_and_served_like_on_knative(
     """`tollgate serve infer` reads its config from env and runs on the runtime's `serve`
     (waitress), with its identity, its token for the sink and the capability keys."""
     port = free_port()
-    (tmp_path / "tokens").mkdir()
-    (tmp_path / "tokens" / SINK).write_text(issuer.token("infer-smol", "sink"), encoding="utf-8")
+    (tmp_path / "own-tokens").mkdir()
+    (tmp_path / "own-tokens" / SINK).write_text(issuer.token("infer-smol", "sink"), "utf-8")
     (tmp_path / "trust.json").write_text(json.dumps(Trust({}).to_json()), encoding="utf-8")
     env = {
         **os.environ,
@@ -223,7 +223,7 @@ def test_configured_from_the_environment_and_served_like_on_knative(
         DISCOVERY_ENV: issuer.url,
         AUDIENCE_ENV: "serving.knative.dev/service/tollgate/infer-smol",
         TRUST_ENV: str(tmp_path / "trust.json"),
-        TOKEN_DIR_ENV: str(tmp_path / "tokens"),
+        TOKEN_DIR_ENV: str(tmp_path / "own-tokens"),
         KEYS_ENV: str(TEST_KEYS.directory),
     }
     code = (
