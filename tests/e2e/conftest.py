@@ -1,5 +1,6 @@
-"""One `tollgate up` with the real model for the whole e2e session (the attack suite and the
-platform tests share it: it loads the model once per tier), and what a test needs to act as a
+"""One `tollgate up` with the real model for the e2e package (the attack suite and the platform
+tests share it: it loads the model once per tier; it stops before the other packages' platforms
+start), and what a test needs to act as a
 workload of it: a process's projected token, or the operator's keys from the state dir."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ADMIN = "e2e-admin"
 CAMARA = "e2e-camara-token"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = tmp_path_factory.mktemp("platform") / "state"
     env = {"TOLLGATE_ADMIN_TOKEN": ADMIN, "TOLLGATE_CAMARA_TOKEN": CAMARA}

@@ -1,5 +1,5 @@
 """The whole platform under `tollgate up` with the real model: credits, failover, duplicates,
-and network events steering routing and granting bundles. One platform for the session
+and network events steering routing and granting bundles. One platform for the package
 (tests/e2e/conftest.py: it loads the model once per tier); tests run in file order and each
 leaves the platform usable, but the last, which kills the edge."""
 
