@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.infer import over_http  # noqa: E402
 from bench.machine import describe  # noqa: E402
+from functions.auth import keys, senders  # noqa: E402
+
+# Both servers check the capabilities this bench signs (as infer checks the ingress's); they take
+# no events, so their trust file allows no sender.
+WORK = Path(tempfile.mkdtemp(prefix="tollgate-batching-"))
+KEYS = WORK / "keys"
+TRUST = WORK / "trust.json"
 
 CONCURRENCY = (1, 4, 8)
 TOPICS = ("a robot who learns to paint", "a lighthouse keeper", "a lost dragon", "a tiny island")
@@ -66,6 +74,10 @@ class Server:
             "TOLLGATE_QUEUE_SIZE": "32",
             "TOLLGATE_QUEUE_TIMEOUT_SECONDS": "600",
             "TOLLGATE_IDLE_SECONDS": "0",
+            keys.KEYS_ENV: str(KEYS),
+            senders.TRUST_ENV: str(TRUST),
+            senders.AUDIENCE_ENV: "bench",
+            senders.DISCOVERY_ENV: "http://127.0.0.1:9",  # never asked: nobody may send events
         }
         if threads:
             env["TOLLGATE_ENGINE_THREADS"] = str(threads)
@@ -115,7 +127,7 @@ def stream(url: str, topic: str, max_tokens: int) -> tuple[float, int]:
     messages: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": f"Write a short story about {topic}."}
     ]
-    run = over_http(url, max_tokens, messages, timeout=900)
+    run = over_http(url, max_tokens, KEYS, messages, timeout=900)
     return run.ttft, run.tokens
 
 
@@ -166,6 +178,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="TOLLGATE_ENGINE_THREADS")
     args = parser.parse_args()
+    keys.rotate(KEYS)
+    TRUST.write_text('{"sinks": {}}', encoding="utf-8")
 
     console = Console(width=140)
     console.print(f"[bold]machine[/]: {describe()}")

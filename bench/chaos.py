@@ -60,7 +60,9 @@ from events.quote import Quote, Usage  # noqa: E402
 from functions.cloudevent import make_event, to_binary  # noqa: E402
 from functions.store import open_store  # noqa: E402
 from functions.store.dynamodb import create_table  # noqa: E402
+from infra.local.issuer import Issuer  # noqa: E402
 from infra.local.platform import free_port  # noqa: E402
+from infra.template.policies import ping_account  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
 from tests.dynamodb_local import DynamoDBLocal  # noqa: E402
 
@@ -77,9 +79,7 @@ KILLABLE = ("ledger", "infer-edge", "infer-regional", "infer-cloud", "broker", "
 # The chaos template: money deliveries retry fast and long (a linear 0.2 s step, 60 times: six
 # minutes), so a faulty run settles in minutes, not the hours the shipped exponential policy
 # would take to give up.
-FAST_RETRY = (
-    "{retry: 60, backoffPolicy: linear, backoffDelay: PT0.2S, deadLetterSink: ledger-admin}"
-)
+FAST_RETRY = "{retry: 60, backoffPolicy: linear, backoffDelay: PT0.2S, deadLetterSink: deadletters}"
 
 
 @dataclass
@@ -164,9 +164,8 @@ class Tally:
 def chaos_template(path: Path) -> Path:
     text = (ROOT / "template.yaml").read_text(encoding="utf-8")
     for policy in (
-        "{retry: 12, backoffPolicy: exponential, backoffDelay: PT1S, deadLetterSink: ledger-admin}",
-        "{retry: 5, backoffPolicy: exponential, backoffDelay: PT0.5S, "
-        "deadLetterSink: ledger-admin}",
+        "{retry: 12, backoffPolicy: exponential, backoffDelay: PT1S, deadLetterSink: deadletters}",
+        "{retry: 5, backoffPolicy: exponential, backoffDelay: PT0.5S, deadLetterSink: deadletters}",
     ):
         assert policy in text, f"the shipped template changed its delivery policy: {policy}"
         text = text.replace(policy, FAST_RETRY)
@@ -450,7 +449,36 @@ class Faults:
             db.close()
 
 
-def redeliver_old_events(state: Path, ledger_url: str, count: int, rng: random.Random) -> int:
+class Identities:
+    """Tokens as ``tollgate up``'s own identities: each trigger's (a redelivery comes from the
+    trigger, as Knative's broker delivers) and each PingSource's, minted with its issuer's key."""
+
+    def __init__(self, state: Path, issuer_url: str) -> None:
+        config = json.loads((state / "local-broker.json").read_text(encoding="utf-8"))
+        self.issuer = Issuer(config["issuer"]["namespace"], Path(config["issuer"]["key"]))
+        self.issuer.url = issuer_url
+        self.broker_audience = config["audience"]
+        self.triggers = config["triggers"]
+
+    def delivery(self, event_type: str, subscriber: str) -> dict[str, str]:
+        """The bearer of the trigger that delivers ``event_type`` to ``subscriber``."""
+        trigger = next(
+            t
+            for t in self.triggers
+            if t["filter"].get("type") == event_type and t["subscriber"] == subscriber
+        )
+        return {
+            "Authorization": f"Bearer {self.issuer.token(trigger['account'], trigger['audience'])}"
+        }
+
+    def ping(self, ping: str) -> dict[str, str]:
+        token = self.issuer.token(ping_account(ping), self.broker_audience)
+        return {"Authorization": f"Bearer {token}"}
+
+
+def redeliver_old_events(
+    state: Path, ledger_url: str, ids: Identities, count: int, rng: random.Random
+) -> int:
     """Old settle/refund/failure events straight to the ledger again, long after they were
     first handled (as a Knative redelivery would, past any dedupe window of recent keys)."""
     db = sqlite3.connect(f"file:{state / 'broker.db'}?mode=ro", uri=True)
@@ -466,10 +494,11 @@ def redeliver_old_events(state: Path, ledger_url: str, count: int, rng: random.R
         message = to_binary(
             make_event(event["type"], event["source"], event.get("data") or {}, id=event["id"])
         )
+        headers = {**message.headers, **ids.delivery(event["type"], ledger_url)}
         with contextlib.suppress(RuntimeError):  # the ledger stayed down: not redelivered
             retrying(
-                lambda m=message: requests.post(
-                    ledger_url, headers=m.headers, data=m.body, timeout=30
+                lambda m=message, h=headers: requests.post(
+                    ledger_url, headers=h, data=m.body, timeout=30
                 )
             )
             sent += 1
@@ -495,7 +524,12 @@ def _count(db_path: Path, query: str) -> int:
 
 
 def settle_down(
-    ep: dict[str, Any], state: Path, config: ChaosConfig, accounts: list[str], store_url: str
+    ep: dict[str, Any],
+    state: Path,
+    config: ChaosConfig,
+    accounts: list[str],
+    store_url: str,
+    ids: Identities,
 ) -> None:
     """Until nothing is owed anywhere, every hold left open has outlived its TTL and a sweep
     has returned it, and no account holds anything."""
@@ -514,8 +548,11 @@ def settle_down(
         # Orphans (their request's process died): due at their TTL, then swept.
         time.sleep(max(max(expiries, default=0) + 1 - time.time(), 1))
         sweep = to_binary(make_event(types.HOLDS_SWEEP, "/chaos", {}, id=f"sweep-{time.time()}"))
+        headers = {**sweep.headers, **ids.ping("holds-sweep")}
         retrying(
-            lambda m=sweep: requests.post(ep["broker"], headers=m.headers, data=m.body, timeout=10)
+            lambda m=sweep, h=headers: requests.post(
+                ep["broker"], headers=h, data=m.body, timeout=10
+            )
         )
         time.sleep(1)
 
@@ -721,12 +758,17 @@ def run(store: str, config: ChaosConfig, workdir: Path, console: Console | None 
             faults.stop()
             t.info["load seconds"] = round(time.monotonic() - started)
             t.faults.update(faults.counts)
+            ids = Identities(state, ep["issuer"])
             t.faults["redelivered old event"] = redeliver_old_events(
-                state, ep["admin"], config.redeliveries, random.Random(config.seed)
+                state,
+                ep["processes"]["ledger"],
+                ids,
+                config.redeliveries,
+                random.Random(config.seed),
             )
             say(f"load done in {t.info['load seconds']}s; waiting for every retry and the sweep")
             settled = time.monotonic()
-            settle_down(ep, state, config, list(keys), store_url)
+            settle_down(ep, state, config, list(keys), store_url, ids)
             t.info["settle seconds"] = round(time.monotonic() - settled)
         # The platform is stopped: nothing writes any more. Verify and tally on the store.
         t.verify, t.verify_ok = verify(store_url)

@@ -1,7 +1,10 @@
 """A fast OpenAI-compatible upstream for bench/gateway.py: a canned answer, no model, so what is
-measured is the gateway's own cost. Like the infer function it emits `inference.completed` for a
-held request (to K_SINK, after answering), so holds are settled as in production.
-Run: K_SINK=<ledger url> python bench/fast_upstream.py PORT"""
+measured is the gateway's own cost. Like the infer function it checks the attempt's capability
+(signature and cluster: what infer pays per request) and emits `inference.completed` carrying it
+(to K_SINK, with its token, after answering), so holds are settled as in production. Unlike
+infer it lets a capability be reused (the direct figure reuses one).
+Run: K_SINK=<ledger url> TOLLGATE_CAPABILITY_KEYS=... TOLLGATE_TOKEN_DIR=... \
+     python bench/fast_upstream.py PORT"""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from flask import Flask, Response, request
 
 from events import wire
+from events.capability import verify
 from events.types import INFERENCE_COMPLETED
+from functions.auth.keys import VerifyKeys, keys_dir_from_env
 from functions.emit import Emitter
 from functions.server import serve
 
@@ -39,18 +44,22 @@ ANSWER = json.dumps(
 def create_app() -> Flask:
     app = Flask("fast-upstream")
     emitter = Emitter.from_env()
+    keys = VerifyKeys(keys_dir_from_env())
     background = ThreadPoolExecutor(max_workers=2)
 
     @app.post("/v1/chat/completions")
     def chat() -> Response:
-        hold_id = request.headers.get(wire.HOLD_ID)
-        if hold_id:
+        token = request.headers.get(wire.CAPABILITY, "")
+        capability = verify(token, keys.get(), audience="regional-paris-1")
+        if capability.attempt != "direct":
             data = {
-                "hold_id": hold_id,
-                "account_id": request.headers[wire.ACCOUNT_ID],
+                "hold_id": capability.hold_id,
+                "account_id": capability.account_id,
                 "model": "smollm2-135m",
-                "tier": request.headers.get(wire.TIER),
+                "tier": capability.tier,
+                "cluster": capability.cluster,
                 "usage": USAGE,
+                "capability": token,
             }
             background.submit(emitter.emit, INFERENCE_COMPLETED, "/bench/upstream", data)
         return Response(ANSWER, mimetype="application/json")

@@ -1,12 +1,16 @@
 """What the token path adds: the ingress (key, route, quote, authorize over HTTP to the ledger
-function) in front of a fast upstream, against calling that upstream directly, in one run.
+function, a signed capability per attempt) in front of a fast upstream, against calling that
+upstream directly; and the same before the trust boundary (the code at BENCH_BEFORE, default the
+commit this work branched from: no sender checks, no capabilities), all in one run.
 
 Run: `.venv/bin/python bench/gateway.py`. Starts, as separate processes on loopback, a fast
-canned upstream (bench/fast_upstream.py), `tollgate serve ledger` and `tollgate serve ingress`
-(sqlite store in a temp dir), then measures sequential request latency (p50/p99) and requests per
-second with 8 concurrent clients, direct vs through the ingress, and the route decision time.
-Aims (issue 4): added p50 <= 2 ms, p99 <= 5 ms; route decision p99 < 100 us. Compare within one
-run: these machines are small and noisy.
+canned upstream (bench/fast_upstream.py: it checks the capability as infer does and reports usage
+carrying it), `tollgate serve ledger` and `tollgate serve ingress` (sqlite store in a temp dir),
+with tollgate up's issuer in this process; then the same three from `git archive BENCH_BEFORE`.
+Measures sequential request latency (p50/p99) and requests per second with 8 concurrent clients,
+direct vs through the ingress, the route decision time, and bench/trust.py's per-check figures.
+Aims (issue 4): added p50 <= 2 ms, p99 <= 5 ms; route decision p99 < 100 us; (issue 10) each
+token or capability check < 0.2 ms. Compare within one run: these machines are small and noisy.
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ os.environ.setdefault("TOLLGATE_LEDGER_KEYS", "bench:tollgate-bench-ledger-key-0
 
 from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402
-from events import wire  # noqa: E402
+from bench.trust import bench_capability, figures, table  # noqa: E402
+from events import types, wire  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
+from functions.auth import keys, senders, tokens  # noqa: E402
+from functions.auth.policy import SenderPolicy, SenderRule, Trust  # noqa: E402
 from functions.store import open_store  # noqa: E402
+from infra.local.issuer import Issuer, IssuerServer, subject  # noqa: E402
 from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
@@ -56,15 +64,18 @@ def free_port() -> int:
         return port
 
 
-def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: dict[str, str], port: int, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         args,
-        env={**os.environ, **env, "PORT": str(port)},
-        cwd=ROOT,
+        # The code at ``cwd`` is what runs, scripts included (not the installed tree).
+        env={**os.environ, **env, "PORT": str(port), "PYTHONPATH": str(cwd)},
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(300):
+    for _ in range(1200):
         try:
             requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
             return proc
@@ -85,11 +96,14 @@ def latencies(url: str, headers: dict[str, str], n: int) -> list[float]:
     return out
 
 
-def throughput(url: str, headers: dict[str, str], n: int) -> float:
-    def run() -> None:
-        latencies(url, headers, n // CLIENTS)
+def throughput(url: str, headers: list[dict[str, str]], n: int) -> float:
+    """Requests per second of CLIENTS clients, each with its own headers (its own account: the
+    ledger caps open holds per account, and settlement trails the requests)."""
 
-    threads = [threading.Thread(target=run) for _ in range(CLIENTS)]
+    def run(i: int) -> None:
+        latencies(url, headers[i % len(headers)], n // CLIENTS)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(CLIENTS)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -111,6 +125,135 @@ def route_decision_us() -> tuple[float, float]:
     return timed(5000, lambda i: decide(request, topo, {}, None))
 
 
+LEDGER = "serving.knative.dev/service/tollgate/ledger"
+
+
+def identities(tmp: Path, issuer: Issuer, issuer_url: str) -> dict[str, dict[str, str]]:
+    """Each process's identity env, as tollgate up gives it: the ingress may authorize and
+    refund at the ledger, the upstream (standing in for infer) may report usage there."""
+    rules = (
+        SenderRule("ingress", (subject("tollgate", "ingress"),), (
+            {"type": types.HOLD_AUTHORIZE}, {"type": types.INFERENCE_FAILED},
+        )),
+        SenderRule("infer", (subject("tollgate", "infer-bench"),), (
+            {"type": types.INFERENCE_COMPLETED},
+        )),
+    )  # fmt: skip
+    trust = tmp / "trust.json"
+    trust.write_text(json.dumps(Trust({LEDGER: SenderPolicy(LEDGER, rules)}).to_json()))
+    keys.rotate(tmp / "keys")
+    out = {}
+    for process, targets in {
+        "ledger": {},
+        "ingress": {tokens.AUTHORIZE: LEDGER, tokens.REFUND: LEDGER},
+        "infer-bench": {tokens.SINK: LEDGER},
+    }.items():
+        directory = tmp / "tokens" / process
+        directory.mkdir(parents=True)
+        for target, audience in targets.items():
+            (directory / target).write_text(issuer.mint(process, audience, 3600))
+        out[process] = {
+            senders.DISCOVERY_ENV: issuer_url,
+            senders.TRUST_ENV: str(trust),
+            senders.AUDIENCE_ENV: f"serving.knative.dev/service/tollgate/{process}",
+            tokens.TOKEN_DIR_ENV: str(directory),
+            keys.KEYS_ENV: str(tmp / "keys"),
+        }
+    return out
+
+
+def settled(store_url: str, accounts: list[str]) -> None:
+    """Until every hold of the bench's accounts is settled: a phase starts with no backlog."""
+    store = open_store(store_url)
+    ledger = Ledger(store)
+    deadline = time.monotonic() + 120
+    while any(ledger.balance(a)["open_holds"] for a in accounts):
+        if time.monotonic() > deadline:
+            raise RuntimeError("holds stayed open: settlement is failing")
+        time.sleep(0.2)
+    store.close()
+
+
+def measure(
+    code: Path,
+    tmp: Path,
+    keys_by_account: dict[str, str],
+    store_url: str,
+    ids: dict[str, dict[str, str]] | None,
+) -> tuple[list[float], list[float], float, float]:
+    """Direct and gated latencies and throughputs, with the code at ``code``."""
+    upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
+    ledger_url = f"http://127.0.0.1:{ledger_port}"
+    endpoints = tmp / f"endpoints-{ingress_port}.json"
+    template = load_template(ROOT / "template.yaml")
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    # Not emulated: no tier RTT is added, so the figures are the gateway's own cost.
+    clusters = {c.name: {m: upstream for m in c.models} for c in template.clusters}
+    endpoints.write_text(json.dumps({"clusters": clusters, "emulated": False}))
+    env = {"TOLLGATE_STORE": store_url, "TOLLGATE_ADMIN_TOKEN": "bench"}
+    own = ids or {}
+    serve = [sys.executable, "-m", "infra.cli", "serve"]
+    procs = [
+        start(
+            [*serve, "ledger"],
+            {**env, **own.get("ledger", {}), "TOLLGATE_TEMPLATE": str(code / "template.yaml")},
+            ledger_port,
+            code,
+        ),
+        start(
+            [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
+            {"K_SINK": ledger_url, **own.get("infer-bench", {})},
+            upstream_port,
+            code,
+        ),
+        start(
+            [*serve, "ingress"],
+            {
+                **env,
+                **own.get("ingress", {}),
+                "TOLLGATE_LEDGER_URL": ledger_url,
+                "TOLLGATE_TEMPLATE": str(code / "template.yaml"),  # each its own
+                "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
+                "TOLLGATE_PROBE_INTERVAL_S": "0",
+            },
+            ingress_port,
+            code,
+        ),
+    ]
+    try:
+        direct_url = upstream + "/v1/chat/completions"
+        gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
+        auths = [
+            {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
+            for key in keys_by_account.values()
+        ]
+        accounts = list(keys_by_account)
+        latencies(gate_url, auths[0], 50)  # warm both paths
+        direct_headers = direct_capability(tmp) if ids else {}
+        latencies(direct_url, direct_headers, 50)
+        settled(store_url, accounts)
+        direct = latencies(direct_url, direct_headers, REQUESTS)
+        gated = latencies(gate_url, auths[0], REQUESTS)
+        settled(store_url, accounts)
+        direct_rps = throughput(direct_url, [direct_headers], REQUESTS)
+        gated_rps = throughput(gate_url, auths, REQUESTS)
+        settled(store_url, accounts)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+    return direct, gated, direct_rps, gated_rps
+
+
+def direct_capability(tmp: Path) -> dict[str, str]:
+    """The fast upstream checks capabilities: calling it directly presents one (not minted per
+    request, so the direct figure stays the upstream's own cost)."""
+    from events.capability import sign
+
+    capability = bench_capability("bench0:0", "regional-paris-1", "direct", 16)
+    return {wire.CAPABILITY: sign(capability, keys.SigningKey(tmp / "keys").get())}
+
+
 def main() -> None:
     console = Console()
     console.print(f"[bold]bench/gateway.py[/] on {describe()}; {REQUESTS} requests per figure")
@@ -118,75 +261,58 @@ def main() -> None:
     store_url = f"sqlite:///{tmp}/gw.db"
     store = open_store(store_url)
     ledger = Ledger(store)
-    ledger.open_account("bench")
-    ledger.execute("bench", "grant", {"amount": 10**15})
-    key = ApiKeys(store).issue("bench")["key"]
+    keys_by_account = {}
+    for i in range(CLIENTS):
+        account = f"bench{i}"
+        ledger.open_account(account)
+        ledger.execute(account, "grant", {"amount": 10**15})
+        keys_by_account[account] = ApiKeys(store).issue(account)["key"]
     store.close()
+    before_rev = os.environ.get("BENCH_BEFORE", "fa1ce44")
+    before_code = tmp / "before"
+    before_code.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", before_rev], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(before_code)], input=archive.stdout, check=True)
 
-    upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
-    ledger_url = f"http://127.0.0.1:{ledger_port}"
-    endpoints = tmp / "endpoints.json"
-    template = load_template(ROOT / "template.yaml")
-    upstream = f"http://127.0.0.1:{upstream_port}"
-    # Not emulated: no tier RTT is added, so the figures are the gateway's own cost.
-    clusters = {c.name: {m: upstream for m in c.models} for c in template.clusters}
-    endpoints.write_text(json.dumps({"clusters": clusters, "emulated": False}))
-    env = {"TOLLGATE_STORE": store_url, "TOLLGATE_ADMIN_TOKEN": "bench"}
-    procs = [
-        start([sys.executable, "-m", "infra.cli", "serve", "ledger"], env, ledger_port),
-        start(
-            [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
-            {"K_SINK": ledger_url},
-            upstream_port,
-        ),
-        start(
-            [sys.executable, "-m", "infra.cli", "serve", "ingress"],
-            {
-                **env,
-                "TOLLGATE_LEDGER_URL": ledger_url,
-                "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
-                "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
-                "TOLLGATE_PROBE_INTERVAL_S": "0",
-            },
-            ingress_port,
-        ),
-    ]
+    issuer = Issuer("tollgate")
+    server = IssuerServer(issuer)
+    server.start()
     try:
-        direct_url = upstream + "/v1/chat/completions"
-        gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
-        auth = {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
-        latencies(gate_url, auth, 50)  # warm both paths
-        latencies(direct_url, {}, 50)
-        direct = latencies(direct_url, {}, REQUESTS)
-        gated = latencies(gate_url, auth, REQUESTS)
-        direct_rps = throughput(direct_url, {}, REQUESTS)
-        gated_rps = throughput(gate_url, auth, REQUESTS)
+        ids = identities(tmp, issuer, server.url)
+        runs = {
+            f"before ({before_rev})": measure(before_code, tmp, keys_by_account, store_url, None),
+            "after (sender checks, capabilities)": measure(
+                ROOT, tmp, keys_by_account, store_url, ids
+            ),
+        }
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-    table = Table(title="request latency (ms) and throughput, one run")
-    for col in ("path", "p50", "p99", "req/s (8 clients)"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        "direct to upstream",
-        f"{pct(direct, 0.5):.2f}",
-        f"{pct(direct, 0.99):.2f}",
-        f"{direct_rps:,.0f}",
-    )
-    table.add_row(
-        "through the ingress",
-        f"{pct(gated, 0.5):.2f}",
-        f"{pct(gated, 0.99):.2f}",
-        f"{gated_rps:,.0f}",
-    )
-    table.add_row(
-        "added by the token path",
-        f"{pct(gated, 0.5) - pct(direct, 0.5):.2f}",
-        f"{pct(gated, 0.99) - pct(direct, 0.99):.2f}",
-        "",
-    )
-    console.print(table)
+        server.stop()
+    out = Table(title="request latency (ms) and throughput, one run")
+    for col in ("code", "path", "p50", "p99", "req/s (8 clients)"):
+        out.add_column(col, justify="right")
+    for name, (direct, gated, direct_rps, gated_rps) in runs.items():
+        out.add_row(
+            name,
+            "direct to upstream",
+            f"{pct(direct, 0.5):.2f}",
+            f"{pct(direct, 0.99):.2f}",
+            f"{direct_rps:,.0f}",
+        )
+        out.add_row(
+            "", "through the ingress", f"{pct(gated, 0.5):.2f}", f"{pct(gated, 0.99):.2f}",
+            f"{gated_rps:,.0f}",
+        )  # fmt: skip
+        out.add_row(
+            "",
+            "added by the token path",
+            f"{pct(gated, 0.5) - pct(direct, 0.5):.2f}",
+            f"{pct(gated, 0.99) - pct(direct, 0.99):.2f}",
+            "",
+        )
+    console.print(out)
+    console.print(table(figures()))
     p50, p99 = route_decision_us()
     console.print(f"route decision: p50 {p50:.1f} us, p99 {p99:.1f} us; aim p99 < 100 us")
 

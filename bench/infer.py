@@ -17,6 +17,7 @@ import json
 import resource
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from waitress.server import create_server
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
+from bench.trust import bench_capability
 from events import wire
+from events.capability import sign
+from functions.auth.keys import SigningKey, VerifyKeys, rotate
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.policy import SenderPolicy
+from functions.auth.senders import Senders
 from infer_fn.app import create_app
 from infer_fn.config import DEFAULT_MODEL_NAME, InferConfig
 from infer_fn.engines.base import SamplingParams
@@ -65,13 +72,22 @@ def direct(engine: LlamaCppEngine, max_tokens: int) -> Run:
     return Run((first or ended) - started, ended - started, gen.completion_tokens)
 
 
+def capability(keys: Path, max_tokens: int) -> dict[str, str]:
+    """What the ingress sends with each attempt (minted before the clock starts: its cost is the
+    gateway's, bench/gateway.py and bench/trust.py)."""
+    claims = bench_capability("bench:1", "local", f"bench-{time.monotonic_ns()}", max_tokens)
+    return {wire.CAPABILITY: sign(claims, SigningKey(keys).get())}
+
+
 def over_http(
     url: str,
     max_tokens: int,
+    keys: Path,
     messages: list[ChatCompletionMessageParam] = MESSAGES,
     timeout: float = 120,
 ) -> Run:
     """One streamed chat request read with a thin SSE client; tokens are its reported usage."""
+    headers = capability(keys, max_tokens)
     body = {
         "model": DEFAULT_MODEL_NAME,
         "messages": messages,
@@ -83,7 +99,7 @@ def over_http(
     started = time.perf_counter()
     first = None
     tokens = 0
-    with requests.post(url, json=body, stream=True, timeout=timeout) as reply:
+    with requests.post(url, json=body, headers=headers, stream=True, timeout=timeout) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines(chunk_size=None):
             if first is None and b'"content":"' in line and b'"content":""' not in line:
@@ -106,8 +122,12 @@ def main() -> None:
     engine = LlamaCppEngine(
         config.resolved_model_path(), config.model_name, n_ctx=config.n_ctx, threads=config.threads
     )
+    keys = Path(tempfile.mkdtemp()) / "keys"
+    rotate(keys)
+    # Infer takes no events: nobody may POST it one (its sender check is never reached here).
+    nobody = Senders(TokenVerifier(Discovery("http://127.0.0.1:9"), "infer"), SenderPolicy("-"))
     server = create_server(
-        create_app(config, engine=engine),
+        create_app(config, senders=nobody, capability_keys=VerifyKeys(keys), engine=engine),
         host="127.0.0.1",
         port=0,
         threads=config.server_threads,
@@ -118,7 +138,7 @@ def main() -> None:
 
     # The first request finds no model: it loads it (the cold start a scaled-to-zero pod pays).
     cold = client.chat.completions.with_raw_response.create(
-        model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=1
+        model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=1, extra_headers=capability(keys, 1)
     )
     cold_seconds = int(cold.headers[wire.COLD_START_MS]) / 1000
     direct(engine, 8)  # warm the prompt cache the same way for both paths
@@ -126,7 +146,7 @@ def main() -> None:
     runs: dict[str, list[Run]] = {"direct": [], "http": []}
     for _ in range(args.runs):
         runs["direct"].append(direct(engine, args.max_tokens))
-        runs["http"].append(over_http(f"{base}/chat/completions", args.max_tokens))
+        runs["http"].append(over_http(f"{base}/chat/completions", args.max_tokens, keys))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def median(path: str, field: str) -> float:

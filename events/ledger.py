@@ -105,7 +105,10 @@ class Timings(EventData):
 
 
 class InferenceOutcome(EventData):
-    """What infer reports of every held request, however it ended."""
+    """What infer reports of every held request, however it ended. ``capability`` is the
+    ingress's signed capability for the attempt (events/capability.py): settle and refund move
+    credits only for the hold and account it names, so whoever merely knows a hold id cannot
+    settle or refund it. A durable outbox keeps it with the event."""
 
     hold_id: HoldId
     account_id: AccountId
@@ -114,6 +117,7 @@ class InferenceOutcome(EventData):
     cluster: Name | None = None
     usage: Usage
     timings: Timings = Timings()
+    capability: str = Field(min_length=16, max_length=8192)
 
 
 class InferenceCompleted(InferenceOutcome):

@@ -1,7 +1,11 @@
 """The Flask app factory every function runs on: CloudEvents on POST /, health, readiness, metrics.
 
 A handler takes the received event and returns a Reply (sent back as a binary-mode CloudEvent
-with HTTP 200, which a Knative Trigger forwards to the Broker) or None (HTTP 204)."""
+with HTTP 200, which a Knative Trigger forwards to the Broker) or None (HTTP 204).
+
+``POST /`` first checks who sent it, as Knative Eventing's receivers do: no valid bearer token
+for this function's audience is 401, a sender the function's event policies do not allow to send
+this event is 403; either way before the event is parsed further or anything is done."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from functions.auth.senders import Senders
 from functions.cloudevent import Incoming, Reply, make_event, parse_http, to_binary
 from functions.errors import INVALID_REQUEST, FunctionError, NotFound, Unavailable
 from functions.jsonbody import CheckedJSON
@@ -36,6 +41,7 @@ PING_TYPE_EXTENSION = "tollgatetype"
 def create_app(
     name: str,
     *,
+    senders: Senders,
     handlers: Mapping[str, Handler] | None = None,
     blueprints: Sequence[Any] = (),
     ready: Callable[[], None] | None = None,
@@ -43,7 +49,8 @@ def create_app(
     max_body_bytes: int = MAX_EVENT_BYTES,
     on_error: ErrorHook | None = None,
 ) -> Flask:
-    """A function's HTTP app. ``ready`` raises when the function cannot serve (e.g. store down);
+    """A function's HTTP app. ``senders`` checks who sends events to ``POST /``; ``ready``
+    raises when the function cannot serve (e.g. store down);
     ``fallback`` takes every event type no handler names (a dead-letter sink does); ``on_error``
     sees every error the app answers."""
     app = Flask(name)
@@ -58,7 +65,10 @@ def create_app(
 
     @app.post("/")
     def receive() -> Response | tuple[Response, int]:
-        incoming = parse_http(dict(request.headers), request.get_data())
+        headers = dict(request.headers)
+        sender = senders.authenticate(headers)
+        incoming = parse_http(headers, request.get_data())
+        senders.authorize(sender, incoming.attributes())
         scheduled = incoming.extensions.get(PING_TYPE_EXTENSION)
         if incoming.type == PING_TYPE and isinstance(scheduled, str):
             incoming = replace(incoming, type=scheduled)

@@ -45,6 +45,14 @@ class Incoming:
         """The deduplication key: CloudEvents identify an event by source + id."""
         return f"{self.source}#{self.id}"
 
+    def attributes(self) -> dict[str, str]:
+        """Context attributes as strings, as event policy and trigger filters compare them."""
+        out = {"type": self.type, "source": self.source, "id": self.id}
+        if self.subject is not None:
+            out["subject"] = self.subject
+        out.update({k: str(v) for k, v in self.extensions.items()})
+        return out
+
 
 @dataclass(frozen=True)
 class Reply:

@@ -1,4 +1,5 @@
-"""Emitting events to ``K_SINK`` (the Broker on Knative, the local broker under ``tollgate up``)."""
+"""Emitting events to ``K_SINK`` (the Broker on Knative, the local broker under ``tollgate up``),
+with this workload's token for the sink's audience as the bearer (functions/auth/tokens.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import requests
 
+from functions.auth.tokens import SINK, TokenFile, TokenMissing
 from functions.cloudevent import make_event, to_binary
 
 log = logging.getLogger(__name__)
@@ -47,14 +49,22 @@ class Emitter:
     Retries reuse the event id, so a sink that got the event but whose answer was lost dedupes
     the retry (at-least-once delivery, as Knative gives it)."""
 
-    def __init__(self, sink: str | None, *, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        sink: str | None,
+        token: TokenFile | None,
+        *,
+        session: requests.Session | None = None,
+    ) -> None:
         self.sink = sink
+        self.token = token
         self._session = session or requests.Session()
         self._session.trust_env = False  # no proxy lookups from the environment per event
 
     @classmethod
     def from_env(cls) -> Emitter:
-        return cls(os.environ.get("K_SINK") or None)
+        """K_SINK and the workload's token for it ($TOLLGATE_TOKEN_DIR/sink)."""
+        return cls(os.environ.get("K_SINK") or None, TokenFile.from_env(SINK))
 
     def emit(
         self,
@@ -96,13 +106,19 @@ class Emitter:
         (``emit`` retries it briefly; the durable outbox, functions/outbox.py, until done)."""
         if self.sink is None:
             return Sent(None, "K_SINK is not set")
+        if self.token is None:
+            return Sent(None, f"no token for {self.sink}: the sink refuses anonymous events")
         message = to_binary(
             make_event(type, source, data, id=id, subject=subject, caused_by=caused_by)
         )
         try:
+            # Read per send: a rotated token is picked up by the next one.
+            headers = {**message.headers, **self.token.bearer()}
             response = self._session.post(
-                self.sink, headers=message.headers, data=message.body, timeout=TIMEOUT_S
+                self.sink, headers=headers, data=message.body, timeout=TIMEOUT_S
             )
+        except TokenMissing as exc:
+            return Sent(None, str(exc))
         except requests.RequestException as exc:
             return Sent(None, f"{exc.__class__.__name__}: {exc}")
         if response.status_code < 300:

@@ -35,6 +35,7 @@ from functions.errors import FunctionError
 from functions.validation import validate
 from infer_fn import errors, metrics
 from infer_fn.admission import QueueFull
+from infer_fn.capability import AttemptGuard, Vouched, bounded
 from infer_fn.config import InferConfig
 from infer_fn.engines.base import Engine, EngineError, Generation, InvalidRequest, SamplingParams
 from infer_fn.lifecycle import EngineHost, Lease
@@ -52,10 +53,12 @@ def build_blueprint(
     host: EngineHost,
     emitter: EventSink,
     config: InferConfig,
+    guard: AttemptGuard,
     owing_full: Callable[[], bool] = lambda: False,
 ) -> Blueprint:
-    """``owing_full``: the metering outbox is full, so billed work is refused (503)."""
-    api = _Api(host, emitter, config, owing_full)
+    """``guard``: checks each attempt's capability; ``owing_full``: the metering outbox is full,
+    so billed work is refused (503)."""
+    api = _Api(host, emitter, config, guard, owing_full)
     blueprint = Blueprint(BLUEPRINT, __name__)
     blueprint.add_url_rule(PATHS["chat"], view_func=api.chat, methods=["POST"])
     blueprint.add_url_rule(PATHS["completions"], view_func=api.completions, methods=["POST"])
@@ -79,11 +82,13 @@ class _Api:
         host: EngineHost,
         emitter: EventSink,
         config: InferConfig,
+        guard: AttemptGuard,
         owing_full: Callable[[], bool],
     ) -> None:
         self._host = host
         self._emitter = emitter
         self._config = config
+        self._guard = guard
         self._owing_full = owing_full
         self._started = int(time.time())
 
@@ -127,6 +132,9 @@ class _Api:
         arrived: float,
         start: Start,
     ) -> Response:
+        vouched = self._guard.admit(
+            request.headers.get(wire.CAPABILITY), req.model, req.requested_max_tokens
+        )
         params = _sampling(req)
         engine = self._host.engine
         if req.model not in engine.models():
@@ -136,14 +144,7 @@ class _Api:
                 req.check_max_tokens(engine.context_window)
             except ContextExceeded as exc:
                 raise errors.bad_request(str(exc), code=exc.code, param=exc.param) from exc
-        try:
-            headers = {name.lower(): value for name, value in request.headers.items()}
-            hold = wire.BilledHold.from_headers(
-                headers, tier=self._config.tier, cluster=self._config.cluster
-            )
-        except wire.BadHold as exc:
-            raise errors.bad_request(str(exc), code="invalid_hold") from exc
-        if hold is not None and self._owing_full():
+        if self._owing_full():
             raise errors.unavailable(
                 "This function's metering outbox is full (its events are not being delivered); "
                 "it takes no billed work until they are."
@@ -155,7 +156,7 @@ class _Api:
         except EngineError as exc:
             raise errors.unavailable(f"The engine could not be loaded: {exc}") from exc
         envelope = Envelope.new(endpoint, req.model)
-        meter = Meter(envelope.id, req.model, request.path, hold, arrived=arrived)
+        meter = Meter(envelope.id, req.model, request.path, vouched, arrived=arrived)
         started = time.perf_counter()
         try:
             gen = start(engine, params)
@@ -168,7 +169,8 @@ class _Api:
             raise errors.unavailable(f"The engine failed: {exc}") from exc
         # Tokenizing and validating the prompt (or reaching the upstream) is engine time too.
         gen.engine_seconds += time.perf_counter() - started
-        outcome = _Outcome(gen, lease, meter, self._emitter)
+        unbounded = req.requested_max_tokens is None
+        outcome = _Outcome(gen, lease, meter, self._emitter, vouched, cut_at_tokens=unbounded)
         headers = {wire.COLD_START_MS: str(_ms(lease.cold_start_seconds))}
         if req.stream:
             response = Response(
@@ -185,8 +187,19 @@ class _Outcome:
     """How an admitted request ended: `bill` owes its event once (before the response's last
     bytes); `finish` runs once, after the response is closed."""
 
-    def __init__(self, gen: Generation, lease: Lease, meter: Meter, sink: EventSink) -> None:
+    def __init__(
+        self,
+        gen: Generation,
+        lease: Lease,
+        meter: Meter,
+        sink: EventSink,
+        vouched: Vouched,
+        *,
+        cut_at_tokens: bool,
+    ) -> None:
         self.gen = gen
+        # What generation may run for: the bounds and the deadline of the attempt's capability.
+        self.pieces = bounded(gen, vouched, cut_at_tokens=cut_at_tokens)
         self.lease = lease
         self.meter = meter
         self.sink = sink
@@ -227,7 +240,7 @@ def _stream(
     try:
         if envelope.endpoint == "chat":
             yield envelope.chunk(None, first=True, usage=so_far())
-        for piece in gen:
+        for piece in outcome.pieces:
             outcome.meter.mark_text()
             yield envelope.chunk(piece, usage=so_far())
         outcome.status = "ok"
@@ -252,7 +265,7 @@ def _whole(
     gen = outcome.gen
     pieces: list[str] = []
     try:
-        for piece in gen:
+        for piece in outcome.pieces:
             outcome.meter.mark_text()
             pieces.append(piece)
     except Exception as exc:
@@ -297,7 +310,8 @@ def _finish_after(finish: Callable[[], None]) -> Callable[[Response], Response]:
 def _sampling(req: OpenAIRequest) -> SamplingParams:
     return SamplingParams(
         # No limit asked: until the model stops or the window is full, as OpenAI's API does
-        # (the ingress always asks: it prices DEFAULT_MAX_TOKENS when the caller names none).
+        # (the ingress always asks: it prices DEFAULT_MAX_TOKENS when the caller names none);
+        # `bounded` stops it at the bound its capability was priced for in any case.
         max_tokens=req.requested_max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,

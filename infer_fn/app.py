@@ -5,11 +5,14 @@ from __future__ import annotations
 import flask
 
 from functions.app import create_app as create_function_app
+from functions.auth.keys import VerifyKeys
+from functions.auth.senders import Senders
 from functions.emit import Emitter
 from functions.outbox import SINK, Outbox, OutboxSettings, sink_route
 from functions.server import THREADS_CONFIG
 from infer_fn.admission import Admission
 from infer_fn.api import build_blueprint, count_refusal
+from infer_fn.capability import AttemptGuard
 from infer_fn.config import EngineKind, InferConfig
 from infer_fn.engines import build_engine
 from infer_fn.engines.base import Engine
@@ -26,11 +29,15 @@ EXTENSION = "tollgate_infer"
 def create_app(
     config: InferConfig | None = None,
     *,
+    senders: Senders,
+    capability_keys: VerifyKeys,
     engine: Engine | None = None,
     emitter: EventSink | None = None,
 ) -> flask.Flask:
     """`engine` and `emitter` default to what the config and `K_SINK` say (metering events owed
-    through the durable outbox, `TOLLGATE_OUTBOX_*`); tests inject theirs."""
+    through the durable outbox, `TOLLGATE_OUTBOX_*`); tests inject theirs.
+    ``capability_keys``: the public keys of the ingress's capabilities (infer serves nothing
+    without one); ``senders``: who may POST events (nobody: infer takes none)."""
     config = config or InferConfig.from_env()
     engine = engine or build_engine(config)
     admission = Admission(config.concurrency, config.queue_size, config.queue_timeout_seconds)
@@ -56,10 +63,12 @@ def create_app(
         if owing_full():
             raise RuntimeError("the metering outbox is full: its events are not being delivered")
 
+    guard = AttemptGuard(capability_keys, config.capability_audiences)
     app = create_function_app(
         NAME,
+        senders=senders,
         blueprints=[
-            build_blueprint(host, sink, config, owing_full),
+            build_blueprint(host, sink, config, guard, owing_full),
             warmup_blueprint(host, config.model_name),
         ],
         ready=ready,

@@ -85,6 +85,9 @@ class InferConfig(BaseSettings):
     )
     tier: str = Field(default="edge", min_length=1, validation_alias="TOLLGATE_TIER")
     cluster: str = Field(default="local", min_length=1, validation_alias="TOLLGATE_CLUSTER")
+    # Clusters this process serves besides its own (`tollgate up` runs one infer per tier for
+    # every cluster of the tier): capabilities for any of them are accepted. Comma-separated.
+    also_serves: str = Field(default="", validation_alias="TOLLGATE_ALSO_SERVES")
 
     @field_validator("upstream_url")
     @classmethod
@@ -123,6 +126,11 @@ class InferConfig(BaseSettings):
         whole response, and health/metrics probes must still get through. With fewer, excess
         requests wait inside the server, unseen by the queue (no 429, no queue-depth signal)."""
         return self.concurrency + self.queue_size + 4
+
+    @property
+    def capability_audiences(self) -> frozenset[str]:
+        """The clusters whose capabilities this process accepts."""
+        return frozenset({self.cluster, *filter(None, map(str.strip, self.also_serves.split(",")))})
 
     def resolved_model_path(self) -> Path:
         return self.model_path if self.model_path is not None else default_model_path()

@@ -1,5 +1,6 @@
-"""Per-request metering: exact tokens and timings, reported as metrics and — when the ingress put
-a hold on the request — as `inference.completed` / `inference.failed` events for settlement.
+"""Per-request metering: exact tokens and timings, reported as metrics and as
+`inference.completed` / `inference.failed` events for settlement, billed to the hold the
+attempt's capability names (and carrying that capability, which settle and refund check).
 
 Event data is built with the catalogue's own models (`events.ledger`), so what settle and refund
 validate is what we send. Every number is an integer (token counts, milliseconds): money
@@ -20,10 +21,10 @@ from typing import Any, Protocol
 from events.ledger import InferenceCompleted, InferenceError, InferenceFailed, Timings
 from events.quote import Usage
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
-from events.wire import BilledHold
 from functions.emit import EmitFailed
 from functions.outbox import OutboxError
 from infer_fn import metrics
+from infer_fn.capability import Vouched
 from infer_fn.engines.base import Generation
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Meter:
     request_id: str
     model: str
     endpoint: str
-    hold: BilledHold | None
+    attempt: Vouched
     arrived: float = field(default_factory=time.perf_counter)
     first_text: float | None = None
     billed: bool = False
@@ -72,8 +73,8 @@ class Meter:
         self, gen: Generation, sink: EventSink, *, error: tuple[str, str] | None = None
     ) -> None:
         """Owe the hold's metering event, once: `error` (type, message) makes it
-        `inference.failed`. A no-op for a request that carries no hold."""
-        if self.hold is None or self.billed:
+        `inference.failed`. Every attempt is billed to the hold its capability names."""
+        if self.billed:
             return
         self.billed = True
         total_ms = _ms(time.perf_counter() - self.arrived)
@@ -87,7 +88,7 @@ class Meter:
             total_ms=total_ms,
             engine_ms=_ms(gen.engine_seconds),
         )
-        hold = self.hold
+        hold = self.attempt.capability
         common: dict[str, Any] = {
             "hold_id": hold.hold_id,
             "account_id": hold.account_id,
@@ -96,6 +97,7 @@ class Meter:
             "cluster": hold.cluster,
             "usage": usage,
             "timings": timings,
+            "capability": self.attempt.token,
         }
         event: InferenceCompleted | InferenceFailed
         if error is None:

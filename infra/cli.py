@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from events.catalogue import json_schemas
+from functions.auth import keys as capability_keys
 from infra.iac_commands import COMMANDS
 from infra.local.up import up
 from infra.serve import serve
@@ -24,6 +26,29 @@ def main() -> None:
 def events_schemas() -> None:
     """Print the JSON Schema of every CloudEvent type's data (the event catalogue)."""
     click.echo(json.dumps(json_schemas(), indent=2))
+
+
+@main.group("keys")
+def keys() -> None:
+    """The signing keys of inference capabilities (the ingress signs, infer and ledger verify)."""
+
+
+@keys.command("rotate")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".tollgate/keys"),
+    show_default=True,
+    help="The keys directory: tollgate up's <state-dir>/keys, or where you build the Secrets.",
+)
+def rotate(directory: Path) -> None:
+    """Make a new signing key; verifiers keep accepting the previous one."""
+    kid = capability_keys.rotate(directory)
+    click.echo(
+        f"new capability key {kid} in {directory}: {capability_keys.SIGNING_FILE} (the ingress's, "
+        f"secret), {capability_keys.VERIFY_FILE} (current and previous public keys)"
+    )
 
 
 main.add_command(serve)

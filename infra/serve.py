@@ -10,6 +10,10 @@ from flask import Blueprint, Flask
 
 from events.activity import NETWORK_EVENTS, ROUTE_DECISIONS
 from events.adapter import Mapped, derived_id
+from functions.auth import keys, tokens
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.policy import Trust
+from functions.auth.senders import senders_from_env, trust_from_env
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
@@ -20,6 +24,7 @@ from infra.template.schema import Template
 from infra.wiring import (
     carrier_billing,
     credit_unit,
+    gateway_upstreams,
     plan_grants,
     price_book,
     sla_terms,
@@ -30,33 +35,50 @@ from router_fn.latency import LatencyPromise
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
-LEDGER_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep", "ledger-admin", "ledger")
-FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer")
+LEDGER_FUNCTIONS = (
+    "grant",
+    "authorize",
+    "settle",
+    "refund",
+    "sweep",
+    "ledger-admin",
+    "deadletters",
+    "ledger",
+)
+# Check the capabilities of inference outcomes.
+CAPABILITY_CHECKERS = ("settle", "refund", "ledger")
+FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer", "gateway")
+CLUSTER_EVENTS_ENV = "TOLLGATE_CLUSTER_EVENTS_URL"
 PROBE_INTERVAL_S = 2.0
 
 
 def build_app(function: str) -> Flask:
     """The app of a deployable function, configured from the environment."""
+    senders = senders_from_env()
     if function in LEDGER_FUNCTIONS:
         from ledger_fn.app import create_app as ledger_app
         from ledger_fn.console import ConsoleConfig
 
         template = template_from_env(os.environ)
+        checks = function in CAPABILITY_CHECKERS
         return ledger_app(
             function,
+            senders=senders,
+            capability_keys=keys.VerifyKeys(keys.keys_dir_from_env()) if checks else None,
             plans=plan_grants(template),
             carrier=carrier_billing(template, os.environ),
             sla=sla_terms(template),
             console=ConsoleConfig(
                 credit=credit_unit(template),
                 price_book=price_book(template),
-                ingress_url=os.environ.get("TOLLGATE_INGRESS_URL") or None,
+                route_url=os.environ.get("TOLLGATE_TIERS_URL") or None,
             ),
         )
     if function == "infer":
         from infer_fn.app import create_app as infer_app
 
-        return infer_app()
+        verify_keys = keys.VerifyKeys(keys.keys_dir_from_env())
+        return infer_app(senders=senders, capability_keys=verify_keys)
     if function == "route":
         from router_fn.route_app import create_app as route_app
 
@@ -70,10 +92,13 @@ def build_app(function: str) -> Flask:
         return route_app(
             topology_from_env(os.environ),
             open_store(settings.store_url),
+            senders=senders,
             quality_subscriptions=quality,
         )
     if function == "ingress":
         return _ingress()
+    if function == "gateway":
+        return _gateway()
     raise click.BadParameter(f"unknown function {function!r}; one of {', '.join(FUNCTIONS)}")
 
 
@@ -96,15 +121,24 @@ def _ingress() -> Flask:
     if interval > 0:
         # Keeps health and load of every infer function fresh in the shared tier state.
         start_probing(topology, states, interval_s=interval)
-    ledger = LedgerClient(authorize_url, os.environ.get("TOLLGATE_REFUND_URL") or None)
+    ledger = LedgerClient(
+        authorize_url,
+        os.environ.get("TOLLGATE_REFUND_URL") or None,
+        authorize_token=_token(tokens.AUTHORIZE),
+        refund_token=_token(tokens.REFUND),
+    )
     template = template_from_env(os.environ)
-    emitter = Emitter(settings.sink)
+    emitter = Emitter(settings.sink, tokens.TokenFile.from_env(tokens.SINK))
     network = network_blueprint(template, store, emitter)
+    events_url = os.environ.get(CLUSTER_EVENTS_ENV)
+    if events_url:
+        network.register_blueprint(cluster_events(trust_from_env(), events_url, emitter))
     return ingress_app(
         topology,
         store,
         ledger,
-        admin_token=settings.admin_token,
+        senders=senders_from_env(),
+        signing_key=keys.SigningKey(keys.keys_dir_from_env()),
         states=states,
         network=network,
         latency=latency_promise(topology, store, states),
@@ -113,6 +147,40 @@ def _ingress() -> Flask:
         hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
         decisions=RecentLog(store, ROUTE_DECISIONS),
     )
+
+
+def _token(target: str) -> tokens.TokenFile:
+    token = tokens.TokenFile.from_env(target)
+    if token is None:
+        raise click.UsageError(f"{tokens.TOKEN_DIR_ENV} is not set: the ingress needs its tokens")
+    return token
+
+
+def cluster_events(trust: Trust, url: str, emitter: Emitter) -> Blueprint:
+    """The home ingress's endpoint for the usage other clusters' infer reports."""
+    from router_fn.cluster_events import RemoteIssuer, cluster_events_blueprint
+
+    issuers = [
+        RemoteIssuer(TokenVerifier(Discovery(base), url), frozenset(clusters))
+        for base, clusters in trust.remote_issuers.items()
+    ]
+    return cluster_events_blueprint(issuers, trust.policy(url), emitter)
+
+
+def _gateway() -> Flask:
+    """A cluster other than home: its public ingress passes capability-bearing attempts to its
+    cluster-local infer services."""
+    from functions.app import create_app as create_function_app
+    from router_fn.gateway import gateway_blueprint
+
+    template = template_from_env(os.environ)
+    cluster = os.environ.get("TOLLGATE_CLUSTER", "")
+    blueprint = gateway_blueprint(
+        cluster,
+        gateway_upstreams(template, template.cluster(cluster)),
+        keys.VerifyKeys(keys.keys_dir_from_env()),
+    )
+    return create_function_app("gateway", senders=senders_from_env(), blueprints=[blueprint])
 
 
 def latency_promise(topology: Topology, store: Store, states: TierStates) -> LatencyPromise:
@@ -177,7 +245,12 @@ def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blu
     default=None,
     help="Port to listen on (default: $PORT, else 8080).",
 )
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on (a container listens on all; tollgate up passes 127.0.0.1).",
+)
 def serve(function: str, port: int | None, host: str) -> None:
     """Run FUNCTION's HTTP server (CloudEvents on POST /, /healthz, /readyz, /metrics)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

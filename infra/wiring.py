@@ -21,8 +21,27 @@ InferUrl = Callable[[Cluster, Model], str | None]
 
 
 def knative_infer_url(template: Template) -> InferUrl:
-    """Infer functions as Knative serves them: https://infer-<model>.<namespace>.<domain>."""
-    return lambda cluster, model: cluster.service_url(infer_service_name(model), template.namespace)
+    """Infer functions as the home ingress reaches them on Knative: on its own cluster at their
+    cluster-local address, on every other cluster through that cluster's public ingress (the
+    gateway), since infer Services are cluster-local."""
+
+    def url(cluster: Cluster, model: Model) -> str:
+        if cluster.name == template.eventing.home:
+            return _cluster_local(template, infer_service_name(model))
+        return cluster.service_url("ingress", template.namespace) + f"/infer/{model.name}"
+
+    return url
+
+
+def _cluster_local(template: Template, service: str) -> str:
+    return f"http://{service}.{template.namespace}.svc.cluster.local"
+
+
+def gateway_upstreams(template: Template, cluster: Cluster) -> dict[str, str]:
+    """What a cluster's gateway passes attempts to: model -> its infer's cluster-local URL."""
+    return {
+        m: _cluster_local(template, infer_service_name(template.model(m))) for m in cluster.models
+    }
 
 
 def topology(

@@ -1,5 +1,7 @@
 """The ledger functions' apps: one codebase, deployed as several functions (authorize, settle,
-refund, grant, sweep, ledger-admin), or all at once as ``ledger``."""
+refund, grant, sweep), or those five at once as ``ledger`` (``tollgate up``); ``ledger-admin``
+(the admin API, the only holder of the admin token) and ``deadletters`` (the cluster-local sink of
+what the broker gave up delivering; the admin API reads what it keeps) apart."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from flask import Flask
 from events.sla import period_of
 from functions.apikeys import ApiKeys
 from functions.app import create_app as create_function_app
+from functions.auth.keys import VerifyKeys
+from functions.auth.senders import Senders
+from functions.auth.tokens import SINK, TokenFile
 from functions.config import Settings
 from functions.deadletters import DeadLetters
 from functions.emit import Emitter
@@ -26,12 +31,14 @@ from ledger_fn.topups import CarrierBilling, TopUps
 from ledger_fn.topups_api import TopupHandlers, topups_blueprint
 
 EVENT_FUNCTIONS = ("grant", "authorize", "settle", "refund", "sweep")
-FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "ledger")
+FUNCTIONS = (*EVENT_FUNCTIONS, "ledger-admin", "deadletters", "ledger")
 
 
 def create_app(
     function: str = "ledger",
     *,
+    senders: Senders,
+    capability_keys: VerifyKeys | None = None,
     settings: Settings | None = None,
     store: Store | None = None,
     ledger: Ledger | None = None,
@@ -45,15 +52,25 @@ def create_app(
     ``carrier``: the operator's Carrier Billing API for top-ups (none: top-ups answer 503);
     ``topups``: a ready service instead (tests); ``sla``: each plan's SLA terms (from
     template.yaml), evaluated monthly into service credits; ``console``: what the ops console
-    shows beyond the ledger (money, prices, the router's view)."""
+    shows beyond the ledger (money, prices, the router's view); ``senders``: who may send it
+    events; ``capability_keys``: what settle and refund check inference outcomes' capabilities
+    with."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown ledger function {function!r}; one of {', '.join(FUNCTIONS)}")
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
+    dead_letters = DeadLetters(store)
+    if function == "deadletters":
+        # It keeps what others refused and moves no credit: no ledger, so none of its keys.
+        return create_function_app(
+            function, senders=senders, ready=store.ping, fallback=dead_letters.keep
+        )
     ledger = ledger or Ledger.configured(store, LedgerSettings.from_env())
     plan_book = Plans(ledger, plans or {})
-    emitter = Emitter(settings.sink)
-    handlers = LedgerHandlers(ledger, plan_book, emitter, source=f"/tollgate/{function}")
+    emitter = Emitter(settings.sink, TokenFile.from_env(SINK))
+    handlers = LedgerHandlers(
+        ledger, plan_book, emitter, capability_keys, source=f"/tollgate/{function}"
+    )
     credits = ServiceCredits(ledger, plan_book, sla or {}, sla_emitter(emitter, function))
     if topups is None and carrier is not None:
         topups = TopUps(ledger, plan_book, carrier)
@@ -63,11 +80,7 @@ def create_app(
         else ([function] if function in EVENT_FUNCTIONS else [])
     )
     blueprints = []
-    fallback = None
-    if function in ("ledger", "ledger-admin"):
-        # The admin function is also the platform's dead-letter sink (template.yaml).
-        dead_letters = DeadLetters(store)
-        fallback = dead_letters.keep if function == "ledger-admin" else None
+    if function == "ledger-admin":
         blueprints.append(
             admin_blueprint(
                 ledger,
@@ -96,8 +109,8 @@ def create_app(
         routes.update(sla_handlers(credits))
     return create_function_app(
         function,
+        senders=senders,
         handlers=routes,
         blueprints=blueprints,
         ready=store.ping,
-        fallback=fallback,
     )

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import types
+from events.capability import CapabilityError, verify
 from events.fields import EventData
 from events.ledger import (
     CreditsGrant,
@@ -36,9 +37,10 @@ from events.ledger import (
 from events.network import SLICE_BOOKED, SliceBooked
 from functions.accounts import account_for_slice
 from functions.app import Handler
+from functions.auth.keys import VerifyKeys
 from functions.cloudevent import Incoming, Reply
 from functions.emit import Emitter
-from functions.errors import BadRequest, Unavailable
+from functions.errors import BadRequest, Forbidden, Unavailable
 from functions.validation import validate
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import Plans
@@ -81,11 +83,17 @@ def granted_reply(r: dict[str, Any]) -> Reply:
 
 class LedgerHandlers:
     def __init__(
-        self, ledger: Ledger, plans: Plans, emitter: Emitter, source: str = "/tollgate/ledger"
+        self,
+        ledger: Ledger,
+        plans: Plans,
+        emitter: Emitter,
+        capability_keys: VerifyKeys | None = None,
+        source: str = "/tollgate/ledger",
     ) -> None:
         self.ledger = ledger
         self.plans = plans
         self.emitter = emitter
+        self.capability_keys = capability_keys
         self.source = source
 
     def _run(
@@ -176,6 +184,7 @@ class LedgerHandlers:
 
     def completed(self, event: Incoming) -> Reply:
         done = validate(InferenceCompleted, event.data, f"{event.type} data")
+        self._vouched(done)
         account_id = self._owner(done.hold_id, done.account_id)
         return self._settled(self._run(event, account_id, "settle", usage_args(done)))
 
@@ -198,6 +207,7 @@ class LedgerHandlers:
 
     def failed(self, event: Incoming) -> Reply:
         failure = validate(InferenceFailed, event.data, f"{event.type} data")
+        self._vouched(failure)
         account_id = self._owner(failure.hold_id, failure.account_id)
         if charges_output(failure):
             return self._settled(self._run(event, account_id, "settle", usage_args(failure)))
@@ -223,6 +233,29 @@ class LedgerHandlers:
                 caused_by=f"expire#{expired.hold_id}",
             )
         return reply(types.HOLDS_SWEPT, HoldsSwept(**swept))
+
+    def _vouched(self, outcome: InferenceOutcome) -> None:
+        """An inference outcome moves credits only for the hold, account and cluster the
+        ingress's capability for that attempt names (its signature checked; not its deadline:
+        a metering event may arrive long after the attempt)."""
+        if self.capability_keys is None:
+            raise Unavailable("this function has no capability keys to check inference outcomes")
+        try:
+            capability = verify(
+                outcome.capability, self.capability_keys.get(), audience=None, check_deadline=False
+            )
+        except CapabilityError as exc:
+            raise Forbidden(f"the outcome's capability is not valid: {exc}") from exc
+        named = (capability.hold_id, capability.account_id)
+        if named != (outcome.hold_id, outcome.account_id):
+            raise Forbidden(
+                f"the capability is for hold {capability.hold_id} of {capability.account_id}, "
+                f"not hold {outcome.hold_id} of {outcome.account_id}"
+            )
+        if outcome.cluster is not None and outcome.cluster != capability.cluster:
+            raise Forbidden(
+                f"the capability is for cluster {capability.cluster}, not {outcome.cluster}"
+            )
 
     @staticmethod
     def _owner(hold_id: str, account_id: str) -> str:

@@ -35,6 +35,7 @@ from events.openai import (
 from events.quote import Quote, Usage
 from functions.accounts import read_profile, roaming_countries
 from functions.apikeys import ApiKeys
+from functions.auth.keys import SigningKey
 from functions.errors import (
     BadRequest,
     Forbidden,
@@ -43,19 +44,19 @@ from functions.errors import (
     Unauthorized,
     Unavailable,
 )
-from functions.http import bearer_token, require_bearer
+from functions.http import bearer_token
 from functions.recent import RecentLog
 from functions.store import Store
 from functions.validation import validate
 from router_fn import metrics
+from router_fn.capabilities import mint
 from router_fn.hints import parse_hints
 from router_fn.latency import LatencyPromise, Served
 from router_fn.ledger_client import LedgerClient
-from router_fn.owed import Owed
+from router_fn.owed import Owed, Relayed
 from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
 from router_fn.relay import StreamRelay
 from router_fn.tierstate import TierStates
-from router_fn.tierview import tiers_view
 from router_fn.topology import ModelSpec, PlanSpec, Topology
 from router_fn.ttft import FirstToken
 from router_fn.ttl_cache import TTLCache
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 300.0  # a cold start loads the model before the first byte
+# Engine time a hold is priced for (per-second plans) and an attempt may run.
+ENGINE_BOUND_MS = int(READ_TIMEOUT_S * 1000)
 HOLD_TTL_S = 900  # longer than any request may run; the sweep returns forgotten holds
 STREAM_CUT = (
     b'data: {"error": {"message": "the inference stream was cut", "type": "server_error"}}\n\n'
@@ -91,6 +94,7 @@ class Attempt:
     chunks: Iterator[bytes]  # the body's one iterator (a second iter_content would start empty)
     first: bytes  # its first chunk (a whole response: all of it), read before answering
     started: float  # time.monotonic() when infer was called
+    capability: str  # what infer was called with; the ingress's own metering carries it too
 
 
 class Ingress:
@@ -101,8 +105,8 @@ class Ingress:
         ledger: LedgerClient,
         states: TierStates,
         owed: Owed,
+        signing_key: SigningKey,
         *,
-        admin_token: str | None = None,
         hold_ttl_s: int = HOLD_TTL_S,
         sleep: Callable[[float], None] = time.sleep,
         latency: LatencyPromise | None = None,
@@ -118,7 +122,7 @@ class Ingress:
         self.ledger = ledger
         self.owed = owed
         self.states = states
-        self.admin_token = admin_token
+        self.signing_key = signing_key
         self.sleep = sleep
         self.latency = latency
         self._callers: TTLCache[str, Caller] = TTLCache(AUTH_CACHE_S)
@@ -358,9 +362,7 @@ class Ingress:
             per_engine_second=bool(caller.plan and caller.plan.per_engine_second),
         )
         assert quote is not None, "the policy only picks priced clusters"
-        amount = quote.worst_case(
-            route.prompt_tokens, route.max_tokens or 0, int(READ_TIMEOUT_S * 1000)
-        )
+        amount = quote.worst_case(route.prompt_tokens, route.max_tokens or 0, ENGINE_BOUND_MS)
         command = HoldAuthorize(
             account_id=caller.account_id,
             amount=amount,
@@ -390,26 +392,35 @@ class Ingress:
         cluster = self.topology.cluster(candidate.cluster)
         if cluster.emulated:
             self.sleep(cluster.rtt_ms / 1000)  # `tollgate up`: the tier's network RTT, emulated
-        billed = wire.BilledHold(hold.hold_id, caller.account_id, candidate.tier, candidate.cluster)
+        capability = mint(
+            self.signing_key,
+            hold,
+            model=str(forward["model"]),
+            cluster=candidate.cluster,
+            tier=candidate.tier,
+            max_tokens=int(forward["max_tokens"]),
+            engine_ms=ENGINE_BOUND_MS,
+            attempt=hold.hold_id,
+        )
         started = time.monotonic()
         try:
             upstream = self._session.post(
                 candidate.url.rstrip("/") + PATHS[endpoint],
                 json=forward,
-                headers=billed.headers(),
+                headers={wire.CAPABILITY: capability},
                 stream=True,
                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
             )
         except requests.RequestException as exc:
-            raise _AttemptFailed(f"unreachable ({exc.__class__.__name__})") from exc
+            raise _AttemptFailed(f"unreachable ({exc.__class__.__name__})", capability) from exc
         if upstream.status_code >= 500 or upstream.status_code == 429:
             text = upstream.text[:300]
             upstream.close()
-            raise _AttemptFailed(f"answered {upstream.status_code}: {text}")
+            raise _AttemptFailed(f"answered {upstream.status_code}: {text}", capability)
         if upstream.status_code >= 400:
             # The request itself is wrong (e.g. longer than the context): no tier would take it.
             error = _upstream_error(upstream)
-            raise _AttemptFailed(error.message, final=error)
+            raise _AttemptFailed(error.message, capability, final=error)
         chunks = upstream.iter_content(chunk_size=None)
         try:
             # A whole response reaches the client only once all of it arrived: until then the
@@ -418,8 +429,8 @@ class Ingress:
         except requests.RequestException as exc:
             upstream.close()
             where = "before the first byte" if stream else "before its whole answer arrived"
-            raise _AttemptFailed(f"failed {where} ({exc.__class__.__name__})") from exc
-        return Attempt(candidate, hold, quote, upstream, chunks, first, started)
+            raise _AttemptFailed(f"failed {where} ({exc.__class__.__name__})", capability) from exc
+        return Attempt(candidate, hold, quote, upstream, chunks, first, started, capability)
 
     def _relay(self, attempt: Attempt, relay: StreamRelay, model: str) -> Iterator[bytes]:
         """Stream the upstream's events through; closing (client gone) closes the upstream, so
@@ -444,8 +455,19 @@ class Ingress:
         finally:
             attempt.upstream.close()
         if relay.usage is not None:
-            billed = _billed(attempt)
-            self.owed.relayed(billed, model, relay.usage, attempt.started, first_text)
+            hold, candidate = attempt.hold, attempt.candidate
+            self.owed.relayed(
+                Relayed(
+                    hold,
+                    candidate.tier,
+                    candidate.cluster,
+                    model,
+                    relay.usage,
+                    attempt.started,
+                    first_text,
+                    attempt.capability,
+                )
+            )
         # Tell the client in the stream's own error form.
         yield STREAM_CUT
 
@@ -482,19 +504,16 @@ class Ingress:
             response.headers["Cache-Control"] = "public, max-age=60"
             return response
 
-        @bp.get("/tiers")
-        def tiers() -> Response:
-            require_bearer(self.admin_token)
-            return jsonify(clusters=tiers_view(self.topology, self.states.snapshot()))
-
         return bp
 
 
 class _AttemptFailed(Exception):
-    """An attempt that produced no output. ``final`` set: answer it, do not fail over."""
+    """An attempt that produced no output. ``final`` set: answer it, do not fail over.
+    ``capability``: the attempt's, which its refund carries."""
 
-    def __init__(self, reason: str, final: FunctionError | None = None) -> None:
+    def __init__(self, reason: str, capability: str, final: FunctionError | None = None) -> None:
         super().__init__(reason)
+        self.capability = capability
         self.final = final
 
 
@@ -539,15 +558,6 @@ def _whole(attempt: Attempt, headers: dict[str, str]) -> Response:
     attempt.upstream.close()
     headers.update(_charges(attempt, payload))
     return Response(payload, status=200, mimetype="application/json", headers=headers)
-
-
-def _billed(attempt: Attempt) -> wire.BilledHold:
-    return wire.BilledHold(
-        attempt.hold.hold_id,
-        attempt.hold.account_id,
-        attempt.candidate.tier,
-        attempt.candidate.cluster,
-    )
 
 
 def _charges(attempt: Attempt, payload: bytes) -> dict[str, str]:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from flask import Blueprint, Flask
 
 from functions.app import create_app as create_function_app
+from functions.auth.keys import SigningKey
+from functions.auth.senders import Senders
 from functions.emit import Emitter
 from functions.outbox import OutboxSettings
 from functions.recent import RecentLog
@@ -26,7 +28,8 @@ def create_app(
     store: Store,
     ledger: LedgerClient,
     *,
-    admin_token: str | None = None,
+    senders: Senders,
+    signing_key: SigningKey,
     states: TierStates | None = None,
     network: Blueprint | None = None,
     latency: LatencyPromise | None = None,
@@ -40,7 +43,8 @@ def create_app(
     ``latency``: waking cold tiers, learning from answers and measuring SLA attainment;
     ``emitter`` (default K_SINK) and ``outbox`` (default ``TOLLGATE_OUTBOX_*``): where what the
     ingress owes goes, and where it waits meanwhile; ``clock``: what picks the price book
-    version in effect; ``decisions``: where the last route decisions are kept for ops."""
+    version in effect; ``decisions``: where the last route decisions are kept for ops;
+    ``signing_key``: what the capabilities of inference attempts are signed with."""
     owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
     ingress = Ingress(
         topology,
@@ -48,7 +52,7 @@ def create_app(
         ledger,
         states or TierStates(store),
         owed,
-        admin_token=admin_token,
+        signing_key,
         hold_ttl_s=hold_ttl_s,
         latency=latency,
         clock=clock,
@@ -61,4 +65,4 @@ def create_app(
         if owed.full:
             raise RuntimeError("the outbox of what this ingress owes the ledger is full")
 
-    return create_function_app("ingress", blueprints=blueprints, ready=ready)
+    return create_function_app("ingress", senders=senders, blueprints=blueprints, ready=ready)

@@ -22,6 +22,7 @@ from events.ledger import (
     HoldRefund,
 )
 from events.quote import Quote
+from functions.auth.tokens import TokenFile, TokenMissing
 from functions.cloudevent import Incoming, make_event, parse_http, to_binary
 from functions.errors import (
     INVALID_REQUEST,
@@ -42,10 +43,19 @@ class BadReply(Unavailable):
 
 class LedgerClient:
     def __init__(
-        self, authorize_url: str, refund_url: str | None = None, *, timeout_s: float = 5.0
+        self,
+        authorize_url: str,
+        refund_url: str | None,
+        *,
+        authorize_token: TokenFile,
+        refund_token: TokenFile,
+        timeout_s: float = 5.0,
     ) -> None:
+        """The tokens are the ingress's identity for each function's audience."""
         self.authorize_url = authorize_url
         self.refund_url = refund_url or authorize_url
+        # One process serving both (tollgate up's ledger) has one audience: either token does.
+        self._tokens = {self.refund_url: refund_token, self.authorize_url: authorize_token}
         self.timeout_s = timeout_s
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy lookups from the environment per request
@@ -98,9 +108,12 @@ class LedgerClient:
             make_event(event_type, SOURCE, data.model_dump(mode="json"), id=event_id)
         )
         try:
+            headers = {**message.headers, **self._tokens[url].bearer()}
             response = self._session.post(
-                url, headers=message.headers, data=message.body, timeout=self.timeout_s
+                url, headers=headers, data=message.body, timeout=self.timeout_s
             )
+        except TokenMissing as exc:
+            raise Unavailable(f"the ingress has no token for the ledger at {url}: {exc}") from exc
         except requests.RequestException as exc:
             raise Unavailable(f"the ledger at {url} is unreachable: {exc}") from exc
         if response.status_code == 200:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from events import types
@@ -28,7 +29,6 @@ from events.ledger import (
     Timings,
 )
 from events.quote import Usage
-from events.wire import BilledHold
 from functions.emit import Emitter
 from functions.errors import FunctionError, PaymentRequired, Unavailable
 from functions.outbox import (
@@ -57,6 +57,20 @@ RESOLVED = (404, 409)
 
 def void_id(hold_id: str) -> str:
     return f"{hold_id}#void"
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A stream the ingress meters itself: what reached the client of one attempt."""
+
+    hold: HoldAuthorized
+    tier: str
+    cluster: str
+    model: str
+    usage: Usage
+    started: float  # time.monotonic() when infer was called
+    first_text: float | None  # when the first text was relayed
+    capability: str  # the attempt's, which settle checks
 
 
 class Owed:
@@ -89,29 +103,29 @@ class Owed:
         """The authorize sent as ``event_id`` got no answer: find its hold and void it, later."""
         self._owe(types.HOLD_AUTHORIZE, event_id, command.model_dump(mode="json"), RELEASE)
 
-    def relayed(
-        self, billed: BilledHold, model: str, usage: Usage, started: float, ttft: float | None
-    ) -> None:
+    def relayed(self, metered: Relayed) -> None:
         """Meter a stream infer could not: what reached the client, owed to the broker."""
+        started, ttft = metered.started, metered.first_text
         total_ms = round((time.monotonic() - started) * 1000)
         event = InferenceCompleted(
-            hold_id=billed.hold_id,
-            account_id=billed.account_id,
-            model=model,
-            tier=billed.tier,
-            cluster=billed.cluster,
-            usage=usage,
+            hold_id=metered.hold.hold_id,
+            account_id=metered.hold.account_id,
+            model=metered.model,
+            tier=metered.tier,
+            cluster=metered.cluster,
+            usage=metered.usage,
             # The engine time infer would have reported is unknown: the stream's time bounds it.
             timings=Timings(
                 ttft_ms=None if ttft is None else round((ttft - started) * 1000),
                 total_ms=total_ms,
                 engine_ms=total_ms,
             ),
+            capability=metered.capability,
         )
         metrics.RELAYED_METERING.inc()
         self._owe(
             types.INFERENCE_COMPLETED,
-            f"{billed.hold_id}#relayed",
+            f"{metered.hold.hold_id}#relayed",
             event.model_dump(mode="json"),
             SINK,
         )

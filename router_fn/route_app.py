@@ -31,7 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask, Response, jsonify
 
 from events import types
 from events.network import (
@@ -51,6 +51,7 @@ from events.network import (
 from events.routing import RouteRequested, TiersWarm
 from functions.app import Handler
 from functions.app import create_app as create_function_app
+from functions.auth.senders import Senders
 from functions.cloudevent import Incoming, Reply
 from functions.errors import BadRequest, FunctionError, NotFound, Unavailable
 from functions.store import Store
@@ -58,6 +59,7 @@ from functions.validation import validate
 from router_fn.network_acts import NetworkActs
 from router_fn.policy import DEFAULT_CONFIG, Decision, NoRoute, PolicyConfig, RouteRequest, decide
 from router_fn.tierstate import TierStates
+from router_fn.tierview import tiers_view
 from router_fn.topology import Topology
 from router_fn.waker import Waker
 from router_fn.warmth import Warmth, targets
@@ -81,6 +83,7 @@ def create_app(
     states: TierStates | None = None,
     config: PolicyConfig = DEFAULT_CONFIG,
     degradation_s: int = DEFAULT_DEGRADATION_S,
+    senders: Senders,
     waker: Waker | None = None,
     quality_subscriptions: Mapping[str, str] | None = None,
 ) -> Flask:
@@ -171,7 +174,25 @@ def create_app(
             validate(SubscriptionChanged, e.data, e.type)
         ),
     }
-    return create_function_app(NAME, handlers=handlers, ready=store.ping)
+    return create_function_app(
+        NAME,
+        senders=senders,
+        handlers=handlers,
+        blueprints=[tiers_blueprint(topology, live)],
+        ready=store.ping,
+    )
+
+
+def tiers_blueprint(topology: Topology, live: TierStates) -> Blueprint:
+    """``GET /tiers``: the router's live view, for ops. The route function is cluster-local,
+    so the view is no longer on the public ingress (and the ingress holds no admin token)."""
+    bp = Blueprint("tiers", __name__)
+
+    @bp.get("/tiers")
+    def tiers() -> Response:
+        return jsonify(clusters=tiers_view(topology, live.snapshot()))
+
+    return bp
 
 
 def _ignore(_result: object) -> None:

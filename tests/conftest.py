@@ -27,6 +27,7 @@ from functions.store import Store
 from functions.store.dynamodb import DynamoStore, create_table
 from functions.store.sqlite import SqliteStore
 from tests.dynamodb_local import DynamoDBLocal, java_missing
+from tests.trust import CapabilityKeys, TestIssuer, capability_keys, running_issuer
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
 # The ledger signs its journal with the keys in TOLLGATE_LEDGER_KEYS (ledger_fn/keys.py): every
@@ -125,3 +126,15 @@ def real_store_url(real_store: Store) -> str:
         return f"sqlite://{Path(real_store.path).resolve()}"  # sqlite:///abs/path
     assert isinstance(real_store, DynamoStore) and real_store.endpoint_url
     return f"dynamodb://{real_store.endpoint_url.split('://', 1)[1]}/{real_store.table}"
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Iterator[TestIssuer]:
+    """A running OIDC issuer (tollgate up's own) that mints and serves real tokens."""
+    yield from running_issuer()
+
+
+@pytest.fixture
+def cap_keys(tmp_path: Path) -> CapabilityKeys:
+    """Capability keys (signing and verify) in a fresh directory."""
+    return capability_keys(tmp_path / "capability-keys")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,7 +15,13 @@ import pytest
 import requests
 
 from events import types
+from functions.auth.keys import KEYS_ENV
+from functions.auth.policy import SenderPolicy, SenderRule, Trust
+from functions.auth.senders import AUDIENCE_ENV, DISCOVERY_ENV, TRUST_ENV
 from functions.cloudevent import make_event, parse_http, to_binary, to_structured
+from tests.trust import TestIssuer, capability_keys, sub
+
+LEDGER = "serving.knative.dev/service/tollgate/ledger"
 
 
 def free_port() -> int:
@@ -44,39 +51,63 @@ def start(function: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], 
     raise AssertionError(f"tollgate serve {function} did not start")
 
 
+def identity(issuer: TestIssuer, tmp_path: Path) -> dict[str, str]:
+    """What a function is given to check its senders: the issuer, its audience, the policies."""
+    trust = Trust({LEDGER: SenderPolicy(LEDGER, (SenderRule("tests", (sub("tester"),)),))})
+    (tmp_path / "trust.json").write_text(json.dumps(trust.to_json()), encoding="utf-8")
+    return {
+        DISCOVERY_ENV: issuer.url,
+        AUDIENCE_ENV: LEDGER,
+        TRUST_ENV: str(tmp_path / "trust.json"),
+        KEYS_ENV: str(capability_keys(tmp_path / "keys").directory),
+    }
+
+
 @pytest.fixture
-def ledger_url(tmp_path: Path) -> Iterator[str]:
-    proc, url = start(
-        "ledger", {"TOLLGATE_STORE": f"sqlite:///{tmp_path}/t.db", "TOLLGATE_ADMIN_TOKEN": "tok"}
-    )
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def ledger_urls(tmp_path: Path, issuer: TestIssuer) -> Iterator[tuple[str, str]]:
+    """The ledger's event functions and its admin API, each its own process."""
+    env = {
+        "TOLLGATE_STORE": f"sqlite:///{tmp_path}/t.db",
+        "TOLLGATE_ADMIN_TOKEN": "tok",
+        **identity(issuer, tmp_path),
+    }
+    events, events_url = start("ledger", env)
+    admin, admin_url = start("ledger-admin", env)
+    yield events_url, admin_url
+    for proc in (events, admin):
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def post_event(
-    url: str, type: str, data: dict[str, object], structured: bool = False
+    url: str, type: str, data: dict[str, object], bearer: str, structured: bool = False
 ) -> requests.Response:
     event = make_event(type, "/tests/serve", data)
     message = to_structured(event) if structured else to_binary(event)
-    return requests.post(url + "/", headers=message.headers, data=message.body, timeout=10)
+    headers = {**message.headers, "Authorization": f"Bearer {bearer}"}
+    return requests.post(url + "/", headers=headers, data=message.body, timeout=10)
 
 
-def test_ledger_over_http(ledger_url: str) -> None:
+def test_ledger_over_http(ledger_urls: tuple[str, str], issuer: TestIssuer) -> None:
+    ledger_url, admin_url = ledger_urls
     auth = {"Authorization": "Bearer tok"}
     assert (
         requests.post(
-            ledger_url + "/accounts", json={"account_id": "acme"}, headers=auth, timeout=10
+            admin_url + "/accounts", json={"account_id": "acme"}, headers=auth, timeout=10
         ).status_code
         == 201
     )
     assert (
         requests.post(
-            ledger_url + "/accounts/acme/grants", json={"amount": 900}, headers=auth, timeout=10
+            admin_url + "/accounts/acme/grants", json={"amount": 900}, headers=auth, timeout=10
         ).status_code
         == 201
     )
-    response = post_event(ledger_url, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 400})
+    assert requests.get(ledger_url + "/accounts", headers=auth, timeout=10).status_code == 404
+    token = issuer.token("tester", LEDGER)
+    command = {"account_id": "acme", "amount": 400}
+    assert post_event(ledger_url, types.HOLD_AUTHORIZE, command, "forged").status_code == 401
+    response = post_event(ledger_url, types.HOLD_AUTHORIZE, command, token)
     assert response.status_code == 200
     authorized = parse_http(dict(response.headers), response.content)
     assert authorized.type == types.HOLD_AUTHORIZED
@@ -84,22 +115,27 @@ def test_ledger_over_http(ledger_url: str) -> None:
         ledger_url,
         types.HOLD_SETTLE,
         {"hold_id": authorized.data["hold_id"], "amount": 150},
+        token,
         structured=True,
     )
     settled = parse_http(dict(response.headers), response.content)
     assert settled.data["captured"] == 150
-    balance = requests.get(ledger_url + "/accounts/acme/balance", headers=auth, timeout=10).json()
+    balance = requests.get(admin_url + "/accounts/acme/balance", headers=auth, timeout=10).json()
     assert (balance["available"], balance["spent"], balance["held"]) == (750, 150, 0)
     assert requests.get(ledger_url + "/readyz", timeout=10).status_code == 200
     assert "tollgate_events_total" in requests.get(ledger_url + "/metrics", timeout=10).text
 
 
-def test_a_store_that_is_down_answers_503_so_knative_retries() -> None:
+def test_a_store_that_is_down_answers_503_so_knative_retries(
+    issuer: TestIssuer, tmp_path: Path
+) -> None:
     dead = f"dynamodb://127.0.0.1:{free_port()}/tollgate"
-    proc, url = start("authorize", {"TOLLGATE_STORE": dead})
+    proc, url = start("authorize", {"TOLLGATE_STORE": dead, **identity(issuer, tmp_path)})
     try:
         assert requests.get(url + "/readyz", timeout=60).status_code == 503
-        response = post_event(url, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 5})
+        command = {"account_id": "acme", "amount": 5}
+        token = issuer.token("tester", LEDGER)
+        response = post_event(url, types.HOLD_AUTHORIZE, command, token)
         assert response.status_code == 503
         assert "retry" in response.json()["error"]["message"]
     finally:

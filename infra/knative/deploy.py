@@ -1,8 +1,10 @@
 """The ``kn`` plan that applies rendered manifests, one cluster context at a time.
 
-kn carries what it can express exactly (services from their files, the broker with its delivery,
-triggers that inherit that delivery, ping sources); ``kubectl apply -f`` carries the rest
-(namespace, ConfigMaps, the SinkBinding, triggers with their own delivery). Every step is
+kn carries what it can express exactly (services from their files, ping sources); ``kubectl
+apply -f`` carries the rest (namespace, ConfigMaps, ServiceAccounts, the broker and triggers,
+whose dead-letter sinks and subscribers carry an OIDC audience kn cannot set, the SinkBinding,
+EventPolicies); Knative's own ConfigMaps are merge-patched (``kubectl patch --type
+merge``), so the cluster's other flags stay. Every step is
 create-or-update: services and kubectl use apply, which reports "unchanged"; broker, triggers and
 ping sources are described first and only created, or updated when the live spec differs, so a
 second deploy changes nothing.
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.knative.render import Manifest, delivery_spec, manifest_filename, render, write
+from infra.knative.render import Manifest, manifest_filename, render, write
+from infra.knative.trust import MERGE_PATCH
 from infra.template.catalog import PING_TYPE_EXTENSION
 from infra.template.fields import go_duration_seconds
 from infra.template.schema import Cluster, Template
@@ -69,33 +72,21 @@ def _step(t: Template, c: Cluster, m: Manifest, path: Path) -> Step:
     kind, name = m["kind"], m["metadata"]["name"]
     resource = f"{kind}/{name}"
     kubectl = Step(c.name, resource, ("kubectl", "--context", c.context, "apply", "-f", str(path)))
+    annotations = m["metadata"].get("annotations", {})
+    if annotations.items() >= MERGE_PATCH.items():
+        patch = ("patch", kind.lower(), name, "--namespace", m["metadata"]["namespace"])
+        command = ("kubectl", "--context", c.context, *patch, "--type", "merge")
+        return Step(c.name, resource, (*command, "--patch-file", str(path)))
     if kind == "Service":
         return Step(
             c.name,
             resource,
             ("kn", "service", "apply", name, "--filename", str(path), *_scope(t, c), *_wait(m)),
         )
-    if kind == "Broker":
-        flags = _delivery_flags(m["spec"]["delivery"])
-        return _probed(t, c, resource, ("broker",), name, flags, m["spec"])
-    if kind == "Trigger":
-        spec = m["spec"]
-        if spec["delivery"] != delivery_spec(t.eventing.delivery):
-            return kubectl  # kn trigger has no delivery flags
-        # A kn-made trigger inherits the broker's delivery, which equals this one.
-        desired = {k: v for k, v in spec.items() if k != "delivery"}
-        return _probed(t, c, resource, ("trigger",), name, _trigger_flags(spec), desired)
     if kind == "PingSource":
         spec = m["spec"]
         return _probed(t, c, resource, ("source", "ping"), name, _ping_flags(spec), spec)
     return kubectl
-
-
-def _trigger_flags(spec: Manifest) -> Command:
-    flags: Command = ("--broker", spec["broker"])
-    for key, value in spec["filter"]["attributes"].items():
-        flags += ("--filter", f"{key}={value}")
-    return (*flags, "--sink", f"ksvc:{spec['subscriber']['ref']['name']}")
 
 
 def _ping_flags(spec: Manifest) -> Command:
@@ -113,19 +104,6 @@ def _wait(m: Manifest) -> Command:
     )
     # Model loading outlasts kn's default 600 s wait; wait as long as Knative itself would.
     return ("--wait-timeout", str(go_duration_seconds(deadline))) if deadline else ()
-
-
-def _delivery_flags(d: Manifest) -> Command:
-    return (
-        "--retry",
-        str(d["retry"]),
-        "--backoff-policy",
-        d["backoffPolicy"],
-        "--backoff-delay",
-        d["backoffDelay"],
-        "--dl-sink",
-        f"ksvc:{d['deadLetterSink']['ref']['name']}",
-    )
 
 
 def _probed(
@@ -161,6 +139,11 @@ def format_plan(t: Template, steps: Sequence[Step]) -> str:
                 f"#   kubectl --context {context} create namespace {t.namespace}",
                 f"#   kubectl --context {context} -n {t.namespace} create secret generic "
                 f"{t.admin_secret} --from-literal=token=<admin token>",
+                "#   tollgate keys rotate --dir <keys dir>  (then, for every cluster:)",
+                f"#   kubectl --context {context} -n {t.namespace} create secret generic "
+                f"{t.capability_secret}-signing --from-file=<keys dir>/signing.jwk",
+                f"#   kubectl --context {context} -n {t.namespace} create secret generic "
+                f"{t.capability_secret}-verify --from-file=<keys dir>/verify.jwks",
             ]
         lines.append(shlex.join(s.apply))
         if s.update is not None:

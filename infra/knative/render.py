@@ -14,9 +14,17 @@ from typing import Any
 import yaml
 
 from functions.store import dynamodb
+from infra.knative import trust
 from infra.template.catalog import INFER, PING_TYPE_EXTENSION
 from infra.template.eventing import trigger_filters
 from infra.template.fields import go_duration_seconds
+from infra.template.policies import (
+    knative_placement,
+    service_audience,
+)
+from infra.template.policies import (
+    trust as trust_file,
+)
 from infra.template.schema import Cluster, DeliverySpec, Function, Model, Ping, Template, Trigger
 
 Manifest = dict[str, Any]
@@ -33,6 +41,12 @@ INFER_TIMEOUT_S = 900
 # What infer and the ingress owe (metering events, voids) waits here until delivered.
 OUTBOX_DIR = "/var/lib/tollgate/outbox"
 OUTBOX_SIZE = "256Mi"  # far above the outbox's own bound (50,000 events of ~1 KB)
+INGRESS = "ingress"
+GATEWAY = "gateway"  # `tollgate serve gateway`: the public ingress of a cluster other than home
+# Only the ingress is public; every other Service answers inside its cluster only.
+CLUSTER_LOCAL = {"networking.knative.dev/visibility": "cluster-local"}
+# Functions that check inference capabilities (the ingress signs them).
+CAPABILITY_CHECKERS = ("settle", "refund", INFER)
 
 
 def render(t: Template) -> dict[str, list[Manifest]]:
@@ -42,19 +56,29 @@ def render(t: Template) -> dict[str, list[Manifest]]:
 
 def _cluster(t: Template, c: Cluster) -> list[Manifest]:
     home = c.name == t.eventing.home
+    functions = [f for f in t.functions if _runs_on(t, f, c)]
+    gateway = not home and bool(c.models) and not any(f.name == INGRESS for f in functions)
+    accounts = [f.name for f in functions] + [infer_service_name(t.model(m)) for m in c.models]
     out: list[Manifest] = [
         _namespace(t),
-        _config_features(),
+        *trust.feature_patches(),
         _template_configmap(t),
+        *(
+            trust.service_account(t, a, PART_OF)
+            for a in [*accounts, *([INGRESS] if gateway else [])]
+        ),
     ]
     if home:
         out.append(_broker(t))
     out.append(_sink_binding(t, home))
-    out.extend(_function_service(t, c, f) for f in t.functions if _runs_on(t, f, c))
+    out.extend(_function_service(t, c, f) for f in functions)
+    if gateway:
+        out.append(_gateway_service(t, c))
     out.extend(_infer_service(t, c, t.model(m)) for m in c.models)
     if home:
         out.extend(m for tr in t.eventing.triggers for m in _triggers(t, tr))
         out.extend(_ping(t, p) for p in t.eventing.pings)
+        out.extend(trust.event_policies(t, PART_OF))
     return out
 
 
@@ -76,23 +100,6 @@ def _meta(t: Template, name: str, labels: dict[str, str] | None = None) -> Manif
     return {"name": name, "namespace": t.namespace, "labels": {**PART_OF, **(labels or {})}}
 
 
-def _config_features() -> Manifest:
-    # Knative gates these pod-spec fields behind feature flags; the GPU services need them.
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "config-features", "namespace": "knative-serving"},
-        "data": {
-            "kubernetes.podspec-nodeselector": "enabled",
-            "kubernetes.podspec-tolerations": "enabled",
-            "kubernetes.podspec-emptydir": "enabled",
-            # Probes on the vLLM sidecar keep a pod unready until the model has loaded.
-            # (Multi-container pods themselves need no flag since Knative 1.0.)
-            "multi-container-probing": "enabled",
-        },
-    }
-
-
 def _template_configmap(t: Template) -> Manifest:
     # route and ingress read tiers, models and prices from the same template at runtime.
     body = t.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -100,7 +107,11 @@ def _template_configmap(t: Template) -> Manifest:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(t, TEMPLATE_CONFIGMAP),
-        "data": {"template.yaml": dump(body)},
+        "data": {
+            "template.yaml": dump(body),
+            # Every sink's event policies and the other clusters' issuers (functions/auth).
+            trust.TRUST_FILE: json.dumps(trust_file(t, knative_placement(t)).to_json(), indent=1),
+        },
     }
 
 
@@ -108,17 +119,23 @@ def _ksvc_ref(name: str) -> Manifest:
     return {"ref": {"apiVersion": KSVC, "kind": "Service", "name": name}}
 
 
+def _ksvc_destination(t: Template, name: str) -> Manifest:
+    """A Service as an OIDC destination: a Knative Service announces no audience, so the
+    sender is told it (the function checks tokens issued for it)."""
+    return {**_ksvc_ref(name), "audience": service_audience(t, name)}
+
+
 def _broker_ref(t: Template) -> Manifest:
     broker = t.eventing.broker
     return {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": broker}}
 
 
-def delivery_spec(d: DeliverySpec) -> Manifest:
+def delivery_spec(t: Template, d: DeliverySpec) -> Manifest:
     return {
         "retry": d.retry,
         "backoffPolicy": d.backoff_policy,
         "backoffDelay": d.backoff_delay,
-        "deadLetterSink": _ksvc_ref(d.dead_letter_sink),
+        "deadLetterSink": _ksvc_destination(t, d.dead_letter_sink),
     }
 
 
@@ -127,13 +144,16 @@ def _broker(t: Template) -> Manifest:
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Broker",
         "metadata": _meta(t, t.eventing.broker),
-        "spec": {"delivery": delivery_spec(t.eventing.delivery)},
+        "spec": {"delivery": delivery_spec(t, t.eventing.delivery)},
     }
 
 
 def _sink_binding(t: Template, home: bool) -> Manifest:
-    # Home services emit to the broker beside them; other clusters reach it over its ingress URL.
-    sink = _broker_ref(t) if home else {"uri": t.eventing.home_broker_url}
+    # Home services emit to the broker beside them. The broker is cluster-local: other clusters
+    # report to the home ingress's cluster-events endpoint, which verifies them by their
+    # cluster's issuer and publishes for them.
+    events = knative_placement(t).cluster_events_url
+    sink = _broker_ref(t) if home else {"uri": events, "audience": events}
     return {
         "apiVersion": "sources.knative.dev/v1",
         "kind": "SinkBinding",
@@ -158,8 +178,8 @@ def _triggers(t: Template, tr: Trigger) -> list[Manifest]:
             "spec": {
                 "broker": t.eventing.broker,
                 "filter": {"attributes": dict(tf.attributes)},
-                "subscriber": _ksvc_ref(tr.function),
-                "delivery": delivery_spec(tr.delivery or t.eventing.delivery),
+                "subscriber": _ksvc_destination(t, tr.function),
+                "delivery": delivery_spec(t, tr.delivery or t.eventing.delivery),
             },
         }
         for tf in trigger_filters(t, tr)
@@ -199,21 +219,32 @@ def _env(t: Template, c: Cluster, extra: dict[str, str]) -> list[Manifest]:
         "TOLLGATE_CLUSTER": c.name,
         "TOLLGATE_TIER": c.tier,
         "TOLLGATE_TEMPLATE": f"{TEMPLATE_DIR}/template.yaml",
+        "TOLLGATE_TRUST": f"{TEMPLATE_DIR}/{trust.TRUST_FILE}",
         **extra,
     }
-    env: list[Manifest] = [{"name": k, "value": v} for k, v in plain.items()]
-    env.append(
-        {
-            "name": "TOLLGATE_ADMIN_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": t.admin_secret, "key": "token"}},
-        }
-    )
-    return env
+    return [{"name": k, "value": v} for k, v in plain.items()]
 
 
 def _tollgate_container(
-    t: Template, c: Cluster, function: str, env: dict[str, str], cpu: str, memory: str
+    t: Template,
+    c: Cluster,
+    function: str,
+    service: str,
+    env: dict[str, str],
+    resources: tuple[str, str],
 ) -> Manifest:
+    """The tollgate image serving ``function`` as Service ``service``: its identity (own
+    ServiceAccount, projected tokens, the issuer to check senders by) and, where it signs or
+    checks inference capabilities, their keys."""
+    cpu, memory = resources
+    env = {**env, **trust.identity_env(t, service)}
+    mounts = [
+        {"name": "template", "mountPath": TEMPLATE_DIR, "readOnly": True},
+        {"name": "tokens", "mountPath": trust.TOKEN_DIR, "readOnly": True},
+    ]
+    if function in (*CAPABILITY_CHECKERS, INGRESS, GATEWAY):
+        env.update(trust.keys_env())
+        mounts.append({"name": "capability", "mountPath": trust.KEYS_DIR, "readOnly": True})
     container: Manifest = {
         "name": "tollgate",
         "image": t.image,
@@ -223,12 +254,13 @@ def _tollgate_container(
         "ports": [{"name": "http1", "containerPort": 8080}],
         "env": _env(t, c, env),
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}},
-        "volumeMounts": [{"name": "template", "mountPath": TEMPLATE_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
         # Every function serves these (functions/app.py); /readyz checks its dependencies.
         "readinessProbe": {"httpGet": {"path": "/readyz"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz"}, "periodSeconds": 30},
     }
-    if t.table.credentials_secret and function != INFER:
+    if t.table.credentials_secret and function not in (INFER, GATEWAY):
+        # Table credentials only where the store is used.
         container["envFrom"] = [{"secretRef": {"name": t.table.credentials_secret}}]
     return container
 
@@ -236,17 +268,25 @@ def _tollgate_container(
 _TEMPLATE_VOLUME = {"name": "template", "configMap": {"name": TEMPLATE_CONFIGMAP}}
 
 
+def _volumes(t: Template, c: Cluster, function: str) -> list[Manifest]:
+    volumes = [_TEMPLATE_VOLUME, trust.projected_tokens(trust.token_targets(t, c, function))]
+    if function in (*CAPABILITY_CHECKERS, INGRESS, GATEWAY):
+        volumes.append(trust.capability_keys(t, signing=function == INGRESS))
+    return volumes
+
+
 def _service(
     t: Template, name: str, labels: dict[str, str], annotations: dict[str, str], spec: Manifest
 ) -> Manifest:
+    public = name == INGRESS
     return {
         "apiVersion": KSVC,
         "kind": "Service",
-        "metadata": _meta(t, name, labels),
+        "metadata": _meta(t, name, labels if public else {**labels, **CLUSTER_LOCAL}),
         "spec": {
             "template": {
                 "metadata": {"labels": {**PART_OF, **labels}, "annotations": annotations},
-                "spec": spec,
+                "spec": {"serviceAccountName": name, **spec},
             }
         },
     }
@@ -268,52 +308,60 @@ def _loaded_while_up(t: Template, m: Model) -> dict[str, str]:
 
 def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
     env = {"TOLLGATE_STORE": t.table.store, "AWS_REGION": t.table.region}
-    if f.name == "ingress":
+    if f.name == INGRESS:
         # The ingress calls authorize and (after a failed attempt) refund synchronously, inside
-        # the cluster; its events endpoint checks network systems' bearer from this variable.
+        # the cluster.
         local = f"{t.namespace}.svc.cluster.local"
         env["TOLLGATE_LEDGER_URL"] = f"http://authorize.{local}"
         env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
         env |= _passive_warmth()
+        # Where the other clusters' infer report usage (router_fn/cluster_events.py).
+        env["TOLLGATE_CLUSTER_EVENTS_URL"] = knative_placement(t).cluster_events_url
     if f.name == "ledger-admin":
-        # The ops console's tiers page shows the router's live view (GET /tiers, admin token).
-        env["TOLLGATE_INGRESS_URL"] = f"http://ingress.{t.namespace}.svc.cluster.local"
-    container = _tollgate_container(t, c, f.name, env, f.resources.cpu, f.resources.memory)
-    if f.name == "ingress":
-        # The bearer network systems present to /events (CAMARA sinkCredential), from the
-        # admin Secret's "camara-token" key; without it the endpoint answers 503.
-        container["env"].append(_secret_env(t, t.camara.credential_env, "camara-token"))
-    if f.name in LEDGER_FUNCTIONS:
-        # The keys the ledger signs its journal with (ledger_fn/keys.py): the Secret's
-        # "ledger-keys", not optional; rotate by listing a new key first and keeping the old.
-        container["env"].append(
-            {
-                "name": "TOLLGATE_LEDGER_KEYS",
-                "valueFrom": {"secretKeyRef": {"name": t.admin_secret, "key": "ledger-keys"}},
-            }
-        )
-    cb = t.carrier_billing
-    if cb is not None and f.name in ("ingress", "grant", "ledger-admin"):
-        # Top-ups: the ingress checks the sink credentials the ledger signs with this key; the
-        # ledger functions that call the operator present its access token.
-        container["env"].append(_secret_env(t, cb.sink_key_env, "carrier-sink-key"))
-        if f.name != "ingress":
-            container["env"].append(_secret_env(t, cb.credential_env, "carrier-billing-token"))
+        # The ops console's tiers page shows the router's live view (the route function's
+        # GET /tiers, cluster-local).
+        env["TOLLGATE_TIERS_URL"] = f"http://route.{t.namespace}.svc.cluster.local"
+    resources = (f.resources.cpu, f.resources.memory)
+    container = _tollgate_container(t, c, f.name, f.name, env, resources)
+    container["env"].extend(_secret_envs(t, f.name))
     if f.image:
         container["image"] = f.image
     spec: Manifest = {
         "containerConcurrency": f.concurrency,
         "containers": [container],
-        "volumes": [_TEMPLATE_VOLUME],
+        "volumes": _volumes(t, c, f.name),
     }
     _size_server(spec)
-    if f.name == "ingress":
+    if f.name == INGRESS:
         _outbox(spec)
     return _service(
         t,
         f.name,
         {"tollgate.io/function": f.name},
         _annotations(f.min_scale, f.max_scale, f.scale_down_delay, f.progress_deadline),
+        spec,
+    )
+
+
+def _gateway_service(t: Template, c: Cluster) -> Manifest:
+    """A cluster other than home has no API ingress; its public ``ingress`` is the gateway that
+    passes the home ingress's capability-bearing attempts to its cluster-local infer services."""
+    base = next(f for f in t.functions if f.name == INGRESS)
+    container = _tollgate_container(
+        t, c, GATEWAY, INGRESS, {}, (base.resources.cpu, base.resources.memory)
+    )
+    spec: Manifest = {
+        "containerConcurrency": base.concurrency,
+        "timeoutSeconds": INFER_TIMEOUT_S,
+        "containers": [container],
+        "volumes": _volumes(t, c, GATEWAY),
+    }
+    _size_server(spec)
+    return _service(
+        t,
+        INGRESS,
+        {"tollgate.io/function": GATEWAY},
+        _annotations(base.min_scale, base.max_scale, base.scale_down_delay, None),
         spec,
     )
 
@@ -339,11 +387,33 @@ def _outbox(spec: Manifest) -> None:
 LEDGER_FUNCTIONS = frozenset({"grant", "authorize", "settle", "refund", "sweep", "ledger-admin"})
 
 
-def _secret_env(t: Template, name: str, key: str) -> Manifest:
-    return {
-        "name": name,
-        "valueFrom": {"secretKeyRef": {"name": t.admin_secret, "key": key, "optional": True}},
-    }
+def _secret_envs(t: Template, function: str) -> list[Manifest]:
+    """Each secret only in the function that uses it: the admin token in ledger-admin, the
+    ledger's journal keys in the ledger functions, the CAMARA credential in the ingress (its
+    events endpoint checks network systems' bearer), the carrier-billing sink key where sink
+    credentials are signed (grant, ledger-admin) or checked (the ingress), the operator access
+    token where the operator is called."""
+    out = []
+    if function == "ledger-admin":
+        out.append(_secret_env(t, "TOLLGATE_ADMIN_TOKEN", "token", optional=False))
+    if function in LEDGER_FUNCTIONS:
+        # Not optional; rotate by listing a new key first and keeping the old (ledger_fn/keys.py).
+        out.append(_secret_env(t, "TOLLGATE_LEDGER_KEYS", "ledger-keys", optional=False))
+    if function == INGRESS:
+        out.append(_secret_env(t, t.camara.credential_env, "camara-token"))
+    cb = t.carrier_billing
+    if cb is not None and function in (INGRESS, "grant", "ledger-admin"):
+        out.append(_secret_env(t, cb.sink_key_env, "carrier-sink-key"))
+        if function != INGRESS:
+            out.append(_secret_env(t, cb.credential_env, "carrier-billing-token"))
+    return out
+
+
+def _secret_env(t: Template, name: str, key: str, *, optional: bool = True) -> Manifest:
+    ref: Manifest = {"name": t.admin_secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def infer_service_name(model: Model) -> str:
@@ -363,10 +433,11 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         progress,
     )
     labels = {"tollgate.io/function": INFER, "tollgate.io/model": m.name}
+    service = infer_service_name(m)
     spec: Manifest = {
         "containerConcurrency": concurrency,
         "timeoutSeconds": INFER_TIMEOUT_S,
-        "volumes": [_TEMPLATE_VOLUME],
+        "volumes": _volumes(t, c, INFER),
     }
     # Names as infer_fn/config.py reads them. Both engines batch: infer passes on (vLLM) or decodes
     # together (llama.cpp) as many requests as Knative admits to the pod.
@@ -378,11 +449,11 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
     env |= _loaded_while_up(t, m)
     if m.engine == "llamacpp":
         env["TOLLGATE_N_CTX"] = str(m.context_length)
-        infer = _tollgate_container(t, c, INFER, env, m.resources.cpu, m.resources.memory)
-        spec["containers"] = [infer]
+        resources = (m.resources.cpu, m.resources.memory)
+        spec["containers"] = [_tollgate_container(t, c, INFER, service, env, resources)]
         _size_server(spec)
         _outbox(spec)
-        return _service(t, infer_service_name(m), labels, annotations, spec)
+        return _service(t, service, labels, annotations, spec)
     env |= {
         "TOLLGATE_ENGINE": "openai-upstream",
         "TOLLGATE_UPSTREAM_URL": f"http://127.0.0.1:{VLLM_PORT}",
@@ -390,10 +461,11 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
     }
     if progress:
         env["TOLLGATE_LOAD_TIMEOUT_SECONDS"] = str(go_duration_seconds(progress))
-    infer = _tollgate_container(t, c, INFER, env, base.resources.cpu, base.resources.memory)
+    resources = (base.resources.cpu, base.resources.memory)
+    infer = _tollgate_container(t, c, INFER, service, env, resources)
     spec["containers"] = [infer, _vllm_container(m, progress)]
     spec["volumes"] = [
-        _TEMPLATE_VOLUME,
+        *spec["volumes"],
         # Tensor-parallel workers share memory through /dev/shm; the default 64 MiB is too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         {"name": "model-cache", "emptyDir": {}},
@@ -407,7 +479,7 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
         spec["tolerations"] = [
             tol.model_dump(by_alias=True, exclude_none=True) for tol in c.gpu.tolerations
         ]
-    return _service(t, infer_service_name(m), labels, annotations, spec)
+    return _service(t, service, labels, annotations, spec)
 
 
 def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
@@ -436,6 +508,7 @@ def _vllm_container(m: Model, progress_deadline: str | None) -> Manifest:
             m.served_name,
             "--served-model-name",
             m.served_name,
+            # The pod's loopback only: the infer container beside it is its one client.
             "--host",
             "127.0.0.1",
             "--port",

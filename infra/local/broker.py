@@ -10,6 +10,11 @@
   dead-letter sink with the ``knativeerrordest``/``knativeerrorcode``/``knativeerrordata``
   extensions Knative adds.
 - Delivery is at least once and unordered, as on Knative: a crash mid-delivery redelivers.
+- Senders are checked as Knative's broker ingress checks them with ``authentication-oidc`` and
+  ``default-authorization-mode: deny-all``: no valid token for the broker's audience is 401, a
+  sender no event policy allows to send that event is 403. Each delivery carries a token of its
+  trigger's identity for the subscriber's audience, and a subscriber's reply is published as that
+  trigger (a reply no policy allows fails the delivery, as Knative's would).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from functions.app import register_error_handlers
+from functions.auth.senders import Senders
 from functions.errors import BadRequest
 from infra.local.broker_faults import DeliveryFaults
 from infra.local.broker_queue import BrokerQueue, PendingDelivery
@@ -63,6 +69,7 @@ class DeliveryPolicy:
     backoff_policy: Literal["exponential", "linear"] = "exponential"
     backoff_delay_s: float = 0.5
     dead_letter_sink: str | None = None
+    dead_letter_audience: str = ""
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def backoff(self, retry_number: int) -> float:
@@ -80,6 +87,8 @@ class BrokerTrigger:
     filter: Mapping[str, str]
     subscriber: str
     delivery: DeliveryPolicy
+    account: str = ""  # the trigger's ServiceAccount: who its deliveries and replies come from
+    audience: str = ""  # the subscriber's
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
         return all(attributes.get(key) == value for key, value in self.filter.items())
@@ -117,18 +126,28 @@ def filter_attributes(event: BaseCloudEvent) -> dict[str, str]:
     return {k: v if isinstance(v, str) else str(v) for k, v in event.get_attributes().items()}
 
 
+# (ServiceAccount, audience) -> a token of that identity for that audience.
+TokenSource = Callable[[str, str], str]
+
+
 class Broker:
     def __init__(
         self,
         queue: BrokerQueue,
         triggers: Sequence[BrokerTrigger],
         *,
+        senders: Senders,
+        tokens: TokenSource,
+        namespace: str,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.time,
         faults: DeliveryFaults | None = None,
     ) -> None:
         """``faults``: chaos runs only (infra/local/broker_faults.py)."""
         self.queue = queue
+        self.senders = senders
+        self._tokens = tokens
+        self._namespace = namespace
         self.triggers = {s.name: s for s in triggers}
         self._faults = faults
         self._workers = workers
@@ -142,6 +161,13 @@ class Broker:
         self._sessions = threading.local()
 
     # -- ingest -------------------------------------------------------------------------------
+
+    def ingest(self, headers: Mapping[str, str], body: bytes) -> None:
+        """An event POSTed to the broker: its sender checked (401/403), then published."""
+        sender = self.senders.authenticate(headers)
+        event = read_event(headers, body)
+        self.senders.authorize(sender, filter_attributes(event))
+        self.publish(event)
 
     def publish(self, event: BaseCloudEvent) -> bool:
         """Queue ``event`` for every matching trigger; False if it is a duplicate."""
@@ -214,30 +240,44 @@ class Broker:
                 self._in_flight.discard(delivery.seq)
             self._kick.set()
 
+    def _token(self, trigger: BrokerTrigger, audience: str) -> str:
+        return self._tokens(trigger.account, audience)
+
     def _to_subscriber(self, trigger: BrokerTrigger, delivery: PendingDelivery) -> None:
         event = _stored_event(delivery.body)
-        outcome = self._post(trigger.subscriber, event, trigger.delivery.timeout_s)
+        token = self._token(trigger, trigger.audience)
+        outcome = self._post(trigger.subscriber, event, trigger.delivery.timeout_s, token)
         if outcome.ok:
-            self._publish_reply(trigger, outcome)
+            refused = self._publish_reply(trigger, outcome)
+            if refused is not None:
+                self._give_up(trigger, delivery, refused)
+                return
             self.queue.done(delivery.seq)
         elif outcome.retriable and delivery.attempt < trigger.delivery.retry:
             self._retry(trigger, delivery)
         else:
             self._give_up(trigger, delivery, outcome)
 
-    def _publish_reply(self, trigger: BrokerTrigger, outcome: _Outcome) -> None:
+    def _publish_reply(self, trigger: BrokerTrigger, outcome: _Outcome) -> _Outcome | None:
+        """Publish the subscriber's reply as its trigger; an outcome to fail the delivery with
+        when the broker's policy refuses the reply from that trigger."""
         headers = {k.lower(): v for k, v in outcome.headers.items()}
         structured = headers.get("content-type", "").startswith("application/cloudevents")
         if "ce-id" not in headers and not structured:
-            return  # a plain 2xx: nothing to reply
+            return None  # a plain 2xx: nothing to reply
         try:
             reply = read_event(headers, outcome.body)
         except BadRequest as exc:
             log.warning("%s replied with an invalid event, ignored: %s", trigger.subscriber, exc)
-            return
+            return None
+        subject = f"system:serviceaccount:{self._namespace}:{trigger.account}"
+        if not self.senders.policy.permits(subject, filter_attributes(reply)):
+            log.error("%s may not publish its reply %s: refused", subject, reply.get_type())
+            return _Outcome(403, {}, f"reply {reply.get_type()} refused by policy".encode())
         # Published before the delivery is marked done: a crash in between redelivers, and the
         # reply (its id derived from its cause) is then deduped here.
         self.publish(reply)
+        return None
 
     def _retry(self, trigger: BrokerTrigger, delivery: PendingDelivery) -> None:
         retry_number = delivery.attempt + 1
@@ -271,7 +311,8 @@ class Broker:
         if delivery.error_code is not None:
             extensions["knativeerrorcode"] = str(delivery.error_code)
         event = _stored_event(delivery.body, extensions)
-        outcome = self._post(sink, event, trigger.delivery.timeout_s)
+        token = self._token(trigger, trigger.delivery.dead_letter_audience)
+        outcome = self._post(sink, event, trigger.delivery.timeout_s, token)
         if outcome.ok:
             self.queue.done(delivery.seq)
         elif outcome.retriable and delivery.attempt < trigger.delivery.retry:
@@ -282,25 +323,24 @@ class Broker:
             )
             self.queue.fail(delivery.seq)
 
-    def _post(self, url: str, event: BaseCloudEvent, timeout_s: float) -> _Outcome:
+    def _post(self, url: str, event: BaseCloudEvent, timeout_s: float, token: str) -> _Outcome:
         if self._faults is None:
-            return self._send(url, event, timeout_s)
+            return self._send(url, event, timeout_s, token)
         return self._faults.deliver(
-            lambda: self._send(url, event, timeout_s),
+            lambda: self._send(url, event, timeout_s, token),
             lambda: _Outcome(None, {}, b"lost (fault injection)"),
             f"{event.get_type()} {event.get_id()}",
         )
 
-    def _send(self, url: str, event: BaseCloudEvent, timeout_s: float) -> _Outcome:
+    def _send(self, url: str, event: BaseCloudEvent, timeout_s: float, token: str) -> _Outcome:
         message = to_binary_event(event)
+        headers = {**message.headers, "Authorization": f"Bearer {token}"}
         session: requests.Session | None = getattr(self._sessions, "session", None)
         if session is None:
             # requests sessions are not shared across threads: one per delivery worker.
             session = self._sessions.session = requests.Session()
         try:
-            response = session.post(
-                url, headers=message.headers, data=message.body, timeout=timeout_s
-            )
+            response = session.post(url, headers=headers, data=message.body, timeout=timeout_s)
         except requests.RequestException as exc:
             return _Outcome(None, {}, f"{exc.__class__.__name__}: {exc}".encode())
         return _Outcome(response.status_code, dict(response.headers), response.content)
@@ -319,7 +359,7 @@ def broker_app(broker: Broker) -> Flask:
 
     @app.post("/")
     def ingest() -> tuple[str, int]:
-        broker.publish(read_event(dict(request.headers), request.get_data()))
+        broker.ingest(dict(request.headers), request.get_data())
         return "", 202
 
     @app.get("/healthz")

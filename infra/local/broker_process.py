@@ -2,9 +2,12 @@
 its broker apart from the functions: it can crash (or be killed by a chaos run) and be restarted
 alone, and its queue (``broker.db``) keeps every event across restarts.
 
-``python -m infra.local.broker_process <triggers.json> <broker.db>``, listening on ``$PORT``.
-``tollgate up`` writes the triggers file (its template's triggers with the local subscriber URLs).
-SIGTERM stops taking events and lets deliveries in flight finish; the queue keeps the rest."""
+``python -m infra.local.broker_process <broker.json> <broker.db>``, listening on ``$PORT``.
+``tollgate up`` writes the config file: its template's triggers with the local subscriber URLs,
+and what the broker's identity needs (as Knative's broker has it): the issuer it checks senders'
+tokens by, the trust file with its event policies, and the issuer's key it mints each trigger's
+delivery token with. SIGTERM stops taking events and lets deliveries in flight finish; the queue
+keeps the rest."""
 
 from __future__ import annotations
 
@@ -20,30 +23,65 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.policy import Trust
+from functions.auth.senders import Senders
 from infra.local.broker import Broker, BrokerServer, BrokerTrigger, DeliveryPolicy
 from infra.local.broker_faults import DeliveryFaults
 from infra.local.broker_queue import BrokerQueue
+from infra.local.issuer import Issuer
 
 
-def triggers_json(triggers: Sequence[BrokerTrigger]) -> dict[str, Any]:
-    return {"triggers": [asdict(t) for t in triggers]}
+def broker_config(
+    triggers: Sequence[BrokerTrigger],
+    *,
+    issuer_url: str,
+    issuer_key: Path,
+    namespace: str,
+    audience: str,
+    trust_file: Path,
+) -> dict[str, Any]:
+    return {
+        "triggers": [asdict(t) for t in triggers],
+        "issuer": {"url": issuer_url, "key": str(issuer_key.resolve()), "namespace": namespace},
+        "audience": audience,
+        "trust": str(trust_file.resolve()),
+    }
 
 
 def triggers_from(content: dict[str, Any]) -> list[BrokerTrigger]:
     return [
-        BrokerTrigger(t["name"], t["filter"], t["subscriber"], DeliveryPolicy(**t["delivery"]))
+        BrokerTrigger(**{**t, "delivery": DeliveryPolicy(**t["delivery"])})
         for t in content["triggers"]
     ]
 
 
+def broker_from(content: dict[str, Any], queue: Path, faults: DeliveryFaults | None) -> Broker:
+    issuer = Issuer(content["issuer"]["namespace"], Path(content["issuer"]["key"]))
+    issuer.url = content["issuer"]["url"]  # its tokens name the issuer senders' checks trust
+    audience = content["audience"]
+    senders = Senders(
+        TokenVerifier(Discovery(issuer.url), audience),
+        Trust.load(content["trust"]).policy(audience),
+    )
+    return Broker(
+        BrokerQueue(queue),
+        triggers_from(content),
+        senders=senders,
+        tokens=issuer.token,
+        namespace=issuer.namespace,
+        faults=faults,
+    )
+
+
 def main(argv: Sequence[str], port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    triggers = triggers_from(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    content = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     faults = DeliveryFaults.from_env()
     if faults is not None:
         logging.getLogger(__name__).warning("delivery faults injected: %s", faults.spec)
-    broker = Broker(BrokerQueue(Path(argv[1])), triggers, faults=faults)
-    server = BrokerServer(broker, port)
+    broker = broker_from(content, Path(argv[1]), faults)
+    server = BrokerServer(broker, port, os.environ.get("TOLLGATE_BROKER_HOST", "127.0.0.1"))
     stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:

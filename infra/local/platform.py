@@ -1,18 +1,27 @@
-"""template.yaml → what ``tollgate up`` runs on one machine: processes, triggers, endpoints.
+"""template.yaml → what ``tollgate up`` runs on one machine: processes, triggers, identities.
 
 This is the one place that decides the local process list: the ``broker`` (its own process, as
-Knative's broker is its own deployment), one all-in-one ``ledger`` (every ledger trigger and the
-admin API), ``ledger-admin`` as the dead-letter sink (``ledger`` would hand a dead letter back to
-the handler that refused it; only ``ledger-admin`` keeps them), ``route``, one ``infer`` per
-local tier (every cluster of a tier shares it) and the ``ingress``.
+Knative's broker is its own deployment), one all-in-one ``ledger`` (every ledger trigger),
+``ledger-admin`` (the admin API and the ops console, the only process given the admin token),
+``deadletters`` (the dead-letter sink), ``route``, one ``infer`` per local tier (every cluster of
+a tier shares it) and the ``ingress``. Every process listens on 127.0.0.1 unless told otherwise.
 Every infer process runs the template's ``local.model`` on the CPU, so that is the one model
 served locally: the others are left out of the local endpoints (so neither listed nor routed),
 each with the reason ``tollgate up`` prints at start.
+
+Identities are Knative's (infra/template/policies.py), placed on these processes: a process runs
+as ServiceAccount ``<process>`` and is addressed as ``serving.knative.dev/service/<ns>/<process>``
+(the five ledger functions share ``ledger``). The issuer writes each process's projected tokens
+under ``<state-dir>/tokens/<process>/``; the trust file (every sink's event policies) is
+``<state-dir>/trust.json``; capability keys are ``<state-dir>/keys/``. The home cluster's infer
+reports to the broker; the other tiers' infer report to the ingress's cluster-events endpoint,
+as they do on Knative, where the broker is cluster-local.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -21,15 +30,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from functions.auth import keys, senders, tokens
+from functions.auth.policy import Trust
 from infra.local.broker import BrokerTrigger, DeliveryPolicy
+from infra.local.issuer import Projection
 from infra.local.supervisor import ProcessSpec
 from infra.template.eventing import trigger_filters
 from infra.template.fields import iso_duration_seconds
+from infra.template.policies import (
+    CLUSTER_EVENTS_PATH,
+    Placement,
+    broker_audience,
+    service_audience,
+    trigger_account,
+)
+from infra.template.policies import (
+    trust as derive_trust,
+)
 from infra.template.schema import DeliverySpec, Template
 
 # Template function → the local process that serves it.
 LEDGER = "ledger"
-DEAD_LETTERS = "ledger-admin"
+ADMIN = "ledger-admin"
+DEAD_LETTERS = "deadletters"
 ROUTE = "route"
 INGRESS = "ingress"
 INFER = "infer"
@@ -40,23 +63,21 @@ _HOSTS = {
     "settle": LEDGER,
     "refund": LEDGER,
     "sweep": LEDGER,
-    "ledger-admin": DEAD_LETTERS,
+    "ledger-admin": ADMIN,
+    "deadletters": DEAD_LETTERS,
     "route": ROUTE,
     "ingress": INGRESS,
 }
-_LEDGER_HOSTS = frozenset({LEDGER, DEAD_LETTERS})
 _SERVE = (sys.executable, "-m", "infra.cli", "serve")
+ADMIN_TOKEN_ENV = "TOLLGATE_ADMIN_TOKEN"
+LEDGER_KEYS_ENV = "TOLLGATE_LEDGER_KEYS"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
 
 
 @dataclass(frozen=True)
@@ -66,11 +87,46 @@ class LocalPlatform:
     infer: Mapping[str, str]  # tier → URL
     endpoints_file: Path
     endpoints: Mapping[str, Any]  # TOLLGATE_LOCAL_ENDPOINTS: cluster → model → infer URL
-    triggers_file: Path  # the broker process reads its triggers from it
+    broker_config: Path  # the broker process reads its triggers and identity from it
     unserved: Mapping[str, str]  # declared models not served locally → why
+    trust: Trust
+    trust_file: Path
+    projections: tuple[Projection, ...]  # every process's token files
+    keys_dir: Path
+    secrets: frozenset[str]  # names of the variables holding secrets (kept from other processes)
 
     def url(self, process: str) -> str:
         return next(p.url for p in self.processes if p.name == process)
+
+
+def secret_names(template: Template) -> dict[str, tuple[str, ...]]:
+    """Each secret variable and the only processes given it (as render gives each Service only
+    the secrets it uses)."""
+    out: dict[str, tuple[str, ...]] = {
+        ADMIN_TOKEN_ENV: (ADMIN,),
+        LEDGER_KEYS_ENV: (LEDGER, ADMIN),
+        template.camara.credential_env: (INGRESS,),
+    }
+    cb = template.carrier_billing
+    if cb is not None:
+        out[cb.sink_key_env] = (INGRESS, LEDGER, ADMIN)
+        out[cb.credential_env] = (LEDGER, ADMIN)
+    return out
+
+
+def local_placement(template: Template, ingress_url: str, issuer_url: str) -> Placement:
+    home = template.eventing.home
+    remote = tuple(
+        c.name
+        for c in template.clusters
+        if c.name != home and c.models and c.tier in template.local.tiers
+    )
+    return Placement(
+        host=lambda function: _HOSTS.get(function, function),
+        cluster_events_url=ingress_url + CLUSTER_EVENTS_PATH,
+        # Locally every cluster's workloads are this one issuer's.
+        remote_issuers={issuer_url: remote} if remote else {},
+    )
 
 
 def plan(
@@ -80,50 +136,90 @@ def plan(
     *,
     ingress_port: int,
     broker_url: str,
+    issuer_url: str,
     admin_token: str,
     store_url: str | None = None,
     ledger_keys: str = "",
+    host: str = "127.0.0.1",
+    environ: Mapping[str, str] | None = None,
     port: Callable[[], int] = free_port,
 ) -> LocalPlatform:
     """``store_url``: every function's store (default: sqlite in ``state_dir``);
     ``ledger_keys``: TOLLGATE_LEDGER_KEYS, given to the ledger processes only."""
-    ports = {name: port() for name in (LEDGER, DEAD_LETTERS, ROUTE)}
-    urls = {name: _url(p) for name, p in {**ports, INGRESS: ingress_port}.items()}
+    env_in = os.environ if environ is None else environ
+    ports = {name: port() for name in (LEDGER, ADMIN, DEAD_LETTERS, ROUTE)}
+    urls = {name: f"http://{host}:{p}" for name, p in {**ports, INGRESS: ingress_port}.items()}
     infer_ports = {t.name: port() for t in template.tiers if t.name in template.local.tiers}
-    infer = {tier: _url(p) for tier, p in infer_ports.items()}
+    infer = {tier: f"http://{host}:{p}" for tier, p in infer_ports.items()}
     endpoints_file = state_dir / "local-endpoints.json"
-    env = {
+    placement = local_placement(template, urls[INGRESS], issuer_url)
+    trust = derive_trust(template, placement)
+    trust_file = state_dir / "trust.json"
+    keys_dir = state_dir / "keys"
+    common = {
         "TOLLGATE_STORE": store_url or f"sqlite:///{(state_dir / 'tollgate.db').resolve()}",
-        "TOLLGATE_ADMIN_TOKEN": admin_token,
         "K_SINK": broker_url,
         "TOLLGATE_TEMPLATE": str(template_path.resolve()),
         "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints_file.resolve()),
-        "TOLLGATE_LEDGER_URL": urls[LEDGER],
-        # The ops console's tiers page reads the router's live view from the ingress.
-        "TOLLGATE_INGRESS_URL": urls[INGRESS],
+        senders.DISCOVERY_ENV: issuer_url,
+        senders.TRUST_ENV: str(trust_file.resolve()),
+        keys.KEYS_ENV: str(keys_dir.resolve()),
+        # The ops console's tiers page reads the router's live view from the route function.
+        "TOLLGATE_TIERS_URL": urls[ROUTE],
     }
-    triggers_file = state_dir / "local-triggers.json"
-    broker = ProcessSpec(
+    secrets = secret_names(template)
+    given = {
+        **{k: v for k, v in env_in.items() if k in secrets},
+        ADMIN_TOKEN_ENV: admin_token,
+        LEDGER_KEYS_ENV: ledger_keys,
+    }
+
+    def identity(process: str) -> dict[str, str]:
+        own = {k: v for k, v in given.items() if process in secrets[k] and v}
+        return {
+            **common,
+            **own,
+            tokens.TOKEN_DIR_ENV: str((state_dir / "tokens" / process).resolve()),
+            senders.AUDIENCE_ENV: service_audience(template, process),
+        }
+
+    projections: list[Projection] = []
+
+    def project(process: str, target: str, audience: str) -> None:
+        path = (state_dir / "tokens" / process / target).resolve()
+        projections.append(Projection(path, process, audience))
+
+    broker = broker_audience(template)
+    for name in (*ports, INGRESS):
+        project(name, tokens.SINK, broker)
+    ledger_audience = service_audience(template, LEDGER)
+    project(INGRESS, tokens.AUTHORIZE, ledger_audience)
+    project(INGRESS, tokens.REFUND, ledger_audience)
+    ingress_env = {
+        **identity(INGRESS),
+        "TOLLGATE_LEDGER_URL": urls[LEDGER],
+        "TOLLGATE_CLUSTER_EVENTS_URL": placement.cluster_events_url,
+    }
+    broker_config = state_dir / "local-broker.json"
+    broker_spec = ProcessSpec(
         BROKER,
         [
             sys.executable,
             "-m",
             "infra.local.broker_process",
-            str(triggers_file.resolve()),
+            str(broker_config.resolve()),
             str((state_dir / "broker.db").resolve()),
         ],
         urlsplit(broker_url).port or 80,
+        {"TOLLGATE_BROKER_HOST": host},
+        host,
     )
-    ledger_env = {**env, "TOLLGATE_LEDGER_KEYS": ledger_keys} if ledger_keys else env
     processes = [
-        broker,  # first: it takes events from the start, and stops last
-        *(
-            ProcessSpec(name, [*_SERVE, name], p, ledger_env if name in _LEDGER_HOSTS else env)
-            for name, p in ports.items()
-        ),
-        *_infer_processes(template, infer_ports, env),
+        broker_spec,  # first: it takes events from the start, and stops last
+        *(ProcessSpec(n, _serve(n, host), p, identity(n), host) for n, p in ports.items()),
+        *_infer_processes(template, infer_ports, identity, project, placement, broker, host),
         # The ingress last: it calls everything else.
-        ProcessSpec(INGRESS, [*_SERVE, INGRESS], ingress_port, env),
+        ProcessSpec(INGRESS, _serve(INGRESS, host), ingress_port, ingress_env, host),
     ]
     processes = [
         replace(spec, env={**spec.env, **_sized(template, state_dir, spec.name)})
@@ -137,28 +233,48 @@ def plan(
         infer=infer,
         endpoints_file=endpoints_file,
         endpoints=_infer_endpoints(template, infer),
-        triggers_file=triggers_file,
+        broker_config=broker_config,
         unserved=unserved_locally(template),
+        trust=trust,
+        trust_file=trust_file,
+        projections=tuple(projections),
+        keys_dir=keys_dir,
+        secrets=frozenset(secrets),
     )
 
 
 def _infer_processes(
-    template: Template, ports: Mapping[str, int], env: Mapping[str, str]
+    template: Template,
+    ports: Mapping[str, int],
+    identity: Callable[[str], dict[str, str]],
+    project: Callable[[str, str, str], None],
+    placement: Placement,
+    broker: str,
+    host: str,
 ) -> list[ProcessSpec]:
-    """One infer per local tier, running the local model on CPU."""
+    """One infer per local tier, running the local model on CPU, for every cluster of its tier.
+    The home tier reports to the broker, the others to the ingress's cluster-events endpoint."""
     model = template.model(template.local.model)
+    home = template.cluster(template.eventing.home)
     processes = []
     for tier, tier_port in ports.items():
+        name = f"{INFER}-{tier}"
+        clusters = template.clusters_for_tier(tier)
+        sink = broker if tier == home.tier else placement.cluster_events_url
+        project(name, tokens.SINK, sink)
         tier_env = {
-            **env,
+            **identity(name),
             "TOLLGATE_ENGINE": "llamacpp",
             "TOLLGATE_MODEL_NAME": model.served_name,
             # The context the template declares, as render gives it: the ingress quotes by it.
             "TOLLGATE_N_CTX": str(model.context_length),
             "TOLLGATE_TIER": tier,
-            "TOLLGATE_CLUSTER": template.clusters_for_tier(tier)[0].name,
+            "TOLLGATE_CLUSTER": clusters[0].name,
+            "TOLLGATE_ALSO_SERVES": ",".join(c.name for c in clusters[1:]),
         }
-        processes.append(ProcessSpec(f"{INFER}-{tier}", [*_SERVE, INFER], tier_port, tier_env))
+        if tier != home.tier:
+            tier_env["K_SINK"] = placement.cluster_events_url
+        processes.append(ProcessSpec(name, _serve(INFER, host), tier_port, tier_env, host))
     return processes
 
 
@@ -181,6 +297,10 @@ def _sized(template: Template, state_dir: Path, process: str) -> dict[str, str]:
         # the next run (Knative pods get the default, functions/server.py).
         "TOLLGATE_DRAIN_SECONDS": "2",
     }
+
+
+def _serve(function: str, host: str) -> list[str]:
+    return [*_SERVE, function, "--host", host]
 
 
 def unserved_locally(template: Template) -> dict[str, str]:
@@ -215,23 +335,33 @@ def _infer_endpoints(template: Template, infer: Mapping[str, str]) -> dict[str, 
 
 
 def _triggers(template: Template, urls: Mapping[str, str]) -> list[BrokerTrigger]:
-    """The template's triggers as Knative filters them, each to its local process."""
+    """The template's triggers as Knative filters them, each to its local process, each
+    delivering as its own ServiceAccount to its subscriber's audience."""
 
     def policy(d: DeliverySpec) -> DeliveryPolicy:
+        sink = _HOSTS[d.dead_letter_sink]
         return DeliveryPolicy(
             retry=d.retry,
             backoff_policy=d.backoff_policy,
             backoff_delay_s=iso_duration_seconds(d.backoff_delay),
-            dead_letter_sink=urls[_HOSTS[d.dead_letter_sink]],
+            dead_letter_sink=urls[sink],
+            dead_letter_audience=service_audience(template, sink),
         )
 
     triggers: list[BrokerTrigger] = []
     for trigger in template.eventing.triggers:
         # Validated: triggers and dead letters go to functions on the home cluster, never infer.
-        subscriber = urls[_HOSTS[trigger.function]]
+        process = _HOSTS[trigger.function]
         delivery = policy(trigger.delivery or template.eventing.delivery)
         triggers.extend(
-            BrokerTrigger(f.name, f.attributes, subscriber, delivery)
+            BrokerTrigger(
+                f.name,
+                f.attributes,
+                urls[process],
+                delivery,
+                account=trigger_account(f.name),
+                audience=service_audience(template, process),
+            )
             for f in trigger_filters(template, trigger)
         )
     return triggers

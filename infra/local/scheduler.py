@@ -113,15 +113,16 @@ class Scheduler:
             self.tick()
 
 
-def http_sender(url: str) -> Callable[[CloudEvent], None]:
-    """Send pings over HTTP, as PingSource reaches a Broker."""
+def http_sender(url: str, token: Callable[[str], str]) -> Callable[[CloudEvent], None]:
+    """Send pings over HTTP, as PingSource reaches a Broker: with a token of the PingSource's
+    own identity (``token(ping name)``)."""
     session = requests.Session()
 
     def send(event: CloudEvent) -> None:
         message = to_binary(event)
-        response = session.post(
-            url, headers=message.headers, data=message.body, timeout=POST_TIMEOUT_S
-        )
+        ping = event.get_source().rsplit("/", 1)[-1]
+        headers = {**message.headers, "Authorization": f"Bearer {token(ping)}"}
+        response = session.post(url, headers=headers, data=message.body, timeout=POST_TIMEOUT_S)
         response.raise_for_status()
 
     return send

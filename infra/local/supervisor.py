@@ -42,10 +42,11 @@ class ProcessSpec:
     argv: Sequence[str]
     port: int
     env: Mapping[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 class ChildFailed(RuntimeError):

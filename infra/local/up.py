@@ -24,13 +24,32 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from infra.local.broker_process import triggers_json
-from infra.local.demo import Demo, TokenSource, admin_token, ensure_demo, ledger_keys, token_file
+from functions.auth import keys
+from infra.local.broker_process import broker_config
+from infra.local.demo import (
+    KEY_FILE,
+    Demo,
+    TokenSource,
+    admin_token,
+    ensure_demo,
+    ledger_keys,
+    token_file,
+)
 from infra.local.echo import LogEcho
-from infra.local.platform import BROKER, LEDGER, LocalPlatform, free_port, plan, write_json
+from infra.local.issuer import Issuer, IssuerServer, TokenFiles
+from infra.local.platform import (
+    ADMIN,
+    BROKER,
+    ROUTE,
+    LocalPlatform,
+    free_port,
+    plan,
+    write_json,
+)
 from infra.local.scheduler import Scheduler, http_sender
 from infra.local.supervisor import BackOff, ChildFailed, Restarts, Supervisor
 from infra.template.load import load_template
+from infra.template.policies import broker_audience, ping_account
 from infra.template.problems import TemplateError
 from infra.template.schema import Template
 
@@ -75,6 +94,13 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     show_default=True,
 )
 @click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address every process listens on (the ingress, the functions, the broker, the "
+    "issuer). Only the ingress is meant for callers; the rest trust only signed tokens.",
+)
+@click.option(
     "--startup-timeout",
     type=float,
     default=STARTUP_TIMEOUT_S,
@@ -88,9 +114,14 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     "(dynamodb://host:port/table) must exist: tollgate table create.",
 )
 def up(
-    port: int, state_dir: Path, template_path: Path, startup_timeout: float, store: str | None
+    port: int,
+    state_dir: Path,
+    template_path: Path,
+    host: str,
+    startup_timeout: float,
+    store: str | None,
 ) -> None:
-    """Run the whole platform locally: broker, ledger, route, ingress and an infer per tier."""
+    """Run the whole platform locally: issuer, broker, ledger, route, ingress, an infer per tier."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # One access-log line per event would bury what matters (retries, dead letters).
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -100,29 +131,32 @@ def up(
         raise click.ClickException(str(exc)) from exc
     state_dir.mkdir(parents=True, exist_ok=True)
     token, source = admin_token(state_dir)
+    issuer = IssuerServer(Issuer(template.namespace, state_dir / "issuer" / "key.jwk"), host)
     platform = plan(
         template,
         template_path,
         state_dir,
         ingress_port=port,
-        broker_url=f"http://127.0.0.1:{free_port()}",
+        broker_url=f"http://{host}:{free_port(host)}",
+        issuer_url=issuer.url,
         admin_token=token,
         store_url=store,
         ledger_keys=ledger_keys(state_dir),
+        host=host,
     )
     write_json(platform.endpoints_file, platform.endpoints)
-    running = _Running(template, platform, state_dir)
+    write_json(platform.trust_file, platform.trust.to_json())
+    keys.ensure(platform.keys_dir)
+    running = _Running(template, platform, state_dir, issuer)
     status = 0
     try:
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
         running.start(startup_timeout)
-        _wait_routable(f"http://127.0.0.1:{port}", token, startup_timeout)
-        demo = ensure_demo(platform.url(LEDGER), token, state_dir)
-        write_json(
-            running.endpoints_json, _endpoints(platform, running.broker_url, port, state_dir)
-        )
-        _summary(template, platform, running, port, demo, token, source, state_dir)
+        _wait_routable(platform.url(ROUTE), startup_timeout)
+        demo = ensure_demo(platform.url(ADMIN), token, state_dir)
+        write_json(running.endpoints_json, _endpoints(platform, running, port, state_dir, host))
+        _summary(template, platform, running, port, demo, source, state_dir, host)
         _watch(running, BackOff())
     except _Stop as stop:
         console.print(f"\n[bold]{stop}[/]: stopping…")
@@ -137,20 +171,43 @@ def up(
 
 
 class _Running:
-    """What ``tollgate up`` runs: the broker and function processes, and the ping scheduler."""
+    """What ``tollgate up`` runs: the issuer and the ping scheduler in this process; the broker
+    and the function processes as its children."""
 
-    def __init__(self, template: Template, platform: LocalPlatform, state_dir: Path) -> None:
-        self.supervisor = Supervisor(state_dir / "logs")
+    def __init__(
+        self, template: Template, platform: LocalPlatform, state_dir: Path, issuer: IssuerServer
+    ) -> None:
+        # Children see none of this process's secrets but those the plan gives each of them.
+        base_env = {k: v for k, v in os.environ.items() if k not in platform.secrets}
+        self.supervisor = Supervisor(state_dir / "logs", base_env)
+        self.issuer = issuer
+        self.token_files = TokenFiles(issuer.issuer, list(platform.projections))
+        audience = broker_audience(template)
         self.broker_url = platform.url(BROKER)
-        send = http_sender(self.broker_url)
+
+        def ping_token(ping: str) -> str:
+            return issuer.issuer.token(ping_account(ping), audience)
+
+        send = http_sender(self.broker_url, ping_token)
         (state_dir / "logs").mkdir(parents=True, exist_ok=True)
         # Models loading and unloading, told as they happen (from before any child starts).
         self.echo = LogEcho(state_dir / "logs", lambda line: console.print(line, markup=False))
+        # The broker process checks senders and delivers as each trigger with the issuer's key.
+        write_json(
+            platform.broker_config,
+            broker_config(
+                platform.triggers,
+                issuer_url=issuer.url,
+                issuer_key=state_dir / "issuer" / "key.jwk",
+                namespace=template.namespace,
+                audience=audience,
+                trust_file=platform.trust_file,
+            ),
+        )
         self.scheduler = Scheduler(template.namespace, template.eventing.pings, send)
         self.processes = platform.processes
         self.endpoints_json = state_dir / "endpoints.json"
         self.processes_json = state_dir / "processes.json"
-        write_json(platform.triggers_file, triggers_json(platform.triggers))
 
     def write_pids(self) -> None:
         """processes.json: every child's current pid, for tools (rewritten on each restart)."""
@@ -159,9 +216,14 @@ class _Running:
 
     def start(self, startup_timeout: float) -> None:
         # Children are forked before this process starts any thread (fork + threads can leave
-        # a child holding a lock nobody will release).
+        # a child holding a lock nobody will release); the issuer's socket already listens, so
+        # an early request waits in its backlog. Token files are written first: a child reads
+        # its own when it first sends.
+        self.token_files.write_all()
         children = [self.supervisor.start(spec) for spec in self.processes]
         self.write_pids()
+        self.issuer.start()
+        self.token_files.start()
         for child in children:
             self.supervisor.wait_healthy(child, startup_timeout)
         self.scheduler.start()
@@ -171,22 +233,23 @@ class _Running:
         self.scheduler.stop()
         # The broker last: stopping functions deliver what they owe to it.
         self.supervisor.stop(last=(BROKER,))
+        self.token_files.stop()
+        self.issuer.stop()
         # Stale URLs would mislead tools: the files exist exactly while the platform runs.
         self.endpoints_json.unlink(missing_ok=True)
         self.processes_json.unlink(missing_ok=True)
         console.print(f"stopped in {time.monotonic() - started:.1f}s", markup=False)
 
 
-def _wait_routable(ingress: str, token: str, timeout_s: float) -> None:
-    """Up means routable: the router sees every tier healthy. Its prober may have tried the
-    infer functions before they listened (under load they start slowly) and marked them
-    unhealthy; its next round marks them healthy, and until then every request would be 503."""
+def _wait_routable(route: str, timeout_s: float) -> None:
+    """Up means routable: the router sees every tier healthy (the route function's view of the
+    shared tier state). Its prober may have tried the infer functions before they listened
+    (under load they start slowly) and marked them unhealthy; its next round marks them
+    healthy, and until then every request would be 503."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            answer = requests.get(
-                f"{ingress}/tiers", headers={"Authorization": f"Bearer {token}"}, timeout=5
-            )
+            answer = requests.get(f"{route}/tiers", timeout=5)
             clusters = answer.json()["clusters"]
             if all(m["healthy"] for c in clusters for m in c["models"].values()):
                 return
@@ -194,7 +257,7 @@ def _wait_routable(ingress: str, token: str, timeout_s: float) -> None:
             pass  # not answering yet
         time.sleep(0.25)
     console.print(
-        f"the router does not see every tier healthy after {timeout_s:.0f}s (GET {ingress}/tiers)",
+        f"the router does not see every tier healthy after {timeout_s:.0f}s (GET {route}/tiers)",
         style="yellow",
         markup=False,
     )
@@ -226,14 +289,19 @@ def _watch(running: _Running, backoff: BackOff) -> NoReturn:
             console.print(f"restarted {child.spec.name} (pid {child.process.pid})", markup=False)
 
 
-def _endpoints(platform: LocalPlatform, broker: str, port: int, state_dir: Path) -> dict[str, Any]:
-    ingress = f"http://127.0.0.1:{port}"
+def _endpoints(
+    platform: LocalPlatform, running: _Running, port: int, state_dir: Path, host: str
+) -> dict[str, Any]:
+    ingress = f"http://{host}:{port}"
     return {
         "ingress": ingress,
-        "admin": platform.url(LEDGER),
+        "admin": platform.url(ADMIN),
         # The ops console (ledger_fn/console), served with the admin API; sign in with the token.
-        "console": platform.url(LEDGER) + "/console",
-        "broker": broker,
+        "console": platform.url(ADMIN) + "/console",
+        "broker": running.broker_url,
+        "issuer": running.issuer.url,
+        "route": platform.url(ROUTE),
+        "processes": {p.name: p.url for p in platform.processes},
         # The network-events endpoint (CAMARA, 3GPP) is served by the ingress.
         "events": ingress + "/events",
         "infer": dict(platform.infer),
@@ -247,13 +315,14 @@ def _summary(
     running: _Running,
     port: int,
     demo: Demo,
-    token: str,
     source: TokenSource,
     state_dir: Path,
+    host: str,
 ) -> None:
     table = Table(title=f"tollgate up: {template.metadata.name}", title_justify="left")
     for column in ("process", "url", "pid"):
         table.add_column(column, no_wrap=True)
+    table.add_row("issuer", running.issuer.url, "(this process)")
     for child in running.supervisor.children:
         table.add_row(child.spec.name, child.spec.url, str(child.process.pid))
     console.print(table)
@@ -263,25 +332,29 @@ def _summary(
     for name, why in platform.unserved.items():
         served_name = template.model(name).served_name
         console.print(f"Not served locally: {served_name} ({name}): {why}.", markup=False)
+    # Secrets are never printed (logs keep what is printed): only where to read them.
+    admin_file = token_file(state_dir)
     if source == "environment":
         console.print("Admin token: $TOLLGATE_ADMIN_TOKEN (from the environment)")
     else:
-        console.print(f"Admin token ({source}, in {token_file(state_dir)}): {token}", markup=False)
-    base = f"http://127.0.0.1:{port}/v1"
+        console.print(f"Admin token: {source}, in {admin_file}", markup=False)
+    key_file = state_dir / KEY_FILE
+    base = f"http://{host}:{port}/v1"
     model = template.model(template.local.model).served_name
     what = "created" if demo.created else "kept from the last run"
-    console.print(f"\nDemo account [bold]{demo.account}[/] ({what}), API key: {demo.key}\n")
+    console.print(f"\nDemo account [bold]{demo.account}[/] ({what}), API key in {key_file}\n")
     console.print("curl:", style="bold")
     console.print(
-        f"curl -s {base}/chat/completions -H 'Authorization: Bearer {demo.key}' "
+        f'curl -s {base}/chat/completions -H "Authorization: Bearer $(cat {key_file})" '
         f'-H \'Content-Type: application/json\' -d \'{{"model": "{model}", '
         f'"messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}\' -i',
         markup=False,
     )
     console.print("\nPython (openai):", style="bold")
     console.print(
-        "from openai import OpenAI\n"
-        f'client = OpenAI(base_url="{base}", api_key="{demo.key}")\n'
+        "from pathlib import Path\nfrom openai import OpenAI\n"
+        f'key = Path("{key_file}").read_text().strip()\n'
+        f'client = OpenAI(base_url="{base}", api_key=key)\n'
         "reply = client.chat.completions.create(\n"
         f'    model="{model}", max_tokens=32,\n'
         '    messages=[{"role": "user", "content": "Say hello"}],\n'
@@ -289,19 +362,18 @@ def _summary(
         "print(reply.choices[0].message.content)",
         markup=False,
     )
-    # The token as the shell should see it: given in the environment, the variable (not the
-    # secret itself) in double quotes; generated or kept in the state dir, the value.
+    # The token as the shell should read it, never the secret itself: the variable, or the file.
     bearer = (
         '"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN"'
         if source == "environment"
-        else f"'Authorization: Bearer {token}'"
+        else f'"Authorization: Bearer $(cat {admin_file})"'
     )
     console.print(
-        f"\nBalance: curl -s -H {bearer} {platform.url(LEDGER)}/accounts/{demo.account}/balance",
+        f"\nBalance: curl -s -H {bearer} {platform.url(ADMIN)}/accounts/{demo.account}/balance",
         markup=False,
     )
     console.print(
-        f"Ops console: {platform.url(LEDGER)}/console (sign in with the admin token)",
+        f"Ops console: {platform.url(ADMIN)}/console (sign in with the admin token)",
         markup=False,
     )
     console.print(

@@ -58,6 +58,8 @@ FUNCTION_KINDS: Final = MappingProxyType(
         ),
         "sweep": _kind((t.HOLDS_SWEEP,), (t.HOLD_EXPIRED, t.HOLDS_SWEPT)),
         "ledger-admin": _kind(),
+        # Keeps what the broker gave up delivering (any type; its own cluster-local sink).
+        "deadletters": _kind(),
         "route": _kind(
             (
                 t.ROUTE_REQUESTED,
@@ -91,6 +93,13 @@ FUNCTION_KINDS: Final = MappingProxyType(
 
 # Deployed once per cluster x hosted model rather than once per platform.
 INFER: Final = "infer"
+
+# Commands one function sends another directly (a synchronous CloudEvent over HTTP, not through
+# the broker): (caller, callee, type). The callee's event policy admits exactly these.
+DIRECT_CALLS: Final = (
+    ("ingress", "authorize", t.HOLD_AUTHORIZE),
+    ("ingress", "refund", t.HOLD_REFUND),
+)
 
 # Knative's PingSource always sends its own type; a scheduled command carries its Tollgate type
 # in an extension instead (see infra/knative/render.py), which the function runtime reads.

@@ -300,6 +300,14 @@ def _eventing(t: Template) -> Iterator[Problem]:
             f"unknown cluster {ev.home!r}; clusters: {', '.join(sorted(clusters))}",
         )
         return
+    for i, c in enumerate(t.clusters):
+        if c.name != ev.home and c.models and c.service_account_issuer is None:
+            yield Problem(
+                ("clusters", i, "serviceAccountIssuer"),
+                f"cluster {c.name!r} hosts models away from the home cluster {ev.home!r}: name "
+                "its service-account issuer (https://...), by which the home ingress verifies "
+                "the usage its infer reports",
+            )
     # Infer is deployed per model (infer-<model>) and takes no events, so it is no target.
     on_home = {f.name for f in t.functions if f.name != INFER and ev.home in t.function_clusters(f)}
     deliveries = [(("eventing", "delivery"), ev.delivery)] + [

@@ -115,6 +115,10 @@ class Cluster(_Model):
     gpu: Gpu | None = None
     models: tuple[Name, ...] = ()
     site: Site | None = None
+    # The OIDC issuer of this cluster's service-account tokens (its discovery must be reachable
+    # from the home cluster): how the home ingress knows this cluster's infer when it reports
+    # usage. Needed for every cluster other than home that hosts models.
+    service_account_issuer: str | None = Field(default=None, pattern=r"^https://")
 
     def service_url(self, service: str, namespace: str) -> str:
         return f"https://{service}.{namespace}.{self.domain}"
@@ -327,10 +331,15 @@ class Trigger(_Model):
 
 
 class Producer(_Model):
-    """A system outside the platform that posts events to the broker (e.g. the operator's BSS)."""
+    """A system outside the platform that posts events to the broker (e.g. the operator's BSS).
+
+    The broker is cluster-local: a producer runs in the home cluster and presents a token of its
+    ServiceAccount for the broker's audience; ``subject`` is that identity (default
+    ``system:serviceaccount:<namespace>:<name>``)."""
 
     name: Name
     emits: tuple[EventType, ...] = Field(min_length=1)
+    subject: str | None = Field(default=None, pattern=r"^system:serviceaccount:[a-z0-9.-]+:")
 
 
 class Ping(_Model):
@@ -348,8 +357,6 @@ class Ping(_Model):
 class Eventing(_Model):
     home: Name
     broker: Name = "default"
-    # How clusters other than home reach the home broker (their SinkBinding's sink).
-    home_broker_url: str = Field(pattern=r"^https?://")
     delivery: DeliverySpec
     producers: tuple[Producer, ...] = ()
     triggers: tuple[Trigger, ...]
@@ -446,6 +453,9 @@ class Template(_Model):
     metadata: Metadata
     image: str
     admin_secret: Name = "tollgate-admin"
+    # Secrets <name>-signing (signing.jwk: the ingress's private key) and <name>-verify
+    # (verify.jwks: current and previous public keys) of inference capabilities.
+    capability_secret: Name = "tollgate-capability"
     table: Table
     tiers: tuple[Tier, ...] = Field(min_length=1)
     clusters: tuple[Cluster, ...] = Field(min_length=1)

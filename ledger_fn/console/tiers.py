@@ -1,4 +1,5 @@
-"""The router's live view for the tiers page, read from the ingress's ``GET /tiers``.
+"""The router's live view for the tiers page, read from the route function's ``GET /tiers``
+(cluster-local on Knative, loopback under ``tollgate up``: nothing public serves it).
 
 Why over HTTP rather than from the store: tier state's items belong to router_fn, whose policy
 decides what they mean (staleness, what counts as healthy, learned cold starts), and whose shape
@@ -29,22 +30,20 @@ class TiersView:
         return groups
 
 
-def read_tiers(ingress_url: str | None, admin_token: str) -> TiersView:
-    if not ingress_url:
-        return TiersView(error="no ingress URL configured (TOLLGATE_INGRESS_URL)")
+def read_tiers(route_url: str | None) -> TiersView:
+    if not route_url:
+        return TiersView(error="no route function URL configured (TOLLGATE_TIERS_URL)")
     try:
-        answer = requests.get(
-            ingress_url.rstrip("/") + "/tiers",
-            headers={"Authorization": f"Bearer {admin_token}"},
-            timeout=TIMEOUT_S,
-        )
+        answer = requests.get(route_url.rstrip("/") + "/tiers", timeout=TIMEOUT_S)
     except requests.RequestException as exc:
         reason = exc.__class__.__name__
-        return TiersView(error=f"the ingress at {ingress_url} did not answer ({reason})")
+        return TiersView(error=f"the route function at {route_url} did not answer ({reason})")
     if answer.status_code != 200:
-        return TiersView(error=f"the ingress answered {answer.status_code}: {answer.text[:200]}")
+        return TiersView(
+            error=f"the route function answered {answer.status_code}: {answer.text[:200]}"
+        )
     try:
         clusters = answer.json()["clusters"]
     except (ValueError, KeyError, TypeError):
-        return TiersView(error="the ingress's /tiers answer is not the router's view")
+        return TiersView(error="the route function's /tiers answer is not the router's view")
     return TiersView(clusters=list(clusters))

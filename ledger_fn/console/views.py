@@ -82,11 +82,11 @@ SECURITY_HEADERS = {
 @dataclass(frozen=True)
 class ConsoleConfig:
     """What the console shows beyond the ledger: money (the template's credit), the price book
-    and where the router's live view is (the ingress)."""
+    and where the router's live view is (the route function)."""
 
     credit: CreditUnit | None = None
     price_book: PriceBook | None = None
-    ingress_url: str | None = None
+    route_url: str | None = None
 
 
 def console_blueprint(
@@ -318,7 +318,7 @@ def console_blueprint(
 
     @bp.get("/tiers")
     def tiers() -> str:
-        view = read_tiers(config.ingress_url, admin_token or "")
+        view = read_tiers(config.route_url)
         return render_template(
             "tiers.html", view=view, decisions=decisions.read(RECENT_SHOWN), now=ledger.clock()
         )

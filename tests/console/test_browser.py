@@ -22,7 +22,10 @@ from events import types
 from functions.cloudevent import make_event, to_binary
 from infra.local.demo import ACCOUNT, CREDITS
 from infra.local.platform import free_port
+from infra.template.load import load_template
+from infra.template.policies import broker_audience
 from tests.console.browser import ROOT, axe_violations, chromium, screenshot
+from tests.e2e.conftest import issuer as platform_issuer
 from tests.events import payloads
 from tests.up.test_up import tollgate_up
 
@@ -197,7 +200,8 @@ def test_network_events_and_dead_letters_are_shown(
         timeout=10,
     )
     assert sent.status_code == 204
-    # A grant for an account that does not exist: refused (404), so the broker dead-letters it.
+    # A grant for an account that does not exist, from the operator's BSS (the template's
+    # producer allowed to send grants): refused (404), so the broker dead-letters it.
     event = make_event(
         types.CREDITS_GRANT,
         "/tests/console",
@@ -205,8 +209,10 @@ def test_network_events_and_dead_letters_are_shown(
         id=f"dl-{uuid.uuid4().hex}",
     )
     message = to_binary(event)
+    audience = broker_audience(load_template(ROOT / "template.yaml"))
+    bss = {"Authorization": f"Bearer {platform_issuer(platform).mint('operator-bss', audience)}"}
     posted = requests.post(
-        platform["broker"], data=message.body, headers=message.headers, timeout=10
+        platform["broker"], data=message.body, headers={**message.headers, **bss}, timeout=10
     )
     assert posted.ok
 

@@ -19,6 +19,7 @@ from ledger_fn.console import ConsoleConfig
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant
 from tests.console.browser import ROOT
+from tests.trust import nobody
 
 HTTPS = "https://console.test"  # the session cookie is Secure
 TOKEN = "console-test-token"
@@ -38,6 +39,7 @@ def _app(ledger: Ledger, token: str | None = TOKEN) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token=token, sink=None, port=0)
     app = create_app(
         "ledger-admin",
+        senders=nobody(),
         settings=settings,
         store=ledger.store,
         ledger=ledger,

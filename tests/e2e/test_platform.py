@@ -1,14 +1,16 @@
 """The whole platform under `tollgate up` with the real model: credits, failover, duplicates,
-and network events steering routing and granting bundles. One platform for the module (it loads
-the model once per tier); tests run in file order and each leaves the platform usable."""
+and network events steering routing and granting bundles. One platform for the package
+(tests/e2e/conftest.py: it loads the model once per tier); tests run in file order and each
+leaves the platform usable, but the last, which kills the edge."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,24 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from events import types
 from functions.cloudevent import make_event, to_binary
 from infra.local.demo import ACCOUNT
-from infra.local.platform import free_port
+from tests.e2e.conftest import ADMIN, CAMARA, mint_capability, process_token
 from tests.events import payloads
-from tests.up.test_up import tollgate_up
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-ADMIN = "e2e-admin"
-CAMARA = "e2e-camara-token"
 MODEL = "SmolLM2-135M-Instruct"
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state = tmp_path_factory.mktemp("platform") / "state"
-    env = {"TOLLGATE_ADMIN_TOKEN": ADMIN, "TOLLGATE_CAMARA_TOKEN": CAMARA}
-    with tollgate_up(state, free_port(), env) as endpoints:
-        endpoints["key"] = (state / "demo-api-key").read_text().strip()
-        yield endpoints
 
 
 def admin() -> requests.Session:
@@ -125,11 +115,14 @@ def test_a_duplicate_completed_event_is_charged_once(platform: dict[str, Any]) -
         "account_id": ACCOUNT,
         "model": "smollm2-135m",
         "usage": {"prompt_tokens": 5000, "completion_tokens": 5000},
+        # A second fact vouched for as infer would (the operator's keys, from the state dir).
+        "capability": mint_capability(platform, hold, ACCOUNT, r.headers["x-tollgate-cluster"]),
     }
     event = to_binary(make_event(types.INFERENCE_COMPLETED, "/e2e", duplicate, id="dup-1"))
+    as_infer = {"Authorization": f"Bearer {process_token(platform, 'infer-regional')}"}
     for _ in range(2):  # the same event twice, and it is a second fact for a settled hold
         response = requests.post(
-            platform["broker"], headers=event.headers, data=event.body, timeout=10
+            platform["broker"], headers={**event.headers, **as_infer}, data=event.body, timeout=10
         )
         assert response.status_code == 202
     time.sleep(2)
@@ -145,7 +138,7 @@ def wait_for(
     view: dict[str, Any] = {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        view = admin().get(p["ingress"] + "/tiers", timeout=10).json()
+        view = requests.get(p["route"] + "/tiers", timeout=10).json()
         states = {c["cluster"]: c for c in view["clusters"]}
         if all(condition(states[name]) for name in clusters):
             return
@@ -253,3 +246,28 @@ def test_a_tier_killed_mid_run_fails_over_and_the_failed_attempt_costs_nothing(
     assert after["held"] == 0 and after["open_holds"] == 0
     assert after["spent"] - before["spent"] == int(r.headers["x-tollgate-credits-charged"])
     invariant(after)
+
+
+def test_no_secret_the_run_used_is_in_any_log(platform: dict[str, Any]) -> None:
+    """After everything above: the logs of every process and of tollgate up itself hold none of
+    the secrets the run used (credentials, keys, tokens)."""
+    state = Path(platform["state"])
+    secrets = {
+        "admin token": ADMIN,
+        "CAMARA credential": CAMARA,
+        "demo API key": platform["key"],
+        "capability signing key": json.loads((state / "keys" / "signing.jwk").read_text())["d"],
+        "issuer signing key": json.loads((state / "issuer" / "key.jwk").read_text())["d"],
+    }
+    for token in sorted((state / "tokens").rglob("*")):
+        if token.is_file():
+            secrets[f"token {token.relative_to(state)}"] = token.read_text().strip()
+    logs = [*sorted((state / "logs").glob("*.log")), platform["output"]]
+    assert len(logs) >= 9
+    found = [
+        f"{what} in {log.name}"
+        for log in logs
+        for what, secret in secrets.items()
+        if secret in log.read_text(errors="replace")
+    ]
+    assert found == []

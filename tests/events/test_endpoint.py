@@ -11,6 +11,9 @@ from flask.testing import FlaskClient
 from events import network
 from events.adapter import Mapped
 from functions.app import create_app
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.policy import SenderPolicy
+from functions.auth.senders import Senders
 from functions.idempotency import Idempotency
 from functions.store import Store
 from router_fn.network_events import network_events_blueprint
@@ -45,7 +48,9 @@ def client(
         idempotency=Idempotency(store) if store is not None else None,
         sites=p.SITES,
     )
-    return create_app("ingress", blueprints=[blueprint]).test_client()
+    # These tests speak to /events only; POST / (and its sender check) is not exercised here.
+    nobody = Senders(TokenVerifier(Discovery("http://127.0.0.1:9"), "ingress"), SenderPolicy("i"))
+    return create_app("ingress", senders=nobody, blueprints=[blueprint]).test_client()
 
 
 def post(c: FlaskClient, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:

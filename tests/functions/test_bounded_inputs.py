@@ -17,13 +17,15 @@ from events.adapter import derived_id
 from functions.config import Settings
 from functions.jsonbody import MAX_DEPTH
 from functions.store import Store
-from infer_fn.app import create_app as infer_app
 from infer_fn.config import InferConfig
 from ledger_fn.app import create_app as ledger_app
 from tests.events import payloads
 from tests.events.test_endpoint import AUTH, Recorder
 from tests.events.test_endpoint import client as events_client
+from tests.infer.conftest import create_app as infer_app
 from tests.infer.fakes import ScriptedEngine
+from tests.ledger.helpers import senders, signed
+from tests.trust import TestIssuer, nobody
 
 DEEP = "[" * 5000 + "]" * 5000
 JUST_TOO_DEEP = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
@@ -50,10 +52,20 @@ def structured(c: FlaskClient, data: str) -> Any:
     )
 
 
+SETTINGS = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
+
+
 @pytest.fixture
-def ledger(sqlite_store: Store) -> FlaskClient:
-    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
-    return ledger_app("ledger", settings=settings, store=sqlite_store).test_client()
+def ledger(sqlite_store: Store, issuer: TestIssuer) -> FlaskClient:
+    app = ledger_app("ledger", senders=senders(issuer), settings=SETTINGS, store=sqlite_store)
+    return signed(app, issuer)
+
+
+@pytest.fixture
+def admin(sqlite_store: Store) -> FlaskClient:
+    return ledger_app(
+        "ledger-admin", senders=nobody(), settings=SETTINGS, store=sqlite_store
+    ).test_client()
 
 
 @pytest.mark.parametrize("send", [binary, structured])
@@ -86,8 +98,8 @@ def test_a_valid_surrogate_pair_is_text_and_nesting_to_the_limit_is_fine(
 
 
 @pytest.mark.parametrize("body", [DEEP, '{"account_id": ' + LONE + "}"])
-def test_the_admin_api_refuses_them_too(ledger: FlaskClient, body: str) -> None:
-    response = ledger.post(
+def test_the_admin_api_refuses_them_too(admin: FlaskClient, body: str) -> None:
+    response = admin.post(
         "/accounts",
         data=body,
         headers={"Authorization": "Bearer adm", "content-type": "application/json"},
@@ -96,9 +108,11 @@ def test_the_admin_api_refuses_them_too(ledger: FlaskClient, body: str) -> None:
     assert response.get_json()["error"]["code"] == "invalid_json"
 
 
-def test_an_invented_event_type_is_no_new_metric_label(sqlite_store: Store) -> None:
-    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
-    sink = ledger_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+def test_an_invented_event_type_is_no_new_metric_label(
+    sqlite_store: Store, issuer: TestIssuer
+) -> None:
+    app = ledger_app("deadletters", senders=senders(issuer), settings=SETTINGS, store=sqlite_store)
+    sink = signed(app, issuer)
     for i in range(3):  # the dead-letter sink takes every type
         response = binary(sink, "{}", event_type=f"com.attacker.t{i}", id=f"x{i}")
         assert response.status_code < 300
@@ -115,7 +129,7 @@ def test_an_invented_event_type_is_no_new_metric_label(sqlite_store: Store) -> N
 
 def test_infer_refuses_them_as_400(tmp_path: Path) -> None:
     config = InferConfig(model_name="scripted", idle_seconds=0)
-    api = infer_app(config, engine=ScriptedEngine(["w"])).test_client()
+    api = infer_app(config, engine=ScriptedEngine(["w"])).test_client()  # behind the ingress's half
     for body in (DEEP, '{"model": "scripted", "prompt": ' + LONE + "}"):
         response = api.post("/v1/completions", data=body, headers={"content-type": "x"})
         assert response.status_code == 400, response.get_data(as_text=True)

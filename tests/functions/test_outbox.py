@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -28,8 +29,12 @@ from functions.outbox import (
     sink_route,
 )
 from tests.functions.test_emit import Sink
+from tests.trust import token_file
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# The test sinks check no token; the emitter still needs one to send at all.
+TOKEN = token_file(Path(tempfile.mkdtemp(prefix="tollgate-test-token-")))
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ def wait_until(condition: object, timeout: float = 10.0) -> None:
 def outbox(directory: Path, url: str, **kwargs: object) -> Outbox:
     return Outbox(
         directory,
-        {SINK: sink_route(Emitter(url))},
+        {SINK: sink_route(Emitter(url, TOKEN))},
         name="test",
         first_backoff_s=0.05,
         max_backoff_s=0.2,
@@ -102,7 +107,7 @@ OWE_AND_DIE = """
 import os, signal, sys
 from functions.emit import Emitter
 from functions.outbox import Outbox, SINK, sink_route
-route = {SINK: sink_route(Emitter("http://127.0.0.1:9/"))}
+route = {SINK: sink_route(Emitter("http://127.0.0.1:9/", None))}
 box = Outbox(sys.argv[1], route, name="child", claim_s=1.0)
 for i in range(5):
     box.put("io.tollgate.test.v1", "/child", {"i": i}, id=f"c-{i}")

@@ -22,13 +22,15 @@ from functions.server import ServerLimits, build_server
 from infer_fn.app import create_app as infer_app
 from infer_fn.config import InferConfig
 from tests.functions.test_emit import Sink
+from tests.infer.conftest import TEST_KEYS
 from tests.infer.fakes import ScriptedEngine
+from tests.trust import nobody
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_limits_follow_the_template_concurrency_and_the_apps_body_limit() -> None:
-    app = create_app("settle", max_body_bytes=1 << 20)
+    app = create_app("settle", senders=nobody(), max_body_bytes=1 << 20)
     limits = ServerLimits.of(app, {"TOLLGATE_CONTAINER_CONCURRENCY": "200"})
     assert limits.threads == 204  # every request Knative may send at once, and probes
     assert limits.connection_limit >= 200 + 4
@@ -40,14 +42,16 @@ def test_limits_follow_the_template_concurrency_and_the_apps_body_limit() -> Non
 
 def test_an_app_that_says_how_many_threads_it_needs_gets_them() -> None:
     config = InferConfig(model_name="scripted", concurrency=2, queue_size=3, idle_seconds=0)
-    app = infer_app(config, engine=ScriptedEngine(["w"]))
+    app = infer_app(
+        config, senders=nobody(), capability_keys=TEST_KEYS.verify, engine=ScriptedEngine(["w"])
+    )
     limits = ServerLimits.of(app, {"TOLLGATE_CONTAINER_CONCURRENCY": "4"})
     assert limits.threads == config.server_threads == 2 + 3 + 4
 
 
 @pytest.fixture
 def served() -> Iterator[str]:
-    app = create_app("settle", max_body_bytes=1 << 20)
+    app = create_app("settle", senders=nobody(), max_body_bytes=1 << 20)
 
     @app.post("/echo")
     def echo() -> str:
@@ -85,10 +89,14 @@ from functions.app import create_app
 from functions.emit import Emitter
 from functions.outbox import SINK, Outbox, sink_route
 from functions.server import serve
-box = Outbox(sys.argv[1], {SINK: sink_route(Emitter(sys.argv[2]))}, name="t", first_backoff_s=60)
+from pathlib import Path
+from tests.trust import nobody, token_file
+token = token_file(Path(sys.argv[1]) / "token")
+route = {SINK: sink_route(Emitter(sys.argv[2], token))}
+box = Outbox(sys.argv[1], route, name="t", first_backoff_s=60)
 box.put("io.tollgate.test.v1", "/t", {"n": 1}, id="owed-1")
 print("owing", flush=True)
-serve(create_app("settle"), port=int(sys.argv[3]), host="127.0.0.1")
+serve(create_app("settle", senders=nobody()), port=int(sys.argv[3]), host="127.0.0.1")
 print("stopped", flush=True)
 """
 

@@ -3,11 +3,15 @@ real model loaded once per session."""
 
 from __future__ import annotations
 
+import io
+import json
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import flask
 import llama_cpp
@@ -21,9 +25,19 @@ from llama_cpp.llama_types import (
 from openai.types.chat import ChatCompletionMessageParam
 from waitress.server import create_server
 
+from events import wire
+from events.openai import PATHS
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.policy import SenderPolicy
+from functions.auth.senders import Senders
+from functions.auth.tokens import SINK, TOKEN_DIR_ENV
+from infer_fn.app import create_app as real_create_app
 from infer_fn.config import InferConfig
+from infer_fn.engines.base import Engine
 from infer_fn.engines.llamacpp import LlamaCppEngine
+from infer_fn.metering import EventSink
 from infer_fn.model_file import default_model_path
+from tests.trust import capability_keys
 
 MODEL = "SmolLM2-135M-Instruct"
 # A question SmolLM2-135M answers right at temperature 0 (the bare question makes it ramble).
@@ -103,9 +117,15 @@ class Sink:
 
 
 @pytest.fixture
-def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+def sink(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Sink]:
+    """The sink as K_SINK, and this workload's token for it (what the sink checks is the
+    broker's business: tests/up)."""
     sink = Sink()
     monkeypatch.setenv("K_SINK", sink.url)
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / SINK).write_text("infer-token-for-the-sink", encoding="utf-8")
+    monkeypatch.setenv(TOKEN_DIR_ENV, str(tokens))
     yield sink
     sink.close()
 
@@ -170,3 +190,72 @@ def own_completion(llm: llama_cpp.Llama, prompt: str, max_tokens: int) -> Create
     reply = llm.create_completion(prompt, temperature=0, max_tokens=max_tokens)
     assert isinstance(reply, dict)
     return reply
+
+
+# -- the ingress's half, for tests of infer on its own ------------------------------------------
+
+TEST_KEYS = capability_keys(Path(tempfile.mkdtemp(prefix="infer-test-keys-")))
+# A test names the hold a request is billed to with these (the ingress's side of the contract
+# lives in the capability; tests of infer alone say which hold they want it minted for).
+HOLD_ID, ACCOUNT_ID, TIER, CLUSTER = (
+    "HTTP_X_TOLLGATE_HOLD_ID",
+    "HTTP_X_TOLLGATE_ACCOUNT_ID",
+    "HTTP_X_TOLLGATE_TIER",
+    "HTTP_X_TOLLGATE_CLUSTER",
+)
+_VOUCHED_PATHS = {PATHS["chat"], PATHS["completions"]}
+_UNASKED_BOUND = 4096
+
+
+class IngressHalf:
+    """Stands in for the ingress in front of infer: every inference request without a
+    capability gets one minted for it (real keys, checked for real by infer), for the model and
+    ``max_tokens`` it asks and the hold its test names. Tests of the capability check itself use
+    ``infer_fn.app.create_app`` directly."""
+
+    def __init__(self, app: Any, cluster: str, tier: str) -> None:
+        self.app = app
+        self.cluster = cluster
+        self.tier = tier
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") in _VOUCHED_PATHS and CAPABILITY_ENV not in environ:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(raw)
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):  # infer refuses such a body itself
+                body = {}
+            body = body if isinstance(body, dict) else {}
+            asked = body.get("max_tokens") or body.get("max_completion_tokens")
+            bound = asked if isinstance(asked, int) and asked > 0 else _UNASKED_BOUND
+            environ[CAPABILITY_ENV] = TEST_KEYS.capability(
+                environ.get(HOLD_ID, "acct-test:1"),
+                environ.get(ACCOUNT_ID, "acct-test"),
+                model=str(body.get("model") or "unnamed"),
+                cluster=environ.get(CLUSTER, self.cluster),
+                tier=environ.get(TIER, self.tier),
+                max_tokens=max(bound, 1),
+            )
+        return self.app(environ, start_response)
+
+
+CAPABILITY_ENV = "HTTP_" + wire.CAPABILITY.upper().replace("-", "_")
+NOBODY = Senders(TokenVerifier(Discovery("http://127.0.0.1:9"), "infer"), SenderPolicy("infer"))
+
+
+def create_app(
+    config: InferConfig | None = None,
+    *,
+    engine: Engine | None = None,
+    emitter: EventSink | None = None,
+) -> flask.Flask:
+    """infer_fn.app.create_app behind the ingress's half (infer takes no events: its POST / is
+    not exercised here)."""
+    app = real_create_app(
+        config, senders=NOBODY, capability_keys=TEST_KEYS.verify, engine=engine, emitter=emitter
+    )
+    own = config if config is not None else InferConfig.from_env()
+    app.wsgi_app = IngressHalf(app.wsgi_app, own.cluster, own.tier)  # type: ignore[method-assign]
+    return app

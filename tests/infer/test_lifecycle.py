@@ -6,9 +6,8 @@ import time
 
 import requests
 
-from infer_fn.app import create_app
 from infer_fn.config import InferConfig
-from tests.infer.conftest import Server
+from tests.infer.conftest import Server, create_app
 from tests.infer.fakes import ScriptedEngine
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}

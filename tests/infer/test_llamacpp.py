@@ -5,11 +5,13 @@ same file) and the model's tokenization of the answer."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -19,22 +21,29 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from events import wire
 from events.openai import ChatRequest, CompletionRequest
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
-from infer_fn.app import create_app
+from functions.auth.keys import KEYS_ENV
+from functions.auth.policy import Trust
+from functions.auth.senders import AUDIENCE_ENV, DISCOVERY_ENV, TRUST_ENV
+from functions.auth.tokens import SINK, TOKEN_DIR_ENV
 from infer_fn.config import InferConfig
 from infer_fn.engines.base import InvalidRequest, SamplingParams
 from infer_fn.engines.llamacpp import LlamaCppEngine
 from tests.infer.conftest import (
     FRANCE_MESSAGES,
     MODEL,
+    TEST_KEYS,
     Server,
     Sink,
+    create_app,
     free_port,
     own_chat,
     own_completion,
 )
 from tests.infer.fakes import FaultyEngine
+from tests.trust import TestIssuer
 
 pytestmark = pytest.mark.model
 
@@ -195,9 +204,15 @@ def test_cold_start_warm_and_idle_unload_of_the_real_model(
     assert not engine.loaded
 
 
-def test_configured_from_the_environment_and_served_like_on_knative(sink: Sink) -> None:
-    """`create_app()` reads its config from env and runs on the runtime's `serve` (waitress)."""
+def test_configured_from_the_environment_and_served_like_on_knative(
+    sink: Sink, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    """`tollgate serve infer` reads its config from env and runs on the runtime's `serve`
+    (waitress), with its identity, its token for the sink and the capability keys."""
     port = free_port()
+    (tmp_path / "own-tokens").mkdir()
+    (tmp_path / "own-tokens" / SINK).write_text(issuer.token("infer-smol", "sink"), "utf-8")
+    (tmp_path / "trust.json").write_text(json.dumps(Trust({}).to_json()), encoding="utf-8")
     env = {
         **os.environ,
         "PORT": str(port),
@@ -205,10 +220,15 @@ def test_configured_from_the_environment_and_served_like_on_knative(sink: Sink) 
         "TOLLGATE_TIER": "edge",
         "TOLLGATE_CLUSTER": "edge-lyon-3",
         "TOLLGATE_N_CTX": "1024",
+        DISCOVERY_ENV: issuer.url,
+        AUDIENCE_ENV: "serving.knative.dev/service/tollgate/infer-smol",
+        TRUST_ENV: str(tmp_path / "trust.json"),
+        TOKEN_DIR_ENV: str(tmp_path / "own-tokens"),
+        KEYS_ENV: str(TEST_KEYS.directory),
     }
     code = (
-        "from functions.server import serve; from infer_fn.app import create_app; "
-        "serve(create_app())"
+        "from functions.server import serve; from infra.serve import build_app; "
+        "serve(build_app('infer'))"
     )
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -227,7 +247,11 @@ def test_configured_from_the_environment_and_served_like_on_knative(sink: Sink) 
             messages=FRANCE_MESSAGES,
             temperature=0,
             stream=True,
-            extra_headers={"x-tollgate-hold-id": "h-env", "x-tollgate-account-id": "a-env"},
+            extra_headers={
+                wire.CAPABILITY: TEST_KEYS.capability(
+                    "a-env:1", "a-env", model=MODEL, cluster="edge-lyon-3", max_tokens=64
+                )
+            },
         )
         assert "Paris" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         [event] = sink.wait_for(1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,11 @@ import pytest
 import requests
 from openai.types.chat import ChatCompletionMessageParam
 
+from events.capability import verify
 from events.ledger import InferenceCompleted, InferenceFailed
 from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
-from infer_fn.app import create_app
 from infer_fn.config import InferConfig
-from tests.infer.conftest import Server, Sink
+from tests.infer.conftest import TEST_KEYS, Server, Sink, create_app
 from tests.infer.fakes import FaultyEngine, ScriptedEngine
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -27,7 +26,7 @@ HOLD = {
     "x-tollgate-hold-id": "hold-7",
     "x-tollgate-account-id": "acct-7",
     "x-tollgate-tier": "regional",
-    "x-tollgate-cluster": "fra-2",
+    "x-tollgate-cluster": "test-1",
 }
 TWO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "two words"}]
 CHAT = {"model": "scripted", "messages": TWO}
@@ -51,7 +50,7 @@ def test_completed_event_carries_exact_usage_and_integer_timings(
     [event] = sink.wait_for(1)
     assert event["type"] == INFERENCE_COMPLETED
     assert event["id"] == reply["id"]
-    assert event["source"] == "/tollgate/infer/regional/fra-2"
+    assert event["source"] == "/tollgate/infer/regional/test-1"
     data = event.data
     assert isinstance(data, dict)
     assert {k: data[k] for k in ("hold_id", "account_id", "model", "tier", "cluster")} == {
@@ -59,7 +58,7 @@ def test_completed_event_carries_exact_usage_and_integer_timings(
         "account_id": "acct-7",
         "model": "scripted",
         "tier": "regional",
-        "cluster": "fra-2",
+        "cluster": "test-1",
     }
     assert (
         data["usage"]
@@ -101,11 +100,14 @@ def test_streamed_request_is_metered_like_its_usage_chunk(
     assert event.data["usage"]["completion_tokens"] == 7
 
 
-def test_no_hold_no_event(serve: type[Server], config: InferConfig, sink: Sink) -> None:
+def test_the_event_carries_the_attempts_capability(
+    serve: type[Server], config: InferConfig, sink: Sink
+) -> None:
     server = serve(create_app(config, engine=ScriptedEngine(WORDS[:2])))
-    assert requests.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=10).ok
-    time.sleep(0.3)
-    assert sink.events == []
+    assert requests.post(f"{server.url}/v1/chat/completions", json=CHAT, headers=HOLD, timeout=10)
+    [event] = sink.wait_for(1)
+    capability = verify(event.data["capability"], TEST_KEYS.verify.get(), audience="test-1")
+    assert (capability.hold_id, capability.account_id) == ("hold-7", "acct-7")
 
 
 def test_client_disconnect_stops_generation_and_meters_produced_tokens(
@@ -233,5 +235,5 @@ def test_a_full_outbox_refuses_billed_work_and_is_not_ready(
     assert "outbox is full" in refused.json()["error"]["message"]
     assert len(engine.generations) == 2  # the engine never ran it
     assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 503
-    # Unbilled work (no hold) owes nothing, so it is still served.
-    assert requests.post(url, json=CHAT, timeout=10).status_code == 200
+    # Every attempt is billed (its capability names a hold): none is served until it drains.
+    assert requests.post(url, json=CHAT, timeout=10).status_code == 503

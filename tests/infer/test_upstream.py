@@ -21,9 +21,17 @@ import pytest
 import requests
 
 from events.types import INFERENCE_COMPLETED
-from infer_fn.app import create_app, engine_host
+from infer_fn.app import engine_host
 from infer_fn.config import EngineKind, InferConfig
-from tests.infer.conftest import FRANCE_MESSAGES, MODEL, Server, Sink, free_port, own_chat
+from tests.infer.conftest import (
+    FRANCE_MESSAGES,
+    MODEL,
+    Server,
+    Sink,
+    create_app,
+    free_port,
+    own_chat,
+)
 
 HOLD = {"x-tollgate-hold-id": "hold-u", "x-tollgate-account-id": "acct-u"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from events import wire
 from events.warmup import WARMUP_PATH, WarmedUp
-from infer_fn.app import create_app
 from infer_fn.config import InferConfig
 from infer_fn.engines.base import EngineError
+from tests.infer.conftest import create_app
 from tests.infer.fakes import ScriptedEngine
 
 

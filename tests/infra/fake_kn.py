@@ -89,6 +89,8 @@ def _parse(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _kubectl(positional: list[str], flags: dict[str, Any], state: dict[str, Any]) -> int:
+    if positional[:1] == ["patch"]:
+        return _merge_patch(positional, flags, state)
     assert positional == ["apply"], positional
     manifest = yaml.safe_load(Path(flags["filename"]).read_text(encoding="utf-8"))
     meta = manifest["metadata"]
@@ -98,6 +100,18 @@ def _kubectl(positional: list[str], flags: dict[str, Any], state: dict[str, Any]
     )
     state[key] = manifest
     print(f"{manifest['kind'].lower()}/{meta['name']} {verb}")
+    return 0
+
+
+def _merge_patch(positional: list[str], flags: dict[str, Any], state: dict[str, Any]) -> int:
+    """A JSON merge patch of an existing ConfigMap's data: keys it names change, others stay."""
+    assert flags["type"] == "merge" and positional[1] == "configmap", (positional, flags)
+    patch = yaml.safe_load(Path(flags["patch-file"]).read_text(encoding="utf-8"))
+    key = f"{flags['context']}/{flags['namespace']}/ConfigMap/{positional[2]}"
+    live = state.setdefault(key, {"data": {"flag-set-by-the-operator": "kept"}})
+    before = dict(live["data"])
+    live["data"].update(patch["data"])
+    print(f"configmap/{positional[2]} {'patched' if live['data'] != before else 'unchanged'}")
     return 0
 
 

@@ -22,6 +22,7 @@ _CRD_FILES = (
     "eventing-trigger.yaml",
     "eventing-pingsource.yaml",
     "eventing-sinkbindings.yaml",
+    "eventing-eventpolicy.yaml",
 )
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 Schema = dict[str, Any]
@@ -128,5 +129,9 @@ CORE_SCHEMAS: dict[tuple[str, str], Schema] = {
     ("v1", "ConfigMap"): {
         "type": "object",
         "properties": {"data": _STRING_MAP, "binaryData": _STRING_MAP},
+    },
+    ("v1", "ServiceAccount"): {
+        "type": "object",
+        "properties": {"automountServiceAccountToken": {"type": "boolean"}},
     },
 }

@@ -3,6 +3,7 @@ and failing before any change when a tool or a kube context is missing."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -42,26 +43,29 @@ def test_plan_golden(shipped: Template) -> None:
 
 def test_plan_uses_kn_where_kn_can_express_the_resource(shipped: Template) -> None:
     text = format_plan(shipped, plan(shipped, OUT, "regional-paris-1"))
-    assert "kn service apply authorize --filename out/regional-paris-1/05-service-authorize" in text
+    assert "kn service apply authorize --filename out/regional-paris-1/19-service-authorize" in text
+    # Knative's own flags are merge-patched: the cluster's other flags stay.
     assert (
-        "kn broker create default --namespace tollgate --context tollgate-regional-paris-1 "
-        "--retry 5 --backoff-policy exponential --backoff-delay PT0.5S --dl-sink ksvc:ledger-admin"
+        "kubectl --context tollgate-regional-paris-1 patch configmap config-features "
+        "--namespace knative-eventing --type merge --patch-file "
+        "out/regional-paris-1/03-configmap-config-features.yaml"
     ) in text
+    # The broker's and triggers' dead-letter sinks and subscribers carry an OIDC audience kn
+    # cannot set: kubectl applies them.
     assert (
-        "kn trigger create route-network-site-degraded --namespace tollgate --context "
-        "tollgate-regional-paris-1 --broker default "
-        "--filter type=io.tollgate.network.site.degraded.v1 --sink ksvc:route"
+        "kubectl --context tollgate-regional-paris-1 apply -f "
+        "out/regional-paris-1/17-broker-default.yaml"
     ) in text
     assert (
         "kn source ping create holds-sweep --namespace tollgate --context "
         "tollgate-regional-paris-1 --schedule '* * * * *' --data '{}' --sink broker:default "
         "--ce-override tollgatetype=io.tollgate.holds.sweep.v1"
     ) in text
-    # A trigger with its own delivery goes through kubectl: kn trigger has no delivery flags.
     assert (
         "kubectl --context tollgate-regional-paris-1 apply -f "
-        "out/regional-paris-1/26-trigger-settle-inference-completed.yaml"
+        "out/regional-paris-1/41-trigger-settle-inference-completed.yaml"
     ) in text
+    assert "eventpolicy-default-from-operator-bss.yaml" in text
     # GPU services wait as long as their progress deadline for the model to load.
     assert (
         "infer-llama33-70b.yaml --namespace tollgate --context tollgate-regional-paris-1 "
@@ -74,7 +78,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(fake: Path, shipped: Template)
     assert result.exit_code == 0, result.output
     assert result.output == format_plan(shipped, plan(shipped, OUT))
     assert fake_kn.calls(fake) == []
-    assert (fake.parent / "out" / "regional-paris-1" / "03-broker-default.yaml").exists()
+    assert (fake.parent / "out" / "regional-paris-1" / "17-broker-default.yaml").exists()
 
 
 def test_deploy_runs_every_command_in_order_then_changes_nothing(
@@ -95,8 +99,12 @@ def test_deploy_runs_every_command_in_order_then_changes_nothing(
     second = _commands(fake)[before:]
     assert (fake / "state.json").read_text() == state
     assert not [c for c in second if " create " in c or " update " in c]
-    assert "regional-paris-1: Broker/default unchanged" in echoed
     assert "regional-paris-1: PingSource/holds-sweep unchanged" in echoed
+    flags = json.loads(state)[
+        "tollgate-regional-paris-1/knative-eventing/ConfigMap/config-features"
+    ]
+    assert flags["data"]["flag-set-by-the-operator"] == "kept"  # merged, not replaced
+    assert flags["data"]["authentication-oidc"] == "enabled"
 
 
 def test_a_changed_resource_is_updated_in_place(fake: Path, shipped: Template) -> None:

@@ -35,12 +35,11 @@ priceBook:
       prices: [{model: smol, tier: edge, inputPerMillion: 1, outputPerMillion: 2}]
 functions:
   - {name: settle, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
-  - {name: ledger-admin, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
+  - {name: deadletters, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
   - {name: infer, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
 eventing:
   home: lab
-  homeBrokerUrl: http://broker-ingress.knative-eventing.svc.cluster.local/tollgate/default
-  delivery: {retry: 3, backoffDelay: PT1S, deadLetterSink: ledger-admin}
+  delivery: {retry: 3, backoffDelay: PT1S, deadLetterSink: deadletters}
   triggers: [{type: io.tollgate.inference.completed.v1, function: settle}]
 local: {model: smol, tiers: {edge: {emulatedRttMs: 5}}}
 """
@@ -54,9 +53,11 @@ def test_minimal_template_renders_valid_manifests_and_a_plan() -> None:
         assert not validate_resource(m, schemas[(m["apiVersion"], m["kind"])]), m
     kinds = [m["kind"] for m in manifests]
     assert kinds.count("Service") == 3 and kinds.count("Trigger") == 1
-    settle = next(m for m in manifests if m["metadata"]["name"] == "settle")
+    settle = next(
+        m for m in manifests if m["kind"] == "Service" and m["metadata"]["name"] == "settle"
+    )
     container = settle["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "alternator"}}]
     text = format_plan(t, plan(t, Path("out")))
-    trigger = "kn trigger create settle-inference-completed --namespace tollgate --context kind-lab"
-    assert trigger in text
+    trigger = "kubectl --context kind-lab apply -f out/lab/"
+    assert trigger in text and "trigger-settle-inference-completed.yaml" in text

@@ -133,9 +133,11 @@ def test_function_services_and_secrets(shipped: Template) -> None:
         assert container["command"] == ["tollgate"] and container["args"] == ["serve", name]
         env = {e["name"]: e for e in container["env"]}
         assert env["TOLLGATE_STORE"]["value"] == "dynamodb:///tollgate-ledger"
-        assert env["TOLLGATE_ADMIN_TOKEN"]["valueFrom"] == {
-            "secretKeyRef": {"name": "tollgate-admin", "key": "token"}
-        }
+        # The admin token only where the admin API is.
+        assert ("TOLLGATE_ADMIN_TOKEN" in env) == (name == "ledger-admin")
+    admin = services["ledger-admin"]["spec"]["template"]["spec"]["containers"][0]
+    token = next(e for e in admin["env"] if e["name"] == "TOLLGATE_ADMIN_TOKEN")
+    assert token["valueFrom"] == {"secretKeyRef": {"name": "tollgate-admin", "key": "token"}}
     authorize = services["authorize"]["spec"]["template"]
     assert authorize["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "1"
     assert authorize["spec"]["containerConcurrency"] == 100
@@ -153,7 +155,11 @@ def test_one_trigger_per_consumed_type_with_delivery(shipped: Template) -> None:
         delivery = spec["delivery"]
         assert delivery["backoffPolicy"] == "exponential"
         assert delivery["backoffDelay"].startswith("PT") and delivery["retry"] >= 5
-        assert delivery["deadLetterSink"]["ref"]["name"] == "ledger-admin"
+        assert delivery["deadLetterSink"]["ref"]["name"] == "deadletters"
+        assert delivery["deadLetterSink"]["audience"] == (
+            "serving.knative.dev/service/tollgate/deadletters"
+        )
+        assert spec["subscriber"]["audience"] == f"serving.knative.dev/service/tollgate/{function}"
     declared = {(tr.type, tr.function) for tr in shipped.eventing.triggers}
     rendered = {
         (_consumed_type(t["spec"]["filter"]["attributes"]), t["spec"]["subscriber"]["ref"]["name"])
@@ -180,8 +186,12 @@ def test_eventing_lives_on_home_and_edges_emit_to_it(shipped: Template) -> None:
     rendered = render(shipped)
     edge = rendered["edge-lyon-5g-1"]
     assert not _by(edge, "Broker") and not _by(edge, "Trigger") and not _by(edge, "PingSource")
+    # The broker is cluster-local: other clusters report to the home ingress, which checks
+    # their infer by their cluster's issuer.
+    events = "https://ingress.tollgate.paris-1.tollgate.demo-telco.example/events/clusters"
     assert _by(edge, "SinkBinding")["tollgate-sink"]["spec"]["sink"] == {
-        "uri": shipped.eventing.home_broker_url
+        "uri": events,
+        "audience": events,
     }
     home_sink = _by(rendered["regional-paris-1"], "SinkBinding")["tollgate-sink"]["spec"]
     assert home_sink["sink"]["ref"]["kind"] == "Broker"
@@ -189,9 +199,14 @@ def test_eventing_lives_on_home_and_edges_emit_to_it(shipped: Template) -> None:
         "matchLabels": {"app.kubernetes.io/part-of": "tollgate"}
     }
     for manifests in rendered.values():
-        features = _by(manifests, "ConfigMap")["config-features"]["data"]
-        assert features["kubernetes.podspec-nodeselector"] == "enabled"
-        assert features["kubernetes.podspec-tolerations"] == "enabled"
+        patches = {
+            (m["metadata"]["namespace"], m["metadata"]["name"]): m
+            for m in manifests
+            if m["kind"] == "ConfigMap" and m["metadata"]["name"].startswith("config-")
+        }
+        serving = patches[("knative-serving", "config-features")]["data"]
+        assert serving["kubernetes.podspec-nodeselector"] == "enabled"
+        assert serving["kubernetes.podspec-tolerations"] == "enabled"
 
 
 def test_table_definition(shipped: Template) -> None:
@@ -240,3 +255,107 @@ def test_namespace_opts_into_sink_binding(shipped: Template) -> None:
     for manifests in render(shipped).values():
         namespace = _by(manifests, "Namespace")["tollgate"]
         assert namespace["metadata"]["labels"] == {"bindings.knative.dev/include": "true"}
+
+
+def _secrets(service: Manifest) -> set[str]:
+    """Every Secret a Service's pods can read: env references, envFrom, volumes."""
+    spec = service["spec"]["template"]["spec"]
+    names: set[str] = set()
+    for container in spec["containers"]:
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(f"{ref['name']}/{ref['key']}")
+        names |= {f["secretRef"]["name"] for f in container.get("envFrom", [])}
+    for volume in spec.get("volumes", []):
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
+
+
+def test_only_the_ingress_is_public(shipped: Template) -> None:
+    for cluster, manifests in render(shipped).items():
+        for name, service in _by(manifests, "Service").items():
+            labels = service["metadata"]["labels"]
+            visibility = labels.get("networking.knative.dev/visibility")
+            assert (visibility is None) == (name == "ingress"), (cluster, name)
+            assert service["spec"]["template"]["spec"]["serviceAccountName"] == name
+        # Every cluster that hosts models has a public entry: its ingress.
+        assert "ingress" in _by(manifests, "Service"), cluster
+
+
+def test_each_secret_only_where_it_is_used(shipped: Template) -> None:
+    services = _by(render(shipped)["regional-paris-1"], "Service")
+    held = {name: _secrets(service) for name, service in services.items()}
+    assert held["ledger-admin"] >= {"tollgate-admin/token", "tollgate-capability-verify"} - {
+        "tollgate-capability-verify"
+    }
+    holders = {s: sorted(n for n, h in held.items() if s in h) for s in set().union(*held.values())}
+    assert holders["tollgate-admin/token"] == ["ledger-admin"]
+    assert holders["tollgate-admin/camara-token"] == ["ingress"]
+    assert holders["tollgate-capability-signing"] == ["ingress"]
+    assert holders["tollgate-admin/carrier-billing-token"] == ["grant", "ledger-admin"]
+    assert set(holders["tollgate-capability-verify"]) == {
+        "ingress", "settle", "refund", "infer-smollm2-135m", "infer-llama31-8b", "infer-llama33-70b"
+    }  # fmt: skip
+    for name, service in _by(render(shipped)["cloud-frankfurt-1"], "Service").items():
+        # The cloud partner's cluster holds no admin, operator or table credential.
+        assert _secrets(service) <= {"tollgate-capability-verify", "tollgate-hf/token"}, name
+
+
+def test_vllm_listens_on_the_pods_loopback_only(shipped: Template) -> None:
+    svc = _by(render(shipped)["cloud-frankfurt-1"], "Service")["infer-llama33-70b"]
+    args = svc["spec"]["template"]["spec"]["containers"][1]["args"]
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+
+
+def test_feature_flags_are_merge_patches_of_knatives_configmaps(shipped: Template) -> None:
+    manifests = render(shipped)["regional-paris-1"]
+    patches = {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m
+        for m in manifests
+        if m["kind"] == "ConfigMap" and m["metadata"].get("annotations")
+    }
+    eventing = patches[("knative-eventing", "config-features")]
+    assert eventing["metadata"]["annotations"] == {"tollgate.io/apply": "merge-patch"}
+    assert eventing["data"] == {
+        "authentication-oidc": "enabled",
+        "default-authorization-mode": "deny-all",
+        "transport-encryption": "strict",
+    }
+    network = patches[("knative-serving", "config-network")]
+    assert network["data"] == {"cluster-local-domain-tls": "Enabled"}
+
+
+def test_event_policies_let_each_type_reach_the_broker_only_from_its_producers(
+    shipped: Template,
+) -> None:
+    policies = _by(render(shipped)["regional-paris-1"], "EventPolicy")
+    to_broker = {
+        name: p["spec"]
+        for name, p in policies.items()
+        if p["spec"]["to"]
+        == [{"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}}]
+    }
+
+    def senders_of(event_type: str) -> set[str]:
+        out = set()
+        for spec in to_broker.values():
+            matches = [f.get("exact") for f in spec.get("filters", [])]
+            matches += [a["exact"] for f in spec.get("filters", []) for a in f.get("any", [])]
+            if any(m and m.get("type") == event_type for m in matches):
+                out |= {f["sub"].rsplit(":", 1)[-1] for f in spec["from"]}
+        return out
+
+    assert senders_of("io.tollgate.credits.grant.v1") == {"operator-bss"}
+    assert senders_of("io.tollgate.inference.completed.v1") == {"infer-*", "ingress"}
+    assert senders_of("io.tollgate.network.site.degraded.v1") == {"ingress"}
+    settle = policies["settle-from-settle-inference-completed"]["spec"]
+    assert settle["from"] == [
+        {"sub": "system:serviceaccount:tollgate:"
+         "settle-inference-completed-oidc-eventing.knative.dev-trigger"}
+    ]  # fmt: skip
+    assert settle["filters"] == [{"exact": {"type": "io.tollgate.inference.completed.v1"}}]
+    assert "authorize-from-ingress" in policies and "refund-from-ingress" in policies
+    assert not any(n.startswith(("grant-from-ingress", "settle-from-ingress")) for n in policies)

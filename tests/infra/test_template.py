@@ -317,7 +317,7 @@ def test_scale_down_delay_within_knative_limit() -> None:
     text = _broken("scaleDownDelay: 15m", "scaleDownDelay: 2h")
     _assert_problem(
         _errors(text),
-        "functions[8].scaleDownDelay",
+        "functions[9].scaleDownDelay",
         _line_of(text, "scaleDownDelay: 2h"),
         "'2h' is too long: Knative allows a scale-down delay of at most 1h",
     )
@@ -355,7 +355,7 @@ def test_misspelt_network_event_type() -> None:
     text = _broken("  - {name: route,", f"  - {{name: route, consumes: [{typo}],")
     _assert_problem(
         _errors(text),
-        "functions[6].consumes[0]",
+        "functions[7].consumes[0]",
         _line_of(text, typo),
         f"unknown event type {typo}: use one of events/types.py",
     )

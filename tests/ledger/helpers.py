@@ -5,12 +5,31 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 
+from functions.auth.senders import Senders
 from functions.cloudevent import make_event, to_binary, to_structured
 from functions.store import Store
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
+from tests.trust import TestIssuer
+
+AUDIENCE = "serving.knative.dev/service/tollgate/ledger"
+SENDER = "tester"  # the ServiceAccount the tests send events as
+
+
+def senders(issuer: TestIssuer) -> Senders:
+    """The ledger's check, allowing the tests' sender any event."""
+    return issuer.senders(AUDIENCE, {SENDER: ()})
+
+
+def signed(app: Flask, issuer: TestIssuer) -> FlaskClient:
+    """A test client whose every request carries the tests' sender's token."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {issuer.token(SENDER, AUDIENCE)}"
+    return client
+
 
 _ids = itertools.count(1)
 

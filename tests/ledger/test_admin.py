@@ -13,16 +13,18 @@ from functions.errors import Unauthorized
 from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.plans import PlanGrant
+from tests.ledger.helpers import senders
+from tests.trust import TestIssuer
 
 AUTH = {"Authorization": "Bearer s3cret"}
 
 
 @pytest.fixture
-def client(sqlite_store: Store) -> FlaskClient:
+def client(sqlite_store: Store, issuer: TestIssuer) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token="s3cret", sink=None, port=0)
     plans = {"edge-pro": PlanGrant("edge-pro", "monthlyBundle", 5000, tiers=("edge",))}
     return create_app(
-        "ledger-admin", settings=settings, store=sqlite_store, plans=plans
+        "ledger-admin", senders=senders(issuer), settings=settings, store=sqlite_store, plans=plans
     ).test_client()
 
 
@@ -101,9 +103,10 @@ def test_admin_needs_the_token(client: FlaskClient, headers: dict[str, str], sta
     assert "bearer" in response.get_json()["error"]["message"].lower()
 
 
-def test_admin_is_disabled_without_a_token(sqlite_store: Store) -> None:
+def test_admin_is_disabled_without_a_token(sqlite_store: Store, issuer: TestIssuer) -> None:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    client = create_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+    app = create_app("ledger-admin", senders=senders(issuer), settings=settings, store=sqlite_store)
+    client = app.test_client()
     response = client.get("/accounts", headers=AUTH)
     assert response.status_code == 503
     assert "TOLLGATE_ADMIN_TOKEN" in response.get_json()["error"]["message"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from events import catalogue, types
+from functions.auth.tokens import SINK, TOKEN_DIR_ENV
 from functions.cloudevent import parse_http
 from functions.config import Settings
 from functions.store import Store
@@ -15,7 +17,8 @@ from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
 from tests.infer.conftest import Sink
-from tests.ledger.helpers import funded, invariant, send
+from tests.ledger.helpers import funded, invariant, send, senders, signed
+from tests.trust import CapabilityKeys, TestIssuer, capability_keys
 
 
 @pytest.fixture
@@ -24,9 +27,19 @@ def ledger(sqlite_store: Store) -> Ledger:
 
 
 @pytest.fixture
-def client(sqlite_store: Store, ledger: Ledger) -> FlaskClient:
+def client(
+    sqlite_store: Store, ledger: Ledger, issuer: TestIssuer, cap_keys: CapabilityKeys
+) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token="admin", sink=None, port=0)
-    return create_app("ledger", settings=settings, store=sqlite_store, ledger=ledger).test_client()
+    app = create_app(
+        "ledger",
+        senders=senders(issuer),
+        capability_keys=cap_keys.verify,
+        settings=settings,
+        store=sqlite_store,
+        ledger=ledger,
+    )
+    return signed(app, issuer)
 
 
 def reply(response: Any) -> tuple[str, dict[str, Any]]:
@@ -105,7 +118,7 @@ def test_redelivery_with_different_data_is_refused(client: FlaskClient, ledger: 
 
 
 def test_inference_completed_settles_by_quote_and_duplicates_charge_once(
-    client: FlaskClient, ledger: Ledger
+    client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys
 ) -> None:
     quote = {
         "price_book": "2026-11",
@@ -121,6 +134,7 @@ def test_inference_completed_settles_by_quote_and_duplicates_charge_once(
         "model": "smollm2",
         "tier": "edge",
         "usage": {"prompt_tokens": 20, "completion_tokens": 30},
+        "capability": cap_keys.capability(data["hold_id"]),
     }
     kind, settled = reply(send(client, types.INFERENCE_COMPLETED, completed, id="c1"))
     assert kind == types.HOLD_SETTLED and settled["captured"] == 80
@@ -130,13 +144,16 @@ def test_inference_completed_settles_by_quote_and_duplicates_charge_once(
     assert invariant(ledger, "acme")["spent"] == 80
 
 
-def test_inference_failed_refunds_the_hold(client: FlaskClient, ledger: Ledger) -> None:
+def test_inference_failed_refunds_the_hold(
+    client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys
+) -> None:
     hold = authorize(client, 400)
     failed = {
         "hold_id": hold,
         "account_id": "acme",
         "model": "m",
         "error": {"type": "engine", "message": "died"},
+        "capability": cap_keys.capability(hold),
     }
     kind, data = reply(send(client, types.INFERENCE_FAILED, failed))
     assert kind == types.HOLD_REFUNDED and data["refunded"] == 400
@@ -144,7 +161,7 @@ def test_inference_failed_refunds_the_hold(client: FlaskClient, ledger: Ledger) 
 
 
 def test_inference_failed_after_output_charges_what_was_produced_once(
-    client: FlaskClient, ledger: Ledger
+    client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys
 ) -> None:
     quote = {"price_book": "b", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
     _, held = reply(
@@ -156,6 +173,7 @@ def test_inference_failed_after_output_charges_what_was_produced_once(
         "model": "m",
         "usage": {"prompt_tokens": 20, "completion_tokens": 3},
         "error": {"type": "engine_error", "message": "died mid-stream"},
+        "capability": cap_keys.capability(held["hold_id"]),
     }
     kind, settled = reply(send(client, types.INFERENCE_FAILED, failed, id="f1"))
     assert kind == types.HOLD_SETTLED and settled["captured"] == 26
@@ -167,7 +185,7 @@ def test_inference_failed_after_output_charges_what_was_produced_once(
 
 
 def test_a_voided_hold_charges_nothing_for_a_later_settle(
-    client: FlaskClient, ledger: Ledger
+    client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys
 ) -> None:
     """The ingress voided an abandoned attempt; its infer's event, arriving late, charges nothing
     and journals what it asked as waived (ledger_fn/state.py)."""
@@ -182,6 +200,7 @@ def test_a_voided_hold_charges_nothing_for_a_later_settle(
         "account_id": "acme",
         "model": "m",
         "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        "capability": cap_keys.capability(hold),
     }
     kind, settled = reply(send(client, types.INFERENCE_COMPLETED, completed, id="late"))
     assert kind == types.HOLD_SETTLED
@@ -275,24 +294,28 @@ def test_malformed_events_are_400(
     assert ledger.balance("acme") == before
 
 
-def test_each_function_handles_only_its_types(sqlite_store: Store, ledger: Ledger) -> None:
+def test_each_function_handles_only_its_types(
+    sqlite_store: Store, ledger: Ledger, issuer: TestIssuer
+) -> None:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    settle = create_app(
-        "settle", settings=settings, store=sqlite_store, ledger=ledger
-    ).test_client()
+    app = create_app(
+        "settle", senders=senders(issuer), settings=settings, store=sqlite_store, ledger=ledger
+    )
+    settle = signed(app, issuer)
     response = send(settle, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 5})
     assert response.status_code == 404
     assert types.INFERENCE_COMPLETED in response.get_json()["error"]["message"]
     assert settle.get("/accounts").status_code == 404  # no admin API on an event function
 
 
-def test_sweep_expires_overdue_holds(sqlite_store: Store) -> None:
+def test_sweep_expires_overdue_holds(sqlite_store: Store, issuer: TestIssuer) -> None:
     clock = Clock()
     ledger = funded(sqlite_store, clock, "acme", 1000)
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    client = create_app(
-        "ledger", settings=settings, store=sqlite_store, ledger=ledger
-    ).test_client()
+    app = create_app(
+        "ledger", senders=senders(issuer), settings=settings, store=sqlite_store, ledger=ledger
+    )
+    client = signed(app, issuer)
     authorize(client, 300)
     clock.advance(301)
     kind, data = reply(send(client, types.HOLDS_SWEEP, {}))
@@ -300,14 +323,19 @@ def test_sweep_expires_overdue_holds(sqlite_store: Store) -> None:
     assert invariant(ledger, "acme")["available"] == 1000
 
 
-def test_every_reply_and_emitted_fact_is_its_catalogue_model(sqlite_store: Store) -> None:
+def test_every_reply_and_emitted_fact_is_its_catalogue_model(
+    sqlite_store: Store, issuer: TestIssuer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = Clock()
     ledger = funded(sqlite_store, clock, "acme", 1000)
     sink = Sink()
+    (tmp_path / SINK).write_text(issuer.token("sweep", "sink"), encoding="utf-8")
+    monkeypatch.setenv(TOKEN_DIR_ENV, str(tmp_path))
     settings = Settings(store_url="unused", admin_token=None, sink=sink.url, port=0)
-    client = create_app(
-        "ledger", settings=settings, store=sqlite_store, ledger=ledger
-    ).test_client()
+    app = create_app(
+        "ledger", senders=senders(issuer), settings=settings, store=sqlite_store, ledger=ledger
+    )
+    client = signed(app, issuer)
     commands: list[tuple[str, dict[str, Any], str]] = [
         (
             types.CREDITS_GRANT,
@@ -364,11 +392,13 @@ def test_health_readiness_metrics(client: FlaskClient) -> None:
     )
 
 
-def test_a_knative_ping_runs_the_command_it_names(sqlite_store: Store) -> None:
+def test_a_knative_ping_runs_the_command_it_names(sqlite_store: Store, issuer: TestIssuer) -> None:
     clock = Clock()
     ledger = funded(sqlite_store, clock, "acme", 1000)
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    client = create_app("sweep", settings=settings, store=sqlite_store, ledger=ledger)
+    app = create_app(
+        "sweep", senders=senders(issuer), settings=settings, store=sqlite_store, ledger=ledger
+    )
     ledger.execute("acme", "authorize", {"amount": 100, "ttl_seconds": 10})
     clock.advance(11)
     headers = {
@@ -379,19 +409,64 @@ def test_a_knative_ping_runs_the_command_it_names(sqlite_store: Store) -> None:
         "ce-tollgatetype": types.HOLDS_SWEEP,
         "Content-Type": "application/json",
     }
-    response = client.test_client().post("/", headers=headers, data=b"{}")
+    response = signed(app, issuer).post("/", headers=headers, data=b"{}")
     kind, data = reply(response)
     assert kind == types.HOLDS_SWEPT and data["holds_expired"] == 1
 
 
-def test_dead_letters_are_kept_once_and_listed(sqlite_store: Store) -> None:
+def test_dead_letters_are_kept_once_and_listed(sqlite_store: Store, issuer: TestIssuer) -> None:
     settings = Settings(store_url="unused", admin_token="tok", sink=None, port=0)
-    client = create_app("ledger-admin", settings=settings, store=sqlite_store).test_client()
+    sink = create_app("deadletters", senders=senders(issuer), settings=settings, store=sqlite_store)
+    client = signed(sink, issuer)
     event = {"hold_id": "acme:3", "amount": 5}
     for _ in range(2):
         response = send(client, types.HOLD_SETTLE, event, id="lost-1")
         assert response.status_code == 204
-    listed = client.get("/deadletters", headers={"Authorization": "Bearer tok"}).get_json()
+    admin = create_app(
+        "ledger-admin", senders=senders(issuer), settings=settings, store=sqlite_store
+    )
+    listed = (
+        admin.test_client().get("/deadletters", headers={"Authorization": "Bearer tok"}).get_json()
+    )
     assert [(e["type"], e["id"], e["data"]) for e in listed["events"]] == [
         (types.HOLD_SETTLE, "lost-1", event)
     ]
+
+
+@pytest.mark.parametrize("event_type", [types.INFERENCE_COMPLETED, types.INFERENCE_FAILED])
+def test_an_outcome_moves_credits_only_for_the_hold_its_capability_names(
+    client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys, tmp_path: Path, event_type: str
+) -> None:
+    quote = {"price_book": "1", "input_per_million": 1, "output_per_million": 1}
+    priced = {"account_id": "acme", "amount": 400, "quote": quote}
+    hold = reply(send(client, types.HOLD_AUTHORIZE, priced))[1]["hold_id"]
+    other = authorize(client, 100)
+    stranger = capability_keys(tmp_path / "stranger")
+    outcome = {
+        "hold_id": hold,
+        "account_id": "acme",
+        "model": "m",
+        "cluster": "test-1",
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+    }
+    if event_type == types.INFERENCE_FAILED:
+        outcome["error"] = {"type": "engine", "message": "died"}
+    before = ledger.balance("acme")
+    refused = {
+        "none": (None, 400),
+        "another hold": (cap_keys.capability(other), 403),
+        "another account": (cap_keys.capability(hold, "mallory"), 403),
+        "another cluster": (cap_keys.capability(hold, cluster="test-2"), 403),
+        "a stranger's key": (stranger.capability(hold), 403),
+        "tampered": (cap_keys.capability(hold)[:-8] + "AAAAAAAA", 403),
+    }
+    for what, (capability, status) in refused.items():
+        data = {**outcome, **({"capability": capability} if capability else {})}
+        response = send(client, event_type, data)
+        assert response.status_code == status, (what, response.get_json())
+    assert ledger.balance("acme") == before
+    vouched = {**outcome, "capability": cap_keys.capability(hold)}
+    assert reply(send(client, event_type, vouched))[0] in (
+        types.HOLD_SETTLED,
+        types.HOLD_REFUNDED,
+    )

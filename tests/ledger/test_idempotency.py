@@ -22,7 +22,8 @@ from ledger_fn.claims import key_claim
 from ledger_fn.config import DAY_S
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
-from tests.ledger.helpers import invariant, send
+from tests.ledger.helpers import invariant, send, senders, signed
+from tests.trust import shared_issuer
 
 GRANT = {"account_id": "acme", "amount": 500, "origin": "top-up"}
 
@@ -42,7 +43,10 @@ def ledger(real_store: Store, clock: Clock) -> Ledger:
 
 def grant_function(store: Store, ledger: Ledger) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    return create_app("ledger", settings=settings, store=store, ledger=ledger).test_client()
+    app = create_app(
+        "ledger", senders=senders(shared_issuer()), settings=settings, store=store, ledger=ledger
+    )
+    return signed(app, shared_issuer())
 
 
 def busy(ledger: Ledger, commands: int) -> None:

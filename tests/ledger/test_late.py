@@ -18,7 +18,8 @@ from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
-from tests.ledger.helpers import invariant, send
+from tests.ledger.helpers import invariant, send, senders, signed
+from tests.trust import CapabilityKeys, nobody, shared_issuer
 
 QUOTE = {"price_book": "t1", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
 
@@ -137,14 +138,25 @@ def test_a_late_settle_beyond_the_claims_window_is_refused_clearly(
     assert invariant(ledger, "acme")["spent"] == 0
 
 
-def test_inference_completed_after_the_sweep_over_cloudevents(sqlite_store: Store) -> None:
+def test_inference_completed_after_the_sweep_over_cloudevents(
+    sqlite_store: Store, cap_keys: CapabilityKeys
+) -> None:
     clock = Clock()
     ledger = Ledger(sqlite_store, clock=clock)
     ledger.open_account("acme")
     ledger.execute("acme", "grant", {"amount": 1000})
     settings = Settings(store_url="unused", admin_token="admin", sink=None, port=0)
-    client: FlaskClient = create_app(
-        "ledger", settings=settings, store=sqlite_store, ledger=ledger
+    app = create_app(
+        "ledger",
+        senders=senders(shared_issuer()),
+        capability_keys=cap_keys.verify,
+        settings=settings,
+        store=sqlite_store,
+        ledger=ledger,
+    )
+    client: FlaskClient = signed(app, shared_issuer())
+    admin = create_app(
+        "ledger-admin", senders=nobody(), settings=settings, store=sqlite_store, ledger=ledger
     ).test_client()
     h = hold(ledger, 300)
     expire(ledger, clock)
@@ -153,13 +165,14 @@ def test_inference_completed_after_the_sweep_over_cloudevents(sqlite_store: Stor
         "account_id": "acme",
         "model": "m",
         "usage": {"prompt_tokens": 40, "completion_tokens": 30},
+        "capability": cap_keys.capability(h),
     }
     response = send(client, types.INFERENCE_COMPLETED, done, id="late-1")
     assert response.status_code == 200
     settled = parse_http(dict(response.headers), response.get_data())
     assert settled.type == types.HOLD_SETTLED
     assert (settled.data["captured"], settled.data["late"]) == (100, "expired")
-    view = client.get("/accounts/acme", headers={"Authorization": "Bearer admin"}).get_json()
+    view = admin.get("/accounts/acme", headers={"Authorization": "Bearer admin"}).get_json()
     assert (view["spent"], view["shortfall"], view["waived"]) == (100, 0, 0)
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'tollgate_ledger_late_settles_total{resolved="expired"}' in metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from events.network import SLICE_BOOKED
 from events.sla import period_end
 from functions.accounts import bind_slices
 from functions.app import create_app as create_function_app
+from functions.auth.tokens import TOKEN_DIR_ENV
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.store import Store
@@ -28,8 +30,9 @@ from tests import camara_schemas as specs
 from tests.clock import Clock
 from tests.events import payloads
 from tests.infer.conftest import Sink
-from tests.ledger.helpers import invariant, send
+from tests.ledger.helpers import invariant, send, senders, signed
 from tests.ledger.test_events import reply
+from tests.trust import TestIssuer, shared_issuer, token_file
 
 NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
 PLANS = {
@@ -53,14 +56,24 @@ def ledger(sqlite_store: Store, clock: Clock) -> Ledger:
 
 
 @pytest.fixture
-def client(sqlite_store: Store, ledger: Ledger) -> FlaskClient:
+def client(sqlite_store: Store, ledger: Ledger, issuer: TestIssuer) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
-    app = create_app("grant", settings=settings, store=sqlite_store, ledger=ledger, plans=PLANS)
-    return app.test_client()
+    app = create_app(
+        "grant",
+        senders=senders(issuer),
+        settings=settings,
+        store=sqlite_store,
+        ledger=ledger,
+        plans=PLANS,
+    )
+    return signed(app, issuer)
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
+def sink(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Sink]:
+    """K_SINK's stand-in, and the projected token the grant function presents to it."""
+    token_file(tmp_path / "tokens")
+    monkeypatch.setenv(TOKEN_DIR_ENV, str(tmp_path / "tokens"))
     sink = Sink()
     yield sink
     sink.close()
@@ -69,8 +82,15 @@ def sink() -> Iterator[Sink]:
 def grant_app(store: Store, ledger: Ledger, sink: Sink) -> FlaskClient:
     """The grant function with K_SINK pointing at ``sink`` (the renewal fans out through it)."""
     settings = Settings(store_url="unused", admin_token=None, sink=sink.url, port=0)
-    app = create_app("grant", settings=settings, store=store, ledger=ledger, plans=PLANS)
-    return app.test_client()
+    app = create_app(
+        "grant",
+        senders=senders(shared_issuer()),
+        settings=settings,
+        store=store,
+        ledger=ledger,
+        plans=PLANS,
+    )
+    return signed(app, shared_issuer())
 
 
 def deliver(client: FlaskClient, events: list[CloudEvent]) -> list[int]:
@@ -115,14 +135,19 @@ def test_monthly_renewal_fans_out_one_event_per_account_and_grants_once(
 
 
 def test_the_renewal_pages_through_accounts_and_a_rerun_sends_the_same_events(
-    sqlite_store: Store, ledger: Ledger, sink: Sink
+    sqlite_store: Store, ledger: Ledger, sink: Sink, tmp_path: Path
 ) -> None:
     for n in range(5):
         ledger.open_account(f"e{n}", {"plan": "bundle"})
     plans = Plans(ledger, PLANS, renewals_per_page=3)
-    handlers = LedgerHandlers(ledger, plans, Emitter(sink.url), source="/tollgate/grant")
-    app = create_function_app("grant", handlers=handlers_for(handlers.routes(), ["grant"]))
-    client = app.test_client()
+    emitter = Emitter(sink.url, token_file(tmp_path))
+    handlers = LedgerHandlers(ledger, plans, emitter, source="/tollgate/grant")
+    app = create_function_app(
+        "grant",
+        senders=senders(shared_issuer()),
+        handlers=handlers_for(handlers.routes(), ["grant"]),
+    )
+    client = signed(app, shared_issuer())
     pages = [renew(client, sink, {}, "ping")]
     while pages[-1][-1]["type"] == types.PLANS_RENEW:  # a page that is not the last continues
         more = pages[-1][-1]

@@ -19,7 +19,8 @@ from ledger_fn.ledger import Ledger
 from ledger_fn.plans import PlanGrant, Plans
 from ledger_fn.sla import ServiceCredits, SlaTerms
 from tests.clock import Clock
-from tests.ledger.helpers import invariant, send
+from tests.ledger.helpers import invariant, send, senders, signed
+from tests.trust import shared_issuer
 
 NOV_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
 DEC_2 = datetime(2026, 12, 2, tzinfo=UTC).timestamp()
@@ -64,9 +65,15 @@ def observe(store: Store, account: str, met: int, missed: int, *, prefix: str = 
 def credits_app(sqlite_store: Store, ledger: Ledger) -> FlaskClient:
     settings = Settings(store_url="unused", admin_token=None, sink=None, port=0)
     app = create_app(
-        "grant", settings=settings, store=sqlite_store, ledger=ledger, plans=PLANS, sla=TERMS
+        "grant",
+        senders=senders(shared_issuer()),
+        settings=settings,
+        store=sqlite_store,
+        ledger=ledger,
+        plans=PLANS,
+        sla=TERMS,
     )
-    return app.test_client()
+    return signed(app, shared_issuer())
 
 
 def test_a_breached_month_is_credited_once_and_replays_credit_nothing_more(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 
 from events.adapter import Mapped
 from functions.app import create_app as create_function_app
+from functions.auth.tokens import TokenFile
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.idempotency import Idempotency
@@ -32,7 +34,8 @@ from router_fn.payment_events import payment_events_blueprint
 from tests.clock import Clock
 from tests.http_server import serving
 from tests.ledger.camara_operator import TOKEN, Behaviour, Operator
-from tests.ledger.helpers import invariant
+from tests.ledger.helpers import AUDIENCE, SENDER, invariant, senders
+from tests.trust import TestIssuer
 
 ADMIN = "admin-s3cret"
 KEY = b"sink-signing-key-for-tests-0123456789"
@@ -42,7 +45,7 @@ PLANS = {"payg": PlanGrant("payg", "payPerInference", 0, top_ups=(1_000_000, 10_
 
 @dataclass
 class Platform:
-    ledger_url: str
+    ledger_url: str  # the admin API (ledger-admin)
     ingress_url: str
     operator: Operator
     ledger: Ledger
@@ -85,7 +88,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 10) -> N
 
 
 @pytest.fixture
-def platform(sqlite_store: Store) -> Iterator[Platform]:
+def platform(sqlite_store: Store, issuer: TestIssuer, tmp_path: Path) -> Iterator[Platform]:
     clock = Clock(time.time())
     operator = Operator()
     operator.warm_up()  # build the validators now, not inside the client's timeout
@@ -107,7 +110,8 @@ def platform(sqlite_store: Store) -> Iterator[Platform]:
         holder: dict[str, TopUps] = {}
         settings = Settings(store_url="unused", admin_token=ADMIN, sink=None, port=0)
 
-        def app_with(notify_url: str) -> Any:
+        def apps_with(notify_url: str) -> tuple[Any, Any]:
+            """The event functions and the admin API, sharing one top-up service."""
             topups = TopUps(
                 ledger,
                 Plans(ledger, PLANS, clock=clock),
@@ -115,29 +119,37 @@ def platform(sqlite_store: Store) -> Iterator[Platform]:
                 clock=clock,
             )
             holder["topups"] = topups
-            return ledger_app(
-                "ledger",
-                settings=settings,
-                store=sqlite_store,
-                ledger=ledger,
-                plans=PLANS,
-                topups=topups,
+            events, admin = (
+                ledger_app(
+                    function,
+                    senders=senders(issuer),
+                    settings=settings,
+                    store=sqlite_store,
+                    ledger=ledger,
+                    plans=PLANS,
+                    topups=topups,
+                )
+                for function in ("ledger", "ledger-admin")
             )
+            return events, admin
 
-        ingress, set_sink = _ingress(sqlite_store)
-        with (
-            serving(ingress, tls=True) as ingress_url,
-            serving(app_with(ingress_url)) as ledger_url,
-        ):
-            set_sink(ledger_url)
-            yield Platform(ledger_url, ingress_url, operator, ledger, clock, holder["topups"])
+        ingress, set_sink = _ingress(sqlite_store, issuer, tmp_path)
+        with serving(ingress, tls=True) as ingress_url:
+            events, admin = apps_with(ingress_url)
+            with serving(events) as ledger_url, serving(admin) as admin_url:
+                set_sink(ledger_url)
+                topups = holder["topups"]
+                yield Platform(admin_url, ingress_url, operator, ledger, clock, topups)
     assert operator.violations == [], "Tollgate or the test operator broke the CAMARA documents"
     invariant(ledger, "dev")
 
 
-def _ingress(store: Store) -> tuple[Any, Callable[[str], None]]:
-    """The ingress's carrier-billing sinks publishing to the ledger as the broker would."""
-    emitter = Emitter(None)
+def _ingress(store: Store, issuer: TestIssuer, tmp_path: Path) -> tuple[Any, Callable[[str], None]]:
+    """The ingress's carrier-billing sinks publishing to the ledger as the broker would (with
+    the tests' sender's token, as the broker delivers with its trigger's)."""
+    token = tmp_path / "ingress-token"
+    token.write_text(issuer.token(SENDER, AUDIENCE), encoding="utf-8")
+    emitter = Emitter(None, TokenFile(token))
 
     def publish(events: list[Mapped], key: str) -> None:
         for index, event in enumerate(events):
@@ -153,7 +165,8 @@ def _ingress(store: Store) -> tuple[Any, Callable[[str], None]]:
         emitter.sink = url
 
     sinks = payment_events_blueprint(publish, sink_key=KEY, idempotency=Idempotency(store))
-    return create_function_app("ingress", blueprints=[sinks]), set_sink
+    ingress = create_function_app("ingress", senders=senders(issuer), blueprints=[sinks])
+    return ingress, set_sink
 
 
 def granted(platform: Platform) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,17 +22,20 @@ from functions.store import Store
 from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
-from router_fn.ledger_client import LedgerClient
 from router_fn.network_events import network_events_blueprint
 from router_fn.tierstate import TierStates
 from tests.events import payloads as p
 from tests.events.test_endpoint import AUTH, CE_JSON, TOKEN, Recorder
 from tests.http_server import serving
-from tests.router.test_ingress import Upstream, topology
+from tests.ledger.helpers import senders
+from tests.router.test_ingress import Upstream, ledger_client, topology
+from tests.trust import CapabilityKeys, TestIssuer, nobody
 
 
 @pytest.fixture
-def ingress(sqlite_store: Store) -> Iterator[tuple[str, str, RecentLog]]:
+def ingress(
+    sqlite_store: Store, issuer: TestIssuer, cap_keys: CapabilityKeys, tmp_path: Path
+) -> Iterator[tuple[str, str, RecentLog]]:
     ledger = Ledger(sqlite_store)
     ledger.open_account("acme")
     ledger.execute("acme", "grant", {"amount": 100_000})
@@ -40,14 +44,25 @@ def ingress(sqlite_store: Store) -> Iterator[tuple[str, str, RecentLog]]:
     settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     with ExitStack() as stack:
         ledger_url = stack.enter_context(
-            serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
+            serving(
+                ledger_app(
+                    "ledger",
+                    senders=senders(issuer),
+                    capability_keys=cap_keys.verify,
+                    settings=settings,
+                    store=sqlite_store,
+                    ledger=ledger,
+                )
+            )
         )
         edge = stack.enter_context(serving(Upstream().app()))
         regional = stack.enter_context(serving(Upstream().app()))
         app = ingress_app(
             topology(edge, regional),
             sqlite_store,
-            LedgerClient(ledger_url),
+            ledger_client(ledger_url, issuer, tmp_path),
+            senders=senders(issuer),
+            signing_key=cap_keys.signing,
             states=TierStates(sqlite_store),
             decisions=decisions,
         )
@@ -85,7 +100,7 @@ def _network(store: Store, recent: RecentLog) -> Any:
         idempotency=Idempotency(store),
         recent=recent,
     )
-    return create_app("ingress", blueprints=[blueprint]).test_client()
+    return create_app("ingress", senders=nobody(), blueprints=[blueprint]).test_client()
 
 
 def test_what_each_network_notification_did_is_kept(sqlite_store: Store) -> None:

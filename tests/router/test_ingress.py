@@ -7,15 +7,19 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask, Response, request
 
+from events import wire
+from events.capability import verify
 from events.quote import Quote
 from events.types import INFERENCE_COMPLETED
 from functions.apikeys import ApiKeys
+from functions.auth.tokens import TokenFile
 from functions.cloudevent import make_event, to_binary
 from functions.config import Settings
 from functions.store import Store
@@ -26,6 +30,8 @@ from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 from tests.http_server import serving
+from tests.ledger.helpers import AUDIENCE, senders
+from tests.trust import CapabilityKeys, TestIssuer
 
 QUOTE = Quote(price_book="t1", input_per_million=1_000_000, output_per_million=2_000_000)
 CHEAP = Quote(price_book="t1", input_per_million=500_000, output_per_million=1_000_000)
@@ -36,11 +42,14 @@ class Upstream:
     """A stand-in infer function: ``mode`` picks how it answers. ``ok``; ``500``/``400``;
     ``cut``: a stream that dies after two words (as infer killed mid-stream), a whole answer
     that dies half-way; ``settle-then-503``: settles its hold with the ledger at ``settle_url``
-    (as an infer that finished after the ingress gave up) and answers 503."""
+    (as an infer that finished after the ingress gave up: with the attempt's capability, checked
+    with ``keys``, and the tests' sender's token ``bearer``) and answers 503."""
 
     mode: str = "ok"
     calls: list[dict[str, Any]] = field(default_factory=list)
     settle_url: str | None = None
+    keys: CapabilityKeys | None = None
+    bearer: dict[str, str] = field(default_factory=dict)
 
     def app(self) -> Flask:
         app = Flask("upstream")
@@ -55,7 +64,7 @@ class Upstream:
                 error = {"message": "prompt too long", "code": "context_length_exceeded"}
                 return Response(json.dumps({"error": error}), status=400)
             if self.mode == "settle-then-503":
-                self._settle(request.headers["X-Tollgate-Hold-Id"])
+                self._settle(request.headers[wire.CAPABILITY])
                 return Response('{"error": {"message": "gave up"}}', status=503)
             if body.get("stream"):
                 return Response(self._stream(body), mimetype="text/event-stream")
@@ -86,16 +95,22 @@ class Upstream:
             yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
-    def _settle(self, hold_id: str) -> None:
-        assert self.settle_url is not None
+    def _settle(self, token: str) -> None:
+        assert self.settle_url is not None and self.keys is not None
+        vouched = verify(token, self.keys.verify.get(), audience=None)
         data = {
-            "hold_id": hold_id,
-            "account_id": hold_id.rpartition(":")[0],
+            "hold_id": vouched.hold_id,
+            "account_id": vouched.account_id,
             "model": "Tiny-1",
+            "tier": vouched.tier,
+            "cluster": vouched.cluster,
             "usage": USAGE,
+            "capability": token,
         }
-        message = to_binary(make_event(INFERENCE_COMPLETED, "/upstream", data, id=hold_id))
-        answer = requests.post(self.settle_url, headers=message.headers, data=message.body)
+        event = make_event(INFERENCE_COMPLETED, "/upstream", data, id=vouched.hold_id)
+        message = to_binary(event)
+        headers = {**message.headers, **self.bearer}
+        answer = requests.post(self.settle_url, headers=headers, data=message.body)
         assert answer.status_code == 200, answer.text
 
 
@@ -114,6 +129,7 @@ class Platform:
     ledger: Ledger
     edge: Upstream
     regional: Upstream
+    keys: CapabilityKeys
 
 
 MODEL = ModelSpec("tiny", "Tiny-1", 135_000_000, 4096)
@@ -132,29 +148,46 @@ def topology(edge_url: str, regional_url: str) -> Topology:
     )
 
 
+def ledger_client(url: str, issuer: TestIssuer, token_dir: Path) -> LedgerClient:
+    """The ingress's client of the ledger, presenting the tests' sender's token."""
+    token = token_dir / "ledger"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text(issuer.token("tester", AUDIENCE), encoding="utf-8")
+    return LedgerClient(url, None, authorize_token=TokenFile(token), refund_token=TokenFile(token))
+
+
 @pytest.fixture
-def platform(sqlite_store: Store) -> Iterator[Platform]:
+def platform(
+    sqlite_store: Store, issuer: TestIssuer, cap_keys: CapabilityKeys, tmp_path: Path
+) -> Iterator[Platform]:
     ledger = Ledger(sqlite_store)
     ledger.open_account("acme")
     ledger.execute("acme", "grant", {"amount": 100_000})
     key = ApiKeys(sqlite_store).issue("acme")["key"]
     edge, regional = Upstream(), Upstream()
     settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
+    the_ledger = ledger_app(
+        "ledger",
+        senders=senders(issuer),
+        capability_keys=cap_keys.verify,
+        settings=settings,
+        store=sqlite_store,
+        ledger=ledger,
+    )
     with ExitStack() as stack:
-        ledger_url = stack.enter_context(
-            serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
-        )
+        ledger_url = stack.enter_context(serving(the_ledger))
         edge_url = stack.enter_context(serving(edge.app()))
         regional_url = stack.enter_context(serving(regional.app()))
         app = ingress_app(
             topology(edge_url, regional_url),
             sqlite_store,
-            LedgerClient(ledger_url),
-            admin_token="adm",
+            ledger_client(ledger_url, issuer, tmp_path),
+            senders=senders(issuer),
+            signing_key=cap_keys.signing,
             states=TierStates(sqlite_store),
         )
         url = stack.enter_context(serving(app))
-        yield Platform(url, key, ledger, edge, regional)
+        yield Platform(url, key, ledger, edge, regional, cap_keys)
 
 
 def chat(
@@ -180,7 +213,10 @@ def test_a_request_is_routed_held_and_priced(platform: Platform) -> None:
     # Priced by the quote: 11 prompt x 1 + 5 completion x 2 credits.
     assert r.headers["x-tollgate-credits-charged"] == "21"
     sent = platform.edge.calls[0]
-    assert sent["headers"]["X-Tollgate-Hold-Id"] == hold_id
+    headers = {k.lower(): v for k, v in sent["headers"].items()}
+    capability = verify(headers[wire.CAPABILITY], platform.keys.verify.get(), audience="edge-a")
+    assert (capability.hold_id, capability.account_id) == (hold_id, "acme")
+    assert (capability.model, capability.max_tokens) == ("Tiny-1", 20)
     assert sent["body"]["model"] == "Tiny-1" and sent["body"]["max_tokens"] == 20
     balance = platform.ledger.balance("acme")
     # Settlement is asynchronous (the infer function's completed event): the hold is open.
@@ -276,9 +312,6 @@ def test_plan_without_the_model_is_403_and_models_lists_what_the_key_may_use(
     assert chat(platform, key=other).status_code == 403
 
 
-def test_tiers_view_needs_the_admin_token(platform: Platform) -> None:
-    assert requests.get(platform.url + "/tiers", timeout=10).status_code == 401
-    view = requests.get(
-        platform.url + "/tiers", headers={"Authorization": "Bearer adm"}, timeout=10
-    ).json()
-    assert [c["cluster"] for c in view["clusters"]] == ["edge-a", "regional-b"]
+def test_the_public_ingress_has_no_ops_view(platform: Platform) -> None:
+    # The live view is the cluster-local route function's (GET /tiers there).
+    assert requests.get(platform.url + "/tiers", timeout=10).status_code == 404

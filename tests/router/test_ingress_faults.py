@@ -20,6 +20,7 @@ import requests
 from flask import Flask, Response, request
 
 from functions.apikeys import ApiKeys
+from functions.auth.tokens import TokenFile
 from functions.config import Settings
 from functions.emit import Emitter
 from functions.outbox import OutboxSettings
@@ -30,7 +31,9 @@ from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from tests.http_server import serving
+from tests.ledger.helpers import AUDIENCE, SENDER, senders
 from tests.router.test_ingress import Upstream, topology
+from tests.trust import CapabilityKeys, TestIssuer
 
 CREDITS = 100_000
 
@@ -79,29 +82,51 @@ class Faulty:
 
 
 @pytest.fixture
-def faulty(sqlite_store: Store, tmp_path: Path) -> Iterator[Faulty]:
+def faulty(
+    sqlite_store: Store, tmp_path: Path, issuer: TestIssuer, cap_keys: CapabilityKeys
+) -> Iterator[Faulty]:
     ledger = Ledger(sqlite_store)
     ledger.open_account("acme")
     ledger.execute("acme", "grant", {"amount": CREDITS})
     key = ApiKeys(sqlite_store).issue("acme")["key"]
     settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     with ExitStack() as stack:
-        ledger_url = stack.enter_context(
-            serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
+        the_ledger = ledger_app(
+            "ledger",
+            senders=senders(issuer),
+            capability_keys=cap_keys.verify,
+            settings=settings,
+            store=sqlite_store,
+            ledger=ledger,
         )
+        ledger_url = stack.enter_context(serving(the_ledger))
         authorize, refund = Gate(ledger_url), Gate(ledger_url)
         authorize_url = stack.enter_context(serving(authorize.app()))
         refund_url = stack.enter_context(serving(refund.app()))
-        edge, regional = Upstream(settle_url=ledger_url), Upstream(settle_url=ledger_url)
+        bearer = issuer.bearer(SENDER, AUDIENCE)
+        edge, regional = (
+            Upstream(settle_url=ledger_url, keys=cap_keys, bearer=bearer) for _ in range(2)
+        )
         edge_url = stack.enter_context(serving(edge.app()))
         regional_url = stack.enter_context(serving(regional.app()))
+        token = tmp_path / "tokens" / "ledger"
+        token.parent.mkdir(parents=True)
+        token.write_text(issuer.token(SENDER, AUDIENCE), encoding="utf-8")
         app = ingress_app(
             topology(edge_url, regional_url),
             sqlite_store,
-            LedgerClient(authorize_url, refund_url, timeout_s=1.0),
+            LedgerClient(
+                authorize_url,
+                refund_url,
+                authorize_token=TokenFile(token),
+                refund_token=TokenFile(token),
+                timeout_s=1.0,
+            ),
+            senders=senders(issuer),
+            signing_key=cap_keys.signing,
             states=TierStates(sqlite_store),
             # The all-in-one ledger settles inference.completed itself: it is the broker here.
-            emitter=Emitter(ledger_url),
+            emitter=Emitter(ledger_url, TokenFile(token)),
             outbox=OutboxSettings(tmp_path / "ingress-outbox", max_backoff_s=0.5),
         )
         url = stack.enter_context(serving(app))

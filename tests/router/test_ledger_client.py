@@ -5,6 +5,7 @@ fault (503), never a hold the ingress half-understood."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from flask import Flask, Response, request
 from events import catalogue, types
 from events.ledger import HoldAuthorized, HoldRefund
 from events.quote import Quote
+from functions.auth.tokens import TokenFile
 from functions.cloudevent import Incoming, make_event, parse_http, to_binary
 from functions.errors import PaymentRequired, Unavailable
 from router_fn.ledger_client import LedgerClient
@@ -33,6 +35,7 @@ class FakeLedger:
 
     def __init__(self) -> None:
         self.received: list[Incoming] = []
+        self.bearers: list[str] = []
         self.answer: tuple[str, dict[str, Any]] = (types.HOLD_AUTHORIZED, AUTHORIZED)
 
     def app(self) -> Flask:
@@ -41,6 +44,7 @@ class FakeLedger:
         @app.post("/")
         def receive() -> Response:
             self.received.append(parse_http(dict(request.headers), request.get_data()))
+            self.bearers.append(request.headers.get("Authorization", ""))
             kind, data = self.answer
             message = to_binary(make_event(kind, "/fake", data, id="r-1"))
             return Response(message.body, status=200, headers=message.headers)
@@ -49,10 +53,19 @@ class FakeLedger:
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeLedger, LedgerClient]]:
+def fake(tmp_path: Path) -> Iterator[tuple[FakeLedger, LedgerClient]]:
     ledger = FakeLedger()
-    with serving(ledger.app()) as url:
-        yield ledger, LedgerClient(url)
+    authorize_token, refund_token = tmp_path / "authorize", tmp_path / "refund"
+    authorize_token.write_text("token-for-authorize", encoding="utf-8")
+    refund_token.write_text("token-for-refund", encoding="utf-8")
+    with serving(ledger.app()) as url, serving(ledger.app()) as refund_url:
+        client = LedgerClient(
+            url,
+            refund_url,
+            authorize_token=TokenFile(authorize_token),
+            refund_token=TokenFile(refund_token),
+        )
+        yield ledger, client
 
 
 def authorize(client: LedgerClient) -> HoldAuthorized:
@@ -68,6 +81,7 @@ def test_authorize_sends_the_command_model_and_parses_the_reply_model(
     hold = authorize(client)
     assert hold == HoldAuthorized.model_validate(AUTHORIZED)
     [sent] = ledger.received
+    assert ledger.bearers == ["Bearer token-for-authorize"]  # the ingress's identity for it
     assert (sent.type, sent.id) == (types.HOLD_AUTHORIZE, "req-1#edge-a")
     assert sent.data == {
         "account_id": "acme",
@@ -123,6 +137,7 @@ def test_a_failed_attempt_is_voided_with_the_catalogues_hold_refund(
     )
     client.void("acme:4#void", "acme:4")
     [sent] = ledger.received
+    assert ledger.bearers == ["Bearer token-for-refund"]
     assert (sent.type, sent.id) == (types.HOLD_REFUND, "acme:4#void")
     refund = catalogue.parse(sent.type, sent.data)
     assert isinstance(refund, HoldRefund)

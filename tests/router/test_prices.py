@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +21,13 @@ from functions.store import Store
 from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
-from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, ModelSpec, Topology
 from tests.clock import Clock
 from tests.http_server import serving
-from tests.router.test_ingress import Upstream
+from tests.ledger.helpers import senders
+from tests.router.test_ingress import Upstream, ledger_client
+from tests.trust import CapabilityKeys, TestIssuer
 
 EUR = CreditUnit(currency="EUR", decimals=2, per_unit=1_000_000)
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
@@ -85,7 +87,9 @@ def _topology(edge_url: str) -> Topology:
 
 
 @pytest.fixture
-def platform(sqlite_store: Store) -> Iterator[Platform]:
+def platform(
+    sqlite_store: Store, issuer: TestIssuer, cap_keys: CapabilityKeys, tmp_path: Path
+) -> Iterator[Platform]:
     ledger = Ledger(sqlite_store)
     ledger.open_account("acme")
     ledger.execute("acme", "grant", {"amount": 10_000_000})
@@ -94,14 +98,24 @@ def platform(sqlite_store: Store) -> Iterator[Platform]:
     settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     with ExitStack() as stack:
         ledger_url = stack.enter_context(
-            serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
+            serving(
+                ledger_app(
+                    "ledger",
+                    senders=senders(issuer),
+                    capability_keys=cap_keys.verify,
+                    settings=settings,
+                    store=sqlite_store,
+                    ledger=ledger,
+                )
+            )
         )
         edge_url = stack.enter_context(serving(Upstream().app()))
         app = ingress_app(
             _topology(edge_url),
             sqlite_store,
-            LedgerClient(ledger_url),
-            admin_token="adm",
+            ledger_client(ledger_url, issuer, tmp_path),
+            senders=senders(issuer),
+            signing_key=cap_keys.signing,
             states=TierStates(sqlite_store),
             clock=clock,
         )

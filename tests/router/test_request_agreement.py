@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from events import wire
 from events.openai import PATHS, Endpoint
 from events.quote import Quote
 from functions.apikeys import ApiKeys
@@ -24,11 +26,13 @@ from infer_fn.config import InferConfig
 from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
-from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, ModelSpec, Topology
 from tests.http_server import serving
 from tests.infer.fakes import ScriptedEngine
+from tests.ledger.helpers import senders
+from tests.router.test_ingress import ledger_client
+from tests.trust import CapabilityKeys, TestIssuer
 
 MODEL = ModelSpec("tiny", "Tiny-1", 135_000_000, 4096)
 QUOTE = Quote(price_book="t1", input_per_million=1_000_000, output_per_million=1_000_000)
@@ -64,17 +68,29 @@ class Ends:
     infer: str
     key: str
     ledger: Ledger
+    keys: CapabilityKeys
 
     def via_ingress(self, endpoint: Endpoint, body: dict[str, Any]) -> requests.Response:
         auth = {"Authorization": f"Bearer {self.key}"}
         return requests.post(self.ingress + PATHS[endpoint], json=body, headers=auth, timeout=30)
 
     def to_infer(self, endpoint: Endpoint, body: dict[str, Any]) -> requests.Response:
-        return requests.post(self.infer + PATHS[endpoint], json=body, timeout=30)
+        """Straight to infer, with a capability as the ingress would mint for the body."""
+        asked = body.get("max_tokens") or body.get("max_completion_tokens")
+        bound = asked if isinstance(asked, int) and not isinstance(asked, bool) else 64
+        capability = self.keys.capability(model="Tiny-1", cluster="edge-a", max_tokens=bound)
+        headers = {wire.CAPABILITY: capability}
+        return requests.post(self.infer + PATHS[endpoint], json=body, headers=headers, timeout=30)
 
 
 @pytest.fixture
-def ends(sqlite_store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ends]:
+def ends(
+    sqlite_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    issuer: TestIssuer,
+    cap_keys: CapabilityKeys,
+    tmp_path: Path,
+) -> Iterator[Ends]:
     monkeypatch.delenv("K_SINK", raising=False)  # infer meters into nothing here
     ledger = Ledger(sqlite_store)
     ledger.open_account("acme")
@@ -82,18 +98,27 @@ def ends(sqlite_store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ends]
     key = ApiKeys(sqlite_store).issue("acme")["key"]
     settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     config = InferConfig(model_name="Tiny-1", idle_seconds=0, tier="edge", cluster="edge-a")
+    the_ledger = ledger_app(
+        "ledger", senders=senders(issuer), settings=settings, store=sqlite_store, ledger=ledger
+    )
     with ExitStack() as stack:
-        ledger_url = stack.enter_context(
-            serving(ledger_app("ledger", settings=settings, store=sqlite_store, ledger=ledger))
-        )
+        ledger_url = stack.enter_context(serving(the_ledger))
         engine = ScriptedEngine(WORDS, name="Tiny-1", context_window=MODEL.context_length)
-        infer_url = stack.enter_context(serving(infer_app(config, engine=engine)))
+        infer = infer_app(
+            config, senders=senders(issuer), capability_keys=cap_keys.verify, engine=engine
+        )
+        infer_url = stack.enter_context(serving(infer))
         cluster = ClusterSpec("edge-a", "edge", "FR", 8, 13 * 10**9, {"tiny": infer_url})
         topology = Topology((cluster,), {"tiny": MODEL}, {("tiny", "edge"): QUOTE}, {})
         app = ingress_app(
-            topology, sqlite_store, LedgerClient(ledger_url), states=TierStates(sqlite_store)
+            topology,
+            sqlite_store,
+            ledger_client(ledger_url, issuer, tmp_path),
+            senders=senders(issuer),
+            signing_key=cap_keys.signing,
+            states=TierStates(sqlite_store),
         )
-        yield Ends(stack.enter_context(serving(app)), infer_url, key, ledger)
+        yield Ends(stack.enter_context(serving(app)), infer_url, key, ledger, cap_keys)
 
 
 @pytest.mark.parametrize(("endpoint", "body"), SERVED)

@@ -15,8 +15,9 @@ from functions.store import Store
 from router_fn.route_app import create_app
 from router_fn.tierstate import TierStates
 from tests.clock import START, Clock
-from tests.ledger.helpers import send
+from tests.ledger.helpers import send, senders, signed
 from tests.router.helpers import topology
+from tests.trust import TestIssuer
 
 
 @pytest.fixture
@@ -29,8 +30,14 @@ def tiers(sqlite_store: Store) -> TierStates:
 
 
 @pytest.fixture
-def client(sqlite_store: Store, tiers: TierStates) -> FlaskClient:
-    return create_app(topology(), sqlite_store, states=tiers).test_client()
+def client(sqlite_store: Store, tiers: TierStates, issuer: TestIssuer) -> FlaskClient:
+    app = create_app(topology(), sqlite_store, states=tiers, senders=senders(issuer))
+    return signed(app, issuer)
+
+
+def test_the_live_view_is_served_inside_the_cluster(client: FlaskClient) -> None:
+    view = client.get("/tiers").get_json()
+    assert [c["cluster"] for c in view["clusters"]] == ["edge-a", "edge-b", "regional", "cloud"]
 
 
 def decided(response: Any) -> dict[str, Any]:
@@ -109,7 +116,9 @@ def test_only_unhealthy_clusters_are_tried_anyway(client: FlaskClient, tiers: Ti
     assert data["rejected"] == {}
 
 
-def test_the_shipped_template_routes_an_enterprise_request(sqlite_store: Store) -> None:
+def test_the_shipped_template_routes_an_enterprise_request(
+    sqlite_store: Store, issuer: TestIssuer
+) -> None:
     from infra.template.load import load_template
     from infra.wiring import topology as template_topology
 
@@ -117,7 +126,7 @@ def test_the_shipped_template_routes_an_enterprise_request(sqlite_store: Store) 
     states = TierStates(sqlite_store, Clock(), cache_s=0)
     for spec in topo.clusters:
         states.report_load(spec.name, "smollm2-135m", queue_depth=0, running=0, warm=True)
-    client = create_app(topo, sqlite_store, states=states).test_client()
+    client = signed(create_app(topo, sqlite_store, states=states, senders=senders(issuer)), issuer)
     data = decided(
         send(
             client,

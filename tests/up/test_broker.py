@@ -1,33 +1,83 @@
-"""The local broker over real HTTP: Knative Broker/Trigger semantics, durability, dedupe."""
+"""The local broker over real HTTP: Knative Broker/Trigger semantics, durability, dedupe, and
+who may send what (Knative's OIDC sender identity and EventPolicies, with real tokens)."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
+from functions.auth.oidc import Discovery, TokenVerifier
+from functions.auth.senders import Senders
 from functions.cloudevent import make_event, parse_http, to_binary, to_structured
 from infra.local.broker import Broker, BrokerServer, BrokerTrigger, DeliveryPolicy
+from infra.local.broker_faults import DeliveryFaults
 from infra.local.broker_queue import BrokerQueue
 from infra.template.catalog import PING_EVENT_TYPE
+from tests.trust import NAMESPACE, TestIssuer, sub
 from tests.up.subscriber import Answer, Subscriber, running, wait_until
+
+BROKER = "eventing.knative.dev/broker/tollgate/default"
+SUBSCRIBER = "serving.knative.dev/service/tollgate/subscriber"
+SENDER = "producer"  # may send anything but T3 to the broker
+REPLIER = "one-oidc-eventing.knative.dev-trigger"  # trigger "one" may publish its replies
 
 T1 = "io.tollgate.test.one.v1"
 T2 = "io.tollgate.test.two.v1"
+T3 = "io.tollgate.test.three.v1"  # no policy lets the tests' producer send it
 FAST = DeliveryPolicy(retry=3, backoff_policy="exponential", backoff_delay_s=0.05, timeout_s=5)
 
-StartBroker = Callable[[Sequence[BrokerTrigger]], BrokerServer]
+
+class TestBrokerServer(BrokerServer):
+    """The broker and the bearer its tests' producer presents."""
+
+    __test__ = False
+    bearer: dict[str, str]
+
+
+StartBroker = Callable[[Sequence[BrokerTrigger]], TestBrokerServer]
+
+
+def broker_senders(issuer: TestIssuer) -> Senders:
+    anything_but_t3 = ({"type": T1}, {"type": T2}, {"type": PING_EVENT_TYPE})
+    rules = {SENDER: anything_but_t3, REPLIER: ({"type": T2},)}  # trigger "one" replies T2
+    return issuer.senders(BROKER, rules)
+
+
+def new_broker(
+    queue: BrokerQueue,
+    triggers: Sequence[BrokerTrigger],
+    issuer: TestIssuer,
+    workers: int = 8,
+    faults: DeliveryFaults | None = None,
+) -> Broker:
+    named = [
+        t if t.account else replace(t, account=f"{t.name}-oidc-eventing.knative.dev-trigger")
+        for t in triggers
+    ]
+    return Broker(
+        queue,
+        [replace(t, audience=t.audience or SUBSCRIBER) for t in named],
+        senders=broker_senders(issuer),
+        tokens=issuer.issuer.token,
+        namespace=NAMESPACE,
+        workers=workers,
+        faults=faults,
+    )
 
 
 @pytest.fixture
-def start_broker(tmp_path: Path) -> Iterator[StartBroker]:
-    servers: list[BrokerServer] = []
+def start_broker(tmp_path: Path, issuer: TestIssuer) -> Iterator[StartBroker]:
+    servers: list[TestBrokerServer] = []
 
-    def start(triggers: Sequence[BrokerTrigger]) -> BrokerServer:
-        server = BrokerServer(Broker(BrokerQueue(tmp_path / "broker.db"), triggers), 0)
+    def start(triggers: Sequence[BrokerTrigger]) -> TestBrokerServer:
+        queue = BrokerQueue(tmp_path / "broker.db")
+        server = TestBrokerServer(new_broker(queue, triggers, issuer), 0)
+        server.bearer = issuer.bearer(SENDER, BROKER)
         server.start()
         servers.append(server)
         return server
@@ -37,10 +87,10 @@ def start_broker(tmp_path: Path) -> Iterator[StartBroker]:
         server.stop()
 
 
-def post(broker: BrokerServer, type: str, *, structured: bool = False, **extra: str) -> str:
+def post(broker: TestBrokerServer, type: str, *, structured: bool = False, **extra: str) -> str:
     event = make_event(type, "/tests/broker", {"n": 1})
     message = to_structured(event) if structured else to_binary(event)
-    headers = dict(message.headers)
+    headers = {**message.headers, **broker.bearer}
     for name, value in extra.items():
         headers[f"ce-{name}"] = value
     response = requests.post(broker.url, headers=headers, data=message.body, timeout=5)
@@ -76,7 +126,7 @@ def test_exact_match_filters_route_each_event_to_its_triggers(
 
 def test_not_a_cloudevent_is_refused(start_broker: StartBroker) -> None:
     broker = start_broker([])
-    response = requests.post(broker.url, data=b"{}", timeout=5)
+    response = requests.post(broker.url, data=b"{}", headers=broker.bearer, timeout=5)
     assert response.status_code == 400
     assert "CloudEvent" in response.json()["error"]["message"]
 
@@ -178,11 +228,12 @@ def test_a_duplicate_ingest_is_delivered_once(start_broker: StartBroker) -> None
         event = make_event(T1, "/tests/broker", {"n": 1})
         for message in (to_binary(event), to_structured(event), to_binary(event)):
             response = requests.post(
-                broker.url, headers=message.headers, data=message.body, timeout=5
+                broker.url, headers={**message.headers, **broker.bearer}, data=message.body
             )
             assert response.status_code == 202
         other = make_event(T1, "/tests/other-source", {"n": 2}, id=event.get_id())
-        requests.post(broker.url, headers=to_binary(other).headers, data=b'{"n": 2}', timeout=5)
+        headers = {**to_binary(other).headers, **broker.bearer}
+        requests.post(broker.url, headers=headers, data=b'{"n": 2}', timeout=5)
         wait_until(lambda: len(subscriber.received) == 2)
         wait_until(lambda: broker.broker.queue.counts() == {})
         sources = sorted(r.headers["ce-source"] for r in subscriber.received)
@@ -215,12 +266,15 @@ def test_queue_survives_reopening_and_dedupes_across_restarts(tmp_path: Path) ->
     reopened.close()
 
 
-def test_deliveries_run_concurrently_within_the_worker_bound(tmp_path: Path) -> None:
+def test_deliveries_run_concurrently_within_the_worker_bound(
+    tmp_path: Path, issuer: TestIssuer
+) -> None:
     slow = Subscriber(delay_s=0.1)
     with running(slow):
-        broker = Broker(
+        broker = new_broker(
             BrokerQueue(tmp_path / "broker.db"),
             [BrokerTrigger("one", {"type": T1}, slow.url, FAST)],
+            issuer,
             workers=4,
         )
         broker.start()
@@ -233,3 +287,56 @@ def test_deliveries_run_concurrently_within_the_worker_bound(tmp_path: Path) -> 
             broker.stop()
     assert len(set(slow.ids())) == 20
     assert 2 <= slow.most_concurrent <= 4
+
+
+def test_who_may_send_what_is_the_event_policys(
+    start_broker: StartBroker, issuer: TestIssuer
+) -> None:
+    subscriber = Subscriber()
+    with running(subscriber):
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, subscriber.url, FAST)])
+        event = make_event(T1, "/tests/broker", {"n": 1})
+        message = to_binary(event)
+
+        def send(headers: dict[str, str], type_: str = T1) -> int:
+            sent = {**message.headers, "ce-type": type_, **headers}
+            return requests.post(broker.url, headers=sent, data=message.body, timeout=5).status_code
+
+        expired = issuer.token(SENDER, BROKER, ttl_s=-60)
+        assert send({}) == 401
+        assert send({"Authorization": "Bearer not-a-token"}) == 401
+        assert send({"Authorization": f"Bearer {expired}"}) == 401
+        assert send(issuer.bearer(SENDER, SUBSCRIBER)) == 401  # another audience
+        assert send(issuer.bearer("mallory", BROKER)) == 403  # no policy names mallory
+        assert send(broker.bearer, T3) == 403  # the producer may not send T3
+        assert broker.broker.queue.counts() == {}  # nothing refused was queued
+        assert send(broker.bearer) == 202
+        wait_until(lambda: len(subscriber.received) == 1)
+
+
+def test_a_delivery_carries_its_triggers_identity_for_the_subscriber(
+    start_broker: StartBroker, issuer: TestIssuer
+) -> None:
+    subscriber = Subscriber()
+    with running(subscriber):
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, subscriber.url, FAST)])
+        post(broker, T1)
+        wait_until(lambda: len(subscriber.received) == 1)
+        bearer = subscriber.received[0].headers["authorization"].removeprefix("Bearer ")
+        check = TokenVerifier(Discovery(issuer.url), SUBSCRIBER)
+        assert check.verify(bearer).subject == sub("one-oidc-eventing.knative.dev-trigger")
+
+
+def test_a_reply_the_policy_refuses_fails_the_delivery_to_its_dead_letter_sink(
+    start_broker: StartBroker,
+) -> None:
+    reply = make_event("forbidden.reply.v1", "/sub", {"x": 1}, id="r-9")
+    answer = Answer(200, dict(to_binary(reply).headers), to_binary(reply).body)
+    subscriber, dead = Subscriber(default=answer), Subscriber()
+    policy = replace(FAST, dead_letter_sink="", retry=0)
+    with running(subscriber, dead):
+        policy = replace(policy, dead_letter_sink=dead.url)
+        broker = start_broker([BrokerTrigger("one", {"type": T1}, subscriber.url, policy)])
+        post(broker, T1)
+        wait_until(lambda: len(dead.received) == 1)
+        assert dead.received[0].headers["ce-knativeerrorcode"] == "403"

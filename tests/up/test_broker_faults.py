@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from infra.local.broker import Broker, BrokerServer, BrokerTrigger, DeliveryPolicy
+from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.broker_faults import ENV, DeliveryFaults, FaultSpec
 from infra.local.broker_queue import BrokerQueue
+from tests.trust import TestIssuer
 from tests.up.subscriber import Subscriber, running, wait_until
-from tests.up.test_broker import T1, post
+from tests.up.test_broker import BROKER, SENDER, T1, TestBrokerServer, new_broker, post
 
 FAST = DeliveryPolicy(retry=5, backoff_policy="linear", backoff_delay_s=0.05, timeout_s=5)
 
@@ -27,21 +28,25 @@ def test_no_faults_unless_the_chaos_run_names_a_spec(monkeypatch: pytest.MonkeyP
     ("kind", "deliveries"),
     [("drop", 1), ("lose_reply", 2), ("duplicate", 2), ("delay", 1), ("reorder", 1)],
 )
-def test_each_fault_and_delivery_still_happens(tmp_path: Path, kind: str, deliveries: int) -> None:
+def test_each_fault_and_delivery_still_happens(
+    tmp_path: Path, kind: str, deliveries: int, issuer: TestIssuer
+) -> None:
     log = tmp_path / "faults.log"
     settings: dict[str, Any] = {"max_faults": 1, "reorder_max_s": 1.2, "delay_max_s": 0.2}
     settings[kind] = 1.0
     spec = FaultSpec(log=log, **settings)
     subscriber = Subscriber()
     with running(subscriber):
-        server = BrokerServer(
-            Broker(
+        server = TestBrokerServer(
+            new_broker(
                 BrokerQueue(tmp_path / "broker.db"),
                 [BrokerTrigger("one", {"type": T1}, subscriber.url, FAST)],
+                issuer,
                 faults=DeliveryFaults(spec),
             ),
             0,
         )
+        server.bearer = issuer.bearer(SENDER, BROKER)
         server.start()
         try:
             event_id = post(server, T1)

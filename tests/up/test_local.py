@@ -20,8 +20,10 @@ def local(tmp_path: Path) -> LocalPlatform:
         tmp_path,
         ingress_port=8080,
         broker_url="http://127.0.0.1:9999",
+        issuer_url="http://127.0.0.1:9998",
         admin_token="tok",
         ledger_keys="k1:0123456789abcdef0123456789abcdef",
+        environ={"TOLLGATE_CAMARA_TOKEN": "camara-secret", "TOLLGATE_ADMIN_TOKEN": "ignored"},
         port=lambda: next(ports),
     )
 
@@ -30,25 +32,28 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     platform = local(tmp_path)
     names = [p.name for p in platform.processes]
     assert names == [
-        "broker", "ledger", "ledger-admin", "route",
+        "broker", "ledger", "ledger-admin", "deadletters", "route",
         "infer-edge", "infer-regional", "infer-cloud", "ingress",
     ]  # fmt: skip
     broker = platform.processes[0]
     assert broker.port == 9999 and broker.argv[-2:] == [
-        str((tmp_path / "local-triggers.json").resolve()),
+        str((tmp_path / "local-broker.json").resolve()),
         str((tmp_path / "broker.db").resolve()),
     ]
     ingress = platform.processes[-1]
     assert ingress.port == 8080
     assert ingress.env["K_SINK"] == "http://127.0.0.1:9999"
+    # Every process listens on the loopback only (the broker reads its host from its env).
+    assert all(p.argv[-2:] == ["--host", "127.0.0.1"] for p in platform.processes[1:])
+    assert broker.env["TOLLGATE_BROKER_HOST"] == "127.0.0.1"
     assert ingress.env["TOLLGATE_LEDGER_URL"] == platform.url("ledger")
     assert "TOLLGATE_ROUTE_URL" not in ingress.env  # the ingress routes in-process
     assert ingress.env["TOLLGATE_STORE"] == f"sqlite:///{(tmp_path / 'tollgate.db').resolve()}"
     # The ledger's signing keys reach the ledger processes only.
     keyed = [p.name for p in platform.processes if "TOLLGATE_LEDGER_KEYS" in p.env]
     assert keyed == ["ledger", "ledger-admin"]
-    edge = platform.processes[4]
-    assert edge.argv[-1] == "infer"
+    edge = platform.processes[5]
+    assert edge.argv[-3] == "infer"
     assert edge.env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
     assert edge.env["TOLLGATE_TIER"] == "edge"
     # Sized as Knative sizes them, each with its own outbox.
@@ -90,8 +95,10 @@ def test_triggers_as_knative_renders_them(tmp_path: Path) -> None:
     assert settle.filter == {"type": "io.tollgate.inference.completed.v1"}
     assert settle.subscriber == ledger
     assert (settle.delivery.retry, settle.delivery.backoff_delay_s) == (12, 1.0)
-    # Dead letters go to ledger-admin, which keeps them (ledger would re-handle them).
-    assert settle.delivery.dead_letter_sink == admin
+    # Dead letters go to their own sink, which keeps them (ledger would re-handle them).
+    assert settle.delivery.dead_letter_sink == platform.url("deadletters") != admin
+    assert settle.account == "settle-inference-completed-oidc-eventing.knative.dev-trigger"
+    assert settle.audience == "serving.knative.dev/service/tollgate/ledger"
     sweep = by_name["sweep-holds-sweep-ping"]
     assert sweep.filter == {"type": PING_EVENT_TYPE, "tollgatetype": "io.tollgate.holds.sweep.v1"}
     # Every scheduled command reaches its function through a ping trigger of its own.
@@ -104,3 +111,31 @@ def test_triggers_as_knative_renders_them(tmp_path: Path) -> None:
         expected = hosts.get(trigger.function, ledger)  # every other function is the ledger's
         names = [n for n in by_name if n.startswith(trigger.resource_name)]
         assert names and all(by_name[n].subscriber == expected for n in names)
+
+
+def test_each_secret_only_where_it_is_used(tmp_path: Path) -> None:
+    platform = local(tmp_path)
+    holders = {
+        name: sorted(p.name for p in platform.processes if name in p.env)
+        for name in platform.secrets
+    }
+    assert holders["TOLLGATE_ADMIN_TOKEN"] == ["ledger-admin"]
+    assert holders["TOLLGATE_CAMARA_TOKEN"] == ["ingress"]
+    admin = next(p for p in platform.processes if p.name == "ledger-admin")
+    assert admin.env["TOLLGATE_ADMIN_TOKEN"] == "tok"  # the one tollgate up decided
+
+
+def test_identities_tokens_and_where_remote_infer_reports(tmp_path: Path) -> None:
+    platform = local(tmp_path)
+    by_name = {p.name: p for p in platform.processes}
+    events = "http://127.0.0.1:8080/events/clusters"
+    assert by_name["infer-regional"].env["K_SINK"] == "http://127.0.0.1:9999"  # home: the broker
+    assert by_name["infer-edge"].env["K_SINK"] == events  # elsewhere: the ingress relays
+    assert by_name["infer-edge"].env["TOLLGATE_ALSO_SERVES"] == "edge-marseille-5g-1"
+    tokens = {(p.service_account, p.path.name): p.audience for p in platform.projections}
+    assert tokens[("infer-edge", "sink")] == events
+    assert tokens[("ledger", "sink")] == "eventing.knative.dev/broker/tollgate/default"
+    assert tokens[("ingress", "authorize")] == "serving.knative.dev/service/tollgate/ledger"
+    assert platform.trust.remote_issuers == {
+        "http://127.0.0.1:9998": ("edge-lyon-5g-1", "edge-marseille-5g-1", "cloud-frankfurt-1")
+    }

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
-from infra.local.broker import Broker, BrokerTrigger, DeliveryPolicy
+from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.broker_queue import BrokerQueue
 from infra.local.scheduler import Scheduler, fires_at, ping_event
 from infra.template.catalog import PING_EVENT_TYPE
 from infra.template.schema import Ping
+from tests.trust import TestIssuer
 from tests.up.subscriber import Subscriber, running, wait_until
+from tests.up.test_broker import new_broker
 
 SWEEP = Ping(name="holds-sweep", schedule="* * * * *", type="io.tollgate.holds.sweep.v1")
 MONTHLY = Ping(
@@ -107,10 +109,10 @@ def test_a_send_failure_does_not_stop_the_schedule() -> None:
     assert len(calls) == 2
 
 
-def test_a_slot_fired_twice_is_delivered_once(tmp_path: Path) -> None:
+def test_a_slot_fired_twice_is_delivered_once(tmp_path: Path, issuer: TestIssuer) -> None:
     subscriber = Subscriber()
     with running(subscriber):
-        broker = Broker(
+        broker = new_broker(
             BrokerQueue(tmp_path / "broker.db"),
             [
                 BrokerTrigger(
@@ -120,6 +122,7 @@ def test_a_slot_fired_twice_is_delivered_once(tmp_path: Path) -> None:
                     DeliveryPolicy(retry=1, backoff_delay_s=0.05),
                 )
             ],
+            issuer,
         )
         broker.start()
         try:

@@ -65,6 +65,7 @@ def tollgate_up(state_dir: Path, port: int, env: dict[str, str]) -> Iterator[dic
             "pid": process.pid,
             "children": [int(c) for c in children],
             "output": Path(log.name),
+            "state": str(state_dir),
         }
     finally:
         if process.poll() is None:
@@ -155,9 +156,10 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
         )
         assert llama.status_code == 404
         assert "declared but not served on this platform" in llama.json()["error"]["message"]
-        # The balance command, printed with the generated token filled in, works as printed.
+        # The balance command reads the generated token from its file (no secret is printed)
+        # and works as printed.
         command = printed_command(output, "Balance: ")
-        assert token in command
+        assert token not in output and endpoints["admin_token_file"] in command
         answer = subprocess.run(["bash", "-c", command], capture_output=True, timeout=30, text=True)
         assert json.loads(answer.stdout)["account_id"] == ACCOUNT
         prices = requests.get(endpoints["ingress"] + "/v1/prices", timeout=10).json()
@@ -166,9 +168,11 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
             "SmolLM2-135M-Instruct"
         }
         children = endpoints["children"]
-        assert len(children) == len(("broker", "ledger", "ledger-admin", "route", "ingress")) + len(
-            endpoints["infer"]
-        )
+        assert len(children) == len(
+            ("broker", "ledger", "ledger-admin", "deadletters", "route", "ingress")
+        ) + len(endpoints["infer"])
+        # Every process listens on the loopback only.
+        assert all(url.startswith("http://127.0.0.1:") for url in endpoints["processes"].values())
     # SIGINT: every child is gone and the endpoints file with it.
     assert not any(alive(pid) for pid in [*children, endpoints["pid"]])
     assert not (state / "endpoints.json").exists()

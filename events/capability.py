@@ -1,0 +1,126 @@
+"""The capability of one inference attempt: what the ingress lets one infer call do, signed.
+
+The ingress mints one per attempt, after the hold is authorized, and sends it to that cluster's
+infer function in the ``x-tollgate-capability`` header (events/wire.py). It is a JWT (JWS compact,
+RS256, the key named by ``kid``) whose claims say:
+
+- ``aud``: the cluster the attempt was routed to (infer refuses a capability for another);
+- ``hold`` / ``acct``: the hold the attempt is billed to and its account (infer takes both from
+  here, never from a header the caller could set);
+- ``model``, ``tier``: what was priced;
+- ``max_tokens`` / ``engine_ms``: the bounds the hold was priced for (infer refuses more tokens
+  and stops generating at either bound);
+- ``exp``: the deadline (infer refuses it after, and stops generating at it); ``jti``: the
+  attempt (infer serves an attempt once).
+
+Infer carries the capability in its ``inference.completed`` / ``failed`` event; settle and refund
+accept such an event only for the hold, account and cluster the signature vouches for. The
+ingress holds the private key; infer and the ledger hold only public keys (current and previous,
+so a rotation never refuses a capability in flight)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, RSAKey
+from pydantic import Field, ValidationError
+
+from events.fields import AccountId, EventData, HoldId, Name
+
+# RSA signatures are the cheapest of the asymmetric schemes to check (twice per attempt: infer,
+# the ledger), under the 0.2 ms aim; signing (once, at the ingress) costs more than ES256's
+# (bench/trust.py: RS256 sign ~1.5 ms / check ~0.18 ms against ES256 ~0.2 / ~0.3 on a busy box).
+ALGORITHM = "RS256"
+ISSUER = "tollgate-ingress"
+LEEWAY_S = 2
+
+
+class CapabilityError(ValueError):
+    """A capability that does not allow what is asked; the message says why."""
+
+
+class Capability(EventData):
+    hold_id: HoldId
+    account_id: AccountId
+    model: str = Field(min_length=1, max_length=256)
+    cluster: Name
+    tier: Name
+    max_tokens: int = Field(strict=True, ge=1)
+    engine_ms: int = Field(strict=True, ge=1)
+    deadline: int = Field(strict=True, ge=0)  # epoch seconds
+    attempt: str = Field(min_length=1, max_length=256)
+
+    def claims(self, issued_at: float) -> dict[str, Any]:
+        return {
+            "iss": ISSUER,
+            "aud": self.cluster,
+            "iat": int(issued_at),
+            "exp": self.deadline,
+            "jti": self.attempt,
+            "hold": self.hold_id,
+            "acct": self.account_id,
+            "model": self.model,
+            "tier": self.tier,
+            "max_tokens": self.max_tokens,
+            "engine_ms": self.engine_ms,
+        }
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any]) -> Capability:
+        try:
+            return cls(
+                hold_id=claims["hold"],
+                account_id=claims["acct"],
+                model=claims["model"],
+                cluster=claims["aud"],
+                tier=claims["tier"],
+                max_tokens=claims["max_tokens"],
+                engine_ms=claims["engine_ms"],
+                deadline=claims["exp"],
+                attempt=claims["jti"],
+            )
+        except (KeyError, ValidationError) as exc:
+            raise CapabilityError(f"the capability's claims are incomplete: {exc}") from None
+
+
+def sign(capability: Capability, key: RSAKey, issued_at: float | None = None) -> str:
+    """The capability as a compact JWS signed by ``key`` (its ``kid`` in the header)."""
+    now = time.time() if issued_at is None else issued_at
+    header = {"alg": ALGORITHM, "kid": key.kid}
+    return jwt.encode(header, capability.claims(now), key, algorithms=[ALGORITHM])
+
+
+def verify(
+    token: str,
+    keys: KeySet,
+    *,
+    audience: str | Collection[str] | None,
+    now: float | None = None,
+    check_deadline: bool = True,
+) -> Capability:
+    """The capability ``token`` carries, if one of ``keys`` signed it for ``audience`` (None: any
+    cluster) and, with ``check_deadline``, its deadline has not passed. The ledger checks a
+    capability after the fact (a metering event may arrive late), so without the deadline."""
+    try:
+        decoded = jwt.decode(token, keys, algorithms=[ALGORITHM])
+    except JoseError as exc:
+        raise CapabilityError(f"invalid capability: {exc.description or exc.error}") from None
+    except ValueError as exc:  # joserfc raises it for a token of the wrong shape
+        raise CapabilityError(f"not a capability: {exc}") from None
+    claims = decoded.claims
+    if claims.get("iss") != ISSUER:
+        raise CapabilityError("the capability was not issued by a Tollgate ingress")
+    if audience is not None:
+        allowed = {audience} if isinstance(audience, str) else set(audience)
+        if claims.get("aud") not in allowed:
+            raise CapabilityError("the capability is for another cluster")
+    capability = Capability.from_claims(claims)
+    if check_deadline:
+        moment = time.time() if now is None else now
+        if capability.deadline + LEEWAY_S <= moment:
+            raise CapabilityError("the capability's deadline has passed")
+    return capability
