@@ -79,6 +79,8 @@ class Emitter:
         if self.sink is None:
             log.info("K_SINK is not set; not emitting %s", type)
             return
+        if self.token is None:  # no retry makes a token appear
+            raise EmitFailed(f"no token for {self.sink}: the sink refuses anonymous events")
         backoff = FIRST_BACKOFF_S
         sent = Sent(None)
         for attempt in range(1, MAX_ATTEMPTS + 1):

@@ -10,10 +10,12 @@ from flask.testing import FlaskClient
 
 from functions.auth.senders import Senders
 from functions.cloudevent import make_event, to_binary, to_structured
+from functions.config import Settings
 from functions.store import Store
+from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
-from tests.trust import TestIssuer
+from tests.trust import CapabilityKeys, TestIssuer
 
 AUDIENCE = "serving.knative.dev/service/tollgate/ledger"
 SENDER = "tester"  # the ServiceAccount the tests send events as
@@ -22,6 +24,21 @@ SENDER = "tester"  # the ServiceAccount the tests send events as
 def senders(issuer: TestIssuer) -> Senders:
     """The ledger's check, allowing the tests' sender any event."""
     return issuer.senders(AUDIENCE, {SENDER: ()})
+
+
+def ledger_function(
+    ledger: Ledger, issuer: TestIssuer, keys: CapabilityKeys | None = None
+) -> Flask:
+    """The all-in-one ledger function over ``ledger``'s store, taking the tests' sender's events
+    and checking capabilities with ``keys``."""
+    return create_app(
+        "ledger",
+        senders=senders(issuer),
+        capability_keys=keys.verify if keys else None,
+        settings=Settings(store_url="unused", admin_token="admin", sink=None, port=0),
+        store=ledger.store,
+        ledger=ledger,
+    )
 
 
 def signed(app: Flask, issuer: TestIssuer) -> FlaskClient:

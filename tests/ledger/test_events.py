@@ -17,7 +17,7 @@ from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
 from tests.infer.conftest import Sink
-from tests.ledger.helpers import funded, invariant, send, senders, signed
+from tests.ledger.helpers import funded, invariant, ledger_function, send, senders, signed
 from tests.trust import CapabilityKeys, TestIssuer, capability_keys
 
 
@@ -30,16 +30,7 @@ def ledger(sqlite_store: Store) -> Ledger:
 def client(
     sqlite_store: Store, ledger: Ledger, issuer: TestIssuer, cap_keys: CapabilityKeys
 ) -> FlaskClient:
-    settings = Settings(store_url="unused", admin_token="admin", sink=None, port=0)
-    app = create_app(
-        "ledger",
-        senders=senders(issuer),
-        capability_keys=cap_keys.verify,
-        settings=settings,
-        store=sqlite_store,
-        ledger=ledger,
-    )
-    return signed(app, issuer)
+    return signed(ledger_function(ledger, issuer, cap_keys), issuer)
 
 
 def reply(response: Any) -> tuple[str, dict[str, Any]]:

@@ -15,11 +15,9 @@ import requests
 from events.activity import NetworkEventRecord, RouteDecisionRecord
 from functions.apikeys import ApiKeys
 from functions.app import create_app
-from functions.config import Settings
 from functions.idempotency import Idempotency
 from functions.recent import RecentLog
 from functions.store import Store
-from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.network_events import network_events_blueprint
@@ -27,7 +25,7 @@ from router_fn.tierstate import TierStates
 from tests.events import payloads as p
 from tests.events.test_endpoint import AUTH, CE_JSON, TOKEN, Recorder
 from tests.http_server import serving
-from tests.ledger.helpers import senders
+from tests.ledger.helpers import ledger_function, senders
 from tests.router.test_ingress import Upstream, ledger_client, topology
 from tests.trust import CapabilityKeys, TestIssuer, nobody
 
@@ -41,20 +39,8 @@ def ingress(
     ledger.execute("acme", "grant", {"amount": 100_000})
     key = ApiKeys(sqlite_store).issue("acme")["key"]
     decisions = RecentLog(sqlite_store, "route-decisions")
-    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     with ExitStack() as stack:
-        ledger_url = stack.enter_context(
-            serving(
-                ledger_app(
-                    "ledger",
-                    senders=senders(issuer),
-                    capability_keys=cap_keys.verify,
-                    settings=settings,
-                    store=sqlite_store,
-                    ledger=ledger,
-                )
-            )
-        )
+        ledger_url = stack.enter_context(serving(ledger_function(ledger, issuer, cap_keys)))
         edge = stack.enter_context(serving(Upstream().app()))
         regional = stack.enter_context(serving(Upstream().app()))
         app = ingress_app(

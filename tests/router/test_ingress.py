@@ -21,16 +21,14 @@ from events.types import INFERENCE_COMPLETED
 from functions.apikeys import ApiKeys
 from functions.auth.tokens import TokenFile
 from functions.cloudevent import make_event, to_binary
-from functions.config import Settings
 from functions.store import Store
-from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
 from tests.http_server import serving
-from tests.ledger.helpers import AUDIENCE, senders
+from tests.ledger.helpers import AUDIENCE, ledger_function, senders
 from tests.trust import CapabilityKeys, TestIssuer
 
 QUOTE = Quote(price_book="t1", input_per_million=1_000_000, output_per_million=2_000_000)
@@ -165,15 +163,7 @@ def platform(
     ledger.execute("acme", "grant", {"amount": 100_000})
     key = ApiKeys(sqlite_store).issue("acme")["key"]
     edge, regional = Upstream(), Upstream()
-    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
-    the_ledger = ledger_app(
-        "ledger",
-        senders=senders(issuer),
-        capability_keys=cap_keys.verify,
-        settings=settings,
-        store=sqlite_store,
-        ledger=ledger,
-    )
+    the_ledger = ledger_function(ledger, issuer, cap_keys)
     with ExitStack() as stack:
         ledger_url = stack.enter_context(serving(the_ledger))
         edge_url = stack.enter_context(serving(edge.app()))

@@ -21,17 +21,15 @@ from flask import Flask, Response, request
 
 from functions.apikeys import ApiKeys
 from functions.auth.tokens import TokenFile
-from functions.config import Settings
 from functions.emit import Emitter
 from functions.outbox import OutboxSettings
 from functions.store import Store
-from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from tests.http_server import serving
-from tests.ledger.helpers import AUDIENCE, SENDER, senders
+from tests.ledger.helpers import AUDIENCE, SENDER, ledger_function, senders
 from tests.router.test_ingress import Upstream, topology
 from tests.trust import CapabilityKeys, TestIssuer
 
@@ -89,16 +87,8 @@ def faulty(
     ledger.open_account("acme")
     ledger.execute("acme", "grant", {"amount": CREDITS})
     key = ApiKeys(sqlite_store).issue("acme")["key"]
-    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     with ExitStack() as stack:
-        the_ledger = ledger_app(
-            "ledger",
-            senders=senders(issuer),
-            capability_keys=cap_keys.verify,
-            settings=settings,
-            store=sqlite_store,
-            ledger=ledger,
-        )
+        the_ledger = ledger_function(ledger, issuer, cap_keys)
         ledger_url = stack.enter_context(serving(the_ledger))
         authorize, refund = Gate(ledger_url), Gate(ledger_url)
         authorize_url = stack.enter_context(serving(authorize.app()))

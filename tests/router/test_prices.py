@@ -16,16 +16,14 @@ import requests
 
 from events.prices import CreditUnit, PriceBook, PriceRow, PriceVersion
 from functions.apikeys import ApiKeys
-from functions.config import Settings
 from functions.store import Store
-from ledger_fn.app import create_app as ledger_app
 from ledger_fn.ledger import Ledger
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, ModelSpec, Topology
 from tests.clock import Clock
 from tests.http_server import serving
-from tests.ledger.helpers import senders
+from tests.ledger.helpers import ledger_function, senders
 from tests.router.test_ingress import Upstream, ledger_client
 from tests.trust import CapabilityKeys, TestIssuer
 
@@ -95,20 +93,8 @@ def platform(
     ledger.execute("acme", "grant", {"amount": 10_000_000})
     key = ApiKeys(sqlite_store).issue("acme")["key"]
     clock = Clock(NOV.timestamp() + 3600)
-    settings = Settings(store_url="unused", admin_token="adm", sink=None, port=0)
     with ExitStack() as stack:
-        ledger_url = stack.enter_context(
-            serving(
-                ledger_app(
-                    "ledger",
-                    senders=senders(issuer),
-                    capability_keys=cap_keys.verify,
-                    settings=settings,
-                    store=sqlite_store,
-                    ledger=ledger,
-                )
-            )
-        )
+        ledger_url = stack.enter_context(serving(ledger_function(ledger, issuer, cap_keys)))
         edge_url = stack.enter_context(serving(Upstream().app()))
         app = ingress_app(
             _topology(edge_url),
