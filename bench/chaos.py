@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -63,11 +64,15 @@ from functions.store.dynamodb import create_table  # noqa: E402
 from infra.local.issuer import Issuer  # noqa: E402
 from infra.local.platform import free_port  # noqa: E402
 from infra.template.policies import ping_account  # noqa: E402
+from ledger_fn.keys import LedgerKeys  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
 from tests.dynamodb_local import DynamoDBLocal  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 ADMIN = "chaos-admin"
+# The ledger's journal keys for this run: the harness holds them as the operator does, to read
+# and verify the journal it tallies.
+LEDGER_KEYS = f"chaos1:{secrets.token_urlsafe(32)}"
 PROMPTS = ("Say hi", "Name a colour", "Count to three", "What is 2+2?", "Greet me in French")
 # Unhinted (the cheapest tier), a budget only nearer tiers meet, a pin to the farthest.
 HINTS: tuple[dict[str, str], ...] = (
@@ -210,6 +215,7 @@ def platform(state: Path, config: ChaosConfig, store_url: str) -> Iterator[dict[
         env={
             **os.environ,
             "TOLLGATE_ADMIN_TOKEN": ADMIN,
+            "TOLLGATE_LEDGER_KEYS": LEDGER_KEYS,
             "TOLLGATE_HOLD_TTL_SECONDS": str(config.hold_ttl_s),
             "TOLLGATE_OUTBOX_MAX_BACKOFF_SECONDS": "2",
             "TOLLGATE_OUTBOX_KEEP_SECONDS": str(7 * 24 * 3600),  # the records are the evidence
@@ -538,7 +544,7 @@ def settle_down(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{owed(state)} events still owed after the settle timeout")
         time.sleep(1)
-    ledger = Ledger(open_store(store_url))
+    ledger = Ledger(open_store(store_url), keys=LedgerKeys.parse(LEDGER_KEYS))
     while True:
         expiries = [h.expires_at for a in accounts for h in ledger.state(a).holds.values()]
         if not expiries and not owed(state):
@@ -600,7 +606,7 @@ def tally(
     outcomes: list[Outcome],
     tally_: Tally,
 ) -> None:
-    ledger = Ledger(open_store(store_url))
+    ledger = Ledger(open_store(store_url), keys=LedgerKeys.parse(LEDGER_KEYS))
     metered = records(state)
     holds: dict[str, Hold] = {}
     for account in accounts:
@@ -811,6 +817,7 @@ def verify(store_url: str) -> tuple[str, bool]:
     done = subprocess.run(
         [sys.executable, "-m", "infra.cli", "ledger", "verify", "--store", store_url],
         cwd=ROOT,
+        env={**os.environ, "TOLLGATE_LEDGER_KEYS": LEDGER_KEYS},
         capture_output=True,
         text=True,
         timeout=600,
