@@ -41,7 +41,7 @@ class CarrierClient:
         refund_api_root: str,
         token: str | None,
         *,
-        timeout_s: float = 10.0,
+        timeout_s: int = 10,
         session: requests.Session | None = None,
     ) -> None:
         self.api_root = api_root.rstrip("/")

@@ -84,7 +84,7 @@ class CarrierBilling:
     poll_after_s: int = 60
     give_up_after_s: int = 3600
     sink_ttl_s: int = 7 * 24 * 3600
-    timeout_s: float = 10.0
+    timeout_s: int = 10  # seconds the operator's API may take per call
 
     def price(self, credits: int) -> int:
         """Minor units of the currency ``credits`` cost; ValueError if not a whole number."""
@@ -507,7 +507,7 @@ class TopUps:
     def poll(self) -> dict[str, int]:
         """Ask the operator about every open top-up no notification settled in time."""
         checked = granted = settled = 0
-        now = self.clock()
+        now = int(self.clock())  # whole seconds, as every stored time
         for item in self.store.query(OPEN_INDEX, limit=1000):
             if not item.data.get("open"):
                 continue
@@ -530,7 +530,7 @@ class TopUps:
                 log.warning("top-up %s: %s", topup_id, exc.message)
         return {"checked": checked, "granted": granted, "settled": settled}
 
-    def _poll_one(self, topup: dict[str, Any], now: float) -> dict[str, Any]:
+    def _poll_one(self, topup: dict[str, Any], now: int) -> dict[str, Any]:
         account_id, topup_id = topup["account_id"], topup["topup_id"]
         if topup["status"] not in FINAL:
             if topup["payment_id"] is None:

@@ -105,7 +105,7 @@ def platform(sqlite_store: Store, issuer: TestIssuer, tmp_path: Path) -> Iterato
             decimals=2,
             credits_per_unit=1_000_000,  # 1 credit = 1 micro-euro
             merchant_identifier="tollgate-demo",
-            timeout_s=1.0,
+            timeout_s=1,
         )
         holder: dict[str, TopUps] = {}
         settings = Settings(store_url="unused", admin_token=ADMIN, sink=None, port=0)
