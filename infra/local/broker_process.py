@@ -16,11 +16,9 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from functions.auth.oidc import Discovery, TokenVerifier
@@ -80,17 +78,15 @@ def main(argv: Sequence[str], port: int) -> None:
     faults = DeliveryFaults.from_env()
     if faults is not None:
         logging.getLogger(__name__).warning("delivery faults injected: %s", faults.spec)
+    # Blocked before any thread starts (threads inherit the mask) and taken with sigwait: no
+    # handler runs inside a lock the main thread holds (an Event set from a handler deadlocks
+    # when a second signal arrives while the first one's set() holds the Event's lock).
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     broker = broker_from(content, Path(argv[1]), faults)
     server = BrokerServer(broker, port, os.environ.get("TOLLGATE_BROKER_HOST", "127.0.0.1"))
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     server.start()
-    stopping.wait()
+    signal.sigwait(stop_signals)
     server.stop()
 
 
