@@ -27,8 +27,8 @@ MIN_HISTORY_S = 3600  # less spend history than this says nothing about a rate
 @dataclass(frozen=True)
 class Burn:
     per_day: int | None  # credits spent per day, None: not enough history
-    days_left: float | None  # at that rate; None: no spend (or no history)
-    since: float | None  # the start of the period the rate is measured over
+    days_left_tenths: int | None  # tenths of a day left at that rate; None: no spend or history
+    since: int | None  # the start of the period the rate is measured over (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def entries(ledger: Ledger, account_id: str, limit: int = HISTORY) -> list[dict[
     return [item.data for item in items]
 
 
-def burn(newest_first: Sequence[dict[str, Any]], available: int, now: float) -> Burn:
+def burn(newest_first: Sequence[dict[str, Any]], available: int, now: int) -> Burn:
     """Credits spent per day over the last week (or the history read, if shorter)."""
     if not newest_first:
         return Burn(None, None, None)
@@ -73,16 +73,16 @@ def burn(newest_first: Sequence[dict[str, Any]], available: int, now: float) -> 
         if at < start:
             spent_then, since = int(entry["balances"]["spent"]), start
             break
-        spent_then, since = int(entry["balances"]["spent"]), float(at)
+        spent_then, since = int(entry["balances"]["spent"]), at
     assert spent_then is not None and since is not None
     if now - since < MIN_HISTORY_S:
         return Burn(None, None, since)
-    per_day = (spent_now - spent_then) * DAY_S // int(now - since)
-    days_left = available / per_day if per_day > 0 else None
-    return Burn(per_day, days_left, since)
+    per_day = (spent_now - spent_then) * DAY_S // (now - since)
+    days_left_tenths = available * 10 // per_day if per_day > 0 else None
+    return Burn(per_day, days_left_tenths, since)
 
 
-def account_row(ledger: Ledger, account_id: str, now: float) -> AccountRow:
+def account_row(ledger: Ledger, account_id: str, now: int) -> AccountRow:
     profile = read_profile(ledger.store, account_id) or {}
     state = ledger.state(account_id)
     balances = {**state.balances(), "refunded": state.refunded, "revoked": state.revoked}
@@ -95,7 +95,7 @@ def account_row(ledger: Ledger, account_id: str, now: float) -> AccountRow:
     )
 
 
-def burn_down(newest_first: Sequence[dict[str, Any]], now: float) -> list[dict[str, int]]:
+def burn_down(newest_first: Sequence[dict[str, Any]], now: int) -> list[dict[str, int]]:
     """Available credits after each journal entry, oldest first (epoch milliseconds), and the
     same again now, so the line reaches the present."""
     points = [
@@ -103,9 +103,7 @@ def burn_down(newest_first: Sequence[dict[str, Any]], now: float) -> list[dict[s
         for e in reversed(newest_first)
     ]
     if points:
-        points.append(
-            {"t": max(int(now * 1000), points[-1]["t"]), "available": points[-1]["available"]}
-        )
+        points.append({"t": max(now * 1000, points[-1]["t"]), "available": points[-1]["available"]})
     return points
 
 
@@ -207,7 +205,7 @@ def dead_letter_error(extensions: dict[str, str]) -> str:
         return text
 
 
-def when(epoch: float | None) -> str:
+def when(epoch: int | None) -> str:
     if epoch is None:
         return "—"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -123,7 +123,7 @@ def console_blueprint(
         return "" if value is None or credit is None else credit.money(value)
 
     @bp.app_template_filter("when")
-    def when_filter(value: float | None) -> str:
+    def when_filter(value: int | None) -> str:
         return readmodel.when(value)
 
     @bp.context_processor
@@ -206,7 +206,7 @@ def console_blueprint(
         page = max(int(page_arg), 1) if page_arg.isdigit() else 1
         matching = [a for a in _profiles(ledger) if _matches(a, query, plan)]
         shown = matching[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-        now = ledger.clock()
+        now = int(ledger.clock())
         rows = [readmodel.account_row(ledger, a["account_id"], now) for a in shown]
         return render_template(
             "accounts.html",
@@ -287,7 +287,7 @@ def console_blueprint(
         grant_form: GrantForm | None = None,
         new_key: dict[str, Any] | None = None,
     ) -> str:
-        now = ledger.clock()
+        now = int(ledger.clock())
         state = ledger.state(account_id)  # 404 for an unknown account
         profile = ledger.meta(account_id).data
         history = readmodel.entries(ledger, account_id)
