@@ -17,6 +17,9 @@ import pytest
 import requests
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from events import types
 from functions.cloudevent import make_event, to_binary
@@ -82,6 +85,17 @@ def eventually(check: Callable[[], bool], what: str, timeout_s: float = 60.0) ->
         time.sleep(0.5)
 
 
+def submit(browser: webdriver.Chrome, button: WebElement) -> None:
+    """Click a form's button and wait for the page it leads to: ``click()`` returns once the
+    click is dispatched, before the POST and its redirect have replaced the page."""
+    before = browser.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(before))
+    WebDriverWait(browser, 60).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
+
+
 def grant_form(browser: webdriver.Chrome, amount: str) -> None:
     browser.find_element(By.ID, "amount").send_keys(amount)
 
@@ -93,10 +107,10 @@ def test_sign_in_and_see_the_demo_account(
     assert "/console/login" in browser.current_url  # nothing without signing in
     page(browser, "01-login")
     browser.find_element(By.ID, "token").send_keys("not the token")
-    browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]"))
     assert "That is not the admin token." in text(browser)
     browser.find_element(By.ID, "token").send_keys(ADMIN)
-    browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]"))
     assert browser.current_url.rstrip("/").endswith("/console/accounts"), text(browser)
     cookie = browser.get_cookie("tollgate_console")
     assert cookie is not None
@@ -109,7 +123,7 @@ def test_sign_in_and_see_the_demo_account(
 def test_a_key_is_shown_once_and_works(platform: dict[str, Any], browser: webdriver.Chrome) -> None:
     browser.get(f"{platform['console']}/accounts/{ACCOUNT}")
     assert card(browser, "Available") == CREDITS
-    browser.find_element(By.XPATH, "//button[text()='Issue a new key']").click()
+    submit(browser, browser.find_element(By.XPATH, "//button[text()='Issue a new key']"))
     key = browser.find_element(By.ID, "new-key").text
     assert key.startswith("tg_")
     page(browser, "03-account-new-key")
@@ -128,7 +142,7 @@ def test_a_grant_through_the_form_changes_balance_and_chart(
     browser.get(f"{platform['console']}/accounts/{ACCOUNT}")
     before, points = card(browser, "Available"), chart_points(browser)
     grant_form(browser, "1,234,567")
-    browser.find_element(By.XPATH, "//button[text()='Grant credits']").click()
+    submit(browser, browser.find_element(By.XPATH, "//button[text()='Grant credits']"))
     assert "Granted 1,234,567 credits" in text(browser)
     assert card(browser, "Available") == before + 1_234_567
     assert chart_points(browser) == points + 1
@@ -245,7 +259,7 @@ def test_sign_out_and_be_refused(platform: dict[str, Any], browser: webdriver.Ch
     browser.get(f"{platform['console']}/accounts")
     copied = browser.get_cookie("tollgate_console")
     assert copied is not None
-    browser.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    submit(browser, browser.find_element(By.XPATH, "//button[text()='Sign out']"))
     assert "/console/login" in browser.current_url and "Signed out." in text(browser)
     browser.get(f"{platform['console']}/accounts/{ACCOUNT}")
     assert "/console/login" in browser.current_url
