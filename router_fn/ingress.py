@@ -368,6 +368,9 @@ class Ingress:
                     busy.append(failure.retry_after)
                 excluded = excluded | {candidate.cluster}
                 metrics.FAILOVERS.labels(candidate.tier).inc()
+            except BaseException:  # an unfinished request counted for ever would fill a cluster
+                sent.end()
+                raise
 
     def _decide(
         self,
