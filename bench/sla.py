@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from events.quote import Quote  # noqa: E402
-from router_fn.policy import Decision, NoRoute, RouteRequest, decide  # noqa: E402
+from router_fn.policy import AllFull, Decision, NoRoute, RouteRequest, decide  # noqa: E402
 from router_fn.tierstate import (  # noqa: E402
     COLD_SAMPLES,
     ClusterState,
@@ -107,7 +107,7 @@ QUOTES = {
 PLANS = {
     "edge-critical": PlanSpec("edge-critical", latency_target_ms=20),
     "interactive": PlanSpec("interactive", latency_target_ms=150),
-    "batch": PlanSpec("batch"),
+    "batch": PlanSpec("batch", max_queue_wait_ms=None),  # waits for the cheapest
 }
 TOPOLOGY = Topology(
     CLUSTERS, {k: m.spec for k, m in MODELS.items()}, QUOTES, PLANS, Warming(900, 600)
@@ -272,7 +272,11 @@ class World:
                 ep.settle(now)
                 running = len(ep.free)
                 queued = sum(1 for s in ep.pending if s > now)
-                load = Load(queued, max(running - queued, 0), ep.warm(now), None, now)
+                # The tier's slots as replicas of one request each (the models' concurrency).
+                replicas = CAPACITY[c.tier]
+                load = Load(
+                    queued, max(running - queued, 0), ep.warm(now), None, now, None, replicas
+                )
                 cold = ColdStarts(tuple(ep.samples)) if ep.samples else None
                 endpoints[m] = Endpoint(Health(True, 0, now), load, cold)
             window = self.degraded_at(c.name, now)
@@ -400,7 +404,7 @@ def run(name: str, router: Router, requests: list[Request], seed: int) -> Outcom
     for req in requests:
         try:
             cluster = router(req, world)
-        except NoRoute:
+        except (NoRoute, AllFull):  # refused: not served
             continue
         ttft, cost = world.serve(req, cluster)
         if isinstance(router, LatencyOnly):

@@ -34,7 +34,7 @@ class RouteDecisionRecord(ActivityRecord):
     request_id: str = Field(max_length=64)
     account_id: str = Field(max_length=64)
     model: str = Field(max_length=128)
-    outcome: Literal["routed", "no_route"]
+    outcome: Literal["routed", "no_route", "full"]  # full: refused, every cluster at capacity
     cluster: str | None = Field(default=None, max_length=64)
     tier: str | None = Field(default=None, max_length=64)
     reason: str = Field(max_length=MAX_TEXT)  # x-tollgate-route-reason, or why no tier could

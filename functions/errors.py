@@ -91,6 +91,14 @@ class Conflict(FunctionError):
     type = INVALID_REQUEST
 
 
+class TooManyRequests(FunctionError):
+    """Over capacity now; ``headers`` should carry Retry-After (the openai client honours it)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    type = "rate_limit_error"
+
+
 class Unavailable(FunctionError):
     status = 503
     code = "unavailable"

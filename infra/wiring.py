@@ -77,18 +77,7 @@ def topology(
         for c in template.clusters
     )
     hosted = {m for c in clusters for m in c.infer_urls}
-    models = {
-        m.name: ModelSpec(
-            m.name,
-            m.served_name,
-            m.parameters,
-            m.context_length,
-            cold_start_ms=m.cold_start_ms,
-            warm_for_s=template.warm_for_s(m),
-        )
-        for m in template.models
-        if m.name in hosted
-    }
+    models = {m.name: _model_spec(template, m, local) for m in template.models if m.name in hosted}
     reasons = {**(unserved or {})}
     for m in template.models:
         if m.name not in hosted:
@@ -105,6 +94,7 @@ def topology(
             residency=frozenset(p.residency),
             max_parameters=getattr(p, "max_parameters", None),
             per_engine_second=p.kind == "perSecond",
+            max_queue_wait_ms=None if p.max_queue_wait_ms == "unbounded" else p.max_queue_wait_ms,
         )
         for p in template.plans
     }
@@ -150,6 +140,23 @@ def price_book(template: Template) -> PriceBook:
             )
             for v in template.price_book.versions
         ),
+    )
+
+
+def _model_spec(template: Template, model: Model, local: bool) -> ModelSpec:
+    """A hosted model (validated: then an infer function serves it), scaled as its infer
+    service is: the router counts its slots. `tollgate up` runs one infer process per tier,
+    which never adds replicas."""
+    serving = template.infer_serving(model)
+    return ModelSpec(
+        model.name,
+        model.served_name,
+        model.parameters,
+        model.context_length,
+        cold_start_ms=model.cold_start_ms,
+        warm_for_s=template.warm_for_s(model),
+        concurrency=serving.concurrency,
+        max_replicas=1 if local else serving.max_scale,
     )
 
 

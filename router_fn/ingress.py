@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from functions.errors import (
     Forbidden,
     FunctionError,
     NotFound,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -51,10 +53,20 @@ from functions.validation import validate
 from router_fn import metrics
 from router_fn.capabilities import mint
 from router_fn.hints import parse_hints
+from router_fn.inflight import InFlightRequests, Sent
 from router_fn.latency import LatencyPromise, Served
 from router_fn.ledger_client import LedgerClient
 from router_fn.owed import Owed, Relayed
-from router_fn.policy import Candidate, Decision, NoRoute, RouteRequest, decide, reason_header
+from router_fn.policy import (
+    ALL_FULL,
+    AllFull,
+    Candidate,
+    Decision,
+    NoRoute,
+    RouteRequest,
+    decide,
+    reason_header,
+)
 from router_fn.relay import StreamRelay
 from router_fn.tierstate import TierStates
 from router_fn.topology import ModelSpec, PlanSpec, Topology
@@ -95,6 +107,11 @@ class Attempt:
     first: bytes  # its first chunk (a whole response: all of it), read before answering
     started: float  # time.monotonic() when infer was called
     capability: str  # what infer was called with; the ingress's own metering carries it too
+    sent: Sent  # counted in this ingress's in-flight requests until the response ends
+
+    def close(self) -> None:
+        self.upstream.close()
+        self.sent.end()
 
 
 class Ingress:
@@ -126,6 +143,9 @@ class Ingress:
         self.sleep = sleep
         self.latency = latency
         self._callers: TTLCache[str, Caller] = TTLCache(AUTH_CACHE_S)
+        self.in_flight = InFlightRequests()
+        # Deciding and counting the choice are one step, so concurrent requests see each other.
+        self._routing = threading.Lock()
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy lookups from the environment per request
         # One pool per host: 2 cores serve few concurrent upstreams; keep them alive.
@@ -195,9 +215,11 @@ class Ingress:
             attempt, decision = self._attempt(
                 priced, endpoint, caller, route, forward, request_id, started, bool(parsed.stream)
             )
-        except Unavailable as exc:
-            if exc.code == "no_feasible_tier":
-                self._record(request_id, caller, route, None, exc.message)
+        except (Unavailable, TooManyRequests) as exc:
+            if exc.code in ("no_feasible_tier", ALL_FULL):
+                self._record(
+                    request_id, caller, route, None, exc.message, full=exc.code == ALL_FULL
+                )
             raise
         self._record(request_id, caller, route, decision, reason_header(decision))
         metrics.REQUESTS.labels(attempt.candidate.tier, "ok").inc()
@@ -209,13 +231,15 @@ class Ingress:
             )
             relayed = self._relay(attempt, relay, model.served_name)
         if self.latency is None:
-            return _whole(attempt, headers) if relayed is None else _streamed(relayed, headers)
+            if relayed is None:
+                return _whole(attempt, headers)
+            return _streamed(relayed, headers, attempt)
         first_token = FirstToken(started)
         if relayed is None:
             first_token.whole(attempt.upstream.headers)
             response = _whole(attempt, headers)
         else:
-            response = _streamed(first_token.watch(b"", relayed), headers)
+            response = _streamed(first_token.watch(b"", relayed), headers, attempt)
         served = Served(
             caller.account_id,
             caller.plan,
@@ -237,6 +261,8 @@ class Ingress:
         route: RouteRequest,
         decision: Decision | None,
         reason: str,
+        *,
+        full: bool = False,
     ) -> None:
         if self.decisions is None:
             return
@@ -244,7 +270,7 @@ class Ingress:
             request_id=request_id,
             account_id=caller.account_id,
             model=route.model.served_name,
-            outcome="no_route" if decision is None else "routed",
+            outcome="routed" if decision is not None else "full" if full else "no_route",
             cluster=None if decision is None else decision.cluster,
             tier=None if decision is None else decision.tier,
             reason=clip(reason),
@@ -308,15 +334,25 @@ class Ingress:
         voided and, once the ledger took the void, the next feasible cluster tried."""
         excluded: frozenset[str] = frozenset()
         failures: list[str] = []
+        busy: list[int] = []  # Retry-After of the clusters that refused for capacity
         while True:
-            decision = self._decide(priced, replace(route, exclude=excluded), caller, failures)
+            decision, sent = self._decide(
+                priced, replace(route, exclude=excluded), caller, failures, busy
+            )
             candidate = decision.chosen
-            hold, quote = self._authorize(priced, route, caller, candidate, request_id)
+            try:
+                hold, quote = self._authorize(priced, route, caller, candidate, request_id)
+            except BaseException:
+                sent.end()
+                raise
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             try:
-                attempt = self._call(endpoint, candidate, hold, quote, caller, forward, stream)
+                attempt = self._call(
+                    endpoint, candidate, hold, quote, caller, forward, stream, sent
+                )
                 return attempt, decision
             except _AttemptFailed as failure:
+                sent.end()
                 failures.append(f"{candidate.cluster}: {failure}")
                 voided = self.owed.void(hold, str(failure))
                 if failure.final is not None:
@@ -328,24 +364,48 @@ class Ingress:
                         "retry shortly",
                         code="ledger_unavailable",
                     ) from None
+                if failure.retry_after is not None:
+                    busy.append(failure.retry_after)
                 excluded = excluded | {candidate.cluster}
                 metrics.FAILOVERS.labels(candidate.tier).inc()
+            except BaseException:  # an unfinished request counted for ever would fill a cluster
+                sent.end()
+                raise
 
     def _decide(
-        self, priced: Topology, route: RouteRequest, caller: Caller, failures: list[str]
-    ) -> Decision:
+        self,
+        priced: Topology,
+        route: RouteRequest,
+        caller: Caller,
+        failures: list[str],
+        busy: list[int],
+    ) -> tuple[Decision, Sent]:
+        """The decision, counted at once in this ingress's in-flight requests to the chosen
+        cluster (as arriving after the emulated RTT, when the infer function sees it)."""
+        live = self.states.snapshot()
         try:
-            decision = decide(route, priced, self.states.snapshot(), caller.plan)
-            if self.latency is not None:
-                self.latency.wake(decision)
-            return decision
+            with self._routing:
+                decision = decide(route, priced, live, caller.plan, in_flight=self.in_flight.view())
+                cluster = priced.cluster(decision.cluster)
+                arrives_in = cluster.rtt_ms / 1000 if cluster.emulated else 0.0
+                sent = self.in_flight.begin(cluster.name, route.model.name, arrives_in)
+        except AllFull as exc:
+            metrics.REQUESTS.labels("none", "full").inc()
+            raise _too_busy(str(exc), exc.retry_after_s, exc.waits) from exc
         except NoRoute as exc:
+            detail = "; ".join([*failures, str(exc)])
+            if busy and exc.retryable:  # some cluster is only busy: worth retrying soon
+                metrics.REQUESTS.labels("none", "full").inc()
+                raise _too_busy(f"no tier can take this request now: {detail}", min(busy)) from exc
             metrics.REQUESTS.labels("none", "no_route").inc()
             raise Unavailable(
-                f"no tier can serve this request: {'; '.join([*failures, str(exc)])}",
+                f"no tier can serve this request: {detail}",
                 code="no_feasible_tier",
                 rejected=exc.rejected,
             ) from exc
+        if self.latency is not None:
+            self.latency.wake(decision)
+        return decision, sent
 
     def _authorize(
         self,
@@ -388,6 +448,7 @@ class Ingress:
         caller: Caller,
         forward: dict[str, Any],
         stream: bool,
+        sent: Sent,
     ) -> Attempt:
         cluster = self.topology.cluster(candidate.cluster)
         if cluster.emulated:
@@ -416,7 +477,10 @@ class Ingress:
         if upstream.status_code >= 500 or upstream.status_code == 429:
             text = upstream.text[:300]
             upstream.close()
-            raise _AttemptFailed(f"answered {upstream.status_code}: {text}", capability)
+            retry_after = _retry_after(upstream) if upstream.status_code == 429 else None
+            raise _AttemptFailed(
+                f"answered {upstream.status_code}: {text}", capability, retry_after=retry_after
+            )
         if upstream.status_code >= 400:
             # The request itself is wrong (e.g. longer than the context): no tier would take it.
             error = _upstream_error(upstream)
@@ -430,7 +494,7 @@ class Ingress:
             upstream.close()
             where = "before the first byte" if stream else "before its whole answer arrived"
             raise _AttemptFailed(f"failed {where} ({exc.__class__.__name__})", capability) from exc
-        return Attempt(candidate, hold, quote, upstream, chunks, first, started, capability)
+        return Attempt(candidate, hold, quote, upstream, chunks, first, started, capability, sent)
 
     def _relay(self, attempt: Attempt, relay: StreamRelay, model: str) -> Iterator[bytes]:
         """Stream the upstream's events through; closing (client gone) closes the upstream, so
@@ -453,7 +517,7 @@ class Ingress:
         except requests.RequestException as exc:
             log.warning("upstream %s broke mid-stream: %s", attempt.candidate.cluster, exc)
         finally:
-            attempt.upstream.close()
+            attempt.close()
         if relay.usage is not None:
             hold, candidate = attempt.hold, attempt.candidate
             self.owed.relayed(
@@ -511,10 +575,35 @@ class _AttemptFailed(Exception):
     """An attempt that produced no output. ``final`` set: answer it, do not fail over.
     ``capability``: the attempt's, which its refund carries."""
 
-    def __init__(self, reason: str, capability: str, final: FunctionError | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        capability: str,
+        final: FunctionError | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(reason)
         self.capability = capability
         self.final = final
+        self.retry_after = retry_after  # set: refused for capacity (429), retry after this long
+
+
+def _retry_after(upstream: requests.Response) -> int:
+    """An upstream 429's Retry-After in seconds (1 when it gives none, or a date)."""
+    value = upstream.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def _too_busy(
+    message: str, retry_after_s: int, waits: dict[str, int] | None = None
+) -> FunctionError:
+    """429 with Retry-After, which the official openai client waits out and retries."""
+    return TooManyRequests(
+        message,
+        code=ALL_FULL,
+        headers={"Retry-After": str(retry_after_s)},
+        queue_wait_ms=waits,
+    )
 
 
 def _read_request(endpoint: Endpoint) -> tuple[dict[str, Any], ChatRequest | CompletionRequest]:
@@ -544,18 +633,21 @@ def _route_request(model: ModelSpec, parsed: ChatRequest | CompletionRequest) ->
     )
 
 
-def _streamed(events: Iterator[bytes], headers: dict[str, str]) -> Response:
-    return Response(
+def _streamed(events: Iterator[bytes], headers: dict[str, str], attempt: Attempt) -> Response:
+    response = Response(
         events,
         status=200,
         mimetype="text/event-stream",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # A client gone before the stream started never runs the relay's own cleanup.
+    response.call_on_close(attempt.close)
+    return response
 
 
 def _whole(attempt: Attempt, headers: dict[str, str]) -> Response:
     payload = attempt.first
-    attempt.upstream.close()
+    attempt.close()
     headers.update(_charges(attempt, payload))
     return Response(payload, status=200, mimetype="application/json", headers=headers)
 

@@ -6,22 +6,32 @@
    the prompt fits the model's context, the price book prices the model on that tier, and its
    infer function is not known to be unhealthy. Each infeasible cluster gets its reason.
 2. Predicted time to first token (ms), what a latency budget promises (events/sla.py) = RTT +
-   queue wait + cold start if the model is not warm there + prefill. Queue wait = queue depth x
-   service time / running requests (the slots draining the queue); service time = the request's
-   completion tokens (max_tokens, else a default) at the observed tokens/s, else a default
-   speed. Prefill = the prompt at the prefill speed learned from the endpoint's answers (else
-   the configured default, none by default). Warm or cold is judged from fresh evidence only: a
+   queue wait + cold start if the model is not warm there + prefill. The queue wait
+   (``_queue_wait_ms``) is the time until a slot takes the request: none while the cluster has a
+   free slot (replicas x concurrency, the model's containerConcurrency); else until the running
+   requests free one (the requests ahead drained by the slots), or, if the cluster may add
+   replicas (maxScale), until a new replica has cold-started, whichever comes first. The load is
+   what the prober last saw (running, queued, replicas) corrected by this ingress's own requests
+   (``in_flight``): those sent since count, those finished since do not, so a burst spreads
+   before the next probe. Service time = the request's completion tokens (max_tokens, else a
+   default) at the observed tokens/s, else a default speed. Prefill = the prompt at the prefill
+   speed learned from the endpoint's answers (else the configured default, none by default).
+   Warm or cold is judged from fresh evidence only: a
    fresh probe, else an answer more recent than the model's keep-warm time (Knative's
    scale-down delay); no evidence reads as cold with an empty queue: scale-to-zero services are
    cold unless seen warm. A cold start costs the learned estimate (a high percentile of the
    endpoint's recent measured loads, else of the model's elsewhere), else the template's prior,
    else a size-based guess.
-3. Rank: with a latency budget (the hint, else the plan's target), clusters meeting it first,
+3. Full: a cluster whose queue wait exceeds the plan's maximum (``max_queue_wait_ms``; None is
+   unbounded) ranks after every cluster that is not (work-conserving: a dearer cluster that can
+   start the request sooner serves it); when all are full the request is refused (``AllFull``,
+   a 429 with Retry-After), never queued beyond what its plan allows.
+4. Rank: with a latency budget (the hint, else the plan's target), clusters meeting it first,
    cheapest first (the price book's rate for this request), then fastest; if none meets it, the
    fastest. Without a budget, cheapest then fastest. A degraded cluster goes last for a request
    with a budget while a non-degraded feasible one exists; otherwise it ranks as usual. Names
    break every tie, so the same inputs always give the same decision.
-4. Wake: when a cluster that is not warm would meet the budget were it warm, and another cluster
+5. Wake: when a cluster that is not warm would meet the budget were it warm, and another cluster
    serves the request, the decision names it to be woken (the best such one), so the requests
    that follow meet the budget instead of the cold tier never warming (the caller wakes it
    asynchronously, never on this request's path).
@@ -29,16 +39,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from events.openai import DEFAULT_MAX_TOKENS
 from router_fn.tierstate import ClusterState, Endpoint, Load
-from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
+from router_fn.topology import (
+    DEFAULT_MAX_QUEUE_WAIT_MS,
+    ClusterSpec,
+    ModelSpec,
+    PlanSpec,
+    Topology,
+)
 
 MAX_HEADER = 299
+MAX_RETRY_AFTER_S = 60  # the official openai client honours a Retry-After up to a minute
+ALL_FULL = "all_clusters_full"  # the error code of the 429 that refuses a request as AllFull
 _EMPTY = ClusterState("")
+_NEVER = 2**62  # a wait no slot will end (no replica may run): beyond any plan's maximum
+
+# (cluster, model) -> this ingress's requests there: (arrived, finished or None), epoch seconds
+InFlight = Mapping[tuple[str, str], Sequence[tuple[float, float | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +78,8 @@ class PolicyConfig:
     cold_start_ms_per_billion: int = 4000
     # Completion tokens assumed when the request does not bound them (price and service time).
     completion_tokens: int = DEFAULT_MAX_TOKENS
+    # The longest a request without a plan may queue for a slot (None: unbounded).
+    max_queue_wait_ms: int | None = DEFAULT_MAX_QUEUE_WAIT_MS
 
 
 DEFAULT_CONFIG = PolicyConfig()
@@ -82,6 +108,8 @@ class Candidate(NamedTuple):  # a tuple: built per cluster per request, cheaper 
     degraded: bool
     price: int  # micro-credits of this request at the tier's rate (for ordering only)
     cold_ms: int = 0  # the cold start inside predicted_ms (0: seen warm)
+    queue_wait_ms: int = 0  # the predicted wait for a slot inside predicted_ms
+    full: bool = False  # the queue wait exceeds the plan's maximum
 
 
 class Decision(NamedTuple):
@@ -123,13 +151,38 @@ class NoRoute(Exception):
         super().__init__(f"no feasible cluster for {model}: {detail}")
 
 
+class AllFull(Exception):
+    """Every feasible cluster would queue the request longer than its plan allows: refuse it
+    now (429) rather than queue it; ``retry_after_s`` is when the shortest queue should be back
+    within the limit."""
+
+    def __init__(self, model: str, waits: Mapping[str, int], max_wait_ms: int) -> None:
+        self.model = model
+        self.waits = dict(waits)  # cluster -> predicted queue wait (ms)
+        self.max_wait_ms = max_wait_ms
+        over = min(waits.values()) - max_wait_ms
+        self.retry_after_s = max(1, min(MAX_RETRY_AFTER_S, math.ceil(over / 1000)))
+        super().__init__(model)
+
+    def __str__(self) -> str:  # written when asked: a refusal is on the hot path
+        detail = ", ".join(f"{c} {w} ms" for c, w in sorted(self.waits.items()))
+        return (
+            f"every cluster serving {self.model} is full: predicted queue wait ({detail}) "
+            f"exceeds your plan's {self.max_wait_ms} ms"
+        )
+
+
 def decide(
     request: RouteRequest,
     topology: Topology,
     live: Mapping[str, ClusterState],
     plan: PlanSpec | None,
     config: PolicyConfig = DEFAULT_CONFIG,
+    in_flight: InFlight | None = None,
 ) -> Decision:
+    """``in_flight``: this ingress's requests per (cluster, model), unfinished or finished
+    lately; they correct the prober's last look (``_unseen``). Raises NoRoute when no cluster
+    can serve the request, AllFull when every one that can would queue it too long."""
     budget = request.latency_budget_ms
     if budget is None and plan is not None:
         budget = plan.latency_target_ms
@@ -137,8 +190,18 @@ def decide(
     if request.roaming is not None:
         allowed = request.roaming if allowed is None else allowed & request.roaming
     completion = request.max_tokens if request.max_tokens is not None else config.completion_tokens
+    max_wait = plan.max_queue_wait_ms if plan is not None else config.max_queue_wait_ms
     ranked, suspect, rejected, retryable, unknown_load = _survey(
-        request, topology, live, plan, config, allowed, budget, completion
+        request,
+        topology,
+        live,
+        plan,
+        config,
+        allowed,
+        budget,
+        completion,
+        in_flight or {},
+        max_wait,
     )
     panic = not ranked and bool(suspect)
     if panic:
@@ -149,10 +212,13 @@ def decide(
         rejected = {c: why for c, why in rejected.items() if c not in {s.cluster for s in suspect}}
     if not ranked:
         raise NoRoute(request.model.name, rejected, retryable=retryable)
+    if max_wait is not None and all(c.full for c in ranked):
+        raise AllFull(request.model.name, {c.cluster: c.queue_wait_ms for c in ranked}, max_wait)
 
     avoid_degraded = budget is not None and any(not c.degraded for c in ranked)
     ranked.sort(
         key=lambda c: (
+            c.full,
             avoid_degraded and c.degraded,
             not c.meets_budget,
             c.price if c.meets_budget else 0,
@@ -178,6 +244,7 @@ def decide(
         rejected=rejected,
         reasons=(
             reasons[0],
+            *_full(ranked, max_wait),
             *(_woken(c, chosen) for c in wake),
             *(["every feasible cluster probed unhealthy: trying them anyway"] if panic else []),
             *reasons[1:],
@@ -196,8 +263,11 @@ def _survey(
     allowed: frozenset[str] | None,
     budget: int | None,
     completion: int,
+    in_flight: InFlight,
+    max_wait: int | None,
 ) -> tuple[list[Candidate], list[Candidate], dict[str, str], bool, set[str]]:
-    """Every cluster, either a candidate with its predicted latency and price, or rejected:
+    """Every cluster, either a candidate with its predicted latency, queue wait and price, or
+    rejected:
     the candidates (in topology order), the candidates rejected only because probes call them
     unhealthy, the rejected clusters with why, whether a rejection may not last (health, an
     earlier failure of this request), and the candidates whose load is unknown (never
@@ -230,11 +300,16 @@ def _survey(
         if endpoint.load is None:
             unknown_load.add(cluster.name)
         cold = 0 if _warm(endpoint, model) else _cold_start_ms(model, cluster.name, live, config)
+        sent = in_flight.get((cluster.name, model.name)) if in_flight else None
+        wait = _queue_wait_ms(
+            model,
+            endpoint.load,
+            _unseen(sent, endpoint.load) if sent else 0,
+            _service_ms(endpoint.load, service_ms, completion),
+            partial(_cold_start_ms, model, cluster.name, live, config),
+        )
         predicted = (
-            cluster.rtt_ms
-            + _delay_ms(endpoint.load, service_ms, completion)
-            + cold
-            + _prefill_ms(endpoint, request.prompt_tokens, config)
+            cluster.rtt_ms + wait + cold + _prefill_ms(endpoint, request.prompt_tokens, config)
         )
         quote = topology.quotes[(model.name, cluster.tier)]
         if per_second:
@@ -254,16 +329,11 @@ def _survey(
                 bool(state.degradations),
                 price,
                 cold,
+                wait,
+                max_wait is not None and wait > max_wait,
             )
         )
     return feasible, suspect, rejected, retryable, unknown_load
-
-
-def _delay_ms(load: Load | None, service_ms: int, completion: int) -> int:
-    """The predicted queue wait (unknown load: an empty queue)."""
-    if load is None or load.queue_depth <= 0:
-        return 0
-    return _wait_ms(load, service_ms, completion)
 
 
 def _reasons(
@@ -335,12 +405,69 @@ def _infeasible(
     return None
 
 
-def _wait_ms(load: Load, service_ms: int, completion_tokens: int) -> int:
-    """Requests queue only when every slot is busy, so ``running`` is the parallelism: the
-    queue drains ``running`` requests per service time."""
-    if load.tokens_per_second:  # the observed speed beats the default
-        service_ms = int(completion_tokens * 1000 / load.tokens_per_second)
-    return load.queue_depth * service_ms // max(1, load.running)
+def _service_ms(load: Load | None, default_ms: int, completion_tokens: int) -> int:
+    """How long one request holds a slot: its completion at the observed speed, else the
+    default speed's ``default_ms``."""
+    if load is not None and load.tokens_per_second:  # the observed speed beats the default
+        return int(completion_tokens * 1000 / load.tokens_per_second)
+    return default_ms
+
+
+def _unseen(sent: Sequence[tuple[float, float | None]], load: Load | None) -> int:
+    """What the prober's last look missed of this ingress's requests: those in flight that
+    arrived after it (all in flight, when the load is unknown), less those it counted that have
+    finished since."""
+    seen = load.updated_at if load is not None else None
+    unseen = 0
+    for at, finished in sent:
+        if finished is None:
+            unseen += seen is None or at > seen
+        elif seen is not None and at <= seen < finished:
+            unseen -= 1
+    return unseen
+
+
+def _queue_wait_ms(
+    model: ModelSpec,
+    load: Load | None,
+    unseen: int,
+    service_ms: int,
+    scale_up_ms: Callable[[], int],
+) -> int:
+    """How long a request sent now waits for a slot. Slots now: ``running`` while requests are
+    queued (every slot is busy), else ready replicas x the model's concurrency (a probed
+    endpoint that does not report replicas is one). None free: the requests ahead drain through
+    those slots; if the cluster may add replicas (maxScale), the new ones take requests after a
+    cold start (``scale_up_ms``; none when scaling from zero, whose cold start the caller counts
+    as the endpoint's own) and all the slots drain what is left: the sooner of the two."""
+    running = load.running if load is not None else 0
+    in_flight = max(0, running + unseen + (load.queue_depth if load is not None else 0))
+    if load is None:
+        slots = 0
+    elif load.queue_depth > 0:
+        slots = running
+    else:
+        slots = (1 if load.replicas is None else load.replicas) * model.concurrency
+    if in_flight < slots:
+        return 0
+    drained = _drain_ms(in_flight, slots, service_ms)
+    most = model.max_replicas * model.concurrency
+    if slots >= most:
+        return drained
+    rest = _drain_ms(in_flight, most, service_ms)
+    if drained <= rest:  # draining wins whatever a cold start costs: skip estimating it
+        return drained
+    return min(drained, (scale_up_ms() if slots else 0) + rest)
+
+
+def _drain_ms(in_flight: int, slots: int, service_ms: int) -> int:
+    """Until ``slots`` busy with ``in_flight`` requests take one more: the requests beyond the
+    slots, and this one, each hold a slot for a service time."""
+    if in_flight < slots:
+        return 0
+    if slots == 0:
+        return _NEVER
+    return (in_flight - slots + 1) * service_ms // slots
 
 
 def _warm(endpoint: Endpoint, model: ModelSpec) -> bool:
@@ -402,6 +529,7 @@ def _to_wake(
         c
         for c in ranked[1:]
         if c.cold_ms
+        and not c.full
         and c.predicted_ms - c.cold_ms <= budget
         and not (avoid_degraded and c.degraded)
     ]
@@ -423,7 +551,7 @@ def _why_chosen(chosen: Candidate, ranked: list[Candidate], budget: int | None) 
     predicted = f"predicted {chosen.predicted_ms} ms"
     if budget is not None and not chosen.meets_budget:
         return head + f"fastest ({predicted}), none meets {budget} ms budget"
-    rivals = [c for c in ranked[1:] if c.meets_budget]
+    rivals = [c for c in ranked[1:] if c.meets_budget and not c.full]
     if not rivals:
         price = "only one in budget" if budget is not None else "only feasible"
     elif chosen.price < min(c.price for c in rivals):
@@ -435,6 +563,17 @@ def _why_chosen(chosen: Candidate, ranked: list[Candidate], budget: int | None) 
     if budget is None:
         return head + f"no latency budget ({predicted}), {price}"
     return head + f"meets {budget} ms budget ({predicted}), {price}"
+
+
+def _full(ranked: list[Candidate], max_wait: int | None) -> list[str]:
+    """Each full cluster, and whether a dearer one was chosen because of it."""
+    chosen = ranked[0]
+    return [
+        f"{c.cluster} full (queue {c.queue_wait_ms} ms > {max_wait} ms max)"
+        + (f": chose dearer {chosen.cluster}" if c.price < chosen.price else "")
+        for c in ranked
+        if c.full
+    ]
 
 
 def size(parameters: int) -> str:

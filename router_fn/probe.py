@@ -32,6 +32,7 @@ class Sample:
     warm: bool
     cold_start_ms: int | None
     tokens_per_second: float | None
+    replicas: int | None = None  # ready replicas, from something balancing over several
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ def parse_metrics(text: str) -> Sample:
     cold_count = values.get(PREFIX + "cold_start_seconds_count", 0.0)
     cold_sum = values.get(PREFIX + "cold_start_seconds_sum", 0.0)
     tps = values.get(PREFIX + "tokens_per_second")
+    replicas = values.get(PREFIX + "replicas")
     return Sample(
         queue_depth=int(values[PREFIX + "queue_depth"]),
         running=int(values[PREFIX + "running"]),
@@ -65,6 +67,7 @@ def parse_metrics(text: str) -> Sample:
         # The mean of this process's cold starts: what its next one will likely cost.
         cold_start_ms=round(cold_sum * 1000 / cold_count) if cold_count else None,
         tokens_per_second=tps if tps else None,
+        replicas=None if replicas is None else int(replicas),
     )
 
 
@@ -130,6 +133,7 @@ class Prober:
                 warm=s.warm,
                 cold_start_ms=s.cold_start_ms,
                 tokens_per_second=s.tokens_per_second,
+                replicas=s.replicas,
             )
         if result.ok:
             self.states.report_health(result.cluster, result.model, True)

@@ -53,11 +53,20 @@ from functions.app import Handler
 from functions.app import create_app as create_function_app
 from functions.auth.senders import Senders
 from functions.cloudevent import Incoming, Reply
-from functions.errors import BadRequest, FunctionError, NotFound, Unavailable
+from functions.errors import BadRequest, FunctionError, NotFound, TooManyRequests, Unavailable
 from functions.store import Store
 from functions.validation import validate
 from router_fn.network_acts import NetworkActs
-from router_fn.policy import DEFAULT_CONFIG, Decision, NoRoute, PolicyConfig, RouteRequest, decide
+from router_fn.policy import (
+    ALL_FULL,
+    DEFAULT_CONFIG,
+    AllFull,
+    Decision,
+    NoRoute,
+    PolicyConfig,
+    RouteRequest,
+    decide,
+)
 from router_fn.tierstate import TierStates
 from router_fn.tierview import tiers_view
 from router_fn.topology import Topology
@@ -129,6 +138,13 @@ def create_app(
         except NoRoute as exc:
             error = Unavailable if exc.retryable else Unroutable
             raise error(str(exc), rejected=exc.rejected) from exc
+        except AllFull as exc:  # at capacity now: worth asking again after Retry-After
+            raise TooManyRequests(
+                str(exc),
+                code=ALL_FULL,
+                headers={"Retry-After": str(exc.retry_after_s)},
+                queue_wait_ms=exc.waits,
+            ) from exc
         return Reply(types.ROUTE_DECIDED, decided(decision), subject=decision.cluster)
 
     def known(cluster: str) -> str:

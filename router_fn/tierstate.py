@@ -53,6 +53,9 @@ class Load:
     cold_start_ms: int | None  # the last observed load-on-demand time; None: never seen
     updated_at: float
     tokens_per_second: float | None = None
+    # Ready replicas behind the endpoint, when it says (an activator balancing over several;
+    # a Knative pod's own metrics describe that pod only): None reads as one.
+    replicas: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,7 @@ class TierStates:
         warm: bool,
         cold_start_ms: int | None = None,
         tokens_per_second: float | None = None,
+        replicas: int | None = None,
     ) -> Load:
         """Record a load observation; a cold-start time is kept until a newer one is seen."""
         now = self.clock()
@@ -231,6 +235,7 @@ class TierStates:
                 "warm": warm,
                 "cold_start_ms": kept,
                 "tokens_per_second": tokens_per_second,
+                "replicas": replicas,
                 "updated_at": now,
             }
 
@@ -346,6 +351,7 @@ def _load(data: dict[str, Any]) -> Load:
         cold_start_ms=data.get("cold_start_ms"),
         updated_at=data["updated_at"],
         tokens_per_second=data.get("tokens_per_second"),
+        replicas=data.get("replicas"),
     )
 
 

@@ -49,6 +49,7 @@ def _endpoint(endpoint: Endpoint) -> dict[str, Any]:
         "warm": None if load is None else load.warm,
         "queue_depth": None if load is None else load.queue_depth,
         "running": None if load is None else load.running,
+        "replicas": None if load is None else load.replicas,
         "cold_start_ms": None if load is None else load.cold_start_ms,
         "load_updated_at": None if load is None else _iso(load.updated_at),
         # What the router learned: the cold-start estimate it routes by (a high percentile of

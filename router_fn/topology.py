@@ -11,6 +11,10 @@ from dataclasses import dataclass, field, replace
 from events.prices import PriceBook
 from events.quote import Quote
 
+# How long a request may wait for a slot in a cluster's queue when its plan does not say: about
+# what an interactive user tolerates before the first token.
+DEFAULT_MAX_QUEUE_WAIT_MS = 1000
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -22,6 +26,10 @@ class ModelSpec:
     # How long an infer function stays loaded after it last served (Knative's scale-down delay):
     # a recent answer is evidence it is still warm where no fresher probe says otherwise.
     warm_for_s: int = 0
+    # Its infer service's scaling: requests one replica serves at once (Knative's
+    # containerConcurrency) and the most replicas a cluster runs (maxScale).
+    concurrency: int = 1
+    max_replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class PlanSpec:
     residency: frozenset[str] = frozenset()  # empty: anywhere
     max_parameters: int | None = None
     per_engine_second: bool = False  # priced per engine second instead of per token
+    # The longest a request may queue for a slot; None: unbounded (always the cheapest).
+    max_queue_wait_ms: int | None = DEFAULT_MAX_QUEUE_WAIT_MS
 
 
 @dataclass(frozen=True)

@@ -423,14 +423,11 @@ def infer_service_name(model: Model) -> str:
 def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
     base = t.infer_function()
     assert base is not None  # validated: clusters host models only with an infer function
-    s = m.serving
-    progress = s.progress_deadline or base.progress_deadline
-    concurrency = base.concurrency if s.concurrency is None else s.concurrency
+    serving = t.infer_serving(m)
+    progress = serving.progress_deadline
+    concurrency = serving.concurrency
     annotations = _annotations(
-        base.min_scale if s.min_scale is None else s.min_scale,
-        s.max_scale or base.max_scale,
-        s.scale_down_delay or base.scale_down_delay,
-        progress,
+        serving.min_scale, serving.max_scale, serving.scale_down_delay, progress
     )
     labels = {"tollgate.io/function": INFER, "tollgate.io/model": m.name}
     service = infer_service_name(m)
@@ -444,7 +441,7 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
     env = {
         "TOLLGATE_MODEL_NAME": m.served_name,
         "TOLLGATE_ENGINE": m.engine,
-        "TOLLGATE_CONCURRENCY": str(max(concurrency, 1)),
+        "TOLLGATE_CONCURRENCY": str(concurrency),  # validated: 1 or more
     }
     env |= _loaded_while_up(t, m)
     if m.engine == "llamacpp":

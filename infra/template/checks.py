@@ -26,6 +26,7 @@ def cross_check(t: Template) -> list[Problem]:
         *_per_second_prices(t),
         *_plans(t),
         *_functions(t),
+        *_infer_serving(t),
         *_event_types(t),
         *_eventing(t),
         *_camara(t),
@@ -268,6 +269,31 @@ def _functions(t: Template) -> Iterator[Problem]:
             ("functions",),
             "clusters host models but no 'infer' function is declared to serve them; add one",
         )
+
+
+def _infer_serving(t: Template) -> Iterator[Problem]:
+    """Each hosted model's infer service, its model overrides applied: the router counts its
+    slots (replicas x concurrency), so a replica must take a bounded number of requests
+    (Knative's containerConcurrency 0, unlimited, means nothing to an engine)."""
+    if t.infer_function() is None:
+        return
+    hosted = {m for c in t.clusters for m in c.models}
+    for i, m in enumerate(t.models):
+        if m.name not in hosted:
+            continue
+        serving = t.infer_serving(m)
+        if serving.concurrency < 1:
+            where = "serving" if m.serving.concurrency is not None else "functions[infer]"
+            yield Problem(
+                ("models", i, "serving", "concurrency"),
+                f"{m.name}'s infer service gets concurrency 0 (from {where}): set the requests "
+                "one replica serves at once, 1 or more (e.g. 4 for llamacpp, 32 for vllm)",
+            )
+        if serving.min_scale > serving.max_scale:
+            yield Problem(
+                ("models", i, "serving", "minScale"),
+                f"minScale {serving.min_scale} exceeds maxScale {serving.max_scale}",
+            )
 
 
 def _event_types(t: Template) -> Iterator[Problem]:

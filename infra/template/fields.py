@@ -6,11 +6,11 @@ import contextlib
 import datetime as dt
 import re
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import isodate
 from croniter import croniter
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, PlainValidator
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Knative appends "-00001-deployment-<hash>" to service names; 40 leaves room under 63.
@@ -216,3 +216,22 @@ def _cron(value: str) -> str:
 
 
 Cron = Annotated[str, AfterValidator(_cron)]
+
+
+_LONGEST_QUEUE_WAIT_MS = 3_600_000
+
+
+def _queue_wait(value: Any) -> int | Literal["unbounded"]:
+    if value == "unbounded":
+        return "unbounded"
+    number = isinstance(value, int) and not isinstance(value, bool)
+    if number and 0 <= value <= _LONGEST_QUEUE_WAIT_MS:
+        return value  # type: ignore[no-any-return]
+    raise ValueError(
+        f"{value!r} is not a queue wait: write milliseconds from 0 to {_LONGEST_QUEUE_WAIT_MS} "
+        "(e.g. 1000), or 'unbounded' for batch work that waits for the lowest price"
+    )
+
+
+# A plan's longest wait for a slot: whole milliseconds, or "unbounded".
+MaxQueueWait = Annotated[int | Literal["unbounded"], PlainValidator(_queue_wait)]

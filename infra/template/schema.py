@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
@@ -22,12 +23,14 @@ from infra.template.fields import (
     EventType,
     GoDuration,
     IsoDuration,
+    MaxQueueWait,
     Name,
     Parameters,
     Quantity,
     ScaleDownDelay,
     go_duration_seconds,
 )
+from router_fn.topology import DEFAULT_MAX_QUEUE_WAIT_MS
 
 API_VERSION = "tollgate.io/v1alpha1"
 
@@ -137,6 +140,18 @@ class Serving(_Model):
     concurrency: int | None = Field(default=None, ge=0)
     scale_down_delay: ScaleDownDelay | None = None
     progress_deadline: GoDuration | None = None
+
+
+@dataclass(frozen=True)
+class InferServing:
+    """One model's infer service as Knative runs it: ``functions[infer]``'s settings with the
+    model's ``serving`` overrides applied."""
+
+    min_scale: int
+    max_scale: int
+    concurrency: int  # containerConcurrency: requests one replica serves at once
+    scale_down_delay: str | None
+    progress_deadline: str | None
 
 
 class Model(_Model):
@@ -257,6 +272,10 @@ class _Plan(_Model):
     latency_target_ms: int | None = Field(default=None, ge=1)
     residency: tuple[str, ...] = ()
     sla: Sla | None = None
+    # The longest a request may wait in a cluster's queue for a slot: beyond it the router sends
+    # it to a dearer cluster that can start it sooner, or answers 429 when none can. "unbounded":
+    # always the cheapest cluster, however long the queue (batch work).
+    max_queue_wait_ms: MaxQueueWait = DEFAULT_MAX_QUEUE_WAIT_MS
 
 
 class MonthlyBundle(_Plan):
@@ -501,6 +520,20 @@ class Template(_Model):
 
     def infer_function(self) -> Function | None:
         return next((f for f in self.functions if f.name == "infer"), None)
+
+    def infer_serving(self, model: Model) -> InferServing:
+        """How ``model``'s infer service scales (validated: hosted models have an infer
+        function)."""
+        base = self.infer_function()
+        assert base is not None, "validated: clusters host models only with an infer function"
+        s = model.serving
+        return InferServing(
+            min_scale=base.min_scale if s.min_scale is None else s.min_scale,
+            max_scale=s.max_scale or base.max_scale,
+            concurrency=base.concurrency if s.concurrency is None else s.concurrency,
+            scale_down_delay=s.scale_down_delay or base.scale_down_delay,
+            progress_deadline=s.progress_deadline or base.progress_deadline,
+        )
 
     def warm_for_s(self, model: Model) -> int:
         """How long a model's infer function stays up after its last request on Knative: the

@@ -36,7 +36,7 @@ priceBook:
 functions:
   - {name: settle, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
   - {name: deadletters, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
-  - {name: infer, maxScale: 1, resources: {cpu: 100m, memory: 128Mi}}
+  - {name: infer, maxScale: 1, concurrency: 4, resources: {cpu: 100m, memory: 128Mi}}
 eventing:
   home: lab
   delivery: {retry: 3, backoffDelay: PT1S, deadLetterSink: deadletters}

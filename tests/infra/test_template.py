@@ -431,3 +431,42 @@ def test_a_price_no_per_second_plan_reaches_needs_no_per_second_rate() -> None:
         "inputPerMillion: 8950000, outputPerMillion: 8950000}",
     )
     parse_template(text, "t.yaml")
+
+
+def test_plans_bound_the_queue_wait_and_batch_plans_may_not() -> None:
+    platform = topology(parse_template(TEXT))
+    assert platform.plans["developer"].max_queue_wait_ms == 1000  # the interactive default
+    assert platform.plans["batch"].max_queue_wait_ms is None  # unbounded: the lowest price
+    text = _broken("maxQueueWaitMs: unbounded", "maxQueueWaitMs: forever")
+    _assert_problem(
+        _errors(text),
+        "plans[3].payPerInference.maxQueueWaitMs",
+        _line_of(text, "maxQueueWaitMs: forever"),
+        "'forever' is not a queue wait: write milliseconds from 0 to 3600000 (e.g. 1000), or "
+        "'unbounded' for batch work",
+    )
+    text = _broken("maxQueueWaitMs: unbounded", "maxQueueWaitMs: -5")
+    _assert_problem(
+        _errors(text),
+        "plans[3].payPerInference.maxQueueWaitMs",
+        _line_of(text, "maxQueueWaitMs: -5"),
+        "-5 is not a queue wait",
+    )
+
+
+def test_infer_services_take_a_bounded_number_of_requests_per_replica() -> None:
+    text = _broken("serving: {concurrency: 4, maxScale: 4", "serving: {concurrency: 0, maxScale: 4")
+    _assert_problem(
+        _errors(text),
+        "models[0].serving.concurrency",
+        _line_of(text, "serving: {concurrency: 0"),
+        "smollm2-135m's infer service gets concurrency 0 (from serving)",
+    )
+    parsed = parse_template(TEXT)
+    serving = parsed.infer_serving(parsed.model("smollm2-135m"))
+    assert (serving.concurrency, serving.max_scale, serving.min_scale) == (4, 4, 0)
+    # The router counts the same slots Knative runs: replicas x containerConcurrency.
+    small = topology(parsed).models["smollm2-135m"]
+    assert (small.concurrency, small.max_replicas) == (4, 4)
+    local = topology(parsed, local=True).models["smollm2-135m"]  # one process, never scaled
+    assert (local.concurrency, local.max_replicas) == (4, 1)

@@ -84,8 +84,9 @@ def load(
     warm: bool = True,
     cold_start_ms: int | None = None,
     tps: float | None = None,
+    replicas: int | None = None,
 ) -> Load:
-    return Load(queue, running, warm, cold_start_ms, START, tps)
+    return Load(queue, running, warm, cold_start_ms, START, tps, replicas)
 
 
 def state(

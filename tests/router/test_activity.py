@@ -78,6 +78,24 @@ def test_each_route_decision_is_kept_with_its_reason(
     assert "residency" in latest.reason
 
 
+def test_a_refusal_for_capacity_is_kept_as_full(
+    ingress: tuple[str, str, RecentLog], sqlite_store: Store
+) -> None:
+    url, key, decisions = ingress
+    for cluster in ("edge-a", "regional-b"):  # one slot each, busy, 3 queued
+        TierStates(sqlite_store).report_load(cluster, "tiny", queue_depth=3, running=1, warm=True)
+    served = _chat(url, key)  # 5 tokens: 500 ms of queue, within the 1 s default
+    assert served.status_code == 200
+    body = {"model": "Tiny-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+    auth = {"Authorization": f"Bearer {key}"}
+    refused = requests.post(url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
+    assert refused.status_code == 429  # 20 tokens: 2 s of queue everywhere
+    assert decisions.flush()
+    [latest] = (RouteDecisionRecord.model_validate(r) for r in decisions.read(1))
+    assert latest.outcome == "full" and latest.cluster is None
+    assert "every cluster serving tiny is full" in latest.reason
+
+
 def _network(store: Store, recent: RecentLog) -> Any:
     blueprint = network_events_blueprint(
         Recorder(),

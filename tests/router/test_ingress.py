@@ -4,9 +4,10 @@ that answer as the infer function does (canned, so each failure mode can be chos
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,13 @@ class Upstream:
     ``cut``: a stream that dies after two words (as infer killed mid-stream), a whole answer
     that dies half-way; ``settle-then-503``: settles its hold with the ledger at ``settle_url``
     (as an infer that finished after the ingress gave up: with the attempt's capability, checked
-    with ``keys``, and the tests' sender's token ``bearer``) and answers 503."""
+    with ``keys``, and the tests' sender's token ``bearer``) and answers 503; ``429``: at
+    capacity, with ``retry_after``; ``hold``: one token, then nothing until ``released``."""
 
     mode: str = "ok"
     calls: list[dict[str, Any]] = field(default_factory=list)
+    retry_after: int = 7  # what mode "429" (at capacity) answers
+    released: threading.Event = field(default_factory=threading.Event)  # ends mode "hold"
     settle_url: str | None = None
     keys: CapabilityKeys | None = None
     bearer: dict[str, str] = field(default_factory=dict)
@@ -58,6 +62,12 @@ class Upstream:
             self.calls.append({"body": body, "headers": dict(request.headers)})
             if self.mode == "500":
                 return Response('{"error": {"message": "engine down"}}', status=503)
+            if self.mode == "429":
+                error = {"message": "at capacity", "type": "rate_limit_error", "code": "queue_full"}
+                headers = {"Retry-After": str(self.retry_after)}
+                return Response(json.dumps({"error": error}), status=429, headers=headers)
+            if self.mode == "hold":  # a long generation: one token, then until released
+                return Response(self._held(), mimetype="text/event-stream")
             if self.mode == "400":
                 error = {"message": "prompt too long", "code": "context_length_exceeded"}
                 return Response(json.dumps({"error": error}), status=400)
@@ -91,6 +101,11 @@ class Upstream:
         if options.get("include_usage"):
             last = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3}}
             yield f"data: {json.dumps(last)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def _held(self) -> Iterator[str]:
+        yield f"data: {json.dumps({'choices': [{'delta': {'content': 'Par'}, 'index': 0}]})}\n\n"
+        self.released.wait(30)
         yield "data: [DONE]\n\n"
 
     def _settle(self, token: str) -> None:
@@ -128,19 +143,24 @@ class Platform:
     edge: Upstream
     regional: Upstream
     keys: CapabilityKeys
+    states: TierStates  # the shared live view the ingress routes on (as the prober writes it)
 
 
-MODEL = ModelSpec("tiny", "Tiny-1", 135_000_000, 4096)
+MODEL = ModelSpec("tiny", "Tiny-1", 135_000_000, 4096)  # one replica of one slot per cluster
 
 
-def topology(edge_url: str, regional_url: str) -> Topology:
+def topology(edge_url: str, regional_url: str, *, concurrency: int = 1) -> Topology:
+    """``concurrency``: requests one replica of Tiny-1 takes at once (the router counts them)."""
     clusters = (
         ClusterSpec("edge-a", "edge", "FR", 8, 13 * 10**9, {"tiny": edge_url}),
         ClusterSpec("regional-b", "regional", "FR", 30, 70 * 10**9, {"tiny": regional_url}),
     )
     return Topology(
         clusters,
-        {"tiny": MODEL, "big": ModelSpec("big", "Big-70B", 70 * 10**9, 8192)},
+        {
+            "tiny": replace(MODEL, concurrency=concurrency),
+            "big": ModelSpec("big", "Big-70B", 70 * 10**9, 8192),
+        },
         {("tiny", "edge"): QUOTE, ("tiny", "regional"): CHEAP},
         {"no-tiny": PlanSpec("no-tiny", models=frozenset({"big"}))},
     )
@@ -177,7 +197,9 @@ def platform(
             states=TierStates(sqlite_store),
         )
         url = stack.enter_context(serving(app))
-        yield Platform(url, key, ledger, edge, regional, cap_keys)
+        yield Platform(url, key, ledger, edge, regional, cap_keys, TierStates(sqlite_store))
+        edge.released.set()
+        regional.released.set()
 
 
 def chat(
@@ -305,3 +327,88 @@ def test_plan_without_the_model_is_403_and_models_lists_what_the_key_may_use(
 def test_the_public_ingress_has_no_ops_view(platform: Platform) -> None:
     # The live view is the cluster-local route function's (GET /tiers there).
     assert requests.get(platform.url + "/tiers", timeout=10).status_code == 404
+
+
+# -- capacity: a full cluster is passed over, all full is 429 with Retry-After ------------------
+
+
+def report(p: Platform, cluster: str, *, running: int, queued: int) -> None:
+    """What the prober would write: one replica (of one slot), this busy."""
+    p.states.report_load(
+        cluster, "tiny", queue_depth=queued, running=running, warm=True, replicas=1
+    )
+
+
+def test_a_full_cheaper_cluster_sends_the_request_to_a_dearer_one_at_its_price(
+    platform: Platform,
+) -> None:
+    # One slot busy and three queued: 4 x 500 ms (20 tokens at 40/s) > the 1 s default maximum.
+    report(platform, "regional-b", running=1, queued=3)
+    r = chat(platform)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tollgate-cluster"] == "edge-a"
+    assert (
+        "regional-b full (queue 2000 ms > 1000 ms max): chose dearer edge-a"
+        in r.headers["x-tollgate-route-reason"]
+    )
+    assert r.headers["x-tollgate-credits-charged"] == "21"  # the edge's price, not regional's
+    assert platform.regional.calls == []
+
+
+def test_every_cluster_full_is_429_with_retry_after_and_nothing_held(platform: Platform) -> None:
+    report(platform, "regional-b", running=1, queued=3)
+    report(platform, "edge-a", running=1, queued=5)
+    r = chat(platform)
+    assert r.status_code == 429, r.text
+    assert r.headers["Retry-After"] == "1"  # regional is 1 s over: back within the limit in 1 s
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "all_clusters_full")
+    assert "exceeds your plan's 1000 ms" in error["message"]
+    assert error["queue_wait_ms"] == {"edge-a": 3000, "regional-b": 2000}
+    assert platform.edge.calls == [] and platform.regional.calls == []
+    assert platform.ledger.balance("acme")["held"] == 0
+
+
+def test_clusters_refusing_for_capacity_make_a_429_and_cost_nothing(platform: Platform) -> None:
+    platform.regional.mode = platform.edge.mode = "429"
+    platform.edge.retry_after = 3
+    r = chat(platform)
+    assert r.status_code == 429, r.text
+    assert r.headers["Retry-After"] == "3"
+    assert r.json()["error"]["code"] == "all_clusters_full"
+    assert len(platform.regional.calls) == 1 and len(platform.edge.calls) == 1
+    balance = platform.ledger.balance("acme")
+    assert (balance["held"], balance["spent"]) == (0, 0)
+
+
+def stream_open(p: Platform, **body: Any) -> requests.Response:
+    """A streamed chat request whose response is left open (read it, or close it, later)."""
+    payload = {"model": "Tiny-1", "messages": [{"role": "user", "content": "hi"}], **body}
+    return requests.post(
+        p.url + "/v1/chat/completions",
+        json={**payload, "stream": True},
+        headers={"Authorization": f"Bearer {p.key}"},
+        stream=True,
+        timeout=30,
+    )
+
+
+def test_a_burst_spreads_before_any_probe_sees_it(platform: Platform) -> None:
+    """No probe ever ran (load unknown): the ingress counts what it sent itself. Each cluster
+    has one slot; a 100-token request holds it 2.5 s, beyond the 1 s maximum."""
+    platform.regional.mode = platform.edge.mode = "hold"
+    first, second = (stream_open(platform, max_tokens=100) for _ in range(2))
+    try:
+        assert first.headers["x-tollgate-cluster"] == "regional-b"
+        assert second.headers["x-tollgate-cluster"] == "edge-a"
+        assert "regional-b full" in second.headers["x-tollgate-route-reason"]
+        third = chat(platform, max_tokens=100)
+        assert third.status_code == 429
+        assert third.headers["Retry-After"] == "2"
+    finally:
+        platform.regional.released.set()
+        platform.edge.released.set()
+    assert first.text.rstrip().endswith("[DONE]") and second.text.rstrip().endswith("[DONE]")
+    # Finished: they no longer count, the cheaper cluster takes the next one.
+    platform.regional.mode = platform.edge.mode = "ok"
+    assert chat(platform, max_tokens=100).headers["x-tollgate-cluster"] == "regional-b"

@@ -103,7 +103,8 @@ def faulty(
         token.parent.mkdir(parents=True)
         token.write_text(issuer.token(SENDER, AUDIENCE), encoding="utf-8")
         app = ingress_app(
-            topology(edge_url, regional_url),
+            # Room for the concurrent requests below: these tests are about failover, not capacity.
+            topology(edge_url, regional_url, concurrency=8),
             sqlite_store,
             LedgerClient(
                 authorize_url,

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.openai import DEFAULT_MAX_TOKENS
-from router_fn.policy import Decision, NoRoute, RouteRequest, decide, reason_header, size
+from router_fn.policy import (
+    AllFull,
+    Decision,
+    NoRoute,
+    RouteRequest,
+    decide,
+    reason_header,
+    size,
+)
 from router_fn.tierstate import ClusterState, Load
 from router_fn.topology import PlanSpec, Topology
 from tests.router.helpers import (
@@ -235,14 +243,15 @@ def test_per_second_plans_compare_engine_second_rates() -> None:
 # -- predictions -----------------------------------------------------------------------------
 
 
-def test_queue_wait_is_the_queue_drained_by_the_running_slots() -> None:
+def test_queue_wait_is_the_requests_ahead_drained_by_the_busy_slots() -> None:
     request = RouteRequest(SMALL, latency_budget_ms=5)
-    d = route(request, all_warm(state("edge-a", load_=load(3))))
-    # No max_tokens: the default the ingress would price (4096) at the default 40 tokens/s.
-    assert _predicted(d, "edge-a") == 8 + 3 * (DEFAULT_MAX_TOKENS * 1000 // 40)
+    d = route(request, all_warm(state("edge-a", load_=load(3, running=1))))
+    # No max_tokens: the default the ingress would price (4096) at the default 40 tokens/s;
+    # one slot busy, three queued ahead: this request starts after four service times.
+    assert _predicted(d, "edge-a") == 8 + 4 * (DEFAULT_MAX_TOKENS * 1000 // 40)
     observed = all_warm(state("edge-a", load_=load(4, running=2, tps=100.0)))
     d = route(RouteRequest(SMALL, latency_budget_ms=5, max_tokens=50), observed)
-    assert _predicted(d, "edge-a") == 8 + 4 * 500 // 2  # 50 tokens at 100 tokens/s, 2 slots
+    assert _predicted(d, "edge-a") == 8 + 5 * 500 // 2  # 50 tokens at 100 tokens/s, 2 slots
 
 
 def test_a_busy_edge_loses_to_a_free_one() -> None:
@@ -394,12 +403,17 @@ def test_every_decision_is_consistent(
     except NoRoute as exc:
         assert set(exc.rejected) == {c.name for c in CLUSTERS}
         return
+    except AllFull as exc:
+        assert all(wait > exc.max_wait_ms for wait in exc.waits.values())
+        assert 1 <= exc.retry_after_s <= 60
+        return
     assert route(request, dict(reversed(live.items())), plan) == d  # deterministic
     ranked = (d.chosen, *d.alternatives)
+    assert [c.full for c in ranked] == sorted(c.full for c in ranked)  # full ones last
     assert {c.cluster for c in ranked} | set(d.rejected) == {c.name for c in CLUSTERS}
     assert not {c.cluster for c in ranked} & set(d.rejected)
     if d.budget_ms is not None and any(c.meets_budget and not c.degraded for c in ranked):
         assert d.chosen.meets_budget and not d.chosen.degraded
     if d.budget_ms is None:
-        assert d.chosen.price == min(c.price for c in ranked)
+        assert d.chosen.price == min(c.price for c in ranked if not c.full)
     assert reason_header(d).isascii() and len(reason_header(d)) < 300

@@ -1,5 +1,5 @@
 """The route function over CloudEvents (binary and structured): decisions, and the status of
-every refusal (404 unknown model, 400 bad data, 422 impossible, 503 transient)."""
+every refusal (404 unknown model, 400 bad data, 422 impossible, 429 full, 503 transient)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,18 @@ def test_only_unhealthy_clusters_are_tried_anyway(client: FlaskClient, tiers: Ti
     data = decided(send(client, types.ROUTE_REQUESTED, {"model": "small"}))
     assert "every feasible cluster probed unhealthy: trying them anyway" in data["reasons"]
     assert data["rejected"] == {}
+
+
+def test_every_cluster_full_is_429_with_retry_after(client: FlaskClient, tiers: TierStates) -> None:
+    # One slot each (the helpers' model), busy, with 3 queued: 4 x 1 s (40 tokens at 40/s).
+    for name in ("edge-a", "edge-b", "regional", "cloud"):
+        tiers.report_load(name, "small", queue_depth=3, running=1, warm=True)
+    response = send(client, types.ROUTE_REQUESTED, {"model": "small", "max_tokens": 40})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3"
+    error = response.get_json()["error"]
+    assert error["code"] == "all_clusters_full"
+    assert error["queue_wait_ms"] == dict.fromkeys(("edge-a", "edge-b", "regional", "cloud"), 4000)
 
 
 def test_the_shipped_template_routes_an_enterprise_request(
