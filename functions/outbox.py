@@ -423,6 +423,22 @@ class Outbox:
             self._db.close()
 
 
+def owed(directory: str | Path) -> int:
+    """Events the outbox in ``directory`` still owes, read from outside the process that owns
+    it (0 when there is none): whoever stops that process may wait for, or hand on, the rest."""
+    path = Path(directory) / FILE_NAME
+    if not path.is_file():
+        return 0
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+        ) as db:
+            row = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read the outbox {path}: {exc}") from exc
+    return int(row[0])
+
+
 def drain_all(timeout_s: float) -> int:
     """A stopping process's last delivery pass over every outbox it opened, for at most
     ``timeout_s`` in all; returns what is still owed (it stays on disk)."""

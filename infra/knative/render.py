@@ -201,7 +201,11 @@ def _ping(t: Template, p: Ping) -> Manifest:
 
 
 def _annotations(
-    min_scale: int, max_scale: int, scale_down_delay: str | None, progress_deadline: str | None
+    min_scale: int,
+    max_scale: int,
+    scale_down_delay: str | None,
+    progress_deadline: str | None,
+    window: str | None = None,
 ) -> dict[str, str]:
     out = {
         "autoscaling.knative.dev/min-scale": str(min_scale),
@@ -209,6 +213,8 @@ def _annotations(
     }
     if scale_down_delay:
         out["autoscaling.knative.dev/scale-down-delay"] = scale_down_delay
+    if window:
+        out["autoscaling.knative.dev/window"] = window
     if progress_deadline:
         out["serving.knative.dev/progress-deadline"] = progress_deadline
     return out
@@ -338,7 +344,7 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         t,
         f.name,
         {"tollgate.io/function": f.name},
-        _annotations(f.min_scale, f.max_scale, f.scale_down_delay, f.progress_deadline),
+        _annotations(f.min_scale, f.max_scale, f.scale_down_delay, f.progress_deadline, f.window),
         spec,
     )
 
@@ -427,7 +433,7 @@ def _infer_service(t: Template, c: Cluster, m: Model) -> Manifest:
     progress = serving.progress_deadline
     concurrency = serving.concurrency
     annotations = _annotations(
-        serving.min_scale, serving.max_scale, serving.scale_down_delay, progress
+        serving.min_scale, serving.max_scale, serving.scale_down_delay, progress, serving.window
     )
     labels = {"tollgate.io/function": INFER, "tollgate.io/model": m.name}
     service = infer_service_name(m)

@@ -3,11 +3,13 @@
 This is the one place that decides the local process list: the ``broker`` (its own process, as
 Knative's broker is its own deployment), one all-in-one ``ledger`` (every ledger trigger),
 ``ledger-admin`` (the admin API and the ops console, the only process given the admin token),
-``deadletters`` (the dead-letter sink), ``route``, one ``infer`` per local tier (every cluster of
-a tier shares it) and the ``ingress``. Every process listens on 127.0.0.1 unless told otherwise.
-Every infer process runs the template's ``local.model`` on the CPU, so that is the one model
-served locally: the others are left out of the local endpoints (so neither listed nor routed),
-each with the reason ``tollgate up`` prints at start.
+``deadletters`` (the dead-letter sink), ``route`` and the ``ingress``; and one infer service per
+local tier (every cluster of a tier shares it): an activator at the URL the router knows, in
+front of 0..maxScale replicas ``infer-<tier>-<n>`` scaled on requests in flight as the model's
+Knative Service is (infra/local/activator.py, autoscaler.py, scaler.py). Every process listens
+on 127.0.0.1 unless told otherwise. Every replica runs the template's ``local.model`` on the CPU,
+so that is the one model served locally: the others are left out of the local endpoints (so
+neither listed nor routed), each with the reason ``tollgate up`` prints at start.
 
 Identities are Knative's (infra/template/policies.py), placed on these processes: a process runs
 as ServiceAccount ``<process>`` and is addressed as ``serving.knative.dev/service/<ns>/<process>``
@@ -32,11 +34,12 @@ from urllib.parse import urlsplit
 
 from functions.auth import keys, senders, tokens
 from functions.auth.policy import Trust
+from infra.local.autoscaler import STABLE_WINDOW_S, ScalingSpec
 from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.issuer import Projection
 from infra.local.supervisor import ProcessSpec
 from infra.template.eventing import trigger_filters
-from infra.template.fields import iso_duration_seconds
+from infra.template.fields import go_duration_seconds, iso_duration_seconds
 from infra.template.policies import (
     CLUSTER_EVENTS_PATH,
     Placement,
@@ -47,7 +50,7 @@ from infra.template.policies import (
 from infra.template.policies import (
     trust as derive_trust,
 )
-from infra.template.schema import DeliverySpec, Template
+from infra.template.schema import DeliverySpec, InferServing, Template
 
 # Template function → the local process that serves it.
 LEDGER = "ledger"
@@ -80,11 +83,63 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+# A request waits at an activator for a slot at most this long (the ingress waits as long for a
+# first byte), and at most this many wait per slot the service may run; beyond either, 503/429.
+BUFFER_TIMEOUT_S = 300.0
+BUFFERED_PER_SLOT = 8
+# How long a replica may take to become ready when the template sets no progress deadline
+# (Knative's default).
+PROGRESS_DEADLINE_S = 600.0
+
+
+@dataclass(frozen=True)
+class InferService:
+    """One local tier's infer service for the local model: its activator listens at ``port``
+    (the URL the router knows for every cluster of the tier); its replicas are processes
+    ``infer-<tier>-<n>``, each with its own identity (ServiceAccount and projected tokens
+    ``tokens/infer-<tier>-<n>/``) and its own durable outbox (``outbox/infer-<tier>-<n>/``)."""
+
+    tier: str
+    model: str  # the template's name
+    host: str
+    port: int
+    scaling: ScalingSpec
+    progress_deadline_s: float
+    env: Mapping[str, str]  # every replica's, but for its identity and outbox
+    state_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def buffer_size(self) -> int:
+        return BUFFERED_PER_SLOT * self.scaling.concurrency * self.scaling.max_scale
+
+    def replica_name(self, index: int) -> str:
+        return f"{INFER}-{self.tier}-{index}"
+
+    def outbox_dir(self, index: int) -> Path:
+        return self.state_dir / "outbox" / self.replica_name(index)
+
+    def replica(self, index: int, port: int) -> ProcessSpec:
+        """Replica ``index`` (1-based) as a process; the same index always gets the same
+        identity and outbox, so a replica started again delivers what the last one owed."""
+        name = self.replica_name(index)
+        env = {
+            **self.env,
+            tokens.TOKEN_DIR_ENV: str(self.state_dir / "tokens" / name),
+            "TOLLGATE_OUTBOX_DIR": str(self.outbox_dir(index)),
+        }
+        return ProcessSpec(name, _serve(INFER, self.host), port, env, self.host)
+
+
 @dataclass(frozen=True)
 class LocalPlatform:
     processes: tuple[ProcessSpec, ...]
     triggers: tuple[BrokerTrigger, ...]
-    infer: Mapping[str, str]  # tier → URL
+    services: tuple[InferService, ...]  # infer, scaled by tollgate up (infra/local/scaler.py)
+    infer: Mapping[str, str]  # tier → URL (its service's activator)
     endpoints_file: Path
     endpoints: Mapping[str, Any]  # TOLLGATE_LOCAL_ENDPOINTS: cluster → model → infer URL
     broker_config: Path  # the broker process reads its triggers and identity from it
@@ -214,10 +269,12 @@ def plan(
         {"TOLLGATE_BROKER_HOST": host},
         host,
     )
+    services = _infer_services(
+        template, infer_ports, identity, project, placement, broker, host, state_dir
+    )
     processes = [
         broker_spec,  # first: it takes events from the start, and stops last
         *(ProcessSpec(n, _serve(n, host), p, identity(n), host) for n, p in ports.items()),
-        *_infer_processes(template, infer_ports, identity, project, placement, broker, host),
         # The ingress last: it calls everything else.
         ProcessSpec(INGRESS, _serve(INGRESS, host), ingress_port, ingress_env, host),
     ]
@@ -230,6 +287,7 @@ def plan(
     return LocalPlatform(
         processes=tuple(processes),
         triggers=tuple(_triggers(template, urls)),
+        services=tuple(services),
         infer=infer,
         endpoints_file=endpoints_file,
         endpoints=_infer_endpoints(template, infer),
@@ -243,7 +301,7 @@ def plan(
     )
 
 
-def _infer_processes(
+def _infer_services(
     template: Template,
     ports: Mapping[str, int],
     identity: Callable[[str], dict[str, str]],
@@ -251,31 +309,65 @@ def _infer_processes(
     placement: Placement,
     broker: str,
     host: str,
-) -> list[ProcessSpec]:
-    """One infer per local tier, running the local model on CPU, for every cluster of its tier.
-    The home tier reports to the broker, the others to the ingress's cluster-events endpoint."""
+    state_dir: Path,
+) -> list[InferService]:
+    """One infer service per local tier, running the local model on CPU for every cluster of its
+    tier, scaling as the model's Knative Service does. Each replica it may run has its own
+    identity and projected tokens; the home tier reports to the broker, the others to the
+    ingress's cluster-events endpoint."""
     model = template.model(template.local.model)
+    serving = template.infer_serving(model)
     home = template.cluster(template.eventing.home)
-    processes = []
+    services = []
     for tier, tier_port in ports.items():
         name = f"{INFER}-{tier}"
         clusters = template.clusters_for_tier(tier)
         sink = broker if tier == home.tier else placement.cluster_events_url
-        project(name, tokens.SINK, sink)
-        tier_env = {
+        env = {
             **identity(name),
+            **_sized(template, state_dir, name),
             "TOLLGATE_ENGINE": "llamacpp",
             "TOLLGATE_MODEL_NAME": model.served_name,
             # The context the template declares, as render gives it: the ingress quotes by it.
             "TOLLGATE_N_CTX": str(model.context_length),
+            # As rendered: the engine decodes together what the activator admits to a replica.
+            "TOLLGATE_CONCURRENCY": str(serving.concurrency),
             "TOLLGATE_TIER": tier,
             "TOLLGATE_CLUSTER": clusters[0].name,
             "TOLLGATE_ALSO_SERVES": ",".join(c.name for c in clusters[1:]),
         }
         if tier != home.tier:
-            tier_env["K_SINK"] = placement.cluster_events_url
-        processes.append(ProcessSpec(name, _serve(INFER, host), tier_port, tier_env, host))
-    return processes
+            env["K_SINK"] = placement.cluster_events_url
+        service = InferService(
+            tier=tier,
+            model=model.name,
+            host=host,
+            port=tier_port,
+            scaling=scaling_spec(serving),
+            progress_deadline_s=float(
+                go_duration_seconds(serving.progress_deadline)
+                if serving.progress_deadline
+                else PROGRESS_DEADLINE_S
+            ),
+            env=env,
+            state_dir=state_dir.resolve(),
+        )
+        for index in range(1, serving.max_scale + 1):
+            project(service.replica_name(index), tokens.SINK, sink)
+        services.append(service)
+    return services
+
+
+def scaling_spec(serving: InferServing) -> ScalingSpec:
+    """The KPA's settings for a service, from what render annotates it with."""
+    delay, window = serving.scale_down_delay, serving.window
+    return ScalingSpec(
+        concurrency=serving.concurrency,
+        min_scale=serving.min_scale,
+        max_scale=serving.max_scale,
+        scale_down_delay_s=float(go_duration_seconds(delay)) if delay else 0.0,
+        stable_window_s=float(go_duration_seconds(window)) if window else STABLE_WINDOW_S,
+    )
 
 
 def _sized(template: Template, state_dir: Path, process: str) -> dict[str, str]:

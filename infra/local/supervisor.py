@@ -122,6 +122,11 @@ class Restarts:
         self.waiting[name] = restart
         return restart
 
+    def forget(self, name: str) -> None:
+        """``name`` was retired: no restart, and a later child of that name starts afresh."""
+        self.waiting.pop(name, None)
+        self._crashes.pop(name, None)
+
     def due(self) -> list[Restart]:
         now = self._clock()
         ready = [r for r in self.waiting.values() if r.due <= now]
@@ -135,6 +140,7 @@ class Supervisor:
         self.log_dir = log_dir
         self._base_env = dict(os.environ if base_env is None else base_env)
         self.children: list[Child] = []
+        self._retiring: list[tuple[Child, float]] = []  # (child, when to SIGKILL it)
 
     def start(self, spec: ProcessSpec) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +188,33 @@ class Supervisor:
         self.children.remove(child)
         return self.start(child.spec)
 
+    def find(self, name: str) -> Child | None:
+        """The child of that name, running or dead and not yet restarted."""
+        return next((c for c in self.children if c.spec.name == name), None)
+
+    def retire(self, child: Child, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop one child for good (a replica scaled away): SIGTERM now, SIGKILL once past
+        ``grace_s`` (``reap``); it is no longer a child to restart."""
+        if child not in self.children:
+            return
+        self.children.remove(child)
+        if child.process.poll() is None:
+            child.process.terminate()
+        self._retiring.append((child, time.monotonic() + grace_s))
+
+    def reap(self) -> None:
+        """Collect retired children that exited; SIGKILL those past their grace."""
+        still = []
+        for child, kill_at in self._retiring:
+            if child.process.poll() is None:
+                if time.monotonic() < kill_at:
+                    still.append((child, kill_at))
+                    continue
+                child.process.kill()
+                child.process.wait()
+            child.log_file.close()
+        self._retiring = still
+
     def dead(self, waiting: Container[str] = ()) -> list[Child]:
         """The children that exited on their own, except those already ``waiting`` a restart."""
         return [
@@ -191,7 +224,9 @@ class Supervisor:
     def stop(self, grace_s: float = STOP_GRACE_S, *, last: Container[str] = ()) -> None:
         """SIGTERM everyone, the ingress first (it calls the rest) and the ``last`` ones after
         all others are gone; SIGKILL who outlives its grace period."""
-        first = [c for c in reversed(self.children) if c.spec.name not in last]
+        retiring = [c for c, _ in self._retiring]
+        self._retiring.clear()
+        first = retiring + [c for c in reversed(self.children) if c.spec.name not in last]
         final = [c for c in reversed(self.children) if c.spec.name in last]
         for group in (first, final):
             for child in group:

@@ -1,8 +1,10 @@
 """``tollgate up``: the whole platform from template.yaml on one machine.
 
-The ping scheduler runs in this process; the broker (Knative Broker/Trigger semantics) and every
-function run in child processes — each function as ``tollgate serve <function>``, exactly as in
-its container — with their logs under ``<state-dir>/logs/``. A child that crashes is restarted
+The ping scheduler, the issuer and, for each local tier's infer service, an activator and the
+local autoscaler (Knative's KPA) run in this process; the broker (Knative Broker/Trigger
+semantics) and every function run in child processes — each function as ``tollgate serve
+<function>``, exactly as in its container — with their logs under ``<state-dir>/logs/``; infer
+replicas come and go with the load (0..maxScale per service). A child that crashes is restarted
 with its own back-off while the rest keeps serving. State (the store, the broker queue, the
 outboxes, the admin token, the demo key) lives in the state dir, so a restart keeps every balance
 and every event.
@@ -25,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from functions.auth import keys
+from infra.local.activator import ActivatorServer
 from infra.local.broker_process import broker_config
 from infra.local.demo import (
     KEY_FILE,
@@ -46,6 +49,7 @@ from infra.local.platform import (
     plan,
     write_json,
 )
+from infra.local.scaler import TICK_S, Scaler
 from infra.local.scheduler import Scheduler, http_sender
 from infra.local.supervisor import BackOff, ChildFailed, Restarts, Supervisor
 from infra.template.load import load_template
@@ -53,7 +57,6 @@ from infra.template.policies import broker_audience, ping_account
 from infra.template.problems import TemplateError
 from infra.template.schema import Template
 
-WATCH_EVERY_S = 0.5
 STARTUP_TIMEOUT_S = 120.0
 
 # soft_wrap: keys, tokens and commands must stay on one line to be copied.
@@ -121,7 +124,8 @@ def up(
     startup_timeout: float,
     store: str | None,
 ) -> None:
-    """Run the whole platform locally: issuer, broker, ledger, route, ingress, an infer per tier."""
+    """Run the whole platform locally: issuer, broker, ledger, route, ingress and, per tier, an
+    infer service scaling from zero."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # One access-log line per event would bury what matters (retries, dead letters).
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -157,7 +161,7 @@ def up(
         demo = ensure_demo(platform.url(ADMIN), token, state_dir)
         write_json(running.endpoints_json, _endpoints(platform, running, port, state_dir, host))
         _summary(template, platform, running, port, demo, source, state_dir, host)
-        _watch(running, BackOff())
+        _watch(running)
     except _Stop as stop:
         console.print(f"\n[bold]{stop}[/]: stopping…")
     except (ChildFailed, requests.RequestException) as exc:
@@ -171,8 +175,9 @@ def up(
 
 
 class _Running:
-    """What ``tollgate up`` runs: the issuer and the ping scheduler in this process; the broker
-    and the function processes as its children."""
+    """What ``tollgate up`` runs: the issuer, the ping scheduler and the infer services'
+    activators with the scaler in this process; the broker, the function processes and the infer
+    replicas as its children."""
 
     def __init__(
         self, template: Template, platform: LocalPlatform, state_dir: Path, issuer: IssuerServer
@@ -180,6 +185,12 @@ class _Running:
         # Children see none of this process's secrets but those the plan gives each of them.
         base_env = {k: v for k, v in os.environ.items() if k not in platform.secrets}
         self.supervisor = Supervisor(state_dir / "logs", base_env)
+        self.restarts = Restarts(BackOff())
+        self.scaler = Scaler(self.supervisor, platform.services, self.restarts)
+        self.activators = [
+            ActivatorServer(activator, service.port, service.host)
+            for activator, service in zip(self.scaler.activators(), platform.services, strict=True)
+        ]
         self.issuer = issuer
         self.token_files = TokenFiles(issuer.issuer, list(platform.projections))
         audience = broker_audience(template)
@@ -224,15 +235,23 @@ class _Running:
         self.write_pids()
         self.issuer.start()
         self.token_files.start()
+        for activator in self.activators:
+            activator.start()
         for child in children:
             self.supervisor.wait_healthy(child, startup_timeout)
+        # Infer replicas are forked from here on, by this (the main) thread only.
+        self.scaler.start()
+        self.write_pids()
         self.scheduler.start()
 
     def stop(self) -> None:
         started = time.monotonic()
         self.scheduler.stop()
+        self.scaler.stop()
         # The broker last: stopping functions deliver what they owe to it.
         self.supervisor.stop(last=(BROKER,))
+        for activator in self.activators:
+            activator.stop()
         self.token_files.stop()
         self.issuer.stop()
         # Stale URLs would mislead tools: the files exist exactly while the platform runs.
@@ -263,14 +282,17 @@ def _wait_routable(route: str, timeout_s: float) -> None:
     )
 
 
-def _watch(running: _Running, backoff: BackOff) -> NoReturn:
+def _watch(running: _Running) -> NoReturn:
     """Block until a signal (raised as _Stop). A child that dies is restarted as Kubernetes
     restarts a crashed container: at once the first time, then with its own growing back-off
-    (CrashLoopBackOff); the others keep serving, and the platform never stops by itself."""
+    (CrashLoopBackOff); the others keep serving, and the platform never stops by itself. Each
+    round the scaler starts and retires infer replicas (at once when an activator wakes it)."""
     supervisor = running.supervisor
-    restarts = Restarts(backoff)
+    restarts = running.restarts
+    scaler = running.scaler
     while True:
-        time.sleep(WATCH_EVERY_S)
+        scaler.wake.wait(TICK_S)
+        scaler.wake.clear()
         running.echo.poll()
         for dead in supervisor.dead(waiting=restarts.waiting):
             restart = restarts.crashed(dead)
@@ -287,6 +309,10 @@ def _watch(running: _Running, backoff: BackOff) -> NoReturn:
             child = supervisor.restart(restart.child)
             running.write_pids()
             console.print(f"restarted {child.spec.name} (pid {child.process.pid})", markup=False)
+        before = {c.process.pid for c in supervisor.children}
+        scaler.tick()
+        if before != {c.process.pid for c in supervisor.children}:
+            running.write_pids()
 
 
 def _endpoints(
@@ -326,6 +352,21 @@ def _summary(
     for child in running.supervisor.children:
         table.add_row(child.spec.name, child.spec.url, str(child.process.pid))
     console.print(table)
+    services = Table(
+        title="infer services: replicas scale on requests in flight, as Knative's autoscaler does",
+        title_justify="left",
+    )
+    for column in ("service", "url (activator)", "replicas", "per replica"):
+        services.add_column(column, no_wrap=True)
+    for service in platform.services:
+        scaling = service.scaling
+        services.add_row(
+            f"infer-{service.tier}",
+            service.url,
+            f"{scaling.min_scale}..{scaling.max_scale}",
+            f"{scaling.concurrency} at once",
+        )
+    console.print(services)
     console.print(f"Logs: {running.supervisor.log_dir}/<process>.log", markup=False)
     rtt = ", ".join(f"{t} +{v.emulated_rtt_ms} ms" for t, v in template.local.tiers.items())
     console.print(f"Tiers (emulated RTT): {rtt}; model {template.local.model} on CPU everywhere.")

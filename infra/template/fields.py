@@ -125,6 +125,16 @@ def _at_most_an_hour(value: str) -> str:
 ScaleDownDelay = Annotated[str, AfterValidator(_go_duration), AfterValidator(_at_most_an_hour)]
 
 
+def _a_knative_window(value: str) -> str:
+    if not 6 <= go_duration_seconds(value) <= 3600:
+        raise ValueError(f"{value!r}: Knative's stable window is between 6s and 1h")
+    return value
+
+
+# The autoscaler's stable window (annotation autoscaling.knative.dev/window; default 60s).
+StableWindow = Annotated[str, AfterValidator(_go_duration), AfterValidator(_a_knative_window)]
+
+
 def iso_duration_seconds(value: str) -> float:
     """Seconds in an ISO-8601 duration of fixed length (PT0.5S, PT2S, PT1M, P1D).
 

@@ -28,6 +28,7 @@ from infra.template.fields import (
     Parameters,
     Quantity,
     ScaleDownDelay,
+    StableWindow,
     go_duration_seconds,
 )
 from router_fn.topology import DEFAULT_MAX_QUEUE_WAIT_MS
@@ -140,6 +141,7 @@ class Serving(_Model):
     concurrency: int | None = Field(default=None, ge=0)
     scale_down_delay: ScaleDownDelay | None = None
     progress_deadline: GoDuration | None = None
+    window: StableWindow | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class InferServing:
     concurrency: int  # containerConcurrency: requests one replica serves at once
     scale_down_delay: str | None
     progress_deadline: str | None
+    window: str | None  # the autoscaler's stable window (None: Knative's 60s)
 
 
 class Model(_Model):
@@ -320,6 +323,7 @@ class Function(_Model):
     concurrency: int = Field(default=0, ge=0)
     scale_down_delay: ScaleDownDelay | None = None
     progress_deadline: GoDuration | None = None
+    window: StableWindow | None = None
     resources: Resources
     # On top of catalog.py's table, e.g. network-slice events a function also handles.
     consumes: tuple[EventType, ...] = ()
@@ -533,14 +537,17 @@ class Template(_Model):
             concurrency=base.concurrency if s.concurrency is None else s.concurrency,
             scale_down_delay=s.scale_down_delay or base.scale_down_delay,
             progress_deadline=s.progress_deadline or base.progress_deadline,
+            window=s.window or base.window,
         )
 
     def warm_for_s(self, model: Model) -> int:
         """How long a model's infer function stays up after its last request on Knative: the
-        scale-down delay (the model's, else infer's) plus the 60 s stable window."""
+        scale-down delay (the model's, else infer's) plus the stable window (60 s unless set)."""
         infer = self.infer_function()
         delay = model.serving.scale_down_delay or (infer.scale_down_delay if infer else None)
-        return 60 + (go_duration_seconds(delay) if delay else 0)
+        window = model.serving.window or (infer.window if infer else None)
+        stable = go_duration_seconds(window) if window else 60
+        return stable + (go_duration_seconds(delay) if delay else 0)
 
 
 class _Named(Protocol):

@@ -32,8 +32,7 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     platform = local(tmp_path)
     names = [p.name for p in platform.processes]
     assert names == [
-        "broker", "ledger", "ledger-admin", "deadletters", "route",
-        "infer-edge", "infer-regional", "infer-cloud", "ingress",
+        "broker", "ledger", "ledger-admin", "deadletters", "route", "ingress",
     ]  # fmt: skip
     broker = platform.processes[0]
     assert broker.port == 9999 and broker.argv[-2:] == [
@@ -52,17 +51,30 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     # The ledger's signing keys reach the ledger processes only.
     keyed = [p.name for p in platform.processes if "TOLLGATE_LEDGER_KEYS" in p.env]
     assert keyed == ["ledger", "ledger-admin"]
-    edge = platform.processes[5]
+    # Infer is one service per local tier, scaled 0..maxScale as smollm2's Knative Service.
+    assert [s.tier for s in platform.services] == ["edge", "regional", "cloud"]
+    service = platform.services[0]
+    assert service.url == platform.infer["edge"]
+    assert (service.scaling.min_scale, service.scaling.max_scale) == (0, 4)
+    assert service.scaling.concurrency == 4  # smollm2's serving.concurrency
+    assert service.scaling.scale_down_delay_s == 15 * 60  # infer's scaleDownDelay
+    assert service.scaling.stable_window_s == 60  # Knative's default: no window annotated
+    edge = service.replica(2, 20099)
+    assert edge.name == "infer-edge-2" and edge.port == 20099
     assert edge.argv[-3] == "infer"
     assert edge.env["TOLLGATE_MODEL_NAME"] == "SmolLM2-135M-Instruct"
     assert edge.env["TOLLGATE_TIER"] == "edge"
-    # Sized as Knative sizes them, each with its own outbox.
+    assert edge.env["TOLLGATE_CONCURRENCY"] == "4"
+    # Sized as Knative sizes them, each with its own outbox, each replica too.
     assert ingress.env["TOLLGATE_CONTAINER_CONCURRENCY"] == "200"
     assert edge.env["TOLLGATE_CONTAINER_CONCURRENCY"] == "4"  # smollm2's serving.concurrency
     ledger = platform.processes[1]
     assert ledger.env["TOLLGATE_CONTAINER_CONCURRENCY"] == str(100 + 50 + 50 + 20 + 1)
-    outboxes = {p.env["TOLLGATE_OUTBOX_DIR"] for p in platform.processes[1:]}
-    assert len(outboxes) == len(platform.processes) - 1
+    replicas = [s.replica(i, 1) for s in platform.services for i in (1, 2, 3, 4)]
+    processes = [*platform.processes[1:], *replicas]
+    outboxes = {p.env["TOLLGATE_OUTBOX_DIR"] for p in processes}
+    assert len(outboxes) == len(processes)
+    assert edge.env["TOLLGATE_OUTBOX_DIR"] == str((tmp_path / "outbox" / "infer-edge-2").resolve())
     # Every infer process runs the local model: it is the one model served (and listed); the
     # template's vLLM models are left out, each with the reason `tollgate up` prints.
     clusters = platform.endpoints["clusters"]
@@ -127,13 +139,20 @@ def test_each_secret_only_where_it_is_used(tmp_path: Path) -> None:
 
 def test_identities_tokens_and_where_remote_infer_reports(tmp_path: Path) -> None:
     platform = local(tmp_path)
-    by_name = {p.name: p for p in platform.processes}
+    by_name = {s.replica_name(1): s.replica(1, 1) for s in platform.services}
     events = "http://127.0.0.1:8080/events/clusters"
-    assert by_name["infer-regional"].env["K_SINK"] == "http://127.0.0.1:9999"  # home: the broker
-    assert by_name["infer-edge"].env["K_SINK"] == events  # elsewhere: the ingress relays
-    assert by_name["infer-edge"].env["TOLLGATE_ALSO_SERVES"] == "edge-marseille-5g-1"
+    assert by_name["infer-regional-1"].env["K_SINK"] == "http://127.0.0.1:9999"  # home: broker
+    assert by_name["infer-edge-1"].env["K_SINK"] == events  # elsewhere: the ingress relays
+    assert by_name["infer-edge-1"].env["TOLLGATE_ALSO_SERVES"] == "edge-marseille-5g-1"
     tokens = {(p.service_account, p.path.name): p.audience for p in platform.projections}
-    assert tokens[("infer-edge", "sink")] == events
+    # Each replica the service may run has its own identity and token files.
+    for index in (1, 2, 3, 4):
+        assert tokens[(f"infer-edge-{index}", "sink")] == events
+        broker = "eventing.knative.dev/broker/tollgate/default"
+        assert tokens[(f"infer-regional-{index}", "sink")] == broker
+    assert ("infer-edge-5", "sink") not in tokens
+    token_dir = by_name["infer-edge-1"].env["TOLLGATE_TOKEN_DIR"]
+    assert token_dir == str((tmp_path / "tokens" / "infer-edge-1").resolve())
     assert tokens[("ledger", "sink")] == "eventing.knative.dev/broker/tollgate/default"
     assert tokens[("ingress", "authorize")] == "serving.knative.dev/service/tollgate/ledger"
     assert platform.trust.remote_issuers == {
