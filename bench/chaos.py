@@ -80,7 +80,8 @@ HINTS: tuple[dict[str, str], ...] = (
     {wire.LATENCY_BUDGET_MS: "60"},
     {wire.TIER: "cloud"},
 )
-KILLABLE = ("ledger", "infer-edge", "infer-regional", "infer-cloud", "broker", "ingress")
+# And every infer replica running at the time (infer-<tier>-<n>).
+KILLABLE = ("ledger", "broker", "ingress")
 # The chaos template: money deliveries retry fast and long (a linear 0.2 s step, 60 times: six
 # minutes), so a faulty run settles in minutes, not the hours the shipped exponential policy
 # would take to give up.
@@ -423,7 +424,9 @@ class Faults:
             if self._stop.wait(self.config.kill_every_s * self._rng.uniform(0.5, 1.5)):
                 return
             children = json.loads((self.state / "processes.json").read_text())["children"]
-            name = self._rng.choice(KILLABLE)
+            name = self._rng.choice(
+                sorted(n for n in children if n in KILLABLE or n.startswith("infer-"))
+            )
             with contextlib.suppress(ProcessLookupError, KeyError):
                 os.kill(int(children[name]), signal.SIGKILL)
                 kills += 1

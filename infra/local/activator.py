@@ -33,6 +33,7 @@ from typing import Any
 
 import requests
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from urllib3.exceptions import NewConnectionError
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -238,23 +239,31 @@ class Activator:
 
     def _forward(self, request: Request) -> Response:
         body = request.get_data()  # before waiting: a slot is not held while the body arrives
-        replica = self._acquire()
-        url = replica.url + request.full_path.rstrip("?")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        try:
-            upstream = self._session.request(
-                request.method,
-                url,
-                data=body,
-                headers=headers,
-                stream=True,
-                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
-            )
-        except requests.RequestException as exc:
-            self._release(replica, "unreachable")
-            raise Unavailable(
-                f"{self._label()}: replica {replica.name} unreachable ({type(exc).__name__})"
-            ) from exc
+        # A replica that refuses the connection never saw the request (it crashed; the
+        # supervisor restarts it): not ready any more, and the request goes to another.
+        for _ in range(self.spec.max_replicas + 1):
+            replica = self._acquire()
+            try:
+                upstream = self._session.request(
+                    request.method,
+                    replica.url + request.full_path.rstrip("?"),
+                    data=body,
+                    headers=headers,
+                    stream=True,
+                    timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                )
+                break
+            except requests.RequestException as exc:
+                self._release(replica, "unreachable")
+                if not _refused(exc):
+                    raise Unavailable(
+                        f"{self._label()}: replica {replica.name} unreachable "
+                        f"({type(exc).__name__})"
+                    ) from exc
+                self.set_ready(replica.name, False)
+        else:
+            raise Unavailable(f"{self._label()}: every replica refused the connection")
         self._observe_cold_start(replica, upstream)
         released = threading.Event()
 
@@ -408,6 +417,12 @@ def _relay(upstream: requests.Response, release: Callable[[], None]) -> Iterator
         log.warning("replica stream broke: %s", exc)  # the stream end short
     finally:
         release()
+
+
+def _refused(exc: requests.RequestException) -> bool:
+    """The connection was never made (nothing was sent)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
 def _json(status: int, body: bytes) -> Response:

@@ -221,9 +221,12 @@ class _Running:
         self.processes_json = state_dir / "processes.json"
 
     def write_pids(self) -> None:
-        """processes.json: every child's current pid, for tools (rewritten on each restart)."""
-        pids = {c.spec.name: c.process.pid for c in self.supervisor.children}
-        write_json(self.processes_json, {"pid": os.getpid(), "children": pids})
+        """processes.json: every child's current pid and URL, for tools (rewritten on each
+        restart and as infer replicas come and go)."""
+        children = self.supervisor.children
+        pids = {c.spec.name: c.process.pid for c in children}
+        urls = {c.spec.name: c.spec.url for c in children}
+        write_json(self.processes_json, {"pid": os.getpid(), "children": pids, "urls": urls})
 
     def start(self, startup_timeout: float) -> None:
         # Children are forked before this process starts any thread (fork + threads can leave

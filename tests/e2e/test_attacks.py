@@ -207,7 +207,7 @@ def test_a_forged_zero_usage_completion_cannot_settle_a_real_open_hold(
             "cluster": cluster,
             "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         }
-        as_infer = {"Authorization": f"Bearer {process_token(platform, 'infer-regional')}"}
+        as_infer = {"Authorization": f"Bearer {process_token(platform, 'infer-regional-1')}"}
         stranger = capability_keys(tmp_path / "stranger")
         attempts = {
             # The hold id alone, no token: the broker refuses.

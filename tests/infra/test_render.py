@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from infer_fn.config import InferConfig
 from infra.iac_commands import render as render_command
 from infra.knative.render import dump, manifest_filename, render, table_definition, write
+from infra.local.platform import scaling_spec
 from infra.template.catalog import FUNCTION_KINDS, PING_EVENT_TYPE
 from infra.template.eventing import consumers
 from infra.template.load import parse_template
@@ -66,6 +67,25 @@ def test_schema_check_rejects_what_the_api_server_would(shipped: Template) -> No
     errors = validate(bad, schema)
     assert any("imagePullPolicyy: unknown field" in e for e in errors)
     assert any("containerConcurrency: expected integer" in e for e in errors)
+
+
+def test_a_stable_window_is_annotated_and_is_what_up_scales_by() -> None:
+    text = SHIPPED.read_text(encoding="utf-8").replace(
+        "serving: {concurrency: 4, maxScale: 4}",
+        "serving: {concurrency: 4, maxScale: 4, scaleDownDelay: 1s, window: 6s}",
+    )
+    template = parse_template(text)
+    svc = _by(render(template)["edge-lyon-5g-1"], "Service")["infer-smollm2-135m"]
+    annotations = svc["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/window"] == "6s"
+    assert annotations["autoscaling.knative.dev/scale-down-delay"] == "1s"
+    assert annotations["autoscaling.knative.dev/max-scale"] == "4"
+    # tollgate up's autoscaler takes the same numbers (infra/local/platform.py).
+    spec = scaling_spec(template.infer_serving(template.model("smollm2-135m")))
+    assert (spec.stable_window_s, spec.scale_down_delay_s, spec.max_scale) == (6, 1, 4)
+    assert (spec.concurrency, spec.panic_window_s) == (4, 0.6)
+    # The model stays loaded as long as Knative keeps the pod: window plus delay.
+    assert template.warm_for_s(template.model("smollm2-135m")) == 7
 
 
 def test_gpu_inference_service(shipped: Template) -> None:

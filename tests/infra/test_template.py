@@ -323,6 +323,16 @@ def test_scale_down_delay_within_knative_limit() -> None:
     )
 
 
+def test_the_stable_window_within_knative_limits() -> None:
+    text = _broken("serving: {concurrency: 4, maxScale: 4}", "serving: {maxScale: 4, window: 5s}")
+    _assert_problem(
+        _errors(text),
+        "models[0].serving.window",
+        _line_of(text, "window: 5s"),
+        "'5s': Knative's stable window is between 6s and 1h",
+    )
+
+
 def test_misspelt_event_type_of_a_producer() -> None:
     text = _broken(
         "emits: [io.tollgate.credits.grant.v1, io.tollgate.hold.settle.v1,",

@@ -19,6 +19,7 @@ from flask import Flask, Response, request
 
 from events import wire
 from infra.local.activator import Activator, ActivatorServer, ActivatorSpec
+from infra.local.platform import free_port
 from router_fn.probe import parse_metrics
 from tests.http_server import serving
 
@@ -280,3 +281,14 @@ def test_in_flight_time_is_integrated_for_the_autoscaler() -> None:
         assert activator.request_seconds() == pytest.approx(12.0)
     finally:
         server.stop()
+
+
+def test_a_replica_refusing_connections_is_passed_over_and_no_longer_ready(setup: Setup) -> None:
+    setup.activator.add("r0", f"http://127.0.0.1:{free_port()}")  # crashed: nothing listens
+    setup.activator.set_ready("r0", True)
+    setup.add("r2")
+    for _ in range(3):
+        r = post(setup.url, data=b"{}")
+        assert r.status_code == 201 and r.json() == {"served_by": "r2"}
+    assert [r.ready for r in setup.activator.replicas() if r.name == "r0"] == [False]
+    assert load(setup).replicas == 1

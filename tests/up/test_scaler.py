@@ -67,7 +67,7 @@ class Setup:
     service: InferService
 
 
-def regional(tmp_path: Path, broker_url: str, **env: str) -> InferService:
+def regional(tmp_path: Path, broker_url: str, min_scale: int = 0, **env: str) -> InferService:
     """The template's regional infer service (home: it reports to the broker), with Knative's
     shortest stable window (6 s), a 1 s scale-to-zero grace and no scale-down delay, so a test
     sees it scale back to zero."""
@@ -89,17 +89,21 @@ def regional(tmp_path: Path, broker_url: str, **env: str) -> InferService:
         tokens.mkdir(parents=True)
         (tokens / "sink").write_text("replica-token", encoding="utf-8")
     scaling = dataclasses.replace(
-        service.scaling, stable_window_s=6.0, scale_to_zero_grace_s=1.0, scale_down_delay_s=0.0
+        service.scaling,
+        stable_window_s=6.0,
+        scale_to_zero_grace_s=1.0,
+        scale_down_delay_s=0.0,
+        min_scale=min_scale,
     )
     fast = {"TOLLGATE_OUTBOX_MAX_BACKOFF_SECONDS": "0.5", **env}
     return dataclasses.replace(service, scaling=scaling, env={**service.env, **fast})
 
 
 @contextmanager
-def running(tmp_path: Path, **env: str) -> Iterator[Setup]:
+def running(tmp_path: Path, min_scale: int = 0, **env: str) -> Iterator[Setup]:
     broker = Broker()
     with serving(broker.app()) as broker_url:
-        service = regional(tmp_path, broker_url, **env)
+        service = regional(tmp_path, broker_url, min_scale, **env)
         keys = capability_keys(tmp_path / "keys")
         supervisor = Supervisor(tmp_path / "logs")
         restarts = Restarts(BackOff())
@@ -210,6 +214,26 @@ def test_an_outbox_a_stopped_replica_left_owing_is_picked_up_again(tmp_path: Pat
         wait_until(lambda: names(setup) == [], 30)
         assert owed(setup.service.outbox_dir(3)) == 0
         assert _delivered(setup) == [("inference.completed", "acme:3")]
+
+
+def test_a_crashed_replica_restarts_on_its_own_back_off_while_the_other_serves(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, min_scale=2) as setup:
+        activator = setup.scaler.activators()[0]
+        wait_until(lambda: sum(r.ready for r in activator.replicas()) == 2)
+        victim = setup.scaler.supervisor.find("infer-regional-1")
+        assert victim is not None
+        victim.process.kill()
+        answers = [chat(setup, f"acme:{n}") for n in range(3)]  # meanwhile: replica 2 serves
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        # The supervisor restarted it (same name, identity and outbox), and it serves again.
+        wait_until(lambda: sum(r.ready for r in activator.replicas()) == 2, 60)
+        again = setup.scaler.supervisor.find("infer-regional-1")
+        assert again is not None and again.process.pid != victim.process.pid
+        assert setup.scaler.restarts.waiting == {}
+        wait_until(lambda: len(setup.broker.events) == 3, 30)
+        assert sorted(h for _, h in _delivered(setup)) == ["acme:0", "acme:1", "acme:2"]
 
 
 def test_a_replica_that_cannot_start_fails_the_waiting_request(tmp_path: Path) -> None:
