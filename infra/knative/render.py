@@ -61,7 +61,7 @@ def _cluster(t: Template, c: Cluster) -> list[Manifest]:
     accounts = [f.name for f in functions] + [infer_service_name(t.model(m)) for m in c.models]
     out: list[Manifest] = [
         _namespace(t),
-        *trust.feature_patches(),
+        *trust.feature_patches(t),
         _template_configmap(t),
         *(
             trust.service_account(t, a, PART_OF)

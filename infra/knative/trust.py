@@ -43,7 +43,7 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN_TTL_S = 3600
 
 
-def feature_patches() -> list[Manifest]:
+def feature_patches(t: Template) -> list[Manifest]:
     def patch(name: str, namespace: str, data: dict[str, str]) -> Manifest:
         return {
             "apiVersion": "v1",
@@ -66,6 +66,11 @@ def feature_patches() -> list[Manifest]:
             },
         ),
         patch("config-network", "knative-serving", {"cluster-local-domain-tls": "Enabled"}),
+        *(
+            [patch("config-autoscaler", "knative-serving", {"scale-to-zero-grace-period": grace})]
+            if (grace := t.autoscaler.scale_to_zero_grace_period)
+            else []
+        ),
         patch(
             "config-features",
             "knative-eventing",

@@ -1,15 +1,16 @@
-"""The activator and queue-proxy of one infer service (a cluster x model) under ``tollgate up``.
+"""The activator and queue-proxy of one infer service under ``tollgate up`` (a local tier's).
 
 Knative puts its activator in front of a revision scaled to zero and a queue-proxy beside each
 replica: they count the requests in flight (what the autoscaler scales on), buffer requests
 while no replica can take them, and send each to a ready replica with a free slot (at most
 containerConcurrency each). Locally one object does all of it for one service, at the URL the
-router's topology names for that cluster and model:
+router's topology names for the clusters of its tier:
 
 - every other request is forwarded untouched (headers, body, streamed answer) to the ready
   replica with the fewest requests in flight; none free: it waits in the buffer (bounded in
   size and time: beyond them 429 with Retry-After, in OpenAI's error shape) and the scaler is
-  poked, so a scale from zero starts at once;
+  poked, so a scale from zero starts at once; a replica that refuses the connection (it
+  crashed, nothing was sent) is marked not ready and the request goes to another;
 - ``/healthz`` and ``/readyz`` answer for the service (it accepts requests even at zero
   replicas); ``/readyz`` fails while replicas cannot start, so the prober marks it unhealthy;
 - ``/metrics`` reports the load as the router's prober reads it (``tollgate_infer_*``: queued

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from functions.auth import keys, senders, tokens
 from functions.auth.policy import Trust
-from infra.local.autoscaler import STABLE_WINDOW_S, ScalingSpec
+from infra.local.autoscaler import SCALE_TO_ZERO_GRACE_S, STABLE_WINDOW_S, ScalingSpec
 from infra.local.broker import BrokerTrigger, DeliveryPolicy
 from infra.local.issuer import Projection
 from infra.local.supervisor import ProcessSpec
@@ -343,7 +343,7 @@ def _infer_services(
             model=model.name,
             host=host,
             port=tier_port,
-            scaling=scaling_spec(serving),
+            scaling=scaling_spec(serving, template.autoscaler.scale_to_zero_grace_period),
             progress_deadline_s=float(
                 go_duration_seconds(serving.progress_deadline)
                 if serving.progress_deadline
@@ -358,8 +358,9 @@ def _infer_services(
     return services
 
 
-def scaling_spec(serving: InferServing) -> ScalingSpec:
-    """The KPA's settings for a service, from what render annotates it with."""
+def scaling_spec(serving: InferServing, grace: str | None = None) -> ScalingSpec:
+    """The KPA's settings for a service, from what render annotates it with and the
+    scale-to-zero grace it sets in config-autoscaler."""
     delay, window = serving.scale_down_delay, serving.window
     return ScalingSpec(
         concurrency=serving.concurrency,
@@ -367,6 +368,9 @@ def scaling_spec(serving: InferServing) -> ScalingSpec:
         max_scale=serving.max_scale,
         scale_down_delay_s=float(go_duration_seconds(delay)) if delay else 0.0,
         stable_window_s=float(go_duration_seconds(window)) if window else STABLE_WINDOW_S,
+        scale_to_zero_grace_s=(
+            float(go_duration_seconds(grace)) if grace else SCALE_TO_ZERO_GRACE_S
+        ),
     )
 
 

@@ -135,6 +135,15 @@ def _a_knative_window(value: str) -> str:
 StableWindow = Annotated[str, AfterValidator(_go_duration), AfterValidator(_a_knative_window)]
 
 
+def _at_least_six_seconds(value: str) -> str:
+    if go_duration_seconds(value) < 6:
+        raise ValueError(f"{value!r}: Knative's scale-to-zero grace period is at least 6s")
+    return value
+
+
+GracePeriod = Annotated[str, AfterValidator(_go_duration), AfterValidator(_at_least_six_seconds)]
+
+
 def iso_duration_seconds(value: str) -> float:
     """Seconds in an ISO-8601 duration of fixed length (PT0.5S, PT2S, PT1M, P1D).
 

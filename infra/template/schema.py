@@ -22,6 +22,7 @@ from infra.template.fields import (
     EffectiveFrom,
     EventType,
     GoDuration,
+    GracePeriod,
     IsoDuration,
     MaxQueueWait,
     Name,
@@ -442,6 +443,15 @@ class CarrierBilling(_Model):
 Jurisdiction = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
 
 
+class Autoscaler(_Model):
+    """Knative Serving's cluster-wide autoscaler settings the platform sets (ConfigMap
+    ``config-autoscaler``, merge-patched on every cluster; unset ones keep Knative's default).
+    ``tollgate up``'s autoscaler scales by the same."""
+
+    # How long the last replica stays after the autoscaler wanted zero (Knative: 30s).
+    scale_to_zero_grace_period: GracePeriod | None = None
+
+
 class Warming(_Model):
     """Warm ahead of demand (the route function's warm-keeper, on a ping): a plan with
     ``latencyTargetMs`` keeps the sites that meet it warm until it has had no traffic for
@@ -492,6 +502,7 @@ class Template(_Model):
     carrier_billing: CarrierBilling | None = None
     warming: Warming = Warming()
     roaming: Roaming = Roaming()
+    autoscaler: Autoscaler = Autoscaler()
     local: Local
 
     # -- lookups for the renderer, the router and ``tollgate up`` ---------------------------

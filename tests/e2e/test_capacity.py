@@ -10,8 +10,8 @@ activators and replicas):
   of the captures, one capture per answered request).
 
 The template is the shipped one with the local model's service shrunk to replicas of one slot
-(at most two), Knative's shortest stable window and a 1 s scale-down delay, so a slot is easy to
-fill and the scale-down comes within the test (stable window 6 s + the 30 s scale-to-zero grace).
+(at most two), Knative's shortest stable window and scale-to-zero grace and a 1 s scale-down
+delay, so a slot is easy to fill and the scale-down comes within the test (6 s + 6 s).
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         "  - name: strict\n    kind: payPerInference\n    topUps: [1000000]\n"
         "    maxQueueWaitMs: 0\n  - name: batch\n",
     )
+    # The shortest scale-to-zero grace Knative allows (config-autoscaler).
+    strict += "\nautoscaler: {scaleToZeroGracePeriod: 6s}\n"
     template = root / "template.yaml"
     template.write_text(strict, encoding="utf-8")
     state = root / "state"

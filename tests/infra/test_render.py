@@ -74,15 +74,28 @@ def test_a_stable_window_is_annotated_and_is_what_up_scales_by() -> None:
         "serving: {concurrency: 4, maxScale: 4}",
         "serving: {concurrency: 4, maxScale: 4, scaleDownDelay: 1s, window: 6s}",
     )
-    template = parse_template(text)
-    svc = _by(render(template)["edge-lyon-5g-1"], "Service")["infer-smollm2-135m"]
+    assert "autoscaler:" not in text  # shipped: Knative's own grace, no patch rendered
+    assert not any(
+        m["metadata"]["name"] == "config-autoscaler"
+        for m in render(parse_template(text))["edge-lyon-5g-1"]
+    )
+    template = parse_template(text + "\nautoscaler: {scaleToZeroGracePeriod: 10s}\n")
+    manifests = render(template)["edge-lyon-5g-1"]
+    [patch] = [m for m in manifests if m["metadata"]["name"] == "config-autoscaler"]
+    assert patch["metadata"]["namespace"] == "knative-serving"
+    assert patch["data"] == {"scale-to-zero-grace-period": "10s"}
+    svc = _by(manifests, "Service")["infer-smollm2-135m"]
     annotations = svc["spec"]["template"]["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/window"] == "6s"
     assert annotations["autoscaling.knative.dev/scale-down-delay"] == "1s"
     assert annotations["autoscaling.knative.dev/max-scale"] == "4"
     # tollgate up's autoscaler takes the same numbers (infra/local/platform.py).
-    spec = scaling_spec(template.infer_serving(template.model("smollm2-135m")))
+    spec = scaling_spec(
+        template.infer_serving(template.model("smollm2-135m")),
+        template.autoscaler.scale_to_zero_grace_period,
+    )
     assert (spec.stable_window_s, spec.scale_down_delay_s, spec.max_scale) == (6, 1, 4)
+    assert spec.scale_to_zero_grace_s == 10
     assert (spec.concurrency, spec.panic_window_s) == (4, 0.6)
     # The model stays loaded as long as Knative keeps the pod: window plus delay.
     assert template.warm_for_s(template.model("smollm2-135m")) == 7

@@ -333,6 +333,16 @@ def test_the_stable_window_within_knative_limits() -> None:
     )
 
 
+def test_the_scale_to_zero_grace_within_knative_limits() -> None:
+    text = SHIPPED.read_text(encoding="utf-8") + "\nautoscaler: {scaleToZeroGracePeriod: 5s}\n"
+    _assert_problem(
+        _errors(text),
+        "autoscaler.scaleToZeroGracePeriod",
+        _line_of(text, "scaleToZeroGracePeriod: 5s"),
+        "'5s': Knative's scale-to-zero grace period is at least 6s",
+    )
+
+
 def test_misspelt_event_type_of_a_producer() -> None:
     text = _broken(
         "emits: [io.tollgate.credits.grant.v1, io.tollgate.hold.settle.v1,",

@@ -9,7 +9,7 @@ import pytest
 
 from infra.local.autoscaler import Autoscaler, ScalingSpec
 
-# The template's smollm2 service: 4 per replica (target 2.8 at 70 %), 0..2 replicas, 1 min delay.
+# A small CPU service: 4 per replica (target 2.8 at 70 %), 0..2 replicas, a 1 min delay.
 SMOL = ScalingSpec(concurrency=4, min_scale=0, max_scale=2, scale_down_delay_s=60)
 BIG = ScalingSpec(concurrency=10, max_scale=20)  # target 7
 

@@ -1,8 +1,9 @@
 """The local scaler with real infer replicas (``tollgate serve infer`` on the real model), started
 and retired through the real supervisor and a real CloudEvents sink standing in for the broker: a
-request to a service at zero scales it to one and is answered; idle, it goes back to zero; a
 replica scaled down goes only once its metering is delivered; an outbox a stopped replica left
-owing is picked up again; a replica that cannot start fails the waiting request."""
+owing is picked up again; a crashed replica restarts on its own back-off while the other serves;
+a replica that cannot start fails the waiting request. (Scaling from zero and back on the whole
+platform: tests/e2e/test_capacity.py.)"""
 
 from __future__ import annotations
 
@@ -158,31 +159,15 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def test_a_request_scales_a_service_from_zero_and_idle_brings_it_back(tmp_path: Path) -> None:
+def test_a_replica_scaled_down_goes_only_once_its_metering_is_delivered(tmp_path: Path) -> None:
     with running(tmp_path) as setup:
         time.sleep(1)
         assert names(setup) == []  # nothing runs before a request
-        r = chat(setup)
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"]
+        setup.broker.refusing.set()  # the broker is down: the replica's outbox keeps the event
+        assert chat(setup, "acme:7").status_code == 200  # from zero
         assert names(setup) == ["infer-regional-1"]
         sample = parse_metrics(requests.get(setup.url + "/metrics", timeout=5).text)
-        assert sample.replicas == 1
-        assert sample.cold_start_ms is not None and sample.cold_start_ms > 0
-        wait_until(lambda: ("inference.completed", "acme:1") in _delivered(setup), 30)
-        # Idle: the 6 s stable window empties, then the 1 s grace, then the replica is retired.
-        wait_until(lambda: names(setup) == [])
-        assert parse_metrics(requests.get(setup.url + "/metrics", timeout=5).text).replicas == 0
-        assert chat(setup, "acme:2").status_code == 200  # and again from zero
-        # One replica again (replica 1's process may still be stopping: then it is number 2,
-        # never a second process on replica 1's identity and outbox).
-        assert names(setup) in (["infer-regional-1"], ["infer-regional-2"])
-
-
-def test_a_replica_scaled_down_goes_only_once_its_metering_is_delivered(tmp_path: Path) -> None:
-    with running(tmp_path) as setup:
-        setup.broker.refusing.set()  # the broker is down: the replica's outbox keeps the event
-        assert chat(setup, "acme:7").status_code == 200
+        assert sample.replicas == 1 and sample.cold_start_ms is not None
         outbox = setup.service.outbox_dir(1)
         assert owed(outbox) == 1
         activator = setup.scaler.activators()[0]
@@ -194,6 +179,7 @@ def test_a_replica_scaled_down_goes_only_once_its_metering_is_delivered(tmp_path
         setup.broker.refusing.clear()
         wait_until(lambda: names(setup) == [], 30)
         assert owed(outbox) == 0
+        assert parse_metrics(requests.get(setup.url + "/metrics", timeout=5).text).replicas == 0
         assert _delivered(setup) == [("inference.completed", "acme:7")]  # once, not lost
 
 
