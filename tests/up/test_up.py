@@ -256,10 +256,11 @@ def test_the_openai_client_spends_credits_on_every_tier(tmp_path: Path) -> None:
         balance = settled()
         assert balance["open_holds"] == 0 and balance["held"] == 0
         assert balance["spent"] == charged  # exactly what the responses said
-        # Each tier's model loaded on its first request, and the terminal said so.
+        # Each tier scaled from zero: its first replica loaded the model, and the terminal said so.
         output = printed(endpoints, "model loaded in")
         for tier in ("edge", "regional", "cloud"):
-            assert f"infer-{tier}: SmolLM2-135M-Instruct: loading the model (cold start)" in output
+            loading = f"infer-{tier}-1: SmolLM2-135M-Instruct: loading the model (cold start)"
+            assert loading in output
         # Settled requests are no news at INFO (the broker drops their replies quietly).
         assert "no trigger matches" not in output
         # The token came from the environment: the printed command names the variable.
