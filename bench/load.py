@@ -76,13 +76,21 @@ class Outcome:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def client(base_url: str, key: str, outcome: Outcome) -> openai.OpenAI:
+def client(
+    base_url: str, key: str, outcome: Outcome, vouch: Vouch | None, max_tokens: int
+) -> openai.OpenAI:
     def count(response: Any) -> None:
         if response.status_code == 429:
             with outcome.lock:
                 outcome.refused += 1
 
-    http = openai.DefaultHttpxClient(event_hooks={"response": [count]})
+    def sign(request: Any) -> None:
+        # Each attempt its own capability, as the ingress signs one per attempt (the client's
+        # retries of a 429 would otherwise replay one: 409).
+        if vouch is not None:
+            request.headers.update(vouch.headers(max_tokens))
+
+    http = openai.DefaultHttpxClient(event_hooks={"request": [sign], "response": [count]})
     return openai.OpenAI(base_url=base_url, api_key=key, http_client=http, timeout=600)
 
 
@@ -122,7 +130,7 @@ def one_client(
     out: Outcome,
     vouch: Vouch | None,
 ) -> None:
-    api = client(base_url, key, out)
+    api = client(base_url, key, out, vouch, max_tokens)
     for _ in range(requests_each):
         started = time.perf_counter()
         try:
@@ -132,7 +140,6 @@ def one_client(
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
-                extra_headers=vouch.headers(max_tokens) if vouch else None,
             )
             tier = raw.headers.get("x-tollgate-tier", "direct")
             first: float | None = None
