@@ -121,7 +121,10 @@ class InferenceOutcome(EventData):
 
 
 class InferenceCompleted(InferenceOutcome):
-    pass
+    # The ingress's metering of a stream it relayed that did not end normally, sent in case
+    # infer's own never comes (infer died with it): it settles a hold nothing settled yet, and
+    # is answered with nothing (204, no change) once the hold was settled.
+    stand_in: bool = False
 
 
 class InferenceError(EventData):

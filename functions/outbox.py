@@ -193,11 +193,14 @@ class Outbox:
         id: str,
         subject: str | None = None,
         route: str = SINK,
+        delay_s: float = 0.0,
     ) -> None:
-        """Owe this event, durably, once (a second put of the same route+source+id is a no-op).
+        """Owe this event, durably, once (a second put of the same route+source+id is a no-op),
+        first due ``delay_s`` from now (a drain at shutdown delivers it sooner).
         Raises OutboxError if it cannot be written."""
         if route not in self.routes:
             raise ValueError(f"outbox {self.name} has no route {route!r}")
+        assert delay_s >= 0, delay_s
         now = self._clock()
         body = json.dumps(data, separators=(",", ":"))
         try:
@@ -205,7 +208,7 @@ class Outbox:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO outbox (route, type, source, id, subject, data, "
                     "created, due) VALUES (?,?,?,?,?,?,?,?)",
-                    (route, type, source, id, subject, body, now, now),
+                    (route, type, source, id, subject, body, now, now + delay_s),
                 )
                 if cursor.rowcount == 1:
                     self._pending += 1

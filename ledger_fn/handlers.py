@@ -40,7 +40,7 @@ from functions.app import Handler
 from functions.auth.keys import VerifyKeys
 from functions.cloudevent import Incoming, Reply
 from functions.emit import Emitter
-from functions.errors import BadRequest, Forbidden, Unavailable
+from functions.errors import BadRequest, Conflict, Forbidden, Unavailable
 from functions.validation import validate
 from ledger_fn.ledger import Ledger
 from ledger_fn.plans import Plans
@@ -182,11 +182,18 @@ class LedgerHandlers:
         args: dict[str, Any] = {"hold_id": cmd.hold_id, "amount": cmd.amount}
         return self._settled(self._run(event, account_of(cmd.hold_id), "settle", args))
 
-    def completed(self, event: Incoming) -> Reply:
+    def completed(self, event: Incoming) -> Reply | None:
         done = validate(InferenceCompleted, event.data, f"{event.type} data")
         self._vouched(done)
         account_id = self._owner(done.hold_id, done.account_id)
-        return self._settled(self._run(event, account_id, "settle", usage_args(done)))
+        try:
+            return self._settled(self._run(event, account_id, "settle", usage_args(done)))
+        except Conflict:
+            if not done.stand_in or done.hold_id in self.ledger.state(account_id).holds:
+                raise
+            # Infer's own metering settled it first, as it should: the stand-in is not needed.
+            log.info("stand-in metering of hold %s: already settled", done.hold_id)
+            return None
 
     def _settled(self, r: dict[str, Any]) -> Reply:
         settled = HoldSettled(

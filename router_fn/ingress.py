@@ -498,10 +498,11 @@ class Ingress:
 
     def _relay(self, attempt: Attempt, relay: StreamRelay, model: str) -> Iterator[bytes]:
         """Stream the upstream's events through; closing (client gone) closes the upstream, so
-        the infer function stops generating and meters what it produced. A stream that breaks
-        off before saying it is over lost its infer: it is metered here, from the usage of the
-        last event relayed."""
+        the infer function stops generating and meters what it produced. A stream that does not
+        end normally may have lost its infer (it broke off, or died as the client left): the
+        ingress stands in for its metering, from the usage of the last event relayed."""
         first_text: float | None = None
+        client_left = False
         try:
             for data in itertools.chain((attempt.first,), attempt.chunks):
                 out = relay.feed(data)
@@ -514,24 +515,28 @@ class Ingress:
             if relay.ended:
                 return
             log.warning("upstream %s ended its stream unfinished", attempt.candidate.cluster)
+        except GeneratorExit:
+            client_left = True
+            raise
         except requests.RequestException as exc:
             log.warning("upstream %s broke mid-stream: %s", attempt.candidate.cluster, exc)
         finally:
             attempt.close()
-        if relay.usage is not None:
-            hold, candidate = attempt.hold, attempt.candidate
-            self.owed.relayed(
-                Relayed(
-                    hold,
-                    candidate.tier,
-                    candidate.cluster,
-                    model,
-                    relay.usage,
-                    attempt.started,
-                    first_text,
-                    attempt.capability,
+            if not relay.ended and relay.usage is not None:
+                hold, candidate = attempt.hold, attempt.candidate
+                self.owed.relayed(
+                    Relayed(
+                        hold,
+                        candidate.tier,
+                        candidate.cluster,
+                        model,
+                        relay.usage,
+                        attempt.started,
+                        first_text,
+                        attempt.capability,
+                        client_left,
+                    )
                 )
-            )
         # Tell the client in the stream's own error form.
         yield STREAM_CUT
 

@@ -17,7 +17,9 @@ OVERHEAD = Histogram(
 )
 RELAYED_METERING = Counter(
     "tollgate_ingress_relayed_metering_total",
-    "Streams infer broke off mid-way, metered by the ingress from the usage it relayed",
+    "Streams that did not end normally, metered by the ingress from the usage it relayed as a "
+    "stand-in for infer's own metering; why: cut (infer broke off) or left (the client did)",
+    ["why"],
 )
 OWED_LOST = Counter(
     "tollgate_ingress_owed_lost_total",

@@ -7,11 +7,12 @@
 - the **release** of a hold whose authorize answer was lost (a timeout, a 5xx): the same
   authorize is sent again under its event id until the ledger answers; the ledger's dedupe hands
   back the hold it made (or makes it now), and that hold is voided;
-- the **metering of a relayed stream whose infer died** before saying the stream was over:
-  ``inference.completed`` with the usage of the last chunk relayed (what reached the client),
-  owed to the broker. Infer owes its own event for the same hold when it can; the ledger settles
-  a hold once, so whichever arrives first settles it and the other is refused (see
-  events/ledger.py).
+- the **stand-in metering of a relayed stream that did not end normally**: ``inference.completed``
+  with the usage of the last chunk relayed (what reached the client), marked ``stand_in`` and
+  owed to the broker. Infer owes its own event for the same hold and normally settles it: the
+  ledger then answers the stand-in with nothing. It exists for the infer that died with the
+  stream: at once when infer broke the stream off, ``STAND_IN_DELAY_S`` later when the client
+  left (infer, if alive, meters what it made on noticing, and its number should win).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 VOID = "void"
 RELEASE = "release"
 VOID_TRIES = 2
+# Far longer than infer takes to meter a closed stream and its broker to deliver it.
+STAND_IN_DELAY_S = 30.0
 VOID_PAUSE_S = 0.2
 # The ledger's answers that mean "this hold can no longer be captured": it is already void,
 # settled and now refunded, or expired (the ledger refuses later settles of a hold voided here).
@@ -71,6 +74,7 @@ class Relayed:
     started: float  # time.monotonic() when infer was called
     first_text: float | None  # when the first text was relayed
     capability: str  # the attempt's, which settle checks
+    client_left: bool  # the client closed the stream (else infer broke it off)
 
 
 class Owed:
@@ -104,7 +108,8 @@ class Owed:
         self._owe(types.HOLD_AUTHORIZE, event_id, command.model_dump(mode="json"), RELEASE)
 
     def relayed(self, metered: Relayed) -> None:
-        """Meter a stream infer could not: what reached the client, owed to the broker."""
+        """Stand in for infer's metering of a stream that did not end normally: what reached
+        the client, owed to the broker."""
         started, ttft = metered.started, metered.first_text
         total_ms = round((time.monotonic() - started) * 1000)
         event = InferenceCompleted(
@@ -121,18 +126,22 @@ class Owed:
                 engine_ms=total_ms,
             ),
             capability=metered.capability,
+            stand_in=True,
         )
-        metrics.RELAYED_METERING.inc()
+        metrics.RELAYED_METERING.labels("left" if metered.client_left else "cut").inc()
         self._owe(
             types.INFERENCE_COMPLETED,
             f"{metered.hold.hold_id}#relayed",
             event.model_dump(mode="json"),
             SINK,
+            delay_s=STAND_IN_DELAY_S if metered.client_left else 0.0,
         )
 
-    def _owe(self, type: str, event_id: str, data: dict[str, Any], route: str) -> None:
+    def _owe(
+        self, type: str, event_id: str, data: dict[str, Any], route: str, delay_s: float = 0.0
+    ) -> None:
         try:
-            self.outbox.put(type, SOURCE, data, id=event_id, route=route)
+            self.outbox.put(type, SOURCE, data, id=event_id, route=route, delay_s=delay_s)
         except OutboxError:
             metrics.OWED_LOST.inc()
             log.exception("could not owe %s %s: it is lost", type, event_id)

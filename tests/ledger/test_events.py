@@ -175,6 +175,40 @@ def test_inference_failed_after_output_charges_what_was_produced_once(
     assert (b["spent"], b["held"]) == (26, 0)
 
 
+def test_a_stand_in_metering_settles_only_a_hold_nothing_settled(
+    client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys
+) -> None:
+    """The ingress's stand-in for a stream's metering: answered with nothing once infer's own
+    settled the hold; when it comes first it settles, and infer's later one is refused."""
+    quote = {"price_book": "b", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
+    spent = []
+    for first in ("infer", "stand-in"):
+        _, held = reply(
+            send(
+                client, types.HOLD_AUTHORIZE, {"account_id": "acme", "amount": 300, "quote": quote}
+            )
+        )
+        own = {
+            "hold_id": held["hold_id"],
+            "account_id": "acme",
+            "model": "m",
+            "usage": {"prompt_tokens": 20, "completion_tokens": 5},
+            "capability": cap_keys.capability(held["hold_id"]),
+        }
+        stand_in = {**own, "usage": {"prompt_tokens": 20, "completion_tokens": 3}, "stand_in": True}
+        entries = len(ledger.journal("acme", limit=500))
+        if first == "infer":
+            assert reply(send(client, types.INFERENCE_COMPLETED, own))[1]["captured"] == 30
+            answer = send(client, types.INFERENCE_COMPLETED, stand_in)
+            assert answer.status_code == 204 and not answer.data
+        else:
+            assert reply(send(client, types.INFERENCE_COMPLETED, stand_in))[1]["captured"] == 26
+            assert send(client, types.INFERENCE_COMPLETED, own).status_code == 409
+        assert len(ledger.journal("acme", limit=500)) == entries + 1  # one settle, nothing more
+        spent.append(invariant(ledger, "acme")["spent"])
+    assert spent == [30, 56]
+
+
 def test_a_voided_hold_charges_nothing_for_a_later_settle(
     client: FlaskClient, ledger: Ledger, cap_keys: CapabilityKeys
 ) -> None:

@@ -67,7 +67,7 @@ class Upstream:
                 headers = {"Retry-After": str(self.retry_after)}
                 return Response(json.dumps({"error": error}), status=429, headers=headers)
             if self.mode == "hold":  # a long generation: one token, then until released
-                return Response(self._held(), mimetype="text/event-stream")
+                return Response(self._held(body), mimetype="text/event-stream")
             if self.mode == "400":
                 error = {"message": "prompt too long", "code": "context_length_exceeded"}
                 return Response(json.dumps({"error": error}), status=400)
@@ -103,9 +103,15 @@ class Upstream:
             yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
-    def _held(self) -> Iterator[str]:
-        yield f"data: {json.dumps({'choices': [{'delta': {'content': 'Par'}, 'index': 0}]})}\n\n"
-        self.released.wait(30)
+    def _held(self, body: dict[str, Any]) -> Iterator[str]:
+        usage = (body.get("stream_options") or {}).get("continuous_usage_stats")
+        for n, word in enumerate(("Par", "is"), start=1):
+            chunk: dict[str, Any] = {"choices": [{"delta": {"content": word}, "index": 0}]}
+            if usage:
+                chunk["usage"] = {"prompt_tokens": 11, "completion_tokens": n}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            if n == 1:
+                self.released.wait(30)
         yield "data: [DONE]\n\n"
 
     def _settle(self, token: str) -> None:

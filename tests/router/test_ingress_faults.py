@@ -1,12 +1,15 @@
 """The ingress when things break, over real HTTP with a real ledger on sqlite: a stream infer
-breaks off is billed for what reached the client; a failed attempt is voided before any other
-cluster is tried, and not failed over while its void is owed; an abandoned attempt that settled
-anyway is refunded; an authorize whose answer was lost is found again and voided; an unknown
-plan is refused."""
+breaks off is billed for what reached the client, and so is one the client leaves as infer dies
+(a stand-in that yields to infer's own metering when there is one); a failed attempt is voided
+before any other cluster is tried, and not failed over while its void is owed; an abandoned
+attempt that settled anyway is refunded; an authorize whose answer was lost is found again and
+voided; an unknown plan is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +22,14 @@ import pytest
 import requests
 from flask import Flask, Response, request
 
+from events import wire
 from functions.apikeys import ApiKeys
 from functions.auth.tokens import TokenFile
 from functions.emit import Emitter
-from functions.outbox import OutboxSettings
+from functions.outbox import FILE_NAME, OutboxSettings
 from functions.store import Store
 from ledger_fn.ledger import Ledger
+from router_fn import owed
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
@@ -70,6 +75,7 @@ class Faulty:
     regional: Upstream
     authorize: Gate
     refund: Gate
+    outbox: Path
 
     def balance(self) -> dict[str, Any]:
         return self.ledger.balance("acme")
@@ -121,7 +127,17 @@ def faulty(
             outbox=OutboxSettings(tmp_path / "ingress-outbox", max_backoff_s=0.5),
         )
         url = stack.enter_context(serving(app))
-        yield Faulty(url, key, sqlite_store, ledger, edge, regional, authorize, refund)
+        yield Faulty(
+            url,
+            key,
+            sqlite_store,
+            ledger,
+            edge,
+            regional,
+            authorize,
+            refund,
+            tmp_path / "ingress-outbox",
+        )
 
 
 def chat(f: Faulty, *, key: str | None = None, **body: Any) -> requests.Response:
@@ -155,6 +171,55 @@ def test_a_stream_infer_breaks_off_is_billed_for_what_reached_the_client(faulty:
     assert faulty.balance()["spent"] == 8
     [settle] = faulty.ops("settle")
     assert settle["op"]["args"]["usage"]["completion_tokens"] == 2
+
+
+def leave_mid_stream(f: Faulty) -> str:
+    """Open a stream on the regional cluster, read its first token and hang up; the hold id."""
+    f.regional.mode = "hold"
+    payload = {"model": "Tiny-1", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    auth = {"Authorization": f"Bearer {f.key}"}
+    with requests.post(
+        f.url + "/v1/chat/completions", json=payload, headers=auth, stream=True, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        hold_id = r.headers[wire.HOLD_ID]
+        next(r.iter_lines())  # the first token reached the client
+    return hold_id
+
+
+def outbox_states(f: Faulty) -> list[str]:
+    with contextlib.closing(sqlite3.connect(f.outbox / FILE_NAME)) as db:
+        return [row[0] for row in db.execute("SELECT state FROM outbox")]
+
+
+def test_a_stream_the_client_leaves_as_infer_dies_is_billed_for_what_reached_it(
+    faulty: Faulty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owed, "STAND_IN_DELAY_S", 1.0)
+    leave_mid_stream(faulty)  # this infer never meters: it died with the stream
+    faulty.regional.released.set()  # its next token shows the ingress the client is gone
+    eventually(lambda: outbox_states(faulty) == ["pending"])  # owed, not due: infer's may come
+    eventually(lambda: faulty.balance()["open_holds"] == 0)
+    # Both tokens were handed to the client's connection: the second is how the ingress found
+    # it closed (what a closed socket takes in before it errors cannot be known either).
+    [settle] = faulty.ops("settle")
+    assert settle["op"]["args"]["usage"]["completion_tokens"] == 2
+    assert faulty.balance()["spent"] == 8  # 11 x 0.5 + 2 x 1 = 7.5, rounded up
+
+
+def test_the_stand_in_yields_to_infers_own_metering(
+    faulty: Faulty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owed, "STAND_IN_DELAY_S", 1.0)
+    leave_mid_stream(faulty)
+    faulty.regional.released.set()
+    eventually(lambda: outbox_states(faulty) == ["pending"])
+    capability = faulty.regional.calls[-1]["headers"][wire.CAPABILITY.title()]
+    faulty.regional._settle(capability)  # infer noticed the client leave and metered its 5 tokens
+    eventually(lambda: outbox_states(faulty) == ["delivered"])  # answered with nothing
+    [settle] = faulty.ops("settle")
+    assert settle["op"]["args"]["usage"]["completion_tokens"] == 5
+    assert (faulty.balance()["spent"], faulty.balance()["open_holds"]) == (11, 0)
 
 
 @pytest.mark.parametrize(
