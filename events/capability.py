@@ -10,6 +10,9 @@ RS256, the key named by ``kid``) whose claims say:
 - ``model``, ``tier``: what was priced;
 - ``max_tokens`` / ``engine_ms``: the bounds the hold was priced for (infer refuses more tokens
   and stops generating at either bound);
+- ``credits`` (lease attempts only): the most this attempt may capture from the lease it is
+  billed to (its worst case at its quote); the ledger captures each request of a lease at most
+  this, under the attempt's ``jti``;
 - ``exp``: the deadline (infer refuses it after, and stops generating at it); ``jti``: the
   attempt (infer serves an attempt once).
 
@@ -53,9 +56,12 @@ class Capability(EventData):
     engine_ms: int = Field(strict=True, ge=1)
     deadline: int = Field(strict=True, ge=0)  # epoch seconds
     attempt: str = Field(min_length=1, max_length=256)
+    credits: int | None = Field(default=None, strict=True, ge=1)  # set: a lease attempt
 
     def claims(self, issued_at: float) -> dict[str, Any]:
+        lease = {} if self.credits is None else {"credits": self.credits}
         return {
+            **lease,
             "iss": ISSUER,
             "aud": self.cluster,
             "iat": int(issued_at),
@@ -82,6 +88,7 @@ class Capability(EventData):
                 engine_ms=claims["engine_ms"],
                 deadline=claims["exp"],
                 attempt=claims["jti"],
+                credits=claims.get("credits"),
             )
         except (KeyError, ValidationError) as exc:
             raise CapabilityError(f"the capability's claims are incomplete: {exc}") from None

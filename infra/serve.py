@@ -146,7 +146,18 @@ def _ingress() -> Flask:
         # Shorter only where a test must see holds expire (bench/chaos.py).
         hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
         decisions=RecentLog(store, ROUTE_DECISIONS),
+        lease_ttl_s=_lease_ttl(),
     )
+
+
+def _lease_ttl() -> int | None:
+    """``TOLLGATE_LEASES=off`` holds every request on its own (what leases are measured
+    against); ``TOLLGATE_LEASE_TTL_SECONDS`` is shorter where a test must see leases expire."""
+    from router_fn.lease import LEASE_TTL_S
+
+    if os.environ.get("TOLLGATE_LEASES", "on").lower() in ("off", "0", "false", "no"):
+        return None
+    return int(os.environ.get("TOLLGATE_LEASE_TTL_SECONDS") or LEASE_TTL_S)
 
 
 def _token(target: str) -> tokens.TokenFile:

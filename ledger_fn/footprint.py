@@ -21,7 +21,9 @@ from pydantic import BaseModel
 from ledger_fn.state import AccountState, Lot, OpenHold, Revocation, Settled, Tracked
 
 _COLLECTIONS = ("lots", "holds", "settled", "revocations")
-_FIXED = frozenset({"lots", "holds", "settled"})  # an element's bound never changes while kept
+# An element's bound never changes while kept (a hold is replaced only when it is a lease, whose
+# counts and allocations change: it is sized again).
+_FIXED = frozenset({"lots", "settled"})
 _EMPTY_COLLECTIONS = len(",".join(f'"{name}":{{}}' for name in _COLLECTIONS)) + 1
 
 

@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from functions.accounts import META_SK, account_pk
 from functions.errors import BadRequest, Conflict, FunctionError, NotFound, Unavailable
@@ -370,7 +370,9 @@ class Ledger:
         the hold ended and what it was authorized for (``apply`` then charges what it can)."""
         state = loaded.state
         hold_id = op.args.get("hold_id")
-        if op.kind != "settle" or hold_id in state.holds or hold_id in state.settled:
+        if op.kind not in ("settle", "capture") or hold_id in state.holds:
+            return op
+        if hold_id in state.settled:
             return op
         assert isinstance(hold_id, str)
         seq = hold_id.rpartition(":")[2]
@@ -388,7 +390,7 @@ class Ledger:
             raise CorruptJournal(f"the journal does not hold the ending of hold {hold_id}")
         args = authorized["op"]["args"]
         terms = LateTerms(
-            resolved="expired" if end["op"]["kind"] == "expire_hold" else "voided",
+            resolved=_ENDINGS.get(end["op"]["kind"], "returned"),
             amount=authorized["result"]["amount"],
             tier=args.get("tier"),
             model=args.get("model"),
@@ -605,6 +607,11 @@ class Ledger:
                 f"account {account_id}: checkpoint at {saved.seq} is past the journal end "
                 f"{state.seq}"
             )
+
+
+# How a hold ended, by the kind of the entry that ended it (a lease's last capture or its return
+# closes it: "returned").
+_ENDINGS: dict[str, Literal["expired", "voided"]] = {"expire_hold": "expired", "refund": "voided"}
 
 
 class _ClaimWindow:
