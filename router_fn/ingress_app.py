@@ -14,6 +14,7 @@ from functions.auth.senders import Senders
 from functions.emit import Emitter
 from functions.outbox import OutboxSettings
 from functions.recent import RecentLog
+from functions.server import on_stop
 from functions.store import Store
 from router_fn.ingress import HOLD_TTL_S, Ingress
 from router_fn.latency import LatencyPromise
@@ -74,4 +75,7 @@ def create_app(
         if owed.full:
             raise RuntimeError("the outbox of what this ingress owes the ledger is full")
 
-    return create_function_app("ingress", senders=senders, blueprints=blueprints, ready=ready)
+    app = create_function_app("ingress", senders=senders, blueprints=blueprints, ready=ready)
+    if leases is not None:
+        on_stop(app, leases.stop)  # a stopping ingress returns its leases rather than let expire
+    return app

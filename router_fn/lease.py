@@ -57,7 +57,7 @@ IDLE_S = 5.0
 LOW_WATER = 0.5  # renew when less than this share of the target is free
 RENEW_BEFORE = 0.5  # ... or when less than this share of the TTL is left
 TICK_S = 0.25
-WAIT_S = 0.5
+WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ class Leases:
     clock: Callable[[], float] = time.time
     _leases: dict[Basis, Lease] = field(default_factory=dict)
     _opening: dict[Basis, int] = field(default_factory=dict)  # with the worst case that asked
+    _pending: set[Basis] = field(default_factory=set)  # requests wait for these to open or renew
     _low: dict[str, _Low] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)  # a lease opened, renewed or refused
@@ -129,11 +130,15 @@ class Leases:
     def admit(self, basis: Basis, bound: int, request: str) -> Slot | None:
         """A slot of ``bound`` on the basis's lease, or None: hold this request on its own (the
         account is low, or the lease could not take it even after the next opening or renewal,
-        which a request waits for at most ``WAIT_S``: about what its own hold would take)."""
+        which a request waits for, at most ``WAIT_S``: what its own hold would take at least)."""
         with self._lock:
             lease = self._fitting(basis, bound)
-            if lease is None and not self._is_low(basis.account_id, self.clock()):
-                self._changed.wait(WAIT_S)
+            deadline = self.clock() + WAIT_S
+            while lease is None and basis in self._pending:
+                left = deadline - self.clock()
+                if left <= 0 or self._is_low(basis.account_id, self.clock()):
+                    break
+                self._changed.wait(left)
                 lease = self._fitting(basis, bound, again=True)
             if lease is None:
                 metrics.LEASE_ADMISSIONS.labels("own hold").inc()
@@ -163,12 +168,14 @@ class Leases:
         if lease is None:
             if not again:
                 self._opening[basis] = max(bound, self._opening.get(basis, 0))
+                self._pending.add(basis)
                 self._poke()
             return None
         # Never admit on a lease that could expire before the request is captured.
         if lease.free() < bound or lease.expires_at - now < self.ttl_s * RENEW_BEFORE / 2:
             if not again:
                 lease.since_admitted += bound  # demand the lease could not meet sizes it too
+                self._pending.add(basis)
                 self._poke()
             return None
         return lease
@@ -230,7 +237,8 @@ class Leases:
                 for lease in self._leases.values()
                 if not lease.busy
                 and (
-                    lease.free() < self._target(lease) * LOW_WATER
+                    lease.basis in self._pending
+                    or lease.free() < self._target(lease) * LOW_WATER
                     or lease.expires_at - now < self.ttl_s * RENEW_BEFORE
                 )
             ]
@@ -242,6 +250,7 @@ class Leases:
             ]
             for lease in idle:
                 del self._leases[lease.basis]
+                self._pending.discard(lease.basis)
             for lease in renew:
                 lease.busy = True
         for lease in idle:
@@ -250,6 +259,7 @@ class Leases:
             if basis not in self._leases:
                 self._open(basis, worst)
             with self._lock:  # opened or not: requests waiting for it decide now
+                self._pending.discard(basis)
                 self._changed.notify_all()
         for lease in renew:
             if lease not in idle:
@@ -344,6 +354,7 @@ class Leases:
         finally:
             with self._lock:
                 lease.busy = False
+                self._pending.discard(lease.basis)
                 self._changed.notify_all()
 
     def _after(self, account_id: str, hold: HoldAuthorized, worst: int) -> None:

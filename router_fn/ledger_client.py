@@ -110,9 +110,9 @@ class LedgerClient:
         self._send(self.refund_url, types.HOLD_REFUND, command, event_id)
 
     def _send(self, url: str, event_type: str, data: EventData, event_id: str) -> Incoming:
-        message = to_binary(
-            make_event(event_type, SOURCE, data.model_dump(mode="json"), id=event_id)
-        )
+        # Unset options stay off the wire: a ledger from before them takes the command too.
+        payload = data.model_dump(mode="json", exclude_none=True)
+        message = to_binary(make_event(event_type, SOURCE, payload, id=event_id))
         try:
             headers = {**message.headers, **self._tokens[url].bearer()}
             response = self._session.post(
