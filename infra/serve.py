@@ -126,6 +126,8 @@ def _ingress() -> Flask:
         os.environ.get("TOLLGATE_REFUND_URL") or None,
         authorize_token=_token(tokens.AUTHORIZE),
         refund_token=_token(tokens.REFUND),
+        # Longer only where the store is slow (DynamoDB Local in the lease race tests).
+        timeout_s=float(os.environ.get("TOLLGATE_LEDGER_TIMEOUT_SECONDS") or 5.0),
     )
     template = template_from_env(os.environ)
     emitter = Emitter(settings.sink, tokens.TokenFile.from_env(tokens.SINK))

@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 STATE_SK = "STATE"
 MAX_COMMIT_ATTEMPTS = 200
+COMMIT_TURNS = 64  # lock stripes: commits of accounts in one stripe take turns in a process
 PAGE = 500
 # The most a state may take as a STATE item (the store's own limit is 350,000 B of data,
 # DynamoDB's 400 KB per item): an operation that would grow it past this is refused.
@@ -149,6 +150,7 @@ class Ledger:
         self._cache: OrderedDict[str, tuple[_Loaded, int]] = OrderedDict()
         self._cached_bytes = 0
         self._cache_lock = threading.Lock()
+        self._turns = [threading.Lock() for _ in range(COMMIT_TURNS)]
 
     @classmethod
     def configured(cls, store: Store, settings: LedgerSettings) -> Ledger:
@@ -243,6 +245,13 @@ class Ledger:
         return self._commit(account_id, op)
 
     def _commit(self, account_id: str, op: Op, *, create: bool = False) -> dict[str, Any]:
+        # Writers of one account in this process take turns: they would only collide on the
+        # journal's next entry and retry (under load on one hot account, mostly retrying).
+        # Other processes still race through put-if-absent, which alone decides.
+        with self._turns[hash(account_id) % len(self._turns)]:
+            return self._commit_now(account_id, op, create=create)
+
+    def _commit_now(self, account_id: str, op: Op, *, create: bool) -> dict[str, Any]:
         pk = account_pk(account_id)
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             loaded = self._load(account_id)

@@ -57,7 +57,7 @@ IDLE_S = 5.0
 LOW_WATER = 0.5  # renew when less than this share of the target is free
 RENEW_BEFORE = 0.5  # ... or when less than this share of the TTL is left
 TICK_S = 0.25
-WAIT_S = 2.0
+WAIT_S = 5.0  # as long as a per-request authorize may take (the ledger client timeout)
 
 
 @dataclass(frozen=True)

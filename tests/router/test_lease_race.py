@@ -48,6 +48,12 @@ CLIENTS = 8  # per ingress
 LEASE_TTL_S = 3
 
 
+def requests_each(store_url: str) -> int:
+    """Requests per client: DynamoDB Local commits ~10 journal entries a second on these 2
+    cores (each request is one, captured on its own), sqlite ~10 times that."""
+    return 2 if store_url.startswith("dynamodb") else 8
+
+
 def worst_case() -> tuple[Quote, int]:
     """The quote requests are priced at (the regional tier) and one request's worst case."""
     topo = topology(load_template(ROOT / "template.yaml")).at(time.time())
@@ -193,15 +199,17 @@ def run(p: Platform, issuer: TestIssuer, *, exact: bool = False) -> None:
             "TOLLGATE_PROBE_INTERVAL_S": "0",
             "TOLLGATE_OUTBOX_DIR": str(p.tmp / f"outbox-{n}"),
             "TOLLGATE_LEASE_TTL_SECONDS": str(LEASE_TTL_S),
-            "TOLLGATE_HOLD_TTL_SECONDS": "30",
+            "TOLLGATE_HOLD_TTL_SECONDS": "60",
+            # DynamoDB Local takes ~0.1 s a commit here: 32 requests queue for seconds.
+            "TOLLGATE_LEDGER_TIMEOUT_SECONDS": "30",
         }
         log = p.tmp / f"ingress-{n}.log"
         p.ingresses.append((f"http://127.0.0.1:{port}", start([*serve, "ingress"], env, port, log)))
 
 
 def clients(p: Platform, requests_each: int, *, kill_after_s: float | None = None) -> Counter[int]:
-    """CLIENTS clients per ingress, each sending ``requests_each`` requests (pausing after a
-    402: credits may come back from a lease); optionally SIGKILL the first ingress mid-run."""
+    """CLIENTS clients per ingress, each sending ``requests_each`` requests (until a 402: no
+    credits for it); optionally SIGKILL the first ingress mid-run."""
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {p.key}", wire.TIER: "regional"}
@@ -221,10 +229,8 @@ def clients(p: Platform, requests_each: int, *, kill_after_s: float | None = Non
                 status = 0  # its ingress was killed
             with lock:
                 statuses[status] += 1
-            if status == 0:
+            if status in (0, 402):  # its ingress was killed; the account has no more for it
                 return
-            if status == 402:
-                time.sleep(0.2)
 
     threads = [
         threading.Thread(target=client, args=(url,))
@@ -291,7 +297,7 @@ def test_four_ingresses_race_one_account_through_leases(
     granted = 50 * worst
     platform.ledger.execute("racer", "grant", {"amount": granted})
     run(platform, issuer)
-    statuses = clients(platform, 8)
+    statuses = clients(platform, requests_each(platform.store_url))
     assert set(statuses) <= {200, 402}, statuses
     settle_all(platform, statuses[200], expect_expiries=False)
     balance = check_books(platform, quote, granted)
@@ -307,7 +313,7 @@ def test_a_killed_ingress_leases_return_at_their_ttl(
     granted = 50 * worst
     platform.ledger.execute("racer", "grant", {"amount": granted})
     run(platform, issuer)
-    statuses = clients(platform, 8, kill_after_s=1.0)
+    statuses = clients(platform, requests_each(platform.store_url), kill_after_s=1.0)
     assert set(statuses) <= {0, 200, 402}, statuses
     # What the killed ingress served is still metered (its clients may not have seen it).
     settle_all(platform, statuses[200], expect_expiries=True)
@@ -322,7 +328,7 @@ def test_at_low_balance_requests_are_held_one_by_one_down_to_zero(
     platform.ledger.execute("racer", "grant", {"amount": granted})
     run(platform, issuer, exact=True)  # each request uses all of its worst case
     statuses = clients(platform, 2)
-    assert statuses[200] == 3 and statuses[402] == INGRESSES * CLIENTS * 2 - 3, statuses
+    assert statuses[200] == 3 and statuses[402] == INGRESSES * CLIENTS, statuses
     settle_all(platform, 3, expect_expiries=False)
     balance = p_balance = platform.ledger.balance("racer")
     assert (p_balance["available"], balance["spent"], balance["held"]) == (0, granted, 0)
