@@ -37,13 +37,11 @@ sys.path.insert(0, str(ROOT))
 # The ledger signs its journal (ledger_fn/keys.py); a bench key unless one is given.
 os.environ.setdefault("TOLLGATE_LEDGER_KEYS", "bench:tollgate-bench-ledger-key-0123456789")
 
-from bench.fast_upstream import USAGE  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from bench.route import timed  # noqa: E402
 from bench.trust import bench_capability, figures, table  # noqa: E402
 from events import types, wire  # noqa: E402
 from events.openai import ChatRequest  # noqa: E402
-from events.quote import Usage  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
 from functions.auth import keys, senders, tokens  # noqa: E402
 from functions.auth.policy import SenderPolicy, SenderRule, Trust  # noqa: E402
@@ -55,7 +53,8 @@ from ledger_fn.ledger import Ledger  # noqa: E402
 from router_fn.policy import RouteRequest, decide  # noqa: E402
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "400"))
-LOW_WORST_CASES = 3  # a low-balance account: under a lease's minimum (router_fn/lease.py)
+# A low-balance account: under what a lease needs (4 worst cases, router_fn/lease.py).
+LOW_WORST_CASES = 3
 CLIENTS = 8
 BODY = {
     "model": "SmolLM2-135M-Instruct",
@@ -94,13 +93,28 @@ def start(
 
 def latencies(url: str, headers: dict[str, str], n: int) -> list[float]:
     session = requests.Session()
-    out = []
+    out: list[float] = []
     for _ in range(n):
         t0 = time.perf_counter()
         r = session.post(url, json=BODY, headers=headers, timeout=30)
         out.append(time.perf_counter() - t0)
         assert r.status_code == 200, r.text
     return out
+
+
+def until_refused(url: str, headers: dict[str, str], store_url: str, account: str) -> list[float]:
+    """Sequential requests of a low-balance account until it cannot pay for one more (each waits
+    for the one before to settle, untimed: settlement is asynchronous)."""
+    session = requests.Session()
+    out: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        r = session.post(url, json=BODY, headers=headers, timeout=30)
+        if r.status_code == 402:
+            return out
+        assert r.status_code == 200, r.text
+        out.append(time.perf_counter() - t0)
+        settled(store_url, [account])
 
 
 def throughput(url: str, headers: list[dict[str, str]], n: int) -> float:
@@ -207,7 +221,6 @@ def measure(
     store_url: str,
     ids: dict[str, dict[str, str]],
     leases: bool,
-    low_requests: int,
 ) -> Figures:
     """Direct and gated latencies and throughputs, with or without credit leases."""
     upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
@@ -264,7 +277,7 @@ def measure(
         direct_rps = throughput(direct_url, [direct_headers], REQUESTS)
         gated_rps = throughput(gate_url, auths, REQUESTS)
         low_auth = {"Authorization": f"Bearer {low_key}", wire.TIER: "regional"}
-        low = latencies(gate_url, low_auth, low_requests)
+        low = until_refused(gate_url, low_auth, store_url, f"low-{'leases' if leases else 'holds'}")
         peak = peak_kib(procs[2].pid)
         settled(store_url, accounts)
     finally:
@@ -284,7 +297,7 @@ def direct_capability(tmp: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=150)
     console.print(f"[bold]bench/gateway.py[/] on {describe()}; {REQUESTS} requests per figure")
     tmp = Path(tempfile.mkdtemp())
     store_url = f"sqlite:///{tmp}/gw.db"
@@ -299,11 +312,8 @@ def main() -> None:
     topo = topology(load_template(ROOT / "template.yaml")).at(time.time())
     quote = topo.quote("smollm2-135m", "regional")
     assert quote is not None
-    charge = quote.charge(Usage.model_validate(USAGE))
     prompt = ChatRequest.model_validate(BODY).prompt_tokens_bound()
     worst = quote.worst_case(prompt, int(BODY["max_tokens"]))  # type: ignore[call-overload]
-    # Under a lease's minimum; served while a worst case is left.
-    low_requests = (LOW_WORST_CASES - 1) * worst // charge
     low_keys = []
     for run in ("holds", "leases"):
         ledger.open_account(f"low-{run}")
@@ -317,12 +327,8 @@ def main() -> None:
     try:
         ids = identities(tmp, issuer, server.url)
         runs = {
-            "a hold per request": measure(
-                tmp, keys_by_account, low_keys[0], store_url, ids, False, low_requests
-            ),
-            "credit leases": measure(
-                tmp, keys_by_account, low_keys[1], store_url, ids, True, low_requests
-            ),
+            "a hold per request": measure(tmp, keys_by_account, low_keys[0], store_url, ids, False),
+            "credit leases": measure(tmp, keys_by_account, low_keys[1], store_url, ids, True),
         }
     finally:
         server.stop()
