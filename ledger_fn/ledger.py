@@ -298,7 +298,7 @@ class Ledger:
         """The new state's size; Conflict if the operation would grow it past its budget (one
         that shrinks it is always allowed, so a full account can still settle, void, expire)."""
         size = footprint.total(new, elements)
-        if size <= self.budget_bytes or size <= loaded.bytes:
+        if size <= self.budget_bytes or size <= loaded.bytes or kind in _ALWAYS:
             return size
         BUDGET_REFUSALS.labels(kind).inc()
         raise Conflict(
@@ -617,6 +617,11 @@ class Ledger:
                 f"{state.seq}"
             )
 
+
+# Operations of a lease that never grow its hold's bound (footprint.hold_bytes), only the account's
+# totals by a digit now and then: refusing one would lose a request's charge, and the store's item
+# limit (350,000 B) leaves room far beyond the budget for digits.
+_ALWAYS = frozenset({"capture", "return_lease"})
 
 # How a hold ended, by the kind of the entry that ended it (a lease's last capture or its return
 # closes it: "returned").

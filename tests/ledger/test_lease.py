@@ -179,3 +179,22 @@ def test_a_lease_is_settled_only_request_by_request(ledger: Ledger) -> None:
     h = lease(ledger, 400)["hold_id"]
     with pytest.raises(BadRequest, match="credit lease"):
         ledger.execute("acme", "settle", {"hold_id": h, "amount": 10})
+
+
+def test_captures_and_returns_pass_a_full_accounts_budget(real_store: Store, clock: Clock) -> None:
+    ledger = Ledger(real_store, clock=clock)
+    ledger.open_account("acme")
+    ledger.execute("acme", "grant", {"amount": 10**12})
+    h = lease(ledger, 10**9)["hold_id"]
+    capture(ledger, h, "a")
+    # The account is as full as its budget allows: nothing may grow it now...
+    size = ledger._load("acme").bytes
+    full = Ledger(real_store, clock=clock, budget_bytes=size)
+    with pytest.raises(Conflict, match="is full"):
+        full.execute("acme", "grant", {"amount": 5})
+    # ... but every request of the lease is still captured, and the lease still returns.
+    for n in range(20):
+        assert capture(full, h, f"r{n}", bound=10**6)["captured"] == 20
+    args = {"hold_id": h, "requests": 21, "bounds": 21 * 10**6, "ttl_seconds": 60}
+    assert full.execute("acme", "return_lease", args)["closed"]
+    assert invariant(full, "acme")["spent"] == 21 * 20
