@@ -482,21 +482,8 @@ def _release(state: AccountState, hold: OpenHold, keep: int, at: int) -> int:
     """Close ``hold``: ``keep`` credits become spent, the rest go back to their lots (or to
     expired, for lots that have expired meanwhile). Returns the amount released."""
     assert 0 <= keep <= hold.amount
-    to_capture = keep
-    released = 0
-    for lot_id, amount in hold.allocations:
-        captured = min(amount, to_capture)
-        to_capture -= captured
-        back = amount - captured
-        if back == 0:
-            continue
-        lot = state.lots[lot_id]
-        if lot.expires_at is not None and lot.expires_at <= at:
-            state.expired += back
-        else:
-            _own(state, lot).remaining += back
-            state.available += back
-            released += back
+    _, back = _split(hold.allocations, keep)
+    released = _give_back(state, back, at)
     del state.holds[hold.id]
     state.held -= hold.amount
     state.spent += keep
@@ -708,18 +695,7 @@ def _refund_capture(state: AccountState, op: Op) -> dict[str, Any]:
     amount = int(a["amount"])
     assert amount > 0
     _room_for_a_lot(state)
-    lot = Lot(
-        id=f"lot-{state.seq}",
-        amount=amount,
-        remaining=amount,
-        origin="refund",
-        reference=f"{a['hold_id']}/{a['request']}",
-        seq=state.seq,
-    )
-    state.lots[lot.id] = lot
-    state.granted += amount
-    state.available += amount
-    state.refunded += amount
+    lot = _refund_lot(state, amount, f"{a['hold_id']}/{a['request']}")
     return {
         "hold_id": a["hold_id"],
         "account_id": state.account_id,
@@ -765,18 +741,7 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
         raise Conflict(f"hold {hold_id} has {refundable} refundable credits, asked {amount}")
     _room_for_a_lot(state)
     state.settled[hold_id] = settled.model_copy(update={"refunded": settled.refunded + amount})
-    lot = Lot(
-        id=f"lot-{state.seq}",
-        amount=amount,
-        remaining=amount,
-        origin="refund",
-        reference=hold_id,
-        seq=state.seq,
-    )
-    state.lots[lot.id] = lot
-    state.granted += amount
-    state.available += amount
-    state.refunded += amount
+    lot = _refund_lot(state, amount, hold_id)
     return {
         "hold_id": hold_id,
         "account_id": state.account_id,
@@ -784,6 +749,23 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
         "voided": False,
         "lot_id": lot.id,
     }
+
+
+def _refund_lot(state: AccountState, amount: int, reference: str) -> Lot:
+    """Captured credits given back, as a lot of their own."""
+    lot = Lot(
+        id=f"lot-{state.seq}",
+        amount=amount,
+        remaining=amount,
+        origin="refund",
+        reference=reference,
+        seq=state.seq,
+    )
+    state.lots[lot.id] = lot
+    state.granted += amount
+    state.available += amount
+    state.refunded += amount
+    return lot
 
 
 def _expire_hold(state: AccountState, op: Op) -> dict[str, Any]:
