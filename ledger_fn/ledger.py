@@ -398,6 +398,11 @@ class Ledger:
         ):
             raise CorruptJournal(f"the journal does not hold the ending of hold {hold_id}")
         args = authorized["op"]["args"]
+        if bool(args.get("lease")) != (op.kind == "capture"):
+            # A lease is captured request by request, never settled whole; a hold of one request
+            # is settled, never captured as a lease request.
+            what = "a credit lease" if args.get("lease") else "not a credit lease"
+            raise Conflict(f"hold {hold_id} is {what}; this {op.kind} does not apply to it")
         terms = LateTerms(
             resolved=_ENDINGS.get(end["op"]["kind"], "returned"),
             amount=authorized["result"]["amount"],

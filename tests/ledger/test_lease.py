@@ -198,3 +198,17 @@ def test_captures_and_returns_pass_a_full_accounts_budget(real_store: Store, clo
     args = {"hold_id": h, "requests": 21, "bounds": 21 * 10**6, "ttl_seconds": 60}
     assert full.execute("acme", "return_lease", args)["closed"]
     assert invariant(full, "acme")["spent"] == 21 * 20
+
+
+def test_a_closed_lease_is_never_settled_whole(ledger: Ledger) -> None:
+    h = lease(ledger, 400)["hold_id"]
+    capture(ledger, h, "a")
+    ledger.execute(
+        "acme", "return_lease", {"hold_id": h, "requests": 1, "bounds": 100, "ttl_seconds": 60}
+    )
+    # A settle of the whole lease (a per-request capability naming it) takes nothing, however
+    # much it asks, before or after the lease closed.
+    usage = {"prompt_tokens": 5000, "completion_tokens": 5000}
+    with pytest.raises(Conflict, match="credit lease"):
+        ledger.execute("acme", "settle", {"hold_id": h, "usage": usage}, key="forged")
+    assert invariant(ledger, "acme")["spent"] == 20
