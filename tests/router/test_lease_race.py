@@ -199,7 +199,8 @@ def run(p: Platform, issuer: TestIssuer, *, exact: bool = False) -> None:
             "TOLLGATE_PROBE_INTERVAL_S": "0",
             "TOLLGATE_OUTBOX_DIR": str(p.tmp / f"outbox-{n}"),
             "TOLLGATE_LEASE_TTL_SECONDS": str(LEASE_TTL_S),
-            "TOLLGATE_HOLD_TTL_SECONDS": "60",
+            # Short: a killed ingress's own holds come back soon too (its leases at LEASE_TTL_S).
+            "TOLLGATE_HOLD_TTL_SECONDS": "20",
             # DynamoDB Local takes ~0.1 s a commit here: 32 requests queue for seconds.
             "TOLLGATE_LEDGER_TIMEOUT_SECONDS": "30",
         }
