@@ -618,6 +618,7 @@ def tally(
     ledger = Ledger(open_store(store_url), keys=LedgerKeys.parse(LEDGER_KEYS))
     metered = records(state)
     holds: dict[str, Hold] = {}
+    leases: dict[str, Quote | None] = {}
     for account in accounts:
         balance = ledger.balance(account)
         state_ = ledger.state(account)
@@ -630,7 +631,7 @@ def tally(
                 break
             for entry in entries:
                 tally_.shortfalls += _shortfall(entry)
-                _journal_entry(entry, holds, account_holds, tally_)
+                _journal_entry(entry, holds, leases, account_holds, tally_)
             after = entries[-1]["seq"]
         refunded_lots = sum(h.refunded for h in account_holds)
         granted_beyond = balance["granted"] - config.credits - refunded_lots
@@ -656,11 +657,36 @@ def _shortfall(entry: dict[str, Any]) -> int:
 
 
 def _journal_entry(
-    entry: dict[str, Any], holds: dict[str, Hold], account_holds: list[Hold], t: Tally
+    entry: dict[str, Any],
+    holds: dict[str, Hold],
+    leases: dict[str, Quote | None],
+    account_holds: list[Hold],
+    t: Tally,
 ) -> None:
+    """Each request's hold from the journal. A request served from a credit lease is a hold of
+    its own here too: its capture (at most its bound, under its attempt ``<request>:<cluster>``)
+    and any refund of it; the lease itself only lends them its quote."""
     op, result = entry["op"], entry.get("result") or {}
     kind, args = op["kind"], op.get("args") or {}
-    if kind == "authorize" and not result.get("declined"):
+    if kind == "authorize" and args.get("lease") and not result.get("declined"):
+        quote = Quote.model_validate(args["quote"]) if args.get("quote") else None
+        leases[result["hold_id"]] = quote
+    elif kind == "capture":
+        request = args["request"]
+        hold = Hold(request.rsplit(":", 1)[0], int(args["bound"]), leases.get(args["hold_id"]))
+        hold.captured = int(result["captured"])
+        if not args.get("void"):  # a void is the ingress's, not a metering record
+            hold.settle_key = op.get("key")
+            hold.settle_usage = Usage.model_validate(args["usage"]) if args.get("usage") else None
+            hold.engine_ms = int(args.get("engine_ms") or 0)
+        hold.ended = "voided" if args.get("void") else "settled"
+        holds[f"{args['hold_id']}/{request}"] = hold
+        account_holds.append(hold)
+    elif kind == "refund_capture":
+        holds[f"{args['hold_id']}/{args['request']}"].refunded += int(result["refunded"])
+    elif args.get("hold_id") in leases or result.get("hold_id") in leases:
+        return  # a lease's own renewals, return, void or expiry: its requests are counted above
+    elif kind == "authorize" and not result.get("declined"):
         key = op.get("key") or ""
         # /tollgate/ingress#<request id>#<cluster>
         request_id = key.split("#")[1] if key.count("#") >= 2 else key

@@ -2,7 +2,8 @@
 
 The ingress mints one per attempt, after the hold is authorized, and sends it to that cluster's
 infer function in the ``x-tollgate-capability`` header (events/wire.py). It is a JWT (JWS compact,
-RS256, the key named by ``kid``) whose claims say:
+Ed25519, the key named by ``kid``; RS256 from an RSA key made before is still accepted) whose
+claims say:
 
 - ``aud``: the cluster the attempt was routed to (infer refuses a capability for another);
 - ``hold`` / ``acct``: the hold the attempt is billed to and its account (infer takes both from
@@ -10,6 +11,9 @@ RS256, the key named by ``kid``) whose claims say:
 - ``model``, ``tier``: what was priced;
 - ``max_tokens`` / ``engine_ms``: the bounds the hold was priced for (infer refuses more tokens
   and stops generating at either bound);
+- ``credits`` (lease attempts only): the most this attempt may capture from the lease it is
+  billed to (its worst case at its quote); the ledger captures each request of a lease at most
+  this, under the attempt's ``jti``;
 - ``exp``: the deadline (infer refuses it after, and stops generating at it); ``jti``: the
   attempt (infer serves an attempt once).
 
@@ -26,15 +30,16 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import KeySet, OKPKey, RSAKey
 from pydantic import Field, ValidationError
 
 from events.fields import AccountId, EventData, HoldId, Name
 
-# RSA signatures are the cheapest of the asymmetric schemes to check (twice per attempt: infer,
-# the ledger), under the 0.2 ms aim; signing (once, at the ingress) costs more than ES256's
-# (bench/trust.py: RS256 sign ~1.5 ms / check ~0.18 ms against ES256 ~0.2 / ~0.3 on a busy box).
-ALGORITHM = "RS256"
+# Ed25519 (RFC 9864's fully specified name): signing, once per attempt on the ingress's request
+# path, costs a tenth of RS256's; a check a little more than RSA's (bench/trust.py).
+# Keys made before (RSA) still sign RS256 until `tollgate keys rotate`, and both verify.
+ALGORITHM = "Ed25519"
+ALGORITHMS = {"OKP": ALGORITHM, "RSA": "RS256"}  # by the key's type
 ISSUER = "tollgate-ingress"
 LEEWAY_S = 2
 
@@ -53,9 +58,12 @@ class Capability(EventData):
     engine_ms: int = Field(strict=True, ge=1)
     deadline: int = Field(strict=True, ge=0)  # epoch seconds
     attempt: str = Field(min_length=1, max_length=256)
+    credits: int | None = Field(default=None, strict=True, ge=1)  # set: a lease attempt
 
     def claims(self, issued_at: float) -> dict[str, Any]:
+        lease = {} if self.credits is None else {"credits": self.credits}
         return {
+            **lease,
             "iss": ISSUER,
             "aud": self.cluster,
             "iat": int(issued_at),
@@ -82,16 +90,18 @@ class Capability(EventData):
                 engine_ms=claims["engine_ms"],
                 deadline=claims["exp"],
                 attempt=claims["jti"],
+                credits=claims.get("credits"),
             )
         except (KeyError, ValidationError) as exc:
             raise CapabilityError(f"the capability's claims are incomplete: {exc}") from None
 
 
-def sign(capability: Capability, key: RSAKey, issued_at: float | None = None) -> str:
+def sign(capability: Capability, key: OKPKey | RSAKey, issued_at: float | None = None) -> str:
     """The capability as a compact JWS signed by ``key`` (its ``kid`` in the header)."""
     now = time.time() if issued_at is None else issued_at
-    header = {"alg": ALGORITHM, "kid": key.kid}
-    return jwt.encode(header, capability.claims(now), key, algorithms=[ALGORITHM])
+    algorithm = ALGORITHMS[key.key_type]
+    header = {"alg": algorithm, "kid": key.kid}
+    return jwt.encode(header, capability.claims(now), key, algorithms=[algorithm])
 
 
 def verify(
@@ -106,7 +116,7 @@ def verify(
     cluster) and, with ``check_deadline``, its deadline has not passed. The ledger checks a
     capability after the fact (a metering event may arrive late), so without the deadline."""
     try:
-        decoded = jwt.decode(token, keys, algorithms=[ALGORITHM])
+        decoded = jwt.decode(token, keys, algorithms=list(ALGORITHMS.values()))
     except JoseError as exc:
         raise CapabilityError(f"invalid capability: {exc.description or exc.error}") from None
     except ValueError as exc:  # joserfc raises it for a token of the wrong shape

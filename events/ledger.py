@@ -17,13 +17,24 @@ One capture per hold — the rule infer, the ingress and the ledger keep between
   afterwards — a late settle of an expired hold included: if the void arrives after the hold
   expired, the ledger keeps that it was voided and refuses the late settle.
 - The ingress authorizes another cluster's hold for the same request only after the ledger took
-  the previous hold's void, so a request is captured at most once."""
+  the previous hold's void, so a request is captured at most once.
+
+Credit leases (router_fn/lease.py) are holds too: ``hold.authorize`` with ``lease`` opens one
+(or tops one up), and many requests are captured against it, each once, under its own request
+reference (the capability's attempt id) and never above its own bound (the capability's
+``credits``): ``inference.completed`` of a lease attempt is one journal record per request. A
+void of one lease request is ``hold.refund`` with ``request`` (id ``<attempt>#void``); a capture
+of that request arriving later charges nothing, and a void arriving after its capture returns
+the capture as a refund lot. ``hold.refund`` with ``lease_return`` returns the lease: the ledger
+keeps only what the requests it has not seen yet may still capture and releases the rest, then
+closes the hold when the last of them arrives (or at its TTL). A capture that arrives after its
+lease closed is charged from what the account has, as a late settle is."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from events.fields import AccountId, Amount, Count, EventData, HoldId, Name, Timestamp
 from events.quote import Quote, Usage
@@ -44,6 +55,15 @@ class CreditsGrant(EventData):
     reference: Name | None = None  # e.g. the plan period or slice booking this grant is for
 
 
+class LeaseAsk(EventData):
+    """Authorize as a credit lease: ``amount`` is what the ingress would like; the ledger grants
+    less when the account has less (at most half of what it could spend, so one replica never
+    locks a whole balance), down to ``min_amount``, below which it declines."""
+
+    renew: HoldId | None = None  # the lease to top up and extend; None: open a new one
+    min_amount: Amount
+
+
 class HoldAuthorize(EventData):
     account_id: AccountId
     amount: Amount
@@ -51,6 +71,7 @@ class HoldAuthorize(EventData):
     tier: Name | None = None
     model: Name | None = None
     quote: Quote | None = None
+    lease: LeaseAsk | None = None
 
 
 class HoldSettle(EventData):
@@ -61,12 +82,44 @@ class HoldSettle(EventData):
     amount: Amount
 
 
+class LeaseRequest(EventData):
+    """One request admitted against a lease: its reference and the most it may capture."""
+
+    request: Name
+    bound: Amount
+
+
+class LeaseReturn(EventData):
+    """What the returning ingress admitted against the lease, all told."""
+
+    requests: Count
+    bounds: Count
+    # How long captures still in flight may take before the sweep closes the lease.
+    ttl_seconds: int = Field(default=300, strict=True, ge=1, le=MAX_TTL_SECONDS)
+
+
 class HoldRefund(EventData):
     hold_id: HoldId
+    request: LeaseRequest | None = None  # void this one request of a lease
+    lease_return: LeaseReturn | None = None  # return the lease
     amount: Amount | None = None  # for a settled hold: how much to return (default: all of it)
     # The operator's own id of this refund: the same refund_id twice (under any event id)
     # refunds once. Without one, each event is a refund of its own.
     refund_id: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HoldRefund:
+        asked = [
+            name
+            for name in ("request", "lease_return", "amount", "refund_id")
+            if getattr(self, name) is not None
+        ]
+        if ("request" in asked or "lease_return" in asked) and len(asked) > 1:
+            raise ValueError(
+                f"{' and '.join(asked)} cannot go together: a refund voids one lease request, "
+                "returns a lease, or refunds a hold"
+            )
+        return self
 
 
 class HoldsSweep(EventData):
@@ -147,12 +200,22 @@ class CreditsGranted(EventData):
     available: Count
 
 
+class LeaseState(EventData):
+    """A lease as the ledger has it: captured so far, and the bounds of the requests counted
+    (captured or voided) — what the ingress needs to know how much it may still admit."""
+
+    captured: Count
+    bounds: Count
+    requests: Count
+
+
 class HoldAuthorized(EventData):
     hold_id: HoldId
     account_id: AccountId
-    amount: Amount
+    amount: Count  # what the hold holds now (a lease: after its captures, possibly 0)
     expires_at: Timestamp
     available: Count | None = None  # what the account has left to spend after this hold
+    lease: LeaseState | None = None
 
 
 class HoldDeclined(EventData):
@@ -169,7 +232,8 @@ class HoldSettled(EventData):
     released: Count
     # A settle after the hold ended: "expired" (charged from what the account had, the rest a
     # shortfall) or "voided" (nothing charged, all waived).
-    late: Literal["expired", "voided"] | None = None
+    # "returned": a lease request captured after its lease closed (charged as "expired").
+    late: Literal["expired", "voided", "returned"] | None = None
     shortfall: Count = 0
     waived: Count = 0
 

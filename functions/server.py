@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 
@@ -83,11 +83,22 @@ def build_server(app: Flask, port: int, host: str = "0.0.0.0") -> BaseWSGIServer
     )
 
 
+STOP_HOOKS = "tollgate.stop_hooks"
+
+
+def on_stop(app: Flask, hook: Callable[[], None]) -> None:
+    """Run ``hook`` when the server stops, after in-flight requests and before the outboxes
+    drain (e.g. the ingress returns its credit leases through its outbox)."""
+    app.extensions.setdefault(STOP_HOOKS, []).append(hook)
+
+
 def serve(app: Flask, port: int | None = None, host: str = "0.0.0.0") -> None:
     port = port if port is not None else int(os.environ.get("PORT", "8080"))
     server = build_server(app, port, host)
     signal.signal(signal.SIGTERM, _stop)
     server.run()  # until SIGTERM: then in-flight requests finish (waitress waits up to 5 s)
+    for hook in app.extensions.get(STOP_HOOKS, ()):
+        hook()
     owed = outbox.drain_all(float(os.environ.get("TOLLGATE_DRAIN_SECONDS") or DRAIN_S))
     if owed:
         log.warning("stopping with %d events still owed; the next process delivers them", owed)

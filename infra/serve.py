@@ -126,6 +126,8 @@ def _ingress() -> Flask:
         os.environ.get("TOLLGATE_REFUND_URL") or None,
         authorize_token=_token(tokens.AUTHORIZE),
         refund_token=_token(tokens.REFUND),
+        # Longer only where the store is slow (DynamoDB Local in the lease race tests).
+        timeout_s=float(os.environ.get("TOLLGATE_LEDGER_TIMEOUT_SECONDS") or 5.0),
     )
     template = template_from_env(os.environ)
     emitter = Emitter(settings.sink, tokens.TokenFile.from_env(tokens.SINK))
@@ -146,7 +148,18 @@ def _ingress() -> Flask:
         # Shorter only where a test must see holds expire (bench/chaos.py).
         hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
         decisions=RecentLog(store, ROUTE_DECISIONS),
+        lease_ttl_s=_lease_ttl(),
     )
+
+
+def _lease_ttl() -> int | None:
+    """``TOLLGATE_LEASES=off`` holds every request on its own (what leases are measured
+    against); ``TOLLGATE_LEASE_TTL_SECONDS`` is shorter where a test must see leases expire."""
+    from router_fn.lease import LEASE_TTL_S
+
+    if os.environ.get("TOLLGATE_LEASES", "on").lower() in ("off", "0", "false", "no"):
+        return None
+    return int(os.environ.get("TOLLGATE_LEASE_TTL_SECONDS") or LEASE_TTL_S)
 
 
 def _token(target: str) -> tokens.TokenFile:

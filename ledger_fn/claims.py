@@ -6,7 +6,9 @@ A command is applied once per name it claims, for as long as the claim lasts:
                                       refund's ``refund_id``: the same reference under another
                                       event id is the same command;
   ``X#<hold seq>``                   the hold was expired or voided (what a late settle looks up);
-  ``L#<hold seq>``                   the hold was settled after it had expired (at most once).
+  ``L#<hold seq>``                   the hold was settled after it had expired (at most once);
+  ``R#<digest of lease hold + request>``  one request of a credit lease was captured or voided
+                                      (any second report of it gets the first one's result).
 Each claim carries a digest of what was asked: a replay with the same digest gets the first
 result, one with another digest is refused (409).
 
@@ -27,6 +29,7 @@ KEY = "K#"
 REFERENCE = "B#"
 RESOLVED = "X#"
 LATE = "L#"
+REQUEST = "R#"
 
 # Business fields of a grant that must agree for a replay of its reference to be the same grant
 # (a slice announced twice with another end date still grants once, at the first one's terms).
@@ -48,6 +51,9 @@ def reference_claims(kind: str, args: dict[str, Any]) -> dict[str, str]:
     if kind == "grant" and args.get("reference"):
         terms = {name: args.get(name) for name in _GRANT_TERMS}
         return {REFERENCE + digest(f"grant:{args['reference']}"): digest(terms)}
+    if kind == "refund_capture":
+        name = REFERENCE + digest(f"refund:{args['hold_id']}:{args['request']}")
+        return {name: digest({"amount": args["amount"]})}
     if kind == "refund" and args.get("refund_id"):
         name = REFERENCE + digest(f"refund:{args['hold_id']}:{args['refund_id']}")
         return {name: digest({"amount": args.get("amount")})}
@@ -60,6 +66,10 @@ def hold_seq(hold_id: str) -> int:
 
 def resolved_claim(hold_id: str) -> str:
     return f"{RESOLVED}{hold_seq(hold_id)}"
+
+
+def request_claim(hold_id: str, request: str) -> str:
+    return REQUEST + digest(f"{hold_id}#{request}")
 
 
 def late_claim(hold_id: str) -> str:

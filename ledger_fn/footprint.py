@@ -18,10 +18,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ledger_fn.state import AccountState, Lot, OpenHold, Revocation, Settled, Tracked
+from ledger_fn.state import (
+    AccountState,
+    LeaseCounts,
+    Lot,
+    OpenHold,
+    Revocation,
+    Settled,
+    Tracked,
+)
 
 _COLLECTIONS = ("lots", "holds", "settled", "revocations")
-_FIXED = frozenset({"lots", "holds", "settled"})  # an element's bound never changes while kept
+# An element's bound never changes while kept (a hold is replaced only when it is a lease, whose
+# counts and allocations change: it is sized again).
+_FIXED = frozenset({"lots", "settled"})
 _EMPTY_COLLECTIONS = len(",".join(f'"{name}":{{}}' for name in _COLLECTIONS)) + 1
 
 
@@ -38,8 +48,27 @@ def lot_bytes(lot: Lot) -> int:
     return _model_len(lot.model_copy(update={"remaining": lot.amount}))
 
 
+_WIDE = 2**63 - 1  # the widest number a field can take
+
+
 def hold_bytes(hold: OpenHold) -> int:
-    return _model_len(hold)
+    """A hold's bound. A credit lease's figures change with every capture and renewal: they are
+    counted at full width, so a capture never grows the bound (it must always pass the budget,
+    whatever the account's size); only a renewal drawing on a new lot can."""
+    if hold.lease is None:
+        return _model_len(hold)
+    wide = LeaseCounts(
+        captured=_WIDE, bounds=_WIDE, requests=_WIDE, closing=_WIDE, returned_bounds=_WIDE
+    )
+    widest = hold.model_copy(
+        update={
+            "amount": _WIDE,
+            "expires_at": _WIDE,
+            "lease": wide,
+            "allocations": [(lot_id, _WIDE) for lot_id, _ in hold.allocations],
+        }
+    )
+    return _model_len(widest)
 
 
 def settled_bytes(settled: Settled) -> int:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import types
-from events.capability import CapabilityError, verify
+from events.capability import Capability, CapabilityError, verify
 from events.fields import EventData
 from events.ledger import (
     CreditsGrant,
@@ -30,6 +30,8 @@ from events.ledger import (
     InferenceCompleted,
     InferenceFailed,
     InferenceOutcome,
+    LeaseRequest,
+    LeaseState,
     PlansRenew,
     PlansRenewAccount,
     PlansRenewed,
@@ -174,6 +176,7 @@ class LedgerHandlers:
             amount=r["amount"],
             expires_at=datetime.fromtimestamp(r["expires_at"], UTC),
             available=r.get("available"),
+            lease=LeaseState(**r["lease"]) if "lease" in r else None,
         )
         return reply(types.HOLD_AUTHORIZED, authorized, subject=cmd.account_id)
 
@@ -184,8 +187,11 @@ class LedgerHandlers:
 
     def completed(self, event: Incoming) -> Reply | None:
         done = validate(InferenceCompleted, event.data, f"{event.type} data")
-        self._vouched(done)
+        capability = self._vouched(done)
         account_id = self._owner(done.hold_id, done.account_id)
+        if capability.credits is not None:  # one request of a lease: a second report of it
+            args = {**usage_args(done), **_lease_request(capability)}  # gets the first result
+            return self._settled(self._run(event, account_id, "capture", args))
         try:
             return self._settled(self._run(event, account_id, "settle", usage_args(done)))
         except Conflict:
@@ -209,13 +215,38 @@ class LedgerHandlers:
 
     def refund(self, event: Incoming) -> Reply:
         cmd = validate(HoldRefund, event.data, f"{event.type} data")
+        account_id = account_of(cmd.hold_id)
+        if cmd.request is not None:
+            return self._void_request(event, account_id, cmd.hold_id, cmd.request)
+        if cmd.lease_return is not None:
+            args = {"hold_id": cmd.hold_id, **cmd.lease_return.model_dump()}
+            return self._refunded(self._run(event, account_id, "return_lease", args))
         args = cmd.model_dump(exclude_none=True)
-        return self._refunded(self._run(event, account_of(cmd.hold_id), "refund", args))
+        return self._refunded(self._run(event, account_id, "refund", args))
+
+    def _void_request(
+        self, event: Incoming, account_id: str, hold_id: str, request: LeaseRequest
+    ) -> Reply:
+        """Void one request of a lease (its attempt put nothing in front of the client). If its
+        capture came first, the capture comes back as a refund lot: a request failed over to
+        another cluster is charged once, there."""
+        args = {"hold_id": hold_id, "void": True, **request.model_dump()}
+        voided = self._run(event, account_id, "capture", args)
+        if not voided["captured"]:
+            return self._refunded({**voided, "refunded": 0})
+        back = {"hold_id": hold_id, "request": request.request, "amount": voided["captured"]}
+        refunded = self.ledger.execute(account_id, "refund_capture", back)
+        return self._refunded(refunded)
 
     def failed(self, event: Incoming) -> Reply:
         failure = validate(InferenceFailed, event.data, f"{event.type} data")
-        self._vouched(failure)
+        capability = self._vouched(failure)
         account_id = self._owner(failure.hold_id, failure.account_id)
+        if capability.credits is not None:  # a lease request: charged by its output, or void
+            args = {**usage_args(failure), **_lease_request(capability)}
+            if not charges_output(failure):
+                args["void"] = True
+            return self._settled(self._run(event, account_id, "capture", args))
         if charges_output(failure):
             return self._settled(self._run(event, account_id, "settle", usage_args(failure)))
         # Without output a failure report voids an open hold, and never refunds a settled one.
@@ -241,7 +272,7 @@ class LedgerHandlers:
             )
         return reply(types.HOLDS_SWEPT, HoldsSwept(**swept))
 
-    def _vouched(self, outcome: InferenceOutcome) -> None:
+    def _vouched(self, outcome: InferenceOutcome) -> Capability:
         """An inference outcome moves credits only for the hold, account and cluster the
         ingress's capability for that attempt names (its signature checked; not its deadline:
         a metering event may arrive long after the attempt)."""
@@ -263,6 +294,7 @@ class LedgerHandlers:
             raise Forbidden(
                 f"the capability is for cluster {capability.cluster}, not {outcome.cluster}"
             )
+        return capability
 
     @staticmethod
     def _owner(hold_id: str, account_id: str) -> str:
@@ -294,6 +326,12 @@ def usage_args(outcome: InferenceOutcome) -> dict[str, Any]:
         "usage": outcome.usage.model_dump(),
         "engine_ms": outcome.timings.engine_ms,
     }
+
+
+def _lease_request(capability: Capability) -> dict[str, Any]:
+    """The request reference and bound a lease attempt's capture is taken under."""
+    assert capability.credits is not None
+    return {"request": capability.attempt, "bound": capability.credits}
 
 
 def charges_output(failure: InferenceFailed) -> bool:

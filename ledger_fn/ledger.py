@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from functions.accounts import META_SK, account_pk
 from functions.errors import BadRequest, Conflict, FunctionError, NotFound, Unavailable
@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 STATE_SK = "STATE"
 MAX_COMMIT_ATTEMPTS = 200
+COMMIT_TURNS = 64  # lock stripes: commits of accounts in one stripe take turns in a process
 PAGE = 500
 # The most a state may take as a STATE item (the store's own limit is 350,000 B of data,
 # DynamoDB's 400 KB per item): an operation that would grow it past this is refused.
@@ -149,6 +150,7 @@ class Ledger:
         self._cache: OrderedDict[str, tuple[_Loaded, int]] = OrderedDict()
         self._cached_bytes = 0
         self._cache_lock = threading.Lock()
+        self._turns = [threading.Lock() for _ in range(COMMIT_TURNS)]
 
     @classmethod
     def configured(cls, store: Store, settings: LedgerSettings) -> Ledger:
@@ -243,6 +245,13 @@ class Ledger:
         return self._commit(account_id, op)
 
     def _commit(self, account_id: str, op: Op, *, create: bool = False) -> dict[str, Any]:
+        # Writers of one account in this process take turns: they would only collide on the
+        # journal's next entry and retry (under load on one hot account, mostly retrying).
+        # Other processes still race through put-if-absent, which alone decides.
+        with self._turns[hash(account_id) % len(self._turns)]:
+            return self._commit_now(account_id, op, create=create)
+
+    def _commit_now(self, account_id: str, op: Op, *, create: bool) -> dict[str, Any]:
         pk = account_pk(account_id)
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             loaded = self._load(account_id)
@@ -289,7 +298,7 @@ class Ledger:
         """The new state's size; Conflict if the operation would grow it past its budget (one
         that shrinks it is always allowed, so a full account can still settle, void, expire)."""
         size = footprint.total(new, elements)
-        if size <= self.budget_bytes or size <= loaded.bytes:
+        if size <= self.budget_bytes or size <= loaded.bytes or kind in _ALWAYS:
             return size
         BUDGET_REFUSALS.labels(kind).inc()
         raise Conflict(
@@ -370,7 +379,9 @@ class Ledger:
         the hold ended and what it was authorized for (``apply`` then charges what it can)."""
         state = loaded.state
         hold_id = op.args.get("hold_id")
-        if op.kind != "settle" or hold_id in state.holds or hold_id in state.settled:
+        if op.kind not in ("settle", "capture") or hold_id in state.holds:
+            return op
+        if hold_id in state.settled:
             return op
         assert isinstance(hold_id, str)
         seq = hold_id.rpartition(":")[2]
@@ -387,8 +398,13 @@ class Ledger:
         ):
             raise CorruptJournal(f"the journal does not hold the ending of hold {hold_id}")
         args = authorized["op"]["args"]
+        if bool(args.get("lease")) != (op.kind == "capture"):
+            # A lease is captured request by request, never settled whole; a hold of one request
+            # is settled, never captured as a lease request.
+            what = "a credit lease" if args.get("lease") else "not a credit lease"
+            raise Conflict(f"hold {hold_id} is {what}; this {op.kind} does not apply to it")
         terms = LateTerms(
-            resolved="expired" if end["op"]["kind"] == "expire_hold" else "voided",
+            resolved=_ENDINGS.get(end["op"]["kind"], "returned"),
             amount=authorized["result"]["amount"],
             tier=args.get("tier"),
             model=args.get("model"),
@@ -605,6 +621,16 @@ class Ledger:
                 f"account {account_id}: checkpoint at {saved.seq} is past the journal end "
                 f"{state.seq}"
             )
+
+
+# Operations of a lease that never grow its hold's bound (footprint.hold_bytes), only the account's
+# totals by a digit now and then: refusing one would lose a request's charge, and the store's item
+# limit (350,000 B) leaves room far beyond the budget for digits.
+_ALWAYS = frozenset({"capture", "return_lease"})
+
+# How a hold ended, by the kind of the entry that ended it (a lease's last capture or its return
+# closes it: "returned").
+_ENDINGS: dict[str, Literal["expired", "voided"]] = {"expire_hold": "expired", "refund": "voided"}
 
 
 class _ClaimWindow:

@@ -22,6 +22,14 @@ lots the hold could have drawn from, and journals any part that is not there as 
 ``waived``: a voided attempt served nobody (the ingress voids only attempts that failed before
 their first byte). The ledger supplies what such a settle needs from the journal (``late``: how
 the hold ended and its terms), so ``apply`` stays pure.
+
+A credit lease is a hold with ``lease`` counts (events/ledger.py): ``authorize`` with ``lease``
+opens one (at most half of what the account could spend) or tops one up and extends it;
+``capture`` takes one request's usage from it (at most the request's bound, once per request:
+the claim ``R#``), or voids a request (counted, nothing taken); ``return_lease`` releases all
+but what the requests not yet counted may still capture, and the lease closes when the last of
+them is counted (or at its TTL, like any hold). A capture after the lease closed is charged like
+a late settle; ``refund_capture`` gives back a request captured before its void arrived.
 """
 
 from __future__ import annotations
@@ -32,7 +40,13 @@ from pydantic import BaseModel, Field
 
 from events.quote import Quote, Usage
 from functions.errors import BadRequest, Conflict, NotFound
-from ledger_fn.claims import key_claim, late_claim, reference_claims, resolved_claim
+from ledger_fn.claims import (
+    key_claim,
+    late_claim,
+    reference_claims,
+    request_claim,
+    resolved_claim,
+)
 
 # Explicit limits on what one account's state remembers; with the byte budget checked before
 # every commit (ledger_fn/footprint.py) they keep it within a single store item.
@@ -41,6 +55,7 @@ MAX_LOTS = 256  # live lots, refund lots included
 MAX_SETTLED_KEPT = 512  # settled holds remembered for later refunds
 MAX_REVOCATIONS_KEPT = 256  # revocations remembered for a restore (a new one is refused beyond)
 REFUND_WINDOW_S = 30 * 24 * 3600
+LEASE_SHARE = 2  # a lease takes at most 1/LEASE_SHARE of what the account could spend
 GENESIS = "0" * 64  # the "previous hash" of journal entry 1: where every chain starts
 
 
@@ -65,6 +80,18 @@ class Lot(BaseModel):
         return self.tiers is not None or self.models is not None
 
 
+class LeaseCounts(BaseModel):
+    """What a lease has taken: captured credits, and the bounds and number of the requests
+    counted (captured or voided). ``closing``/``returned_bounds``: what the returning ingress
+    said it admitted (the lease closes once that many requests are counted)."""
+
+    captured: int = 0
+    bounds: int = 0
+    requests: int = 0
+    closing: int | None = None
+    returned_bounds: int = 0
+
+
 class OpenHold(BaseModel):
     id: str
     amount: int
@@ -74,6 +101,7 @@ class OpenHold(BaseModel):
     model: str | None = None
     quote: Quote | None = None
     seq: int
+    lease: LeaseCounts | None = None  # set: a credit lease, captured request by request
 
 
 class Settled(BaseModel):
@@ -92,7 +120,7 @@ class Revocation(BaseModel):
 class LateTerms(BaseModel):
     """How a hold no longer open ended and what it was authorized for (from the journal)."""
 
-    resolved: Literal["expired", "voided"]
+    resolved: Literal["expired", "voided", "returned"]
     amount: int
     tier: str | None = None
     model: str | None = None
@@ -147,6 +175,9 @@ OpKind = Literal[
     "expire_lot",
     "revoke",
     "restore",
+    "capture",
+    "return_lease",
+    "refund_capture",
 ]
 
 
@@ -167,6 +198,8 @@ def requested_claims(op: Op) -> dict[str, str]:
         assert op.digest is not None
         claims[key_claim(op.key)] = op.digest
     claims.update(reference_claims(op.kind, op.args))
+    if op.kind == "capture":
+        claims[request_claim(op.args["hold_id"], op.args["request"])] = ""
     if op.kind == "settle" and op.args.get("late"):
         claims[late_claim(op.args["hold_id"])] = ""
     return claims
@@ -176,7 +209,8 @@ def claims_of(op: Op, result: dict[str, Any]) -> dict[str, str]:
     """Every name the committed op claims: what it requested, and the hold it expired or voided
     (indexed so that a late settle can find how its hold ended)."""
     claims = requested_claims(op)
-    if op.kind == "expire_hold" or (op.kind == "refund" and result.get("voided")):
+    ended = op.kind == "expire_hold" or result.get("closed")
+    if ended or (op.kind == "refund" and result.get("voided")):
         claims[resolved_claim(result["hold_id"])] = op.kind
     return claims
 
@@ -319,8 +353,19 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
     assert amount > 0
     lots = spendable(state, tier, model, op.at)
     usable = sum(lot.remaining for lot in lots)
+    lease = a.get("lease")
+    if lease is not None and lease.get("renew"):
+        return _renew_lease(state, op, lots, usable)
+    if lease is not None:
+        # A lease takes at most half of what could be spent: other replicas need some too.
+        amount = min(amount, usable // LEASE_SHARE)
     reason = None
-    if len(state.holds) >= MAX_OPEN_HOLDS:
+    if lease is not None and amount < int(lease["min_amount"]):
+        reason = (
+            f"a credit lease needs at least {lease['min_amount']}; the account has {usable} to "
+            "spend here (at low balance every request is held on its own)"
+        )
+    elif len(state.holds) >= MAX_OPEN_HOLDS:
         reason = f"too many open holds ({MAX_OPEN_HOLDS}); settle or refund some first"
     elif usable < amount:
         scope = f" for tier {tier or 'any'} / model {model or 'any'}" if (tier or model) else ""
@@ -333,35 +378,92 @@ def _authorize(state: AccountState, op: Op) -> dict[str, Any]:
             "reason": reason,
             "available": usable,
         }
-    allocations: list[tuple[str, int]] = []
-    left = amount
-    for lot in lots:
-        take = min(lot.remaining, left)
-        _own(state, lot).remaining -= take
-        allocations.append((lot.id, take))
-        left -= take
-        if left == 0:
-            break
     hold = OpenHold(
         id=hold_id_for(state.account_id, state.seq),
         amount=amount,
         expires_at=op.at + int(a["ttl_seconds"]),
-        allocations=allocations,
+        allocations=_draw(state, lots, amount),
         tier=tier,
         model=model,
         quote=Quote.model_validate(a["quote"]) if a.get("quote") else None,
         seq=state.seq,
+        lease=LeaseCounts() if lease is not None else None,
     )
     state.holds[hold.id] = hold
     state.available -= amount
     state.held += amount
-    return {
+    return _authorized(state, hold)
+
+
+def _draw(state: AccountState, lots: list[Lot], amount: int) -> list[tuple[str, int]]:
+    """Take ``amount`` from ``lots`` in order (they hold enough): the allocations."""
+    allocations: list[tuple[str, int]] = []
+    left = amount
+    for lot in lots:
+        if left == 0:
+            break
+        take = min(lot.remaining, left)
+        _own(state, lot).remaining -= take
+        allocations.append((lot.id, take))
+        left -= take
+    return allocations
+
+
+def _authorized(state: AccountState, hold: OpenHold) -> dict[str, Any]:
+    result: dict[str, Any] = {
         "hold_id": hold.id,
         "account_id": state.account_id,
-        "amount": amount,
+        "amount": hold.amount,
         "expires_at": hold.expires_at,
         "available": state.available,
     }
+    if hold.lease is not None:
+        counts = hold.lease
+        result["lease"] = {
+            "captured": counts.captured,
+            "bounds": counts.bounds,
+            "requests": counts.requests,
+        }
+    return result
+
+
+def _open_lease(state: AccountState, hold_id: str) -> OpenHold:
+    hold = open_hold(state, hold_id)
+    if hold.lease is None:
+        raise BadRequest(f"hold {hold_id} is not a credit lease")
+    return hold
+
+
+def _renew_lease(state: AccountState, op: Op, lots: list[Lot], usable: int) -> dict[str, Any]:
+    """Top a lease up by what it asks (at most half of what could be spent; possibly nothing)
+    and extend it to a full TTL from now. A returned lease is not renewed."""
+    a = op.args
+    hold = _open_lease(state, a["lease"]["renew"])
+    if hold.lease is not None and hold.lease.closing is not None:
+        raise Conflict(f"lease {hold.id} was returned; open a new one")
+    more = min(int(a["amount"]), usable // LEASE_SHARE)
+    allocations = _merged(hold.allocations, _draw(state, lots, more))
+    state.available -= more
+    state.held += more
+    renewed = hold.model_copy(
+        update={
+            "amount": hold.amount + more,
+            "allocations": allocations,
+            "expires_at": max(hold.expires_at, op.at + int(a["ttl_seconds"])),
+        }
+    )
+    state.holds[hold.id] = renewed
+    return {**_authorized(state, renewed), "granted": more}
+
+
+def _merged(
+    allocations: list[tuple[str, int]], more: list[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """Allocations with ``more`` added, one entry per lot (a lease's stays as short as its lots)."""
+    amounts = dict(allocations)
+    for lot_id, amount in more:
+        amounts[lot_id] = amounts.get(lot_id, 0) + amount
+    return [(lot_id, amount) for lot_id, amount in amounts.items() if amount > 0]
 
 
 def open_hold(state: AccountState, hold_id: str) -> OpenHold:
@@ -380,21 +482,8 @@ def _release(state: AccountState, hold: OpenHold, keep: int, at: int) -> int:
     """Close ``hold``: ``keep`` credits become spent, the rest go back to their lots (or to
     expired, for lots that have expired meanwhile). Returns the amount released."""
     assert 0 <= keep <= hold.amount
-    to_capture = keep
-    released = 0
-    for lot_id, amount in hold.allocations:
-        captured = min(amount, to_capture)
-        to_capture -= captured
-        back = amount - captured
-        if back == 0:
-            continue
-        lot = state.lots[lot_id]
-        if lot.expires_at is not None and lot.expires_at <= at:
-            state.expired += back
-        else:
-            _own(state, lot).remaining += back
-            state.available += back
-            released += back
+    _, back = _split(hold.allocations, keep)
+    released = _give_back(state, back, at)
     del state.holds[hold.id]
     state.held -= hold.amount
     state.spent += keep
@@ -420,6 +509,11 @@ def _settle(state: AccountState, op: Op) -> dict[str, Any]:
     if hold_id not in state.holds and hold_id not in state.settled and late is not None:
         return _settle_late(state, op, LateTerms.model_validate(late))
     hold = open_hold(state, hold_id)
+    if hold.lease is not None:
+        raise BadRequest(
+            f"hold {hold_id} is a credit lease: its requests are captured one by one, each "
+            "under its own request reference"
+        )
     wanted = _charge(op, hold.id, hold.quote)
     captured = min(wanted, hold.amount)  # a settle captures at most the hold
     released = _release(state, hold, captured, op.at)
@@ -443,8 +537,16 @@ def _settle_late(state: AccountState, op: Op, terms: LateTerms) -> dict[str, Any
     assert seq.isdigit() and int(seq) < state.seq, hold_id
     wanted = _charge(op, hold_id, terms.quote)
     owed = min(wanted, terms.amount)  # as on time: at most what was held
+    result = _charge_late(state, op, terms, owed)
+    state.settled[hold_id] = Settled(captured=result["captured"], at=op.at)
+    return {**result, "requested": wanted}
+
+
+def _charge_late(state: AccountState, op: Op, terms: LateTerms, owed: int) -> dict[str, Any]:
+    """Charge ``owed`` for a hold that ended: from what the account has now, on lots the hold
+    could have drawn from, the rest a shortfall; nothing (all waived) if it was voided."""
     captured = 0
-    if terms.resolved == "expired":
+    if terms.resolved != "voided":
         for lot in spendable(state, terms.tier, terms.model, op.at):
             take = min(lot.remaining, owed - captured)
             _own(state, lot).remaining -= take
@@ -453,20 +555,154 @@ def _settle_late(state: AccountState, op: Op, terms: LateTerms) -> dict[str, Any
                 break
         state.available -= captured
         state.spent += captured
-    shortfall = owed - captured if terms.resolved == "expired" else 0
+    shortfall = owed - captured if terms.resolved != "voided" else 0
     waived = owed if terms.resolved == "voided" else 0
     state.shortfall += shortfall
     state.waived += waived
-    state.settled[hold_id] = Settled(captured=captured, at=op.at)
     return {
-        "hold_id": hold_id,
+        "hold_id": op.args["hold_id"],
         "account_id": state.account_id,
         "captured": captured,
         "released": 0,
-        "requested": wanted,
         "shortfall": shortfall,
         "waived": waived,
         "late": terms.resolved,
+    }
+
+
+def _capture(state: AccountState, op: Op) -> dict[str, Any]:
+    """One request of a lease: its usage (at most its bound) captured, or with ``void`` only
+    counted. A returned lease releases what it no longer needs, and closes at its last request."""
+    a = op.args
+    hold_id, request, bound = a["hold_id"], a["request"], int(a["bound"])
+    void = bool(a.get("void"))
+    if hold_id not in state.holds and a.get("late") is not None:
+        terms = LateTerms.model_validate(a["late"])
+        wanted = 0 if void else min(_charge(op, hold_id, terms.quote), bound)
+        return {**_charge_late(state, op, terms, wanted), "requested": wanted, "request": request}
+    hold = _open_lease(state, hold_id)
+    wanted = 0 if void else min(_charge(op, hold_id, hold.quote), bound)
+    captured = min(wanted, hold.amount)  # never above the hold; the ingress admits within it
+    shortfall = wanted - captured
+    state.shortfall += shortfall
+    assert hold.lease is not None
+    counts = hold.lease.model_copy(
+        update={
+            "captured": hold.lease.captured + captured,
+            "bounds": hold.lease.bounds + bound,
+            "requests": hold.lease.requests + 1,
+        }
+    )
+    taken, kept = _split(hold.allocations, captured)
+    state.held -= captured
+    state.spent += captured
+    del taken  # spent: the credits stay out of their lots
+    hold = hold.model_copy(update={"amount": hold.amount - captured, "allocations": kept})
+    released, closed = _settle_down(state, hold, counts, op.at)
+    return {
+        "hold_id": hold_id,
+        "account_id": state.account_id,
+        "request": request,
+        "captured": captured,
+        "released": released,
+        "requested": wanted,
+        "shortfall": shortfall,
+        "waived": 0,
+        "closed": closed,
+    }
+
+
+def _return_lease(state: AccountState, op: Op) -> dict[str, Any]:
+    a = op.args
+    hold = _open_lease(state, a["hold_id"])
+    assert hold.lease is not None
+    if hold.lease.closing is not None:
+        raise Conflict(f"lease {hold.id} was already returned")
+    counts = hold.lease.model_copy(
+        update={"closing": int(a["requests"]), "returned_bounds": int(a["bounds"])}
+    )
+    hold = hold.model_copy(update={"expires_at": op.at + int(a["ttl_seconds"])})
+    released, closed = _settle_down(state, hold, counts, op.at)
+    return {
+        "hold_id": hold.id,
+        "account_id": state.account_id,
+        "refunded": released,
+        "released": released,
+        "voided": False,
+        "closed": closed,
+        "outstanding": 0 if closed else counts.closing - counts.requests,  # type: ignore[operator]
+    }
+
+
+def _settle_down(
+    state: AccountState, hold: OpenHold, counts: LeaseCounts, at: int
+) -> tuple[int, bool]:
+    """Store the lease with ``counts``; once returned, release what the requests not counted
+    yet can no longer capture, and close it when none is left. (released, closed)"""
+    if counts.closing is None:
+        state.holds[hold.id] = hold.model_copy(update={"lease": counts})
+        return 0, False
+    if counts.requests >= counts.closing:
+        return _release(state, hold, 0, at), True
+    outstanding = max(0, counts.returned_bounds - counts.bounds)
+    spare = max(0, hold.amount - outstanding)
+    kept, back = _split(hold.allocations, hold.amount - spare)
+    released = _give_back(state, back, at)
+    state.held -= spare
+    state.holds[hold.id] = hold.model_copy(
+        update={"amount": hold.amount - spare, "allocations": kept, "lease": counts}
+    )
+    return released, False
+
+
+def _split(
+    allocations: list[tuple[str, int]], first: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Allocations cut after ``first`` credits: (the first ones, the rest)."""
+    head: list[tuple[str, int]] = []
+    tail: list[tuple[str, int]] = []
+    left = first
+    for lot_id, amount in allocations:
+        take = min(amount, left)
+        left -= take
+        if take:
+            head.append((lot_id, take))
+        if amount - take:
+            tail.append((lot_id, amount - take))
+    assert left == 0, (allocations, first)
+    return head, tail
+
+
+def _give_back(state: AccountState, allocations: list[tuple[str, int]], at: int) -> int:
+    """Return held credits to their lots (or to expired, for lots that expired meanwhile); the
+    caller takes them off ``held``. Returns what went back to lots."""
+    released = 0
+    for lot_id, amount in allocations:
+        lot = state.lots[lot_id]
+        if lot.expires_at is not None and lot.expires_at <= at:
+            state.expired += amount
+        else:
+            _own(state, lot).remaining += amount
+            state.available += amount
+            released += amount
+    return released
+
+
+def _refund_capture(state: AccountState, op: Op) -> dict[str, Any]:
+    """A lease request captured before its void arrived: its capture comes back as a refund lot
+    (the request is charged on the attempt that served it, never twice)."""
+    a = op.args
+    amount = int(a["amount"])
+    assert amount > 0
+    _room_for_a_lot(state)
+    lot = _refund_lot(state, amount, f"{a['hold_id']}/{a['request']}")
+    return {
+        "hold_id": a["hold_id"],
+        "account_id": state.account_id,
+        "request": a["request"],
+        "refunded": amount,
+        "voided": False,
+        "lot_id": lot.id,
     }
 
 
@@ -505,18 +741,7 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
         raise Conflict(f"hold {hold_id} has {refundable} refundable credits, asked {amount}")
     _room_for_a_lot(state)
     state.settled[hold_id] = settled.model_copy(update={"refunded": settled.refunded + amount})
-    lot = Lot(
-        id=f"lot-{state.seq}",
-        amount=amount,
-        remaining=amount,
-        origin="refund",
-        reference=hold_id,
-        seq=state.seq,
-    )
-    state.lots[lot.id] = lot
-    state.granted += amount
-    state.available += amount
-    state.refunded += amount
+    lot = _refund_lot(state, amount, hold_id)
     return {
         "hold_id": hold_id,
         "account_id": state.account_id,
@@ -524,6 +749,23 @@ def _refund(state: AccountState, op: Op) -> dict[str, Any]:
         "voided": False,
         "lot_id": lot.id,
     }
+
+
+def _refund_lot(state: AccountState, amount: int, reference: str) -> Lot:
+    """Captured credits given back, as a lot of their own."""
+    lot = Lot(
+        id=f"lot-{state.seq}",
+        amount=amount,
+        remaining=amount,
+        origin="refund",
+        reference=reference,
+        seq=state.seq,
+    )
+    state.lots[lot.id] = lot
+    state.granted += amount
+    state.available += amount
+    state.refunded += amount
+    return lot
 
 
 def _expire_hold(state: AccountState, op: Op) -> dict[str, Any]:
@@ -636,4 +878,7 @@ _APPLY = {
     "expire_lot": _expire_lot,
     "revoke": _revoke,
     "restore": _restore,
+    "capture": _capture,
+    "return_lease": _return_lease,
+    "refund_capture": _refund_capture,
 }

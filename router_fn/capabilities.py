@@ -21,9 +21,11 @@ def mint(
     max_tokens: int,
     engine_ms: int,
     attempt: str,
+    credits: int | None = None,
     clock: Callable[[], float] = time.time,
 ) -> str:
-    """Signed for ``cluster``, good until the engine time it was priced for has passed."""
+    """Signed for ``cluster``, good until the engine time it was priced for has passed.
+    ``credits``: a lease attempt's bound (the most its request may capture from the lease)."""
     now = clock()
     capability = Capability(
         hold_id=hold.hold_id,
@@ -35,5 +37,6 @@ def mint(
         engine_ms=engine_ms,
         deadline=int(now + engine_ms / 1000) + 1,
         attempt=attempt,
+        credits=credits,
     )
     return sign(capability, key.get(), issued_at=now)

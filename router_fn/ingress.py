@@ -1,7 +1,9 @@
 """The ingress: the OpenAI-compatible HTTP API applications call.
 
 Per request: resolve the API key; route (router_fn/policy.py); price the worst case at the chosen
-tier's rate and authorize a hold for it (a CloudEvent to the authorize function); call that
+tier's rate and reserve it from the account's credit lease at that price (router_fn/lease.py, in
+memory) or, without one or at low balance, authorize a hold for it (a CloudEvent to the authorize
+function); call that
 cluster's infer function, streaming straight through. An attempt that fails before the first
 byte reaches the client is refunded at once and the next feasible cluster is tried. Settlement is
 asynchronous: the infer function emits ``inference.completed`` (or ``failed``) with the metered
@@ -24,7 +26,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from events import wire
 from events.activity import RouteDecisionRecord, clip
-from events.ledger import HoldAuthorize, HoldAuthorized
+from events.ledger import HoldAuthorize, HoldAuthorized, LeaseRequest
 from events.openai import (
     MODELS,
     PATHS,
@@ -55,6 +57,7 @@ from router_fn.capabilities import mint
 from router_fn.hints import parse_hints
 from router_fn.inflight import InFlightRequests, Sent
 from router_fn.latency import LatencyPromise, Served
+from router_fn.lease import Basis, Leases
 from router_fn.ledger_client import LedgerClient
 from router_fn.owed import Owed, Relayed
 from router_fn.policy import (
@@ -98,16 +101,38 @@ class Caller:
 
 
 @dataclass(frozen=True)
-class Attempt:
-    candidate: Candidate
+class Credit:
+    """What an attempt is billed to: a hold of its own, or a request (``lease``) of a lease
+    (``hold``: the lease's, its ``amount`` this request's bound)."""
+
     hold: HoldAuthorized
     quote: Quote
+    lease: LeaseRequest | None = None
+
+    @property
+    def attempt(self) -> str:
+        """The capability's attempt id: the lease request, or the hold's own id."""
+        return self.hold.hold_id if self.lease is None else self.lease.request
+
+
+@dataclass(frozen=True)
+class Attempt:
+    candidate: Candidate
+    credit: Credit
     upstream: requests.Response
     chunks: Iterator[bytes]  # the body's one iterator (a second iter_content would start empty)
     first: bytes  # its first chunk (a whole response: all of it), read before answering
     started: float  # time.monotonic() when infer was called
     capability: str  # what infer was called with; the ingress's own metering carries it too
     sent: Sent  # counted in this ingress's in-flight requests until the response ends
+
+    @property
+    def hold(self) -> HoldAuthorized:
+        return self.credit.hold
+
+    @property
+    def quote(self) -> Quote:
+        return self.credit.quote
 
     def close(self) -> None:
         self.upstream.close()
@@ -129,8 +154,11 @@ class Ingress:
         latency: LatencyPromise | None = None,
         clock: Callable[[], float] = time.time,
         decisions: RecentLog | None = None,
+        leases: Leases | None = None,
     ) -> None:
+        """``leases``: credit leases to admit requests from (None: a hold per request)."""
         self.topology = topology
+        self.leases = leases
         self.hold_ttl_s = hold_ttl_s
         self.clock = clock
         self.decisions = decisions  # the last route decisions, for ops (off the hot path)
@@ -341,20 +369,18 @@ class Ingress:
             )
             candidate = decision.chosen
             try:
-                hold, quote = self._authorize(priced, route, caller, candidate, request_id)
+                credit = self._authorize(priced, route, caller, candidate, request_id)
             except BaseException:
                 sent.end()
                 raise
             metrics.OVERHEAD.observe(time.perf_counter() - started)
             try:
-                attempt = self._call(
-                    endpoint, candidate, hold, quote, caller, forward, stream, sent
-                )
+                attempt = self._call(endpoint, candidate, credit, forward, stream, sent)
                 return attempt, decision
             except _AttemptFailed as failure:
                 sent.end()
                 failures.append(f"{candidate.cluster}: {failure}")
-                voided = self.owed.void(hold, str(failure))
+                voided = self.owed.void(credit.hold, str(failure), credit.lease)
                 if failure.final is not None:
                     raise failure.final from None
                 if not voided:
@@ -414,8 +440,9 @@ class Ingress:
         caller: Caller,
         candidate: Candidate,
         request_id: str,
-    ) -> tuple[HoldAuthorized, Quote]:
-        """A hold for the request's worst case at the chosen tier's price."""
+    ) -> Credit:
+        """The request's worst case at the chosen tier's price, reserved from the lease at that
+        price, else held on its own."""
         quote = priced.quote(
             route.model.name,
             candidate.tier,
@@ -423,6 +450,11 @@ class Ingress:
         )
         assert quote is not None, "the policy only picks priced clusters"
         amount = quote.worst_case(route.prompt_tokens, route.max_tokens or 0, ENGINE_BOUND_MS)
+        if self.leases is not None:
+            basis = Basis(caller.account_id, candidate.tier, route.model.name, quote)
+            slot = self.leases.admit(basis, amount, f"{request_id}:{candidate.cluster}")
+            if slot is not None:
+                return Credit(slot.hold, quote, LeaseRequest(request=slot.request, bound=amount))
         command = HoldAuthorize(
             account_id=caller.account_id,
             amount=amount,
@@ -433,19 +465,20 @@ class Ingress:
         )
         event_id = f"{request_id}#{candidate.cluster}"
         try:
-            return self.ledger.hold(event_id, command), quote
+            hold = self.ledger.hold(event_id, command)
         except Unavailable:
             # The ledger may have made the hold and lost only its answer: find it and void it.
             self.owed.release(event_id, command)
             raise
+        if self.leases is not None:
+            self.leases.observe(caller.account_id, hold.available, amount)
+        return Credit(hold, quote)
 
     def _call(
         self,
         endpoint: Endpoint,
         candidate: Candidate,
-        hold: HoldAuthorized,
-        quote: Quote,
-        caller: Caller,
+        credit: Credit,
         forward: dict[str, Any],
         stream: bool,
         sent: Sent,
@@ -453,6 +486,7 @@ class Ingress:
         cluster = self.topology.cluster(candidate.cluster)
         if cluster.emulated:
             self.sleep(cluster.rtt_ms / 1000)  # `tollgate up`: the tier's network RTT, emulated
+        hold = credit.hold
         capability = mint(
             self.signing_key,
             hold,
@@ -461,7 +495,8 @@ class Ingress:
             tier=candidate.tier,
             max_tokens=int(forward["max_tokens"]),
             engine_ms=ENGINE_BOUND_MS,
-            attempt=hold.hold_id,
+            attempt=credit.attempt,
+            credits=None if credit.lease is None else credit.lease.bound,
         )
         started = time.monotonic()
         try:
@@ -494,7 +529,7 @@ class Ingress:
             upstream.close()
             where = "before the first byte" if stream else "before its whole answer arrived"
             raise _AttemptFailed(f"failed {where} ({exc.__class__.__name__})", capability) from exc
-        return Attempt(candidate, hold, quote, upstream, chunks, first, started, capability, sent)
+        return Attempt(candidate, credit, upstream, chunks, first, started, capability, sent)
 
     def _relay(self, attempt: Attempt, relay: StreamRelay, model: str) -> Iterator[bytes]:
         """Stream the upstream's events through; closing (client gone) closes the upstream, so
@@ -534,6 +569,7 @@ class Ingress:
                         attempt.started,
                         first_text,
                         attempt.capability,
+                        attempt.credit.attempt,
                         client_left,
                     )
                 )

@@ -14,9 +14,11 @@ from functions.auth.senders import Senders
 from functions.emit import Emitter
 from functions.outbox import OutboxSettings
 from functions.recent import RecentLog
+from functions.server import on_stop
 from functions.store import Store
 from router_fn.ingress import HOLD_TTL_S, Ingress
 from router_fn.latency import LatencyPromise
+from router_fn.lease import Leases
 from router_fn.ledger_client import LedgerClient
 from router_fn.owed import Owed
 from router_fn.tierstate import TierStates
@@ -38,14 +40,21 @@ def create_app(
     hold_ttl_s: int = HOLD_TTL_S,
     clock: Callable[[], float] = time.time,
     decisions: RecentLog | None = None,
+    lease_ttl_s: int | None = None,
 ) -> Flask:
     """``network``: the endpoint network systems POST their notifications to (``/events``);
     ``latency``: waking cold tiers, learning from answers and measuring SLA attainment;
     ``emitter`` (default K_SINK) and ``outbox`` (default ``TOLLGATE_OUTBOX_*``): where what the
     ingress owes goes, and where it waits meanwhile; ``clock``: what picks the price book
     version in effect; ``decisions``: where the last route decisions are kept for ops;
-    ``signing_key``: what the capabilities of inference attempts are signed with."""
+    ``signing_key``: what the capabilities of inference attempts are signed with;
+    ``lease_ttl_s``: admit requests from credit leases of this TTL (router_fn/lease.py; None:
+    hold every request on its own)."""
     owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
+    leases = None
+    if lease_ttl_s is not None:
+        leases = Leases(ledger, owed, ttl_s=lease_ttl_s, return_ttl_s=hold_ttl_s, clock=clock)
+        leases.start()
     ingress = Ingress(
         topology,
         store,
@@ -57,6 +66,7 @@ def create_app(
         latency=latency,
         clock=clock,
         decisions=decisions,
+        leases=leases,
     )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
 
@@ -65,4 +75,7 @@ def create_app(
         if owed.full:
             raise RuntimeError("the outbox of what this ingress owes the ledger is full")
 
-    return create_function_app("ingress", senders=senders, blueprints=blueprints, ready=ready)
+    app = create_function_app("ingress", senders=senders, blueprints=blueprints, ready=ready)
+    if leases is not None:
+        on_stop(app, leases.stop)  # a stopping ingress returns its leases rather than let expire
+    return app

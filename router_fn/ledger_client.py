@@ -20,6 +20,7 @@ from events.ledger import (
     HoldAuthorized,
     HoldDeclined,
     HoldRefund,
+    LeaseRequest,
 )
 from events.quote import Quote
 from functions.auth.tokens import TokenFile, TokenMissing
@@ -98,15 +99,20 @@ class LedgerClient:
             raise BadReply(f"the ledger answered authorize with {reply.type}")
         return _parse(HoldAuthorized, reply)
 
-    def void(self, event_id: str, hold_id: str) -> None:
+    def void(self, event_id: str, hold_id: str, request: LeaseRequest | None = None) -> None:
         """Void an open hold, or return a settled hold's whole capture: its attempt put nothing
-        in front of the client, so it costs nothing (``io.tollgate.hold.refund.v1``)."""
-        self._send(self.refund_url, types.HOLD_REFUND, HoldRefund(hold_id=hold_id), event_id)
+        in front of the client, so it costs nothing (``io.tollgate.hold.refund.v1``). With
+        ``request``: void that one request of a lease."""
+        self.refund(event_id, HoldRefund(hold_id=hold_id, request=request))
+
+    def refund(self, event_id: str, command: HoldRefund) -> None:
+        """Send one refund command (a void, a lease request's void, a lease's return)."""
+        self._send(self.refund_url, types.HOLD_REFUND, command, event_id)
 
     def _send(self, url: str, event_type: str, data: EventData, event_id: str) -> Incoming:
-        message = to_binary(
-            make_event(event_type, SOURCE, data.model_dump(mode="json"), id=event_id)
-        )
+        # Unset options stay off the wire: a ledger from before them takes the command too.
+        payload = data.model_dump(mode="json", exclude_none=True)
+        message = to_binary(make_event(event_type, SOURCE, payload, id=event_id))
         try:
             headers = {**message.headers, **self._tokens[url].bearer()}
             response = self._session.post(

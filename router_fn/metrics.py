@@ -29,3 +29,12 @@ VOIDS_OWED = Counter(
     "tollgate_ingress_voids_owed_total",
     "Failed attempts whose hold the ledger could not void at once (owed; no failover)",
 )
+LEASES = Counter(
+    "tollgate_ingress_leases_total", "Credit leases opened, renewed and returned", ["event"]
+)
+LEASE_ADMISSIONS = Counter(
+    "tollgate_ingress_lease_admissions_total",
+    "Requests admitted on a credit lease ('lease') or held on their own after a lease could "
+    "not take them ('miss')",
+    ["path"],
+)

@@ -1,7 +1,8 @@
 """What the ingress owes the ledger, durably (functions/outbox.py), so no fault loses it:
 
-- the **void** of a hold whose attempt put nothing in front of the client (a failed attempt, a
-  request the engine refused): tried at once; if the ledger cannot take it now, owed until it does
+- the **void** of a hold (or of one request of a credit lease) whose attempt put nothing in
+  front of the client (a failed attempt, a request the engine refused): tried at once; if the
+  ledger cannot take it now, owed until it does
   — and the request is not failed over meanwhile, so a second hold is only ever authorized once
   the first is void (one request is captured at most once, whatever the timing);
 - the **release** of a hold whose authorize answer was lost (a timeout, a 5xx): the same
@@ -10,9 +11,11 @@
 - the **stand-in metering of a relayed stream that did not end normally**: ``inference.completed``
   with the usage of the last chunk relayed (what reached the client), marked ``stand_in`` and
   owed to the broker. Infer owes its own event for the same hold and normally settles it: the
-  ledger then answers the stand-in with nothing. It exists for the infer that died with the
-  stream: at once when infer broke the stream off, ``STAND_IN_DELAY_S`` later when the client
-  left (infer, if alive, meters what it made on noticing, and its number should win).
+  ledger then answers the stand-in with nothing (a lease's request: the first report of it
+  counts). It exists for the infer that died with the stream: at once when infer broke the
+  stream off, ``STAND_IN_DELAY_S`` later when the client left (infer, if alive, meters what it
+  made on noticing, and its number should win);
+- the **return** of a credit lease (router_fn/lease.py): what the ingress admitted against it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from events import types
 from events.ledger import (
     HoldAuthorize,
     HoldAuthorized,
+    HoldRefund,
     InferenceCompleted,
+    LeaseRequest,
+    LeaseReturn,
     Timings,
 )
 from events.quote import Usage
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 
 VOID = "void"
 RELEASE = "release"
+REFUND = "refund"
 VOID_TRIES = 2
 # Far longer than infer takes to meter a closed stream and its broker to deliver it.
 STAND_IN_DELAY_S = 30.0
@@ -58,8 +65,8 @@ VOID_PAUSE_S = 0.2
 RESOLVED = (404, 409)
 
 
-def void_id(hold_id: str) -> str:
-    return f"{hold_id}#void"
+def void_id(attempt: str) -> str:
+    return f"{attempt}#void"
 
 
 @dataclass(frozen=True)
@@ -74,15 +81,20 @@ class Relayed:
     started: float  # time.monotonic() when infer was called
     first_text: float | None  # when the first text was relayed
     capability: str  # the attempt's, which settle checks
+    attempt: str  # the capability's attempt id (a per-request hold's: its hold id)
     client_left: bool  # the client closed the stream (else infer broke it off)
 
 
 class Owed:
     def __init__(self, ledger: LedgerClient, emitter: Emitter, settings: OutboxSettings) -> None:
         self.ledger = ledger
-        self.outbox: Outbox = settings.open(
-            "ingress", {SINK: sink_route(emitter), VOID: self._void, RELEASE: self._release}
-        )
+        routes = {
+            SINK: sink_route(emitter),
+            VOID: self._void,
+            RELEASE: self._release,
+            REFUND: self._refund,
+        }
+        self.outbox: Outbox = settings.open("ingress", routes)
 
     @property
     def full(self) -> bool:
@@ -90,18 +102,26 @@ class Owed:
 
     # -- what the request path calls ------------------------------------------------------------
 
-    def void(self, hold: HoldAuthorized, why: str) -> bool:
-        """Void the hold now; True once the ledger took it, else it is owed (False)."""
+    def void(self, hold: HoldAuthorized, why: str, request: LeaseRequest | None = None) -> bool:
+        """Void the hold (with ``request``: that request of the lease ``hold`` is) now; True
+        once the ledger took it, else it is owed (False)."""
+        command = HoldRefund(hold_id=hold.hold_id, request=request)
+        event_id = void_id(hold.hold_id if request is None else request.request)
         for attempt in range(VOID_TRIES):
-            outcome = self._void_now(hold.hold_id)
+            outcome = self._refund_now(event_id, command)
             if outcome.verdict is not Verdict.RETRY:
                 return True
             if attempt + 1 < VOID_TRIES:
                 time.sleep(VOID_PAUSE_S)
-        log.warning("void of %s (%s) owed: %s", hold.hold_id, why, outcome.detail)
+        log.warning("void of %s (%s) owed: %s", event_id, why, outcome.detail)
         metrics.VOIDS_OWED.inc()
-        self._owe(types.HOLD_REFUND, void_id(hold.hold_id), {"hold_id": hold.hold_id}, VOID)
+        self._owe(types.HOLD_REFUND, event_id, command.model_dump(mode="json"), REFUND)
         return False
+
+    def return_lease(self, hold_id: str, returned: LeaseReturn) -> None:
+        """Return a lease: owed until the ledger takes it (it expires at its TTL meanwhile)."""
+        command = HoldRefund(hold_id=hold_id, lease_return=returned)
+        self._owe(types.HOLD_REFUND, f"{hold_id}#return", command.model_dump(mode="json"), REFUND)
 
     def release(self, event_id: str, command: HoldAuthorize) -> None:
         """The authorize sent as ``event_id`` got no answer: find its hold and void it, later."""
@@ -131,7 +151,7 @@ class Owed:
         metrics.RELAYED_METERING.labels("left" if metered.client_left else "cut").inc()
         self._owe(
             types.INFERENCE_COMPLETED,
-            f"{metered.hold.hold_id}#relayed",
+            f"{metered.attempt}#relayed",
             event.model_dump(mode="json"),
             SINK,
             delay_s=STAND_IN_DELAY_S if metered.client_left else 0.0,
@@ -149,8 +169,11 @@ class Owed:
     # -- the outbox's routes --------------------------------------------------------------------
 
     def _void_now(self, hold_id: str) -> Outcome:
+        return self._refund_now(void_id(hold_id), HoldRefund(hold_id=hold_id))
+
+    def _refund_now(self, event_id: str, command: HoldRefund) -> Outcome:
         try:
-            self.ledger.void(void_id(hold_id), hold_id)
+            self.ledger.refund(event_id, command)
         except Unavailable as exc:
             return Outcome(Verdict.RETRY, exc.message)
         except FunctionError as exc:
@@ -159,8 +182,11 @@ class Owed:
             return Outcome(Verdict.REFUSED, exc.message)
         return Outcome(Verdict.DELIVERED)
 
-    def _void(self, entry: Entry) -> Outcome:
+    def _void(self, entry: Entry) -> Outcome:  # voids owed before leases (same id and data)
         return self._void_now(str(entry.data["hold_id"]))
+
+    def _refund(self, entry: Entry) -> Outcome:
+        return self._refund_now(entry.id, HoldRefund.model_validate(entry.data))
 
     def _release(self, entry: Entry) -> Outcome:
         command = HoldAuthorize.model_validate(entry.data)

@@ -1,6 +1,6 @@
 """The keys of inference capabilities (events/capability.py), from a directory.
 
-``$TOLLGATE_CAPABILITY_KEYS`` holds ``signing.jwk`` (the current RSA private key as a JWK; only
+``$TOLLGATE_CAPABILITY_KEYS`` holds ``signing.jwk`` (the current Ed25519 private key as a JWK; only
 the ingress is given it) and ``verify.jwks`` (the public keys verifiers accept: the current one
 and the previous one). On Knative the directory is a projected volume of two Secrets
 (``<capabilitySecret>-signing`` and ``<capabilitySecret>-verify``); under ``tollgate up`` it is
@@ -14,14 +14,14 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import KeySet, OKPKey, RSAKey
 
 KEYS_ENV = "TOLLGATE_CAPABILITY_KEYS"
 SIGNING_FILE = "signing.jwk"
 VERIFY_FILE = "verify.jwks"
-RSA_BITS = 2048
+CURVE: Final = "Ed25519"  # RSA keys made before still load, sign (RS256) and verify
 
 T = TypeVar("T")
 
@@ -46,8 +46,11 @@ class _Reloading(Generic[T]):
             return self._value
 
 
-def _private(data: bytes) -> RSAKey:
-    key = RSAKey.import_key(json.loads(data))
+def _private(data: bytes) -> OKPKey | RSAKey:
+    value = json.loads(data)
+    key: OKPKey | RSAKey = (
+        RSAKey.import_key(value) if value.get("kty") == "RSA" else OKPKey.import_key(value)
+    )
     if not key.is_private:
         raise ValueError(f"{SIGNING_FILE} must hold a private key")
     return key
@@ -76,7 +79,7 @@ class SigningKey:
     def __init__(self, directory: Path) -> None:
         self._file = _Reloading(directory / SIGNING_FILE, _private)
 
-    def get(self) -> RSAKey:
+    def get(self) -> OKPKey | RSAKey:
         return self._file.get()
 
 
@@ -97,15 +100,16 @@ def _write(path: Path, content: dict[str, Any]) -> None:
     partial.replace(path)
 
 
-def _public(key: RSAKey) -> dict[str, Any]:
-    return {**key.as_dict(private=False), "kid": key.kid, "use": "sig", "alg": "RS256"}
+def _public(key: OKPKey | RSAKey) -> dict[str, Any]:
+    algorithm = "RS256" if key.key_type == "RSA" else CURVE
+    return {**key.as_dict(private=False), "kid": key.kid, "use": "sig", "alg": algorithm}
 
 
 def rotate(directory: Path) -> str:
     """A new current key; the old current key stays verifiable as the previous one, the one
     before it is dropped. Returns the new ``kid``. (Also creates the first key.)"""
     directory.mkdir(parents=True, exist_ok=True)
-    new = RSAKey.generate_key(RSA_BITS, auto_kid=True)
+    new = OKPKey.generate_key(CURVE, auto_kid=True)
     keys = [_public(new)]
     signing = directory / SIGNING_FILE
     if signing.is_file():
