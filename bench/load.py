@@ -141,7 +141,7 @@ def one_client(
                 stream=True,
                 stream_options={"include_usage": True},
             )
-            tier = raw.headers.get("x-tollgate-tier", "direct")
+            tier = raw.headers.get(wire.TIER, "direct")
             first: float | None = None
             tokens = 0
             for chunk in raw.parse():
