@@ -159,8 +159,14 @@ def reconciled(p: dict[str, Any], account: str) -> dict[str, Any]:
     return balance
 
 
+def _metered(op: dict[str, Any]) -> bool:
+    """A request's metered charge: a hold's settle, or a credit lease's capture of one request
+    (a void of a lease's request counts it and charges nothing)."""
+    return op["kind"] == "settle" or (op["kind"] == "capture" and not op["args"].get("void"))
+
+
 def captures(p: dict[str, Any], account: str) -> list[int]:
-    """Every settle's capture in the account's journal."""
+    """Every request's capture in the account's journal."""
     out: list[int] = []
     after = 0
     while True:
@@ -173,7 +179,7 @@ def captures(p: dict[str, Any], account: str) -> list[int]:
             )
             .json()
         )
-        out += [e["result"]["captured"] for e in page["entries"] if e["op"]["kind"] == "settle"]
+        out += [e["result"]["captured"] for e in page["entries"] if _metered(e["op"])]
         if page["next_after"] is None:
             return out
         after = page["next_after"]
