@@ -211,6 +211,7 @@ def test_a_crashed_replica_restarts_on_its_own_back_off_while_the_other_serves(
         victim = setup.scaler.supervisor.find("infer-regional-1")
         assert victim is not None
         victim.process.kill()
+        victim.process.wait(timeout=30)  # crashed: its port refuses connections
         answers = [chat(setup, f"acme:{n}") for n in range(3)]  # meanwhile: replica 2 serves
         assert [a.status_code for a in answers] == [200, 200, 200]
         # The supervisor restarted it (same name, identity and outbox), and it serves again.
