@@ -22,23 +22,15 @@ from ledger_fn.claims import key_claim
 from ledger_fn.config import DAY_S
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
-from tests.ledger.helpers import invariant, send, senders, signed
+from tests.ledger.helpers import funded, invariant, send, senders, signed
 from tests.trust import shared_issuer
 
 GRANT = {"account_id": "acme", "amount": 500, "origin": "top-up"}
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def ledger(real_store: Store, clock: Clock) -> Ledger:
-    ledger = Ledger(real_store, clock=clock)
-    ledger.open_account("acme")
-    ledger.execute("acme", "grant", {"amount": 1_000_000})
-    return ledger
+    return funded(real_store, clock, amount=1_000_000)
 
 
 def grant_function(store: Store, ledger: Ledger) -> FlaskClient:

@@ -18,7 +18,7 @@ from functions.store import Store
 from ledger_fn.app import create_app
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
-from tests.ledger.helpers import invariant, send, senders, signed
+from tests.ledger.helpers import funded, invariant, send, senders, signed
 from tests.trust import CapabilityKeys, nobody, shared_issuer
 
 QUOTE = {"price_book": "t1", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
@@ -36,16 +36,8 @@ def expire(ledger: Ledger, clock: Clock) -> None:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def ledger(real_store: Store, clock: Clock) -> Ledger:
-    ledger = Ledger(real_store, clock=clock)
-    ledger.open_account("acme")
-    ledger.execute("acme", "grant", {"amount": 1000})
-    return ledger
+    return funded(real_store, clock, amount=1000)
 
 
 def test_a_settle_after_expiry_charges_what_was_used(ledger: Ledger, clock: Clock) -> None:

@@ -12,23 +12,15 @@ from functions.errors import BadRequest, Conflict
 from functions.store import Store
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
-from tests.ledger.helpers import invariant
+from tests.ledger.helpers import funded, invariant
 
 QUOTE = {"price_book": "t1", "input_per_million": 1_000_000, "output_per_million": 2_000_000}
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5}  # 10 + 10 = 20 credits
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def ledger(real_store: Store, clock: Clock) -> Ledger:
-    ledger = Ledger(real_store, clock=clock)
-    ledger.open_account("acme")
-    ledger.execute("acme", "grant", {"amount": 1000})
-    return ledger
+    return funded(real_store, clock, amount=1000)
 
 
 def lease(ledger: Ledger, amount: int, renew: str | None = None, **extra: Any) -> dict[str, Any]:
