@@ -534,8 +534,19 @@ def owed(state: Path) -> int:
 
 
 def _count(db_path: Path, query: str) -> int:
+    return sum(int(row[0]) for row in _rows(db_path, query))
+
+
+def _rows(db_path: Path, query: str, params: tuple[str, ...] = ()) -> list[Any]:
+    """``query``'s rows in one outbox; none for an outbox whose replica was started (and maybe
+    killed) before it set up its table."""
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        return int(db.execute(query).fetchone()[0])
+        try:
+            return db.execute(query, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
 
 
 def settle_down(
@@ -593,16 +604,13 @@ class Hold:
 
 
 def records(state: Path) -> dict[str, dict[str, Any]]:
-    """Every metering record (infer's own, the ingress's for streams infer broke off), by the
+    """Every metering record (infer's own, the ingress's stand-ins), by the
     key the ledger journals a settle under (source#id)."""
     found: dict[str, dict[str, Any]] = {}
     wanted = (types.INFERENCE_COMPLETED, types.INFERENCE_FAILED)
     for db_path in (state / "outbox").glob("*/outbox.db"):
-        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                "SELECT source, id, data, state FROM outbox WHERE type IN (?, ?)", wanted
-            ).fetchall()
-        for source, event_id, data, row_state in rows:
+        query = "SELECT source, id, data, state FROM outbox WHERE type IN (?, ?)"
+        for source, event_id, data, row_state in _rows(db_path, query, wanted):
             found[f"{source}#{event_id}"] = {"data": json.loads(data), "state": row_state}
     return found
 
