@@ -20,14 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import BODY, free_port, identities, start  # noqa: E402
+from bench.gateway import BODY, backends, identities  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from events import wire  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
 from functions.store import open_store  # noqa: E402
 from infra.local.issuer import Issuer, IssuerServer  # noqa: E402
 from infra.serve import build_app  # noqa: E402
-from infra.template.load import load_template  # noqa: E402
 from ledger_fn.ledger import Ledger  # noqa: E402
 
 
@@ -44,40 +43,10 @@ def main() -> None:
     issuer = Issuer("tollgate")
     server = IssuerServer(issuer)
     server.start()
-    upstream_port, ledger_port = free_port(), free_port()
-    ledger_url = f"http://127.0.0.1:{ledger_port}"
-    upstream = f"http://127.0.0.1:{upstream_port}"
-    template = load_template(ROOT / "template.yaml")
-    endpoints = tmp / "endpoints.json"
-    clusters = {c.name: {m: upstream for m in c.models} for c in template.clusters}
-    endpoints.write_text(__import__("json").dumps({"clusters": clusters, "emulated": False}))
-    env = {
-        "TOLLGATE_STORE": store_url,
-        "TOLLGATE_ADMIN_TOKEN": "bench",
-        "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
-    }
     ids = identities(tmp, issuer, server.url)
-    serve = [sys.executable, "-m", "infra.cli", "serve"]
-    procs = [
-        start([*serve, "ledger"], {**env, **ids["ledger"]}, ledger_port),
-        start(
-            [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
-            {"K_SINK": ledger_url, **ids["infer-bench"]},
-            upstream_port,
-        ),
-    ]
+    backend = backends(tmp, store_url, ids, "")
     try:
-        os.environ.update(
-            {
-                **env,
-                **ids["ingress"],
-                "K_SINK": ledger_url,
-                "TOLLGATE_LEDGER_URL": ledger_url,
-                "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
-                "TOLLGATE_PROBE_INTERVAL_S": "0",
-                "TOLLGATE_OUTBOX_DIR": str(tmp / "outbox"),
-            }
-        )
+        os.environ.update(backend.ingress_env)
         client = build_app("ingress").test_client()
         headers = {"Authorization": f"Bearer {key}", wire.TIER: "regional"}
 
@@ -103,7 +72,7 @@ def main() -> None:
         stats.sort_stats("cumulative").print_stats(45)
         stats.print_callees(r"ingress.py:\d+\((handle|_attempt|_call|_authorize)\)")
     finally:
-        for p in procs:
+        for p in backend.procs:
             p.terminate()
             p.wait(10)
         server.stop()
