@@ -28,7 +28,7 @@ from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Topology
-from tests.http_server import serving, serving_kept_alive
+from tests.http_server import serving
 from tests.ledger.helpers import AUDIENCE, ledger_function, senders
 from tests.trust import CapabilityKeys, TestIssuer
 
@@ -193,8 +193,8 @@ def platform(
     the_ledger = ledger_function(ledger, issuer, cap_keys)
     with ExitStack() as stack:
         ledger_url = stack.enter_context(serving(the_ledger))
-        edge_url = stack.enter_context(serving_kept_alive(edge.app()))
-        regional_url = stack.enter_context(serving_kept_alive(regional.app()))
+        edge_url = stack.enter_context(serving(edge.app(), kept_alive=True))
+        regional_url = stack.enter_context(serving(regional.app(), kept_alive=True))
         app = ingress_app(
             topology(edge_url, regional_url),
             sqlite_store,
