@@ -214,18 +214,22 @@ def peak_kib(pid: int) -> int:
     return 0
 
 
-def measure(
-    tmp: Path,
-    keys_by_account: dict[str, str],
-    low_key: str,
-    store_url: str,
-    ids: dict[str, dict[str, str]],
-    leases: bool,
-) -> Figures:
-    """Direct and gated latencies and throughputs, with or without credit leases."""
-    upstream_port, ledger_port, ingress_port = free_port(), free_port(), free_port()
+SERVE = [sys.executable, "-m", "infra.cli", "serve"]
+
+
+@dataclass
+class Backends:
+    procs: list[subprocess.Popen[bytes]]  # the ledger and the fast upstream
+    upstream: str  # the fast upstream's base URL
+    ingress_env: dict[str, str]  # what an ingress in front of them is started with
+
+
+def backends(tmp: Path, store_url: str, ids: dict[str, dict[str, str]], name: str) -> Backends:
+    """`tollgate serve ledger` and the fast upstream, every cluster of the template served by it
+    (``name``: tells apart the files of several runs in ``tmp``)."""
+    upstream_port, ledger_port = free_port(), free_port()
     ledger_url = f"http://127.0.0.1:{ledger_port}"
-    endpoints = tmp / f"endpoints-{ingress_port}.json"
+    endpoints = tmp / f"endpoints{name}.json"
     template = load_template(ROOT / "template.yaml")
     upstream = f"http://127.0.0.1:{upstream_port}"
     # Not emulated: no tier RTT is added, so the figures are the gateway's own cost.
@@ -236,29 +240,40 @@ def measure(
         "TOLLGATE_ADMIN_TOKEN": "bench",
         "TOLLGATE_TEMPLATE": str(ROOT / "template.yaml"),
     }
-    serve = [sys.executable, "-m", "infra.cli", "serve"]
-    procs = [
-        start([*serve, "ledger"], {**env, **ids["ledger"]}, ledger_port),
+    procs = [start([*SERVE, "ledger"], {**env, **ids["ledger"]}, ledger_port)]
+    procs.append(
         start(
             [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
             {"K_SINK": ledger_url, **ids["infer-bench"]},
             upstream_port,
-        ),
-        start(
-            [*serve, "ingress"],
-            {
-                **env,
-                **ids["ingress"],
-                "K_SINK": ledger_url,
-                "TOLLGATE_LEDGER_URL": ledger_url,
-                "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
-                "TOLLGATE_PROBE_INTERVAL_S": "0",
-                "TOLLGATE_LEASES": "on" if leases else "off",
-                "TOLLGATE_OUTBOX_DIR": str(tmp / f"outbox-{ingress_port}"),
-            },
-            ingress_port,
-        ),
-    ]
+        )
+    )
+    ingress_env = {
+        **env,
+        **ids["ingress"],
+        "K_SINK": ledger_url,
+        "TOLLGATE_LEDGER_URL": ledger_url,
+        "TOLLGATE_LOCAL_ENDPOINTS": str(endpoints),
+        "TOLLGATE_PROBE_INTERVAL_S": "0",
+        "TOLLGATE_OUTBOX_DIR": str(tmp / f"outbox{name}"),
+    }
+    return Backends(procs, upstream, ingress_env)
+
+
+def measure(
+    tmp: Path,
+    keys_by_account: dict[str, str],
+    low_key: str,
+    store_url: str,
+    ids: dict[str, dict[str, str]],
+    leases: bool,
+) -> Figures:
+    """Direct and gated latencies and throughputs, with or without credit leases."""
+    ingress_port = free_port()
+    backend = backends(tmp, store_url, ids, f"-{ingress_port}")
+    upstream, procs = backend.upstream, backend.procs
+    env = {**backend.ingress_env, "TOLLGATE_LEASES": "on" if leases else "off"}
+    procs.append(start([*SERVE, "ingress"], env, ingress_port))
     try:
         direct_url = upstream + "/v1/chat/completions"
         gate_url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
@@ -278,7 +293,7 @@ def measure(
         gated_rps = throughput(gate_url, auths, REQUESTS)
         low_auth = {"Authorization": f"Bearer {low_key}", wire.TIER: "regional"}
         low = until_refused(gate_url, low_auth, store_url, f"low-{'leases' if leases else 'holds'}")
-        peak = peak_kib(procs[2].pid)
+        peak = peak_kib(procs[-1].pid)
         settled(store_url, accounts)
     finally:
         for p in procs:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import requests
+import urllib3
 from flask import Blueprint, Response, jsonify, request
 
 from events import wire
@@ -119,8 +119,8 @@ class Credit:
 class Attempt:
     candidate: Candidate
     credit: Credit
-    upstream: requests.Response
-    chunks: Iterator[bytes]  # the body's one iterator (a second iter_content would start empty)
+    upstream: urllib3.BaseHTTPResponse
+    chunks: Iterator[bytes]  # the body's one iterator (a second stream() would start empty)
     first: bytes  # its first chunk (a whole response: all of it), read before answering
     started: float  # time.monotonic() when infer was called
     capability: str  # what infer was called with; the ingress's own metering carries it too
@@ -135,7 +135,7 @@ class Attempt:
         return self.credit.quote
 
     def close(self) -> None:
-        self.upstream.close()
+        _finish(self.upstream)
         self.sent.end()
 
 
@@ -174,12 +174,16 @@ class Ingress:
         self.in_flight = InFlightRequests()
         # Deciding and counting the choice are one step, so concurrent requests see each other.
         self._routing = threading.Lock()
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy lookups from the environment per request
-        # One pool per host: 2 cores serve few concurrent upstreams; keep them alive.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        # urllib3 itself, not requests over it: requests' per-call preparation (cookies, hooks,
+        # environment merging, re-wrapping) was the largest cost of the ingress's own in the
+        # profile (bench/ingress_profile.py). One pool per host, kept alive; no retries (a
+        # failed attempt fails over to the next cluster, after its hold is voided).
+        self._upstreams = urllib3.PoolManager(
+            num_pools=16,
+            maxsize=64,
+            retries=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        )
 
     # -- who is calling -------------------------------------------------------------------------
 
@@ -500,33 +504,33 @@ class Ingress:
         )
         started = time.monotonic()
         try:
-            upstream = self._session.post(
+            upstream = self._upstreams.request(
+                "POST",
                 candidate.url.rstrip("/") + PATHS[endpoint],
-                json=forward,
-                headers={wire.CAPABILITY: capability},
-                stream=True,
-                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                body=json.dumps(forward, separators=(",", ":")).encode(),
+                headers={"Content-Type": "application/json", wire.CAPABILITY: capability},
+                preload_content=False,
             )
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             raise _AttemptFailed(f"unreachable ({exc.__class__.__name__})", capability) from exc
-        if upstream.status_code >= 500 or upstream.status_code == 429:
-            text = upstream.text[:300]
-            upstream.close()
-            retry_after = _retry_after(upstream) if upstream.status_code == 429 else None
+        if upstream.status >= 500 or upstream.status == 429:
+            text = _text(upstream)[:300]
+            retry_after = _retry_after(upstream) if upstream.status == 429 else None
             raise _AttemptFailed(
-                f"answered {upstream.status_code}: {text}", capability, retry_after=retry_after
+                f"answered {upstream.status}: {text}", capability, retry_after=retry_after
             )
-        if upstream.status_code >= 400:
+        if upstream.status >= 400:
             # The request itself is wrong (e.g. longer than the context): no tier would take it.
             error = _upstream_error(upstream)
             raise _AttemptFailed(error.message, capability, final=error)
-        chunks = upstream.iter_content(chunk_size=None)
+        # As each piece arrives (a chunk of a chunked body), as requests' iter_content(None).
+        chunks = upstream.stream(None, decode_content=True)
         try:
             # A whole response reaches the client only once all of it arrived: until then the
             # attempt can still fail over.
             first = b"".join(chunks) if not stream else next(chunks, b"")
-        except requests.RequestException as exc:
-            upstream.close()
+        except urllib3.exceptions.HTTPError as exc:
+            _finish(upstream)
             where = "before the first byte" if stream else "before its whole answer arrived"
             raise _AttemptFailed(f"failed {where} ({exc.__class__.__name__})", capability) from exc
         return Attempt(candidate, credit, upstream, chunks, first, started, capability, sent)
@@ -553,7 +557,7 @@ class Ingress:
         except GeneratorExit:
             client_left = True
             raise
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             log.warning("upstream %s broke mid-stream: %s", attempt.candidate.cluster, exc)
         finally:
             attempt.close()
@@ -629,7 +633,25 @@ class _AttemptFailed(Exception):
         self.retry_after = retry_after  # set: refused for capacity (429), retry after this long
 
 
-def _retry_after(upstream: requests.Response) -> int:
+def _finish(upstream: urllib3.BaseHTTPResponse) -> None:
+    """Done with ``upstream``: a connection read to its end goes back to the pool for the next
+    call; one cut short (client gone, failed over) is closed, so infer sees the caller leave."""
+    if not upstream.closed:
+        upstream.close()
+    upstream.release_conn()
+
+
+def _text(upstream: urllib3.BaseHTTPResponse) -> str:
+    """The whole body of an answer that is not relayed, as text; the connection finished."""
+    try:
+        return upstream.read().decode(errors="replace")
+    except urllib3.exceptions.HTTPError as exc:
+        return f"(its body broke off: {exc.__class__.__name__})"
+    finally:
+        _finish(upstream)
+
+
+def _retry_after(upstream: urllib3.BaseHTTPResponse) -> int:
     """An upstream 429's Retry-After in seconds (1 when it gives none, or a date)."""
     value = upstream.headers.get("Retry-After", "")
     return int(value) if value.isdigit() and int(value) > 0 else 1
@@ -708,15 +730,14 @@ def _charges(attempt: Attempt, payload: bytes) -> dict[str, str]:
     return headers
 
 
-def _upstream_error(upstream: requests.Response) -> FunctionError:
+def _upstream_error(upstream: urllib3.BaseHTTPResponse) -> FunctionError:
+    text = _text(upstream)
     try:
-        error = upstream.json()["error"]
+        error = json.loads(text)["error"]
         message, code, param = str(error["message"]), error.get("code"), error.get("param")
     except (ValueError, KeyError, TypeError):
-        message, code, param = upstream.text[:300], None, None
-    finally:
-        upstream.close()
-    return BadRequest(message, code=code, param=param, status=upstream.status_code)
+        message, code, param = text[:300], None, None
+    return BadRequest(message, code=code, param=param, status=upstream.status)
 
 
 def _plan_allows_model(plan: PlanSpec, model: ModelSpec) -> bool:

@@ -59,7 +59,8 @@ class Upstream:
         @app.post("/v1/chat/completions")
         def chat() -> Response:
             body = request.get_json()
-            self.calls.append({"body": body, "headers": dict(request.headers)})
+            peer = request.environ.get("REMOTE_PORT")  # the connection it came on
+            self.calls.append({"body": body, "headers": dict(request.headers), "peer": peer})
             if self.mode == "500":
                 return Response('{"error": {"message": "engine down"}}', status=503)
             if self.mode == "429":
@@ -192,8 +193,8 @@ def platform(
     the_ledger = ledger_function(ledger, issuer, cap_keys)
     with ExitStack() as stack:
         ledger_url = stack.enter_context(serving(the_ledger))
-        edge_url = stack.enter_context(serving(edge.app()))
-        regional_url = stack.enter_context(serving(regional.app()))
+        edge_url = stack.enter_context(serving(edge.app(), kept_alive=True))
+        regional_url = stack.enter_context(serving(regional.app(), kept_alive=True))
         app = ingress_app(
             topology(edge_url, regional_url),
             sqlite_store,
@@ -282,6 +283,15 @@ def test_streaming_passes_through(platform: Platform) -> None:
     assert r.headers["content-type"].startswith("text/event-stream")
     assert "Par" in r.text and r.text.rstrip().endswith("data: [DONE]")
     assert "x-tollgate-credits-charged" not in r.headers
+
+
+def test_calls_to_infer_reuse_one_kept_alive_connection(platform: Platform) -> None:
+    # Whole answers (waitress ends the connection of a streamed, chunked one itself).
+    for _ in range(4):
+        r = chat(platform)
+        assert r.status_code == 200, r.text
+    peers = [call["peer"] for call in platform.regional.calls]
+    assert len(peers) == 4 and len(set(peers)) == 1, peers
 
 
 def test_not_enough_credits_is_402_and_no_inference_runs(
