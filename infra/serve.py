@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import click
 from flask import Blueprint, Flask
@@ -19,6 +20,7 @@ from functions.emit import Emitter
 from functions.idempotency import Idempotency
 from functions.recent import RecentLog
 from functions.server import serve as serve_app
+from functions.sla import Observation
 from functions.store import Store, open_store
 from infra.template.schema import Template
 from infra.wiring import (
@@ -116,7 +118,7 @@ def _ingress() -> Flask:
     from router_fn.ingress import HOLD_TTL_S
     from router_fn.ingress_app import create_app as ingress_app
     from router_fn.probe import start_probing
-    from router_fn.site import RelayedCallers
+    from router_fn.site import RelayedCallers, relayed_observation
 
     settings = Settings.from_env()
     template = template_from_env(os.environ)
@@ -159,7 +161,9 @@ def _ingress() -> Flask:
         signing_key=keys.SigningKey(keys.keys_dir_from_env()),
         states=states,
         network=network,
-        latency=latency_promise(topology, store, states),
+        latency=latency_promise(
+            topology, store, states, relayed_observation(ledger) if home_relay else None
+        ),
         emitter=emitter,
         # Shorter only where a test must see holds expire (bench/chaos.py).
         hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
@@ -258,15 +262,21 @@ def _gateway_blueprint(template: Template, cluster: str) -> Blueprint:
     )
 
 
-def latency_promise(topology: Topology, store: Store, states: TierStates) -> LatencyPromise:
+def latency_promise(
+    topology: Topology,
+    store: Store,
+    states: TierStates,
+    recorder: Callable[[str, str, Observation], object] | None = None,
+) -> LatencyPromise:
     """The ingress's waker (cold tiers woken off the request path), the learner that batches
-    what answers teach into the shared tier state, and the SLA observations."""
+    what answers teach into the shared tier state, and the SLA observations (``recorder``:
+    where they go, default ``store``)."""
     from router_fn.learning import Learner
     from router_fn.waker import Waker
     from router_fn.warmth import Warmth
 
     learner = Learner(states, Warmth(store)).start()
-    return LatencyPromise(topology, store, Waker(states), learner)
+    return LatencyPromise(topology, store, Waker(states), learner, recorder=recorder)
 
 
 def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blueprint:

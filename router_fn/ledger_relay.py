@@ -13,7 +13,9 @@ the site ingresses' identity send, and only:
   refund function; a refund of settled credits (``amount``, ``refund_id``) is an operator's act,
   refused here (403);
 - ``caller.lookup``: an API key's account, plan and roaming countries from the home table, by the
-  key's SHA-256 (the site holds no table credentials).
+  key's SHA-256 (the site holds no table credentials);
+- ``sla.observed``: the latency-SLA observation of a request the site served, recorded in the
+  home table with the home ingress's (put-if-absent by request id: a retry counts once).
 
 The relay forwards under the home ingress's own identity, with the event's id, so a site's retry
 is a redelivery the ledger dedupes. Answers the ledger's reply (200), or its refusal with the
@@ -29,12 +31,13 @@ from flask import Blueprint, Response, request
 
 from events import types
 from events.ledger import HoldAuthorize, HoldRefund
-from events.sites import CallerFound, CallerLookup
+from events.sites import CallerFound, CallerLookup, SlaObserved, SlaRecorded
 from functions.accounts import read_profile, roaming_countries
 from functions.apikeys import ApiKeys
 from functions.auth.policy import SenderPolicy
 from functions.cloudevent import Incoming, make_event, parse_http, to_binary
 from functions.errors import Forbidden, NotFound, Unauthorized
+from functions.sla import Observation, record
 from functions.store import Store
 from functions.validation import validate
 from router_fn.ledger_client import SOURCE, LedgerClient
@@ -66,6 +69,18 @@ def ledger_relay_blueprint(
             roaming_countries=None if countries is None else tuple(sorted(countries)),
         )
 
+    def observe(event: Incoming) -> bool:
+        seen = validate(SlaObserved, event.data)
+        observation = Observation(
+            request_id=seen.request_id,
+            budget_ms=seen.budget_ms,
+            ttft_ms=seen.ttft_ms,
+            cluster=seen.cluster,
+            model=seen.model,
+            at=seen.at,
+        )
+        return record(store, seen.account_id, seen.period, observation)
+
     @blueprint.post(PATH)
     def relay() -> Response:
         headers = dict(request.headers)
@@ -75,6 +90,9 @@ def ledger_relay_blueprint(
         if event.type == types.CALLER_LOOKUP:
             found = lookup(event)
             reply = make_event(types.CALLER_FOUND, SOURCE, found.model_dump(mode="json"))
+        elif event.type == types.SLA_OBSERVED:
+            recorded = SlaRecorded(recorded=observe(event))
+            reply = make_event(types.SLA_RECORDED, SOURCE, recorded.model_dump(mode="json"))
         else:
             answered = ledger.send(event.type, _command(event), event.id)
             reply = make_event(answered.type, answered.source, answered.data, id=answered.id)

@@ -7,6 +7,8 @@ relay (router_fn/ledger_relay.py), under the site cluster's own service-account 
   the home ingress makes them; the site's leases are its own holds.
 - Who a key is: ``RelayedCallers`` asks the relay by the key's SHA-256 (the site holds no table
   credentials); the ingress caches the answer as it caches its own lookups.
+- Latency-SLA observations of the requests it served: ``relayed_observation`` records them in
+  the home table, where the monthly evaluation counts them with the home ingress's.
 
 Metering needs no relay: infer reports usage to its own cluster's broker, or to the home
 ingress's cluster-events endpoint, wherever the request was admitted."""
@@ -14,13 +16,16 @@ ingress's cluster-events endpoint, wherever the request was admitted."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
 from events import types
-from events.sites import CallerFound, CallerLookup
+from events.sites import CallerFound, CallerLookup, SlaObserved
 from functions.apikeys import PREFIX, key_digest
 from functions.errors import FunctionError, NotFound, Unauthorized, Unavailable
+from functions.sla import Observation
+from functions.store import StoreUnavailable
 from functions.validation import describe
 from router_fn.ingress import Caller, caller_of
 from router_fn.ledger_client import LedgerClient
@@ -52,3 +57,26 @@ class RelayedCallers:
             raise Unavailable(f"the home answered an invalid caller: {describe(exc)}") from exc
         countries = None if found.roaming_countries is None else frozenset(found.roaming_countries)
         return caller_of(self.topology, found.account_id, found.plan, countries)
+
+
+def relayed_observation(relay: LedgerClient) -> Callable[[str, str, Observation], object]:
+    """Record an SLA observation in the home table through the relay (put-if-absent by request
+    id there, so a retry counts once); StoreUnavailable while the home cannot take it."""
+
+    def record(account_id: str, period: str, observation: Observation) -> object:
+        command = SlaObserved(
+            account_id=account_id,
+            period=period,
+            request_id=observation.request_id,
+            budget_ms=observation.budget_ms,
+            ttft_ms=observation.ttft_ms,
+            cluster=observation.cluster,
+            model=observation.model,
+            at=observation.at,
+        )
+        try:
+            return relay.send(types.SLA_OBSERVED, command, f"sla-{observation.request_id}")
+        except Unavailable as exc:
+            raise StoreUnavailable(exc.message) from exc
+
+    return record

@@ -24,7 +24,7 @@ Sinks and their rules (``default-authorization-mode: deny-all``: nothing else pa
   the template's ``clusters[].serviceAccountIssuer``), only what infer emits; from the site
   ingresses, the stand-in metering of streams they relayed;
 - the home ingress's ledger relay: from the site ingresses (the ingresses on clusters other than
-  home) only, their ledger commands and key lookups (router_fn/ledger_relay.py).
+  home) only, their ledger commands, key lookups and SLA observations (router_fn/ledger_relay.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ PING_SUFFIX = "-oidc-sources.knative.dev-PingSource"
 CLUSTER_EVENTS_PATH = "/events/clusters"
 LEDGER_RELAY_PATH = "/sites/ledger"
 # What a site ingress may ask the home ingress's ledger relay.
-RELAYED = (event_types.HOLD_AUTHORIZE, event_types.HOLD_REFUND, event_types.CALLER_LOOKUP)
+RELAYED = (
+    event_types.HOLD_AUTHORIZE,
+    event_types.HOLD_REFUND,
+    event_types.CALLER_LOOKUP,
+    event_types.SLA_OBSERVED,
+)
 _LONGEST = 63
 _HEAD = _LONGEST - 32
 

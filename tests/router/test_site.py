@@ -8,6 +8,7 @@ site's own; forged relay calls are refused and change nothing."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ import requests
 
 from events import types
 from events.quote import Usage
+from events.sla import period_of
 from functions.apikeys import ApiKeys, key_digest
 from functions.auth.oidc import Discovery, TokenVerifier
 from functions.auth.policy import SenderPolicy, SenderRule
 from functions.auth.tokens import TokenFile
 from functions.cloudevent import make_event, to_binary
+from functions.sla import Observation, tally
 from functions.store import Store
 from functions.store.sqlite import SqliteStore
 from ledger_fn.ledger import Ledger
@@ -32,7 +35,7 @@ from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.ledger_relay import PATH, ledger_relay_blueprint
 from router_fn.remote_senders import RemoteIssuer
-from router_fn.site import RelayedCallers
+from router_fn.site import RelayedCallers, relayed_observation
 from router_fn.tierstate import TierStates
 from tests.http_server import serving
 from tests.ledger.helpers import AUDIENCE, SENDER, ledger_function, senders
@@ -43,7 +46,7 @@ from tests.trust import CapabilityKeys, TestIssuer, sub
 
 RELAY_AUDIENCE = "https://ingress.tollgate.home.example/sites/ledger"
 SITE = "ingress-edge-a"  # the site ingress's ServiceAccount
-RELAYED = (types.HOLD_AUTHORIZE, types.HOLD_REFUND, types.CALLER_LOOKUP)
+RELAYED = (types.HOLD_AUTHORIZE, types.HOLD_REFUND, types.CALLER_LOOKUP, types.SLA_OBSERVED)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Sites:
     site_url: str
     relay_url: str
     issuer: TestIssuer
+    to_home: LedgerClient  # the site's client of the relay
 
 
 @pytest.fixture
@@ -116,7 +120,8 @@ def sites(
             callers=RelayedCallers(to_home, the_topology),
         )
         site_url = stack.enter_context(serving(site))
-        yield Sites(Leased(home_url, ledger, sqlite_store, meter_log), site_url, relay_url, issuer)
+        home_side = Leased(home_url, ledger, sqlite_store, meter_log)
+        yield Sites(home_side, site_url, relay_url, issuer, to_home)
 
 
 def at_site(sites: Sites) -> Leased:
@@ -209,12 +214,44 @@ def test_forged_relay_calls_are_refused_and_change_nothing(sites: Sites) -> None
             403,
         ),
         "a malformed authorize": (types.HOLD_AUTHORIZE, {"amount": -1}, site_token, 400),
+        "an SLA observation by infer": (
+            types.SLA_OBSERVED,
+            _observed("acme", "f" * 32),
+            issuer.token("infer-edge", RELAY_AUDIENCE),
+            403,
+        ),
     }
     for what, (event_type, data, bearer, status) in attempts.items():
         answer = _forge(sites, event_type, data, bearer)
         assert answer.status_code == status, (what, answer.text)
     assert (home.ledger.balance("acme"), json.dumps(home.journal("acme"))) == before
     assert home.ledger.verify().ok
+    assert tally(home.store, "acme", period_of(time.time())).requests == 0
     # The site's own identity is let through, and the lookup answers by the key's hash only.
     answer = _forge(sites, types.CALLER_LOOKUP, lookup, site_token)
     assert answer.status_code == 200 and json.loads(answer.content)["account_id"] == "acme"
+
+
+def _observed(account: str, request_id: str) -> dict[str, Any]:
+    return {
+        "account_id": account,
+        "period": period_of(time.time()),
+        "request_id": request_id,
+        "budget_ms": 30,
+        "ttft_ms": 45,
+        "cluster": "edge-a",
+        "model": "tiny",
+        "at": int(time.time()),
+    }
+
+
+def test_the_sites_sla_observations_are_counted_at_home_once(sites: Sites) -> None:
+    record = relayed_observation(sites.to_home)
+    observation = Observation(
+        request_id="a" * 32, budget_ms=30, ttft_ms=45, cluster="edge-a", model="tiny", at=1
+    )
+    period = period_of(time.time())
+    record("acme", period, observation)
+    record("acme", period, observation)  # a retry
+    counted = tally(sites.home.store, "acme", period)
+    assert (counted.requests, counted.met) == (1, 0)
