@@ -22,15 +22,19 @@ from events import types
 from events.quote import Usage
 from events.sla import period_of
 from functions.apikeys import ApiKeys, key_digest
+from functions.app import create_app as create_function_app
 from functions.auth.oidc import Discovery, TokenVerifier
 from functions.auth.policy import SenderPolicy, SenderRule
 from functions.auth.tokens import TokenFile
 from functions.cloudevent import make_event, to_binary
+from functions.emit import Emitter
 from functions.sla import Observation, tally
 from functions.store import Store
 from functions.store.sqlite import SqliteStore
 from ledger_fn.ledger import Ledger
 from router_fn import lease
+from router_fn.cluster_events import PATH as CLUSTER_EVENTS
+from router_fn.cluster_events import cluster_events_blueprint
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
 from router_fn.ledger_relay import PATH, ledger_relay_blueprint
@@ -42,7 +46,7 @@ from tests.ledger.helpers import AUDIENCE, SENDER, ledger_function, senders
 from tests.router import metering_upstream
 from tests.router.test_ingress import ledger_client, topology
 from tests.router.test_lease import Leased, chat, kinds
-from tests.trust import CapabilityKeys, TestIssuer, sub
+from tests.trust import CapabilityKeys, TestIssuer, nobody, sub
 
 RELAY_AUDIENCE = "https://ingress.tollgate.home.example/sites/ledger"
 SITE = "ingress-edge-a"  # the site ingress's ServiceAccount
@@ -255,3 +259,50 @@ def test_the_sites_sla_observations_are_counted_at_home_once(sites: Sites) -> No
     record("acme", period, observation)  # a retry
     counted = tally(sites.home.store, "acme", period)
     assert (counted.requests, counted.met) == (1, 0)
+
+
+class _Published(Emitter):
+    """What the cluster-events endpoint publishes to the home broker (a unit test's fake)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, type: str, source: str, data: dict[str, Any], **_: Any) -> None:
+        self.events.append((type, data))
+
+
+def test_a_site_ingress_reports_its_stand_ins_for_any_cluster_infer_only_its_own(
+    issuer: TestIssuer,
+) -> None:
+    events = "https://ingress.tollgate.home.example/events/clusters"
+    completed = ({"type": types.INFERENCE_COMPLETED},)
+    policy = SenderPolicy(
+        events,
+        (
+            SenderRule("from-infer", (sub("infer-*"),), completed),
+            SenderRule("from-site-ingresses", (sub(SITE),), completed),
+        ),
+    )
+    published = _Published()
+    verifier = TokenVerifier(Discovery(issuer.url), events)
+    blueprint = cluster_events_blueprint(
+        [RemoteIssuer(verifier, frozenset({"edge-a"}))], policy, published
+    )
+    app = create_function_app("ingress", senders=nobody(), blueprints=[blueprint])
+    client = app.test_client()
+
+    def report(sender: str, cluster: str, stand_in: bool) -> int:
+        data = {"hold_id": "acme:1", "cluster": cluster, "stand_in": stand_in}
+        message = to_binary(make_event(types.INFERENCE_COMPLETED, "/tests", data))
+        auth = {"Authorization": f"Bearer {issuer.token(sender, events)}"}
+        answer = client.post(CLUSTER_EVENTS, headers={**message.headers, **auth}, data=message.body)
+        return answer.status_code
+
+    # The site routed to regional-b: its stand-in for that attempt passes (settle checks its
+    # capability); infer speaks only for its own cluster.
+    assert report(SITE, "regional-b", True) == 202
+    assert report("infer-edge", "regional-b", False) == 403
+    assert report(SITE, "regional-b", False) == 403
+    assert report("infer-edge", "edge-a", False) == 202
+    assert [d["cluster"] for _, d in published.events] == ["regional-b", "edge-a"]
