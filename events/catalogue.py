@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from events import ledger, network, routing, sla, topups, types
+from events import ledger, network, routing, sites, sla, topups, types
 
 MODELS: dict[str, type[BaseModel]] = {
     types.CREDITS_GRANT: ledger.CreditsGrant,
@@ -30,6 +30,7 @@ MODELS: dict[str, type[BaseModel]] = {
     types.ROUTE_DECIDED: routing.RouteDecided,
     types.TIERS_WARM: routing.TiersWarm,
     **sla.MODELS,
+    **sites.MODELS,
     **network.MODELS,
     **topups.MODELS,
 }

@@ -27,6 +27,13 @@ PLANS_RENEWED: Final = "io.tollgate.plans.renewed.v1"
 INFERENCE_COMPLETED: Final = "io.tollgate.inference.completed.v1"
 INFERENCE_FAILED: Final = "io.tollgate.inference.failed.v1"
 
+# A site ingress asks the home ingress who an API key belongs to (router_fn/ledger_relay.py).
+CALLER_LOOKUP: Final = "io.tollgate.caller.lookup.v1"
+CALLER_FOUND: Final = "io.tollgate.caller.found.v1"
+# ... and records the latency-SLA observation of a request it served (functions/sla.py).
+SLA_OBSERVED: Final = "io.tollgate.sla.observed.v1"
+SLA_RECORDED: Final = "io.tollgate.sla.recorded.v1"
+
 # Routing.
 ROUTE_REQUESTED: Final = "io.tollgate.route.requested.v1"
 ROUTE_DECIDED: Final = "io.tollgate.route.decided.v1"

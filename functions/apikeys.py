@@ -22,7 +22,8 @@ RESOLVABLE_SK = "KEY"
 LISTING_PREFIX = "KEY#"
 
 
-def _digest(key: str) -> str:
+def key_digest(key: str) -> str:
+    """What the table indexes a key by (and all a site ingress sends of it to the home)."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -42,7 +43,7 @@ class ApiKeys:
 
     def issue(self, account_id: str) -> dict[str, Any]:
         key = PREFIX + secrets.token_urlsafe(32)
-        digest = _digest(key)
+        digest = key_digest(key)
         key_id = digest[:16]
         now = int(time.time())
         # The resolvable item last: until it exists the key does not work, so a crash between
@@ -103,7 +104,11 @@ class ApiKeys:
         """The account of a live key; Unauthorized (401) for anything else."""
         if not key.startswith(PREFIX):
             raise Unauthorized("invalid API key: Tollgate keys start with tg_")
-        item = self.store.get(resolvable_pk(_digest(key)), RESOLVABLE_SK)
+        return self.resolve_digest(key_digest(key))
+
+    def resolve_digest(self, sha256: str) -> str:
+        """The account of the live key with this SHA-256; Unauthorized (401) for anything else."""
+        item = self.store.get(resolvable_pk(sha256), RESOLVABLE_SK)
         if item is None or item.data["revoked"]:
             raise Unauthorized("invalid or revoked API key")
         account_id: str = item.data["account_id"]

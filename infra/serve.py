@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import click
 from flask import Blueprint, Flask
@@ -19,6 +20,7 @@ from functions.emit import Emitter
 from functions.idempotency import Idempotency
 from functions.recent import RecentLog
 from functions.server import serve as serve_app
+from functions.sla import Observation
 from functions.store import Store, open_store
 from infra.template.schema import Template
 from infra.wiring import (
@@ -32,6 +34,7 @@ from infra.wiring import (
     topology_from_env,
 )
 from router_fn.latency import LatencyPromise
+from router_fn.ledger_client import LedgerClient
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
@@ -49,6 +52,11 @@ LEDGER_FUNCTIONS = (
 CAPABILITY_CHECKERS = ("settle", "refund", "ledger")
 FUNCTIONS = (*LEDGER_FUNCTIONS, "route", "ingress", "infer", "gateway")
 CLUSTER_EVENTS_ENV = "TOLLGATE_CLUSTER_EVENTS_URL"
+# The home ingress serves the ledger relay for site ingresses at this URL (its audience).
+LEDGER_RELAY_ENV = "TOLLGATE_LEDGER_RELAY_URL"
+# A site ingress: the home ingress's ledger relay, its one way to the ledger and the key table.
+HOME_RELAY_ENV = "TOLLGATE_HOME_RELAY_URL"
+LOCAL_ENDPOINTS_ENV = "TOLLGATE_LOCAL_ENDPOINTS"  # `tollgate up`: infer is called directly
 PROBE_INTERVAL_S = 2.0
 
 
@@ -103,38 +111,48 @@ def build_app(function: str) -> Flask:
 
 
 def _ingress() -> Flask:
+    """The home ingress, or with TOLLGATE_HOME_RELAY_URL a site ingress (router_fn/site.py):
+    the same API, routing over every cluster, its own credit leases and outbox; the ledger and
+    the key table only through the home's relay, routing by RTTs from its own site, and no
+    network or cluster events endpoints (those are the home's)."""
     from router_fn.ingress import HOLD_TTL_S
     from router_fn.ingress_app import create_app as ingress_app
-    from router_fn.ledger_client import LedgerClient
     from router_fn.probe import start_probing
+    from router_fn.site import RelayedCallers, relayed_observation
 
     settings = Settings.from_env()
-    authorize_url = os.environ.get("TOLLGATE_LEDGER_URL")
-    if not authorize_url:
+    template = template_from_env(os.environ)
+    home_relay = os.environ.get(HOME_RELAY_ENV)
+    cluster = os.environ.get("TOLLGATE_CLUSTER") or None
+    if home_relay and cluster not in template.site_ingresses():
         raise click.UsageError(
-            "the ingress needs TOLLGATE_LEDGER_URL: the URL of the authorize (or ledger) function"
+            f"a site ingress needs TOLLGATE_CLUSTER naming a cluster the template runs an "
+            f"ingress on besides home: one of {', '.join(template.site_ingresses()) or 'none'}"
         )
-    topology = topology_from_env(os.environ)
+    topology = topology_from_env(os.environ, here=cluster if home_relay else None)
     store = open_store(settings.store_url)
     states = TierStates(store)
     interval = float(os.environ.get("TOLLGATE_PROBE_INTERVAL_S", PROBE_INTERVAL_S))
     if interval > 0:
         # Keeps health and load of every infer function fresh in the shared tier state.
         start_probing(topology, states, interval_s=interval)
-    ledger = LedgerClient(
-        authorize_url,
-        os.environ.get("TOLLGATE_REFUND_URL") or None,
-        authorize_token=_token(tokens.AUTHORIZE),
-        refund_token=_token(tokens.REFUND),
-        # Longer only where the store is slow (DynamoDB Local in the lease race tests).
-        timeout_s=float(os.environ.get("TOLLGATE_LEDGER_TIMEOUT_SECONDS") or 5.0),
-    )
-    template = template_from_env(os.environ)
+    ledger = _ledger_client(home_relay)
     emitter = Emitter(settings.sink, tokens.TokenFile.from_env(tokens.SINK))
-    network = network_blueprint(template, store, emitter)
-    events_url = os.environ.get(CLUSTER_EVENTS_ENV)
-    if events_url:
-        network.register_blueprint(cluster_events(trust_from_env(), events_url, emitter))
+    if home_relay:
+        network = Blueprint("site", __name__)
+    else:
+        network = network_blueprint(template, store, emitter)
+        events_url = os.environ.get(CLUSTER_EVENTS_ENV)
+        if events_url:
+            network.register_blueprint(cluster_events(trust_from_env(), events_url, emitter))
+        relay_url = os.environ.get(LEDGER_RELAY_ENV)
+        if relay_url:
+            network.register_blueprint(
+                ledger_relay(trust_from_env(), relay_url, template, ledger, store)
+            )
+    if cluster and template.cluster(cluster).models and not os.environ.get(LOCAL_ENDPOINTS_ENV):
+        # Every ingress is also its cluster's gateway: other ingresses reach its infer by it.
+        network.register_blueprint(_gateway_blueprint(template, cluster))
     return ingress_app(
         topology,
         store,
@@ -143,12 +161,38 @@ def _ingress() -> Flask:
         signing_key=keys.SigningKey(keys.keys_dir_from_env()),
         states=states,
         network=network,
-        latency=latency_promise(topology, store, states),
+        latency=latency_promise(
+            topology, store, states, relayed_observation(ledger) if home_relay else None
+        ),
         emitter=emitter,
         # Shorter only where a test must see holds expire (bench/chaos.py).
         hold_ttl_s=int(os.environ.get("TOLLGATE_HOLD_TTL_SECONDS") or HOLD_TTL_S),
         decisions=RecentLog(store, ROUTE_DECISIONS),
         lease_ttl_s=_lease_ttl(),
+        callers=RelayedCallers(ledger, topology) if home_relay else None,
+    )
+
+
+def _ledger_client(home_relay: str | None) -> LedgerClient:
+    """The home ingress's client of authorize and refund, or a site ingress's of the relay."""
+    # Longer only where the store is slow (DynamoDB Local in the lease race tests).
+    timeout_s = float(os.environ.get("TOLLGATE_LEDGER_TIMEOUT_SECONDS") or 5.0)
+    if home_relay:
+        token = _token(tokens.LEDGER_RELAY)
+        return LedgerClient(
+            home_relay, None, authorize_token=token, refund_token=token, timeout_s=timeout_s
+        )
+    authorize_url = os.environ.get("TOLLGATE_LEDGER_URL")
+    if not authorize_url:
+        raise click.UsageError(
+            "the ingress needs TOLLGATE_LEDGER_URL: the URL of the authorize (or ledger) function"
+        )
+    return LedgerClient(
+        authorize_url,
+        os.environ.get("TOLLGATE_REFUND_URL") or None,
+        authorize_token=_token(tokens.AUTHORIZE),
+        refund_token=_token(tokens.REFUND),
+        timeout_s=timeout_s,
     )
 
 
@@ -171,7 +215,8 @@ def _token(target: str) -> tokens.TokenFile:
 
 def cluster_events(trust: Trust, url: str, emitter: Emitter) -> Blueprint:
     """The home ingress's endpoint for the usage other clusters' infer reports."""
-    from router_fn.cluster_events import RemoteIssuer, cluster_events_blueprint
+    from router_fn.cluster_events import cluster_events_blueprint
+    from router_fn.remote_senders import RemoteIssuer
 
     issuers = [
         RemoteIssuer(TokenVerifier(Discovery(base), url), frozenset(clusters))
@@ -180,31 +225,58 @@ def cluster_events(trust: Trust, url: str, emitter: Emitter) -> Blueprint:
     return cluster_events_blueprint(issuers, trust.policy(url), emitter)
 
 
+def ledger_relay(
+    trust: Trust, url: str, template: Template, ledger: LedgerClient, store: Store
+) -> Blueprint:
+    """The home ingress's ledger relay, for the site ingresses only: only the issuers of the
+    clusters that run one are asked (a partner cloud's workloads never reach the ledger)."""
+    from router_fn.ledger_relay import ledger_relay_blueprint
+    from router_fn.remote_senders import RemoteIssuer
+
+    sites = set(template.site_ingresses())
+    issuers = [
+        RemoteIssuer(TokenVerifier(Discovery(base), url), frozenset(sites & set(clusters)))
+        for base, clusters in trust.remote_issuers.items()
+        if sites & set(clusters)
+    ]
+    return ledger_relay_blueprint(issuers, trust.policy(url), ledger, store)
+
+
 def _gateway() -> Flask:
-    """A cluster other than home: its public ingress passes capability-bearing attempts to its
-    cluster-local infer services."""
+    """A cluster other than home without an ingress of its own (a partner's cloud): its public
+    ingress passes capability-bearing attempts to its cluster-local infer services."""
     from functions.app import create_app as create_function_app
-    from router_fn.gateway import gateway_blueprint
 
     template = template_from_env(os.environ)
-    cluster = os.environ.get("TOLLGATE_CLUSTER", "")
-    blueprint = gateway_blueprint(
+    blueprint = _gateway_blueprint(template, os.environ.get("TOLLGATE_CLUSTER", ""))
+    return create_function_app("gateway", senders=senders_from_env(), blueprints=[blueprint])
+
+
+def _gateway_blueprint(template: Template, cluster: str) -> Blueprint:
+    from router_fn.gateway import gateway_blueprint
+
+    return gateway_blueprint(
         cluster,
         gateway_upstreams(template, template.cluster(cluster)),
         keys.VerifyKeys(keys.keys_dir_from_env()),
     )
-    return create_function_app("gateway", senders=senders_from_env(), blueprints=[blueprint])
 
 
-def latency_promise(topology: Topology, store: Store, states: TierStates) -> LatencyPromise:
+def latency_promise(
+    topology: Topology,
+    store: Store,
+    states: TierStates,
+    recorder: Callable[[str, str, Observation], object] | None = None,
+) -> LatencyPromise:
     """The ingress's waker (cold tiers woken off the request path), the learner that batches
-    what answers teach into the shared tier state, and the SLA observations."""
+    what answers teach into the shared tier state, and the SLA observations (``recorder``:
+    where they go, default ``store``)."""
     from router_fn.learning import Learner
     from router_fn.waker import Waker
     from router_fn.warmth import Warmth
 
     learner = Learner(states, Warmth(store)).start()
-    return LatencyPromise(topology, store, Waker(states), learner)
+    return LatencyPromise(topology, store, Waker(states), learner, recorder=recorder)
 
 
 def network_blueprint(template: Template, store: Store, emitter: Emitter) -> Blueprint:

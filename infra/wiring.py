@@ -20,13 +20,13 @@ from router_fn.topology import ClusterSpec, ModelSpec, PlanSpec, Site, Topology,
 InferUrl = Callable[[Cluster, Model], str | None]
 
 
-def knative_infer_url(template: Template) -> InferUrl:
-    """Infer functions as the home ingress reaches them on Knative: on its own cluster at their
-    cluster-local address, on every other cluster through that cluster's public ingress (the
-    gateway), since infer Services are cluster-local."""
+def knative_infer_url(template: Template, here: str | None = None) -> InferUrl:
+    """Infer functions as the ingress of cluster ``here`` (default: home) reaches them on
+    Knative: on its own cluster at their cluster-local address, on every other cluster through
+    that cluster's public ingress (its gateway role), since infer Services are cluster-local."""
 
     def url(cluster: Cluster, model: Model) -> str:
-        if cluster.name == template.eventing.home:
+        if cluster.name == (here or template.eventing.home):
             return _cluster_local(template, infer_service_name(model))
         return cluster.service_url("ingress", template.namespace) + f"/infer/{model.name}"
 
@@ -50,14 +50,24 @@ def topology(
     *,
     local: bool = False,
     unserved: Mapping[str, str] | None = None,
+    here: str | None = None,
 ) -> Topology:
     """``local``: `tollgate up`, where each tier's RTT is emulated (template ``local.tiers``).
     Only models something serves are in the topology (so listed and routed); ``unserved``
-    says why the others are not (by template name)."""
-    url = infer_url or knative_infer_url(template)
+    says why the others are not (by template name). ``here``: the site whose ingress routes
+    by it (RTTs as its applications see them, Template.rtt_from); None: the home ingress."""
+    url = infer_url or knative_infer_url(template, here)
+
+    def emulated(c: Cluster) -> int:
+        return template.local.tiers[c.tier].emulated_rtt_ms
 
     def rtt(c: Cluster) -> int:
-        return template.local.tiers[c.tier].emulated_rtt_ms if local else c.rtt_ms
+        if here is None:
+            return emulated(c) if local else c.rtt_ms
+        if not local:
+            return template.rtt_from(here, c.name)
+        site = template.cluster(here)
+        return emulated(site) + (0 if c.name == here else emulated(c))
 
     def served(c: Cluster) -> dict[str, str]:
         urls = {m: url(c, template.model(m)) for m in c.models}
@@ -160,7 +170,7 @@ def _model_spec(template: Template, model: Model, local: bool) -> ModelSpec:
     )
 
 
-def topology_from_env(environ: Mapping[str, str]) -> Topology:
+def topology_from_env(environ: Mapping[str, str], here: str | None = None) -> Topology:
     """The topology a function process serves: TOLLGATE_TEMPLATE (default ./template.yaml), and
     under `tollgate up` TOLLGATE_LOCAL_ENDPOINTS, a JSON file of the local infer URLs
     ({"clusters": {cluster: {model: url}}, "emulated": true, "unserved": {model: why}}): only
@@ -169,7 +179,7 @@ def topology_from_env(environ: Mapping[str, str]) -> Topology:
     template = template_from_env(environ)
     endpoints = environ.get("TOLLGATE_LOCAL_ENDPOINTS")
     if not endpoints:
-        return topology(template)
+        return topology(template, here=here)
     local = json.loads(Path(endpoints).read_text())
     urls = local["clusters"]
 
@@ -182,6 +192,7 @@ def topology_from_env(environ: Mapping[str, str]) -> Topology:
         url,
         local=bool(local.get("emulated", True)),
         unserved=local.get("unserved", {}),
+        here=here,
     )
 
 

@@ -4,32 +4,26 @@ usage once the home broker is cluster-local.
 ``POST /events/clusters`` takes a CloudEvent whose bearer is a service-account token of another
 cluster, checked against that cluster's issuer (template ``clusters[].serviceAccountIssuer``, found
 by OIDC discovery) for this endpoint's audience; the sink's event policy says who may send what
-(infer, its metering events), and the event must be about a cluster that issuer speaks for. Then
+(infer, its metering events; a site ingress, the stand-in metering of a stream it relayed), and
+the event must be about a cluster that issuer speaks for (a stand-in excepted: a site ingress
+routes to every cluster, and settle checks the capability it names for that cluster). Then
 it is published to the home broker unchanged (same source and id, so a redelivery is deduped
 there) under the ingress's own identity. Answers 202; 401 unknown sender; 403 not allowed; 400
 malformed. Settle and refund still check the event's capability."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from flask import Blueprint, Response, request
 
-from functions.auth.oidc import Identity, TokenVerifier
 from functions.auth.policy import SenderPolicy
-from functions.auth.senders import bearer
 from functions.cloudevent import parse_http
 from functions.emit import Emitter
-from functions.errors import Forbidden, Unauthorized
+from functions.errors import Forbidden
+from router_fn.remote_senders import RemoteIssuer, remote_sender
 
 PATH = "/events/clusters"
-
-
-@dataclass(frozen=True)
-class RemoteIssuer:
-    verifier: TokenVerifier
-    clusters: frozenset[str]
 
 
 def cluster_events_blueprint(
@@ -37,29 +31,14 @@ def cluster_events_blueprint(
 ) -> Blueprint:
     blueprint = Blueprint("cluster_events", __name__)
 
-    def sender(headers: Mapping[str, str]) -> tuple[Identity, RemoteIssuer]:
-        token = bearer(headers)
-        if token is None:
-            raise Unauthorized(
-                f"{PATH} needs 'Authorization: Bearer <service-account token>' of one of the "
-                f"platform's clusters, for audience {policy.audience!r}"
-            )
-        problems = []
-        for issuer in issuers:
-            try:
-                return issuer.verifier.verify(token), issuer
-            except Unauthorized as exc:
-                problems.append(exc.message)
-        raise Unauthorized("no cluster's issuer vouches for this token: " + "; ".join(problems))
-
     @blueprint.post(PATH)
     def receive() -> Response:
         headers = dict(request.headers)
-        identity, issuer = sender(headers)
+        identity, issuer = remote_sender(issuers, headers, PATH, policy.audience)
         event = parse_http(headers, request.get_data())
         policy.check(identity.subject, event.attributes())
         cluster = event.data.get("cluster")
-        if cluster not in issuer.clusters:
+        if cluster not in issuer.clusters and event.data.get("stand_in") is not True:
             raise Forbidden(
                 f"{identity.subject} of {identity.issuer} speaks for "
                 f"{', '.join(sorted(issuer.clusters))}, not for cluster {cluster!r}"

@@ -100,6 +100,17 @@ class Caller:
     unknown_plan: str | None = None  # the account names a plan this platform does not have
 
 
+def caller_of(
+    topology: Topology, account_id: str, plan_name: object, countries: frozenset[str] | None
+) -> Caller:
+    """The caller an account's profile (its plan's name) and roaming countries make."""
+    plan = topology.plans.get(plan_name) if isinstance(plan_name, str) else None
+    if plan_name is not None and plan is None:
+        return Caller(account_id, None, unknown_plan=str(plan_name)[:256])
+    allowed = None if countries is None else topology.roaming_jurisdictions(countries)
+    return Caller(account_id, plan, allowed)  # no plan: credits alone decide
+
+
 @dataclass(frozen=True)
 class Credit:
     """What an attempt is billed to: a hold of its own, or a request (``lease``) of a lease
@@ -155,8 +166,10 @@ class Ingress:
         clock: Callable[[], float] = time.time,
         decisions: RecentLog | None = None,
         leases: Leases | None = None,
+        callers: Callable[[str], Caller] | None = None,
     ) -> None:
-        """``leases``: credit leases to admit requests from (None: a hold per request)."""
+        """``leases``: credit leases to admit requests from (None: a hold per request);
+        ``callers``: who an API key is (None: from the store; a site ingress asks the home)."""
         self.topology = topology
         self.leases = leases
         self.hold_ttl_s = hold_ttl_s
@@ -171,6 +184,7 @@ class Ingress:
         self.sleep = sleep
         self.latency = latency
         self._callers: TTLCache[str, Caller] = TTLCache(AUTH_CACHE_S)
+        self._lookup = callers or self._resolve
         self.in_flight = InFlightRequests()
         # Deciding and counting the choice are one step, so concurrent requests see each other.
         self._routing = threading.Lock()
@@ -191,7 +205,7 @@ class Ingress:
         key = bearer_token()
         if key is None:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <your Tollgate key>'")
-        caller = self._callers.get(key, lambda: self._resolve(key))
+        caller = self._callers.get(key, lambda: self._lookup(key))
         if caller.unknown_plan is not None:
             # Fail closed: a plan we do not know may restrict tiers, models or residency.
             raise Forbidden(
@@ -206,13 +220,8 @@ class Ingress:
     def _resolve(self, key: str) -> Caller:
         account_id = self.keys.resolve(key)
         profile = read_profile(self.store, account_id) or {}
-        plan_name = profile.get("plan")
-        plan = self.topology.plans.get(plan_name) if isinstance(plan_name, str) else None
-        if plan_name is not None and plan is None:
-            return Caller(account_id, None, unknown_plan=str(plan_name)[:256])
         countries = roaming_countries(self.store, account_id)
-        allowed = None if countries is None else self.topology.roaming_jurisdictions(countries)
-        return Caller(account_id, plan, allowed)  # no plan: credits alone decide
+        return caller_of(self.topology, account_id, profile.get("plan"), countries)
 
     def allowed_models(self, caller: Caller) -> list[ModelSpec]:
         hosted = {m for c in self.topology.clusters for m in c.infer_urls}

@@ -16,7 +16,7 @@ from functions.outbox import OutboxSettings
 from functions.recent import RecentLog
 from functions.server import on_stop
 from functions.store import Store
-from router_fn.ingress import HOLD_TTL_S, Ingress
+from router_fn.ingress import HOLD_TTL_S, Caller, Ingress
 from router_fn.latency import LatencyPromise
 from router_fn.lease import Leases
 from router_fn.ledger_client import LedgerClient
@@ -41,6 +41,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     decisions: RecentLog | None = None,
     lease_ttl_s: int | None = None,
+    callers: Callable[[str], Caller] | None = None,
 ) -> Flask:
     """``network``: the endpoint network systems POST their notifications to (``/events``);
     ``latency``: waking cold tiers, learning from answers and measuring SLA attainment;
@@ -49,7 +50,8 @@ def create_app(
     version in effect; ``decisions``: where the last route decisions are kept for ops;
     ``signing_key``: what the capabilities of inference attempts are signed with;
     ``lease_ttl_s``: admit requests from credit leases of this TTL (router_fn/lease.py; None:
-    hold every request on its own)."""
+    hold every request on its own); ``callers``: who an API key is (None: from ``store``; a
+    site ingress asks the home, router_fn/site.py)."""
     owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
     leases = None
     if lease_ttl_s is not None:
@@ -67,6 +69,7 @@ def create_app(
         clock=clock,
         decisions=decisions,
         leases=leases,
+        callers=callers,
     )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
 

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from events import wire
 from events.sla import period_of
@@ -56,13 +57,17 @@ class LatencyPromise:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        recorder: Callable[[str, str, Observation], object] | None = None,
     ) -> None:
+        """``recorder``: where SLA observations go (account, period, observation); default the
+        store (a site ingress's go to the home's, router_fn/site.py)."""
         self.topology = topology
         self.store = store
         self.waker = waker
         self.learner = learner
         self.clock = clock
         self.sleep = sleep
+        self._record_one = recorder or partial(record, store)
 
     def wake(self, decision: Decision) -> None:
         for sleeper in decision.wake:
@@ -96,7 +101,7 @@ class LatencyPromise:
         )
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                record(self.store, served.account_id, period_of(now), observation)
+                self._record_one(served.account_id, period_of(now), observation)
                 return
             except StoreUnavailable as exc:
                 if attempt == RECORD_ATTEMPTS - 1:

@@ -109,6 +109,12 @@ class LedgerClient:
         """Send one refund command (a void, a lease request's void, a lease's return)."""
         self._send(self.refund_url, types.HOLD_REFUND, command, event_id)
 
+    def send(self, event_type: str, data: EventData, event_id: str) -> Incoming:
+        """Any command, answered with its reply event: refunds to the refund function, the rest
+        to authorize (a site ingress's client: both to the home ingress's ledger relay)."""
+        url = self.refund_url if event_type == types.HOLD_REFUND else self.authorize_url
+        return self._send(url, event_type, data, event_id)
+
     def _send(self, url: str, event_type: str, data: EventData, event_id: str) -> Incoming:
         # Unset options stay off the wire: a ledger from before them takes the command too.
         payload = data.model_dump(mode="json", exclude_none=True)

@@ -141,3 +141,45 @@ def test_a_store_that_is_down_answers_503_so_knative_retries(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("cluster", ["regional-paris-1", "edge-lyon-5g-1"])
+def test_every_ingress_is_its_clusters_gateway_and_only_home_serves_the_relay(
+    cluster: str, tmp_path: Path, issuer: TestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tollgate serve ingress` as render configures it at home and at a site."""
+    from infra.knative.render import render
+    from infra.serve import build_app
+    from infra.template.load import load_template
+
+    shipped = Path(__file__).resolve().parents[1] / "template.yaml"
+    manifests = {
+        (m["kind"], m["metadata"]["name"]): m for m in render(load_template(str(shipped)))[cluster]
+    }
+    container = manifests[("Service", "ingress")]["spec"]["template"]["spec"]["containers"][0]
+    rendered = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    trust = json.loads(manifests[("ConfigMap", "tollgate-template")]["data"]["trust.json"])
+    (tmp_path / "trust.json").write_text(json.dumps(trust), encoding="utf-8")
+    (tmp_path / "tokens").mkdir()
+    env = {
+        **rendered,
+        "TOLLGATE_TEMPLATE": str(shipped),
+        "TOLLGATE_TRUST": str(tmp_path / "trust.json"),
+        "TOLLGATE_TOKEN_DIR": str(tmp_path / "tokens"),
+        "TOLLGATE_OIDC_DISCOVERY_URL": issuer.url,
+        "TOLLGATE_OIDC_CA_FILE": "",
+        "TOLLGATE_OIDC_TOKEN_FILE": "",
+        "TOLLGATE_CAPABILITY_KEYS": str(capability_keys(tmp_path / "keys").directory),
+        "TOLLGATE_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "TOLLGATE_STORE": f"sqlite:///{tmp_path}/t.db",
+        "TOLLGATE_LEASES": "off",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TOLLGATE_LOCAL_ENDPOINTS", raising=False)
+    routes = {rule.rule for rule in build_app("ingress").url_map.iter_rules()}
+    assert "/v1/chat/completions" in routes
+    assert "/infer/<model>/v1/chat/completions" in routes  # other ingresses reach its infer
+    home = cluster == "regional-paris-1"
+    assert ("/sites/ledger" in routes) == home and ("/events/clusters" in routes) == home
+    assert any(r.startswith("/events") for r in routes) == home

@@ -16,6 +16,7 @@ TOKEN_DIR_ENV = "TOLLGATE_TOKEN_DIR"
 SINK = "sink"  # K_SINK: the broker (home) or the home ingress's cluster-events endpoint
 AUTHORIZE = "authorize"
 REFUND = "refund"
+LEDGER_RELAY = "ledger-relay"  # a site ingress: the home ingress's ledger relay
 
 
 class TokenMissing(RuntimeError):

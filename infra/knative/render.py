@@ -41,6 +41,10 @@ INFER_TIMEOUT_S = 900
 # What infer and the ingress owe (metering events, voids) waits here until delivered.
 OUTBOX_DIR = "/var/lib/tollgate/outbox"
 OUTBOX_SIZE = "256Mi"  # far above the outbox's own bound (50,000 events of ~1 KB)
+# A site ingress's own store (its learned tier state, its route decisions): the pod's, never
+# the home table, whose credentials stay at home.
+SITE_STATE_DIR = "/var/lib/tollgate/site"
+SITE_STATE_SIZE = "64Mi"
 INGRESS = "ingress"
 GATEWAY = "gateway"  # `tollgate serve gateway`: the public ingress of a cluster other than home
 # Only the ingress is public; every other Service answers inside its cluster only.
@@ -94,6 +98,11 @@ def _namespace(t: Template) -> Manifest:
 
 def _runs_on(t: Template, f: Function, c: Cluster) -> bool:
     return f.name != INFER and c.name in t.function_clusters(f)
+
+
+def _site_ingress(t: Template, c: Cluster, function: str) -> bool:
+    """An ingress on a cluster other than home (router_fn/site.py)."""
+    return function == INGRESS and c.name != t.eventing.home
 
 
 def _meta(t: Template, name: str, labels: dict[str, str] | None = None) -> Manifest:
@@ -265,7 +274,8 @@ def _tollgate_container(
         "readinessProbe": {"httpGet": {"path": "/readyz"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz"}, "periodSeconds": 30},
     }
-    if t.table.credentials_secret and function not in (INFER, GATEWAY):
+    site = _site_ingress(t, c, function)  # its store is the pod's: the table stays at home
+    if t.table.credentials_secret and function not in (INFER, GATEWAY) and not site:
         # Table credentials only where the store is used.
         container["envFrom"] = [{"secretRef": {"name": t.table.credentials_secret}}]
     return container
@@ -314,7 +324,16 @@ def _loaded_while_up(t: Template, m: Model) -> dict[str, str]:
 
 def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
     env = {"TOLLGATE_STORE": t.table.store, "AWS_REGION": t.table.region}
-    if f.name == INGRESS:
+    site = _site_ingress(t, c, f.name)
+    placement = knative_placement(t)
+    if site:
+        # Everything of the home's (ledger, key table) through the home ingress's relay.
+        env = {
+            "TOLLGATE_STORE": f"sqlite:///{SITE_STATE_DIR}/tollgate.db",
+            "TOLLGATE_HOME_RELAY_URL": placement.ledger_relay_url,
+            **_passive_warmth(),
+        }
+    elif f.name == INGRESS:
         # The ingress calls authorize and (after a failed attempt) refund synchronously, inside
         # the cluster.
         local = f"{t.namespace}.svc.cluster.local"
@@ -322,14 +341,18 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         env["TOLLGATE_REFUND_URL"] = f"http://refund.{local}"
         env |= _passive_warmth()
         # Where the other clusters' infer report usage (router_fn/cluster_events.py).
-        env["TOLLGATE_CLUSTER_EVENTS_URL"] = knative_placement(t).cluster_events_url
+        env["TOLLGATE_CLUSTER_EVENTS_URL"] = placement.cluster_events_url
+        if placement.ledger_relay_url:
+            # Where the site ingresses reach the ledger (router_fn/ledger_relay.py).
+            env["TOLLGATE_LEDGER_RELAY_URL"] = placement.ledger_relay_url
     if f.name == "ledger-admin":
         # The ops console's tiers page shows the router's live view (the route function's
         # GET /tiers, cluster-local).
         env["TOLLGATE_TIERS_URL"] = f"http://route.{t.namespace}.svc.cluster.local"
     resources = (f.resources.cpu, f.resources.memory)
     container = _tollgate_container(t, c, f.name, f.name, env, resources)
-    container["env"].extend(_secret_envs(t, f.name))
+    if not site:  # the home's endpoints (CAMARA, carrier billing) use them; a site has none
+        container["env"].extend(_secret_envs(t, f.name))
     if f.image:
         container["image"] = f.image
     spec: Manifest = {
@@ -337,9 +360,14 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
         "containers": [container],
         "volumes": _volumes(t, c, f.name),
     }
+    if f.name == INGRESS and c.models:
+        # It relays generation to its clients and, as its cluster's gateway, other ingresses'.
+        spec["timeoutSeconds"] = INFER_TIMEOUT_S
     _size_server(spec)
     if f.name == INGRESS:
         _outbox(spec)
+    if site:
+        _site_state(spec)
     return _service(
         t,
         f.name,
@@ -350,8 +378,9 @@ def _function_service(t: Template, c: Cluster, f: Function) -> Manifest:
 
 
 def _gateway_service(t: Template, c: Cluster) -> Manifest:
-    """A cluster other than home has no API ingress; its public ``ingress`` is the gateway that
-    passes the home ingress's capability-bearing attempts to its cluster-local infer services."""
+    """A cluster other than home without a site ingress (a partner's cloud: no signing key, no
+    ledger access there): its public ``ingress`` is only the gateway that passes the
+    ingresses' capability-bearing attempts to its cluster-local infer services."""
     base = next(f for f in t.functions if f.name == INGRESS)
     container = _tollgate_container(
         t, c, GATEWAY, INGRESS, {}, (base.resources.cpu, base.resources.memory)
@@ -378,6 +407,12 @@ def _size_server(spec: Manifest) -> None:
     env.append(
         {"name": "TOLLGATE_CONTAINER_CONCURRENCY", "value": str(spec["containerConcurrency"])}
     )
+
+
+def _site_state(spec: Manifest) -> None:
+    container = spec["containers"][0]
+    container["volumeMounts"].append({"name": "site-state", "mountPath": SITE_STATE_DIR})
+    spec["volumes"].append({"name": "site-state", "emptyDir": {"sizeLimit": SITE_STATE_SIZE}})
 
 
 def _outbox(spec: Manifest) -> None:

@@ -126,9 +126,11 @@ def token_targets(t: Template, c: Cluster, function: str) -> dict[str, str]:
     home = c.name == t.eventing.home
     sink = broker_audience(t) if home else knative_placement(t).cluster_events_url
     out = {tokens.SINK: sink}
-    if function == "ingress":
+    if function == "ingress" and home:
         out[tokens.AUTHORIZE] = service_audience(t, "authorize")
         out[tokens.REFUND] = service_audience(t, "refund")
+    elif function == "ingress":  # a site ingress: the ledger only through the home's relay
+        out[tokens.LEDGER_RELAY] = knative_placement(t).ledger_relay_url
     return out
 
 

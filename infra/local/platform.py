@@ -3,7 +3,10 @@
 This is the one place that decides the local process list: the ``broker`` (its own process, as
 Knative's broker is its own deployment), one all-in-one ``ledger`` (every ledger trigger),
 ``ledger-admin`` (the admin API and the ops console, the only process given the admin token),
-``deadletters`` (the dead-letter sink), ``route`` and the ``ingress``; and one infer service per
+``deadletters`` (the dead-letter sink), ``route`` and the ``ingress``, plus one site ingress
+``ingress-<cluster>`` for the first edge or regional cluster the template runs an ingress on (its
+own port and store, the ledger only through the home ingress's relay, as on Knative; idle it is
+one small process); and one infer service per
 local tier (every cluster of a tier shares it): an activator at the URL the router knows, in
 front of 0..maxScale replicas ``infer-<tier>-<n>`` scaled on requests in flight as the model's
 Knative Service is (infra/local/activator.py, autoscaler.py, scaler.py). Every process listens
@@ -42,6 +45,7 @@ from infra.template.eventing import trigger_filters
 from infra.template.fields import go_duration_seconds, iso_duration_seconds
 from infra.template.policies import (
     CLUSTER_EVENTS_PATH,
+    LEDGER_RELAY_PATH,
     Placement,
     broker_audience,
     service_audience,
@@ -137,6 +141,7 @@ class InferService:
 @dataclass(frozen=True)
 class LocalPlatform:
     processes: tuple[ProcessSpec, ...]
+    site: str | None  # the cluster whose site ingress runs (process ``ingress-<site>``), if any
     triggers: tuple[BrokerTrigger, ...]
     services: tuple[InferService, ...]  # infer, scaled by tollgate up (infra/local/scaler.py)
     infer: Mapping[str, str]  # tier → URL (its service's activator)
@@ -152,6 +157,24 @@ class LocalPlatform:
 
     def url(self, process: str) -> str:
         return next(p.url for p in self.processes if p.name == process)
+
+    @property
+    def site_ingress(self) -> ProcessSpec | None:
+        return next((p for p in self.processes if p.name == site_process(self.site)), None)
+
+
+def site_process(cluster: str | None) -> str:
+    return f"{INGRESS}-{cluster}"
+
+
+def local_site(template: Template) -> str | None:
+    """The site whose ingress ``tollgate up`` runs: the first cluster besides home with an
+    ingress of its own that serves the local model on a local tier (one is enough to show it)."""
+    for name in template.site_ingresses():
+        c = template.cluster(name)
+        if c.tier in template.local.tiers and template.local.model in c.models:
+            return name
+    return None
 
 
 def secret_names(template: Template) -> dict[str, tuple[str, ...]]:
@@ -171,16 +194,20 @@ def secret_names(template: Template) -> dict[str, tuple[str, ...]]:
 
 def local_placement(template: Template, ingress_url: str, issuer_url: str) -> Placement:
     home = template.eventing.home
+    site = local_site(template)
     remote = tuple(
         c.name
         for c in template.clusters
-        if c.name != home and c.models and c.tier in template.local.tiers
+        if c.name != home and (c.models or c.name == site) and c.tier in template.local.tiers
     )
     return Placement(
         host=lambda function: _HOSTS.get(function, function),
         cluster_events_url=ingress_url + CLUSTER_EVENTS_PATH,
         # Locally every cluster's workloads are this one issuer's.
         remote_issuers={issuer_url: remote} if remote else {},
+        ledger_relay_url=ingress_url + LEDGER_RELAY_PATH if site else "",
+        # One issuer for all: the site ingress is told apart by its own ServiceAccount.
+        site_ingress_accounts=(site_process(site),),
     )
 
 
@@ -255,6 +282,22 @@ def plan(
         "TOLLGATE_LEDGER_URL": urls[LEDGER],
         "TOLLGATE_CLUSTER_EVENTS_URL": placement.cluster_events_url,
     }
+    site = local_site(template)
+    site_specs = []
+    if site is not None:
+        name = site_process(site)
+        ingress_env["TOLLGATE_LEDGER_RELAY_URL"] = placement.ledger_relay_url
+        project(name, tokens.SINK, placement.cluster_events_url)
+        project(name, tokens.LEDGER_RELAY, placement.ledger_relay_url)
+        site_env = {
+            **identity(name),
+            # Its own store, as its pod's on Knative: the table of keys and the ledger are home's.
+            "TOLLGATE_STORE": f"sqlite:///{(state_dir / f'{name}.db').resolve()}",
+            "K_SINK": placement.cluster_events_url,
+            "TOLLGATE_HOME_RELAY_URL": placement.ledger_relay_url,
+            "TOLLGATE_CLUSTER": site,
+        }
+        site_specs.append(ProcessSpec(name, _serve(INGRESS, host), port(), site_env, host))
     broker_config = state_dir / "local-broker.json"
     broker_spec = ProcessSpec(
         BROKER,
@@ -275,8 +318,9 @@ def plan(
     processes = [
         broker_spec,  # first: it takes events from the start, and stops last
         *(ProcessSpec(n, _serve(n, host), p, identity(n), host) for n, p in ports.items()),
-        # The ingress last: it calls everything else.
+        # The ingress last: it calls everything else (and the site ingress calls it).
         ProcessSpec(INGRESS, _serve(INGRESS, host), ingress_port, ingress_env, host),
+        *site_specs,
     ]
     processes = [
         replace(spec, env={**spec.env, **_sized(template, state_dir, spec.name)})
@@ -286,6 +330,7 @@ def plan(
     ]
     return LocalPlatform(
         processes=tuple(processes),
+        site=site,
         triggers=tuple(_triggers(template, urls)),
         services=tuple(services),
         infer=infer,
@@ -384,7 +429,8 @@ def _sized(template: Template, state_dir: Path, process: str) -> dict[str, str]:
         if concurrency is None:
             concurrency = base.concurrency if base is not None else 0
     else:
-        served = [f for f in template.functions if _HOSTS.get(f.name) == process]
+        host = INGRESS if process.startswith(f"{INGRESS}-") else process  # a site ingress
+        served = [f for f in template.functions if _HOSTS.get(f.name) == host]
         concurrency = sum(f.concurrency for f in served)
     return {
         "TOLLGATE_CONTAINER_CONCURRENCY": str(concurrency),

@@ -333,6 +333,10 @@ def _endpoints(
         "processes": {p.name: p.url for p in platform.processes},
         # The network-events endpoint (CAMARA, 3GPP) is served by the ingress.
         "events": ingress + "/events",
+        # Applications at that site connect here (same keys, same API; the home ledger).
+        "site_ingresses": {platform.site: platform.site_ingress.url}
+        if platform.site and platform.site_ingress
+        else {},
         "infer": dict(platform.infer),
         "admin_token_file": str(token_file(state_dir).resolve()),
     }
@@ -394,6 +398,20 @@ def _summary(
         f'"messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}\' -i',
         markup=False,
     )
+    site = platform.site_ingress
+    if site is not None:
+        console.print(
+            f"\nSite ingress of {platform.site} (applications there connect to it; same key, "
+            "charged on the same ledger, routed from that site):",
+            style="bold",
+            markup=False,
+        )
+        console.print(
+            f'curl -s {site.url}/v1/chat/completions -H "Authorization: Bearer $(cat {key_file})" '
+            f'-H \'Content-Type: application/json\' -d \'{{"model": "{model}", '
+            f'"messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}\' -i',
+            markup=False,
+        )
     console.print("\nPython (openai):", style="bold")
     console.print(
         "from pathlib import Path\nfrom openai import OpenAI\n"

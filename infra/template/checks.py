@@ -86,7 +86,14 @@ def _table(t: Template) -> Iterator[Problem]:
 def _clusters(t: Template) -> Iterator[Problem]:
     tiers = {x.name: x for x in t.tiers}
     models = {m.name: m for m in t.models}
+    names = {c.name for c in t.clusters}
     for i, c in enumerate(t.clusters):
+        for peer in c.peer_rtt_ms:
+            if peer not in names or peer == c.name:
+                yield Problem(
+                    ("clusters", i, "peerRttMs", peer),
+                    f"{peer!r} is not another cluster; clusters: {', '.join(sorted(names))}",
+                )
         tier = tiers.get(c.tier)
         if tier is None:
             yield Problem(
@@ -327,12 +334,13 @@ def _eventing(t: Template) -> Iterator[Problem]:
         )
         return
     for i, c in enumerate(t.clusters):
-        if c.name != ev.home and c.models and c.service_account_issuer is None:
+        sited = c.models or c.name in t.site_ingresses()
+        if c.name != ev.home and sited and c.service_account_issuer is None:
             yield Problem(
                 ("clusters", i, "serviceAccountIssuer"),
-                f"cluster {c.name!r} hosts models away from the home cluster {ev.home!r}: name "
-                "its service-account issuer (https://...), by which the home ingress verifies "
-                "the usage its infer reports",
+                f"cluster {c.name!r} hosts models or an ingress away from the home cluster "
+                f"{ev.home!r}: name its service-account issuer (https://...), by which the home "
+                "ingress verifies the usage its infer reports and its ingress's ledger calls",
             )
     # Infer is deployed per model (infer-<model>) and takes no events, so it is no target.
     on_home = {f.name for f in t.functions if f.name != INFER and ev.home in t.function_clusters(f)}

@@ -21,7 +21,10 @@ Sinks and their rules (``default-authorization-mode: deny-all``: nothing else pa
   ingress, the commands it sends synchronously (catalog.DIRECT_CALLS); the dead-letter sink from
   every trigger that dead-letters to it, any event;
 - the home ingress's cluster-events endpoint: from infer on the other clusters (their issuers are
-  the template's ``clusters[].serviceAccountIssuer``), only what infer emits.
+  the template's ``clusters[].serviceAccountIssuer``), only what infer emits; from the site
+  ingresses, the stand-in metering of streams they relayed;
+- the home ingress's ledger relay: from the site ingresses (the ingresses on clusters other than
+  home) only, their ledger commands, key lookups and SLA observations (router_fn/ledger_relay.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from events import types as event_types
 from functions.auth.policy import SenderPolicy, SenderRule, Trust
 from infra.template.catalog import DIRECT_CALLS, FUNCTION_KINDS, INFER, PING_EVENT_TYPE
 from infra.template.catalog import PING_TYPE_EXTENSION as PING_EXTENSION
@@ -41,6 +45,14 @@ from infra.template.schema import Template
 TRIGGER_SUFFIX = "-oidc-eventing.knative.dev-Trigger"
 PING_SUFFIX = "-oidc-sources.knative.dev-PingSource"
 CLUSTER_EVENTS_PATH = "/events/clusters"
+LEDGER_RELAY_PATH = "/sites/ledger"
+# What a site ingress may ask the home ingress's ledger relay.
+RELAYED = (
+    event_types.HOLD_AUTHORIZE,
+    event_types.HOLD_REFUND,
+    event_types.CALLER_LOOKUP,
+    event_types.SLA_OBSERVED,
+)
 _LONGEST = 63
 _HEAD = _LONGEST - 32
 
@@ -82,26 +94,34 @@ def service_audience(t: Template, service: str) -> str:
 @dataclass(frozen=True)
 class Placement:
     """Which workload runs each function (its ServiceAccount and audience name), the URL of the
-    home ingress's cluster-events endpoint, and the issuers of the other clusters."""
+    home ingress's cluster-events endpoint and ledger relay, and the issuers of the other
+    clusters."""
 
     host: Callable[[str], str]
     cluster_events_url: str
     remote_issuers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Who sends as infer (a trailing * matches every infer-<model> or infer-<tier>).
     infer_accounts: tuple[str, ...] = (f"{INFER}-*",)
+    ledger_relay_url: str = ""
+    # Who sends as a site ingress (Knative: each site's own `ingress`, told apart by its issuer).
+    site_ingress_accounts: tuple[str, ...] = ("ingress",)
 
 
 def knative_placement(t: Template) -> Placement:
     """Every function its own Service; other clusters' infer known by their issuers."""
     home = t.cluster(t.eventing.home)
+    sites = t.site_ingresses()
     remote: dict[str, tuple[str, ...]] = {}
     for c in t.clusters:
-        if c.name != home.name and c.models and c.service_account_issuer:
+        known = c.models or c.name in sites
+        if c.name != home.name and known and c.service_account_issuer:
             remote[c.service_account_issuer] = (*remote.get(c.service_account_issuer, ()), c.name)
+    ingress = home.service_url("ingress", t.namespace)
     return Placement(
         host=lambda function: function,
-        cluster_events_url=home.service_url("ingress", t.namespace) + CLUSTER_EVENTS_PATH,
+        cluster_events_url=ingress + CLUSTER_EVENTS_PATH,
         remote_issuers=remote,
+        ledger_relay_url=ingress + LEDGER_RELAY_PATH if sites else "",
     )
 
 
@@ -177,6 +197,18 @@ def sink_policies(t: Template, placement: Placement) -> dict[str, SenderPolicy]:
             SenderRule(
                 "ingress-from-clusters", of(placement.infer_accounts), types(emits(t, INFER))
             ),
+        )
+    if placement.ledger_relay_url:
+        sites = of(placement.site_ingress_accounts)
+        add(
+            placement.cluster_events_url,
+            SenderRule(
+                "ingress-from-site-ingresses", sites, types([event_types.INFERENCE_COMPLETED])
+            ),
+        )
+        add(
+            placement.ledger_relay_url,
+            SenderRule("ledger-relay-from-site-ingresses", sites, types(RELAYED)),
         )
     return {audience: SenderPolicy(audience, tuple(r)) for audience, r in rules.items()}
 

@@ -124,6 +124,10 @@ class Cluster(_Model):
     # from the home cluster): how the home ingress knows this cluster's infer when it reports
     # usage. Needed for every cluster other than home that hosts models.
     service_account_issuer: str | None = Field(default=None, pattern=r"^https://")
+    # Round trips from this cluster to others (ms), where it runs a site ingress: an application
+    # that reached this site is rttMs away, and another cluster this much further (default:
+    # that cluster's own rttMs). The site ingress routes by rttMs + these.
+    peer_rtt_ms: dict[Name, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
     def service_url(self, service: str, namespace: str) -> str:
         return f"https://{service}.{namespace}.{self.domain}"
@@ -532,6 +536,19 @@ class Template(_Model):
 
     def function_clusters(self, function: Function) -> tuple[str, ...]:
         return function.clusters or (self.eventing.home,)
+
+    def site_ingresses(self) -> tuple[str, ...]:
+        """The clusters other than home that run an ingress of their own (a site ingress)."""
+        ingress = next((f for f in self.functions if f.name == "ingress"), None)
+        on = self.function_clusters(ingress) if ingress is not None else ()
+        return tuple(c.name for c in self.clusters if c.name in on and c.name != self.eventing.home)
+
+    def rtt_from(self, here: str, there: str) -> int:
+        """The round trip an application at site ``here`` sees to cluster ``there`` (ms)."""
+        site = self.cluster(here)
+        if there == here:
+            return site.rtt_ms
+        return site.rtt_ms + site.peer_rtt_ms.get(there, self.cluster(there).rtt_ms)
 
     def infer_function(self) -> Function | None:
         return next((f for f in self.functions if f.name == "infer"), None)

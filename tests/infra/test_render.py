@@ -392,3 +392,60 @@ def test_event_policies_let_each_type_reach_the_broker_only_from_its_producers(
     assert settle["filters"] == [{"exact": {"type": "io.tollgate.inference.completed.v1"}}]
     assert "authorize-from-ingress" in policies and "refund-from-ingress" in policies
     assert not any(n.startswith(("grant-from-ingress", "settle-from-ingress")) for n in policies)
+
+
+def _env(service: Manifest) -> dict[str, str]:
+    container = service["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "<secret>") for e in container["env"]}
+
+
+def test_every_edge_and_regional_site_runs_an_ingress_against_the_home_ledger(
+    shipped: Template,
+) -> None:
+    rendered = render(shipped)
+    home_url = "https://ingress.tollgate.paris-1.tollgate.demo-telco.example"
+    relay = home_url + "/sites/ledger"
+    home = _by(rendered["regional-paris-1"], "Service")["ingress"]
+    assert _env(home)["TOLLGATE_LEDGER_RELAY_URL"] == relay
+    for cluster in ("edge-lyon-5g-1", "edge-marseille-5g-1"):
+        ingress = _by(rendered[cluster], "Service")["ingress"]
+        template = ingress["spec"]["template"]
+        assert template["metadata"]["labels"]["tollgate.io/function"] == "ingress"
+        assert template["spec"]["containers"][0]["args"] == ["serve", "ingress"]
+        env = _env(ingress)
+        assert env["TOLLGATE_HOME_RELAY_URL"] == relay and env["TOLLGATE_CLUSTER"] == cluster
+        # Its store is the pod's own; no table credential, no secret of the home's.
+        assert env["TOLLGATE_STORE"] == "sqlite:////var/lib/tollgate/site/tollgate.db"
+        assert "<secret>" not in env.values() and "envFrom" not in template["spec"]["containers"][0]
+        assert "TOLLGATE_LEDGER_URL" not in env and "TOLLGATE_CLUSTER_EVENTS_URL" not in env
+        assert _secrets(ingress) == {"tollgate-capability-signing", "tollgate-capability-verify"}
+        tokens = {
+            s["serviceAccountToken"]["path"]: s["serviceAccountToken"]["audience"]
+            for v in template["spec"]["volumes"]
+            if v["name"] == "tokens"
+            for s in v["projected"]["sources"]
+        }
+        assert tokens == {"sink": home_url + "/events/clusters", "ledger-relay": relay}
+    # The partner's cloud runs no ingress of its own: only the gateway, with verify keys only.
+    cloud = _by(rendered["cloud-frankfurt-1"], "Service")["ingress"]
+    assert cloud["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve", "gateway"]
+    assert _secrets(cloud) == {"tollgate-capability-verify"}
+
+
+def test_only_the_site_ingresses_may_use_the_ledger_relay(shipped: Template) -> None:
+    configmap = _by(render(shipped)["regional-paris-1"], "ConfigMap")["tollgate-template"]
+    trust = json.loads(configmap["data"]["trust.json"])
+    relay = "https://ingress.tollgate.paris-1.tollgate.demo-telco.example/sites/ledger"
+    (rule,) = trust["sinks"][relay]
+    assert rule["subjects"] == ["system:serviceaccount:tollgate:ingress"]
+    assert sorted(e["type"] for e in rule["events"]) == [
+        "io.tollgate.caller.lookup.v1",
+        "io.tollgate.hold.authorize.v1",
+        "io.tollgate.hold.refund.v1",
+        "io.tollgate.sla.observed.v1",
+    ]
+    # The site clusters' issuers are known; the relay asks only theirs (infra/serve.py).
+    assert set(shipped.site_ingresses()) == {"edge-lyon-5g-1", "edge-marseille-5g-1"}
+    for cluster in shipped.site_ingresses():
+        issuer = shipped.cluster(cluster).service_account_issuer
+        assert issuer is not None and cluster in trust["remote_issuers"][issuer]

@@ -490,3 +490,32 @@ def test_infer_services_take_a_bounded_number_of_requests_per_replica() -> None:
     assert (small.concurrency, small.max_replicas) == (4, 4)
     local = topology(parsed, local=True).models["smollm2-135m"]  # one process, never scaled
     assert (local.concurrency, local.max_replicas) == (4, 1)
+
+
+def test_a_peer_rtt_to_an_unknown_cluster_is_refused() -> None:
+    text = _broken("peerRttMs: {edge-marseille-5g-1: 6,", "peerRttMs: {edge-nice-5g-1: 6,")
+    err = _errors(text)
+    problem = next(p for p in err.problems if "edge-nice-5g-1" in p.message)
+    assert "is not another cluster" in problem.message and "edge-lyon-5g-1" in problem.message
+
+
+def test_a_site_ingress_routes_by_rtts_from_its_own_site(shipped: Template) -> None:
+    here = "edge-lyon-5g-1"
+    site = topology(shipped, here=here)
+    rtts = {c.name: c.rtt_ms for c in site.clusters}
+    # Its own infer is nearest (the application reached this site); the others are the
+    # backhaul further, as peerRttMs says, else their own rttMs.
+    assert rtts == {
+        here: 8,
+        "edge-marseille-5g-1": 8 + 6,
+        "regional-paris-1": 8 + 9,
+        "cloud-frankfurt-1": 8 + 180,
+    }
+    urls = {c.name: c.infer_urls["smollm2-135m"] for c in site.clusters}
+    assert urls[here] == "http://infer-smollm2-135m.tollgate.svc.cluster.local"
+    assert urls["regional-paris-1"] == (
+        "https://ingress.tollgate.paris-1.tollgate.demo-telco.example/infer/smollm2-135m"
+    )
+    home = topology(shipped)  # the home ingress's view is unchanged
+    assert {c.name: c.rtt_ms for c in home.clusters}["edge-lyon-5g-1"] == 8
+    assert {c.name: c.rtt_ms for c in home.clusters}["regional-paris-1"] == 28

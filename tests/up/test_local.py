@@ -33,13 +33,14 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     names = [p.name for p in platform.processes]
     assert names == [
         "broker", "ledger", "ledger-admin", "deadletters", "route", "ingress",
+        "ingress-edge-lyon-5g-1",
     ]  # fmt: skip
     broker = platform.processes[0]
     assert broker.port == 9999 and broker.argv[-2:] == [
         str((tmp_path / "local-broker.json").resolve()),
         str((tmp_path / "broker.db").resolve()),
     ]
-    ingress = platform.processes[-1]
+    ingress = platform.processes[-2]
     assert ingress.port == 8080
     assert ingress.env["K_SINK"] == "http://127.0.0.1:9999"
     # Every process listens on the loopback only (the broker reads its host from its env).
@@ -51,6 +52,13 @@ def test_processes_and_their_environment(tmp_path: Path) -> None:
     # The ledger's signing keys reach the ledger processes only.
     keyed = [p.name for p in platform.processes if "TOLLGATE_LEDGER_KEYS" in p.env]
     assert keyed == ["ledger", "ledger-admin"]
+    # The edge site's own ingress: its own store, the ledger only through the home's relay.
+    site = platform.processes[-1]
+    relay = "http://127.0.0.1:8080/sites/ledger"
+    assert site.env["TOLLGATE_HOME_RELAY_URL"] == relay == ingress.env["TOLLGATE_LEDGER_RELAY_URL"]
+    assert site.env["TOLLGATE_CLUSTER"] == "edge-lyon-5g-1"
+    assert site.env["TOLLGATE_STORE"] != ingress.env["TOLLGATE_STORE"]
+    assert "TOLLGATE_LEDGER_URL" not in site.env and "TOLLGATE_ADMIN_TOKEN" not in site.env
     # Infer is one service per local tier, scaled 0..maxScale as smollm2's Knative Service.
     assert [s.tier for s in platform.services] == ["edge", "regional", "cloud"]
     service = platform.services[0]

@@ -173,8 +173,11 @@ def test_up_starts_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -
         children = endpoints["children"]
         # Infer replicas start with the first request (every infer service scales from zero).
         assert len(children) == len(
-            ("broker", "ledger", "ledger-admin", "deadletters", "route", "ingress")
-        )
+            (
+                "broker", "ledger", "ledger-admin", "deadletters", "route", "ingress",
+                "ingress-edge-lyon-5g-1",  # the edge site's own ingress
+            )
+        )  # fmt: skip
         # Every process listens on the loopback only.
         assert all(url.startswith("http://127.0.0.1:") for url in endpoints["processes"].values())
     # SIGINT: every child is gone and the endpoints file with it.

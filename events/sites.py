@@ -1,0 +1,55 @@
+"""What a site ingress (an ingress on an edge or regional cluster) asks the home ingress besides
+ledger commands: who an API key belongs to (the key itself never travels: its SHA-256 does, as
+the shared table indexes it, functions/apikeys.py), and to record the latency-SLA observation of
+a request it served, where the monthly evaluation reads them (functions/sla.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from pydantic import BaseModel, Field
+
+from events import types
+from events.fields import AccountId, EventData, Name
+from events.sla import Period
+
+KeyDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class CallerLookup(EventData):
+    key_sha256: KeyDigest
+
+
+class CallerFound(EventData):
+    """The key's account, the plan its profile names (None: no plan) and the countries its
+    roaming devices are in (None: none roams)."""
+
+    account_id: AccountId
+    plan: Annotated[str, Field(max_length=256)] | None = None
+    roaming_countries: tuple[Country, ...] | None = None
+
+
+class SlaObserved(EventData):
+    """One budgeted request's time to first token as its client saw it at the site."""
+
+    account_id: AccountId
+    period: Period
+    request_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    budget_ms: Annotated[int, Field(strict=True, ge=0)]
+    ttft_ms: Annotated[int, Field(strict=True, ge=0)]
+    cluster: Name
+    model: Name
+    at: Annotated[int, Field(strict=True, ge=0)]
+
+
+class SlaRecorded(EventData):
+    recorded: bool  # False: recorded already (a retry)
+
+
+MODELS: Final[dict[str, type[BaseModel]]] = {
+    types.CALLER_LOOKUP: CallerLookup,
+    types.CALLER_FOUND: CallerFound,
+    types.SLA_OBSERVED: SlaObserved,
+    types.SLA_RECORDED: SlaRecorded,
+}
