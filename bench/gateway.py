@@ -10,7 +10,9 @@ canned upstream (bench/fast_upstream.py: it checks the capability as infer does 
 carrying it), `tollgate serve ledger` and `tollgate serve ingress` (sqlite store in a temp dir),
 with tollgate up's issuer in this process, once per setting. Measures sequential request latency
 (p50/p99) and requests per second with 8 concurrent clients, direct vs through the ingress, the
-route decision time, and bench/trust.py's per-check figures. Aims (issue 13): added p50 <= 2 ms,
+route decision time, bench/trust.py's per-check figures, and the CPU each process spends per request
+(ingress, upstream, ledger: where the time goes across processes, the upstream's metering and
+the ledger's capture of it included). Aims (issue 13): added p50 <= 2 ms,
 p99 <= 5 ms at concurrency 1; at concurrency 8 at least half of direct's throughput; route
 decision p99 < 100 us. Compare within one run: these machines are small and noisy.
 """
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +208,30 @@ class Figures:
     gated_rps: float
     low: list[float]  # requests of a low-balance account (held one by one), sequential
     peak_kib: int  # the ingress's peak resident memory (VmHWM)
+    # CPU ms per request of each process (ledger, upstream, ingress), direct / through the
+    # ingress at concurrency 1: where the time goes across processes, metering included (the
+    # upstream reports each request's usage to the ledger after answering, as infer does).
+    direct_cpu: dict[str, float]
+    gated_cpu: dict[str, float]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(
+    procs: list[subprocess.Popen[bytes]], run: Callable[[], list[float]]
+) -> tuple[list[float], dict[str, float]]:
+    """``run``'s latencies and the CPU ms per request each of ``procs`` spent meanwhile (and
+    until the metering it caused is done: the ledger's settles trail the answers)."""
+    before = [cpu_s(p.pid) for p in procs]
+    out = run()
+    time.sleep(1.0)
+    after = [cpu_s(p.pid) for p in procs]
+    spent = {n: (a - b) * 1000 / len(out) for n, b, a in zip(PROCESSES, before, after, strict=True)}
+    return out, spent
 
 
 def peak_kib(pid: int) -> int:
@@ -215,6 +242,7 @@ def peak_kib(pid: int) -> int:
 
 
 SERVE = [sys.executable, "-m", "infra.cli", "serve"]
+PROCESSES = ("ledger", "upstream", "ingress")  # as measure() starts them
 
 
 @dataclass
@@ -286,8 +314,10 @@ def measure(
         direct_headers = direct_capability(tmp)
         latencies(direct_url, direct_headers, 50)
         settled(store_url, accounts)
-        direct = latencies(direct_url, direct_headers, REQUESTS)
-        gated = latencies(gate_url, auths[0], REQUESTS)
+        direct, direct_cpu = cpu_per_request(
+            procs, lambda: latencies(direct_url, direct_headers, REQUESTS)
+        )
+        gated, gated_cpu = cpu_per_request(procs, lambda: latencies(gate_url, auths[0], REQUESTS))
         settled(store_url, accounts)
         direct_rps = throughput(direct_url, [direct_headers], REQUESTS)
         gated_rps = throughput(gate_url, auths, REQUESTS)
@@ -299,7 +329,7 @@ def measure(
         for p in procs:
             p.terminate()
             p.wait(10)
-    return Figures(direct, gated, direct_rps, gated_rps, low, peak)
+    return Figures(direct, gated, direct_rps, gated_rps, low, peak, direct_cpu, gated_cpu)
 
 
 def direct_capability(tmp: Path) -> dict[str, str]:
@@ -366,6 +396,17 @@ def main() -> None:
         )  # fmt: skip
         out.add_row("", "ingress peak RSS", f"{f.peak_kib / 1024:.0f} MiB", "", "", "", "")
     console.print(out)
+    cpu = Table(title="CPU ms per request of each process, concurrency 1 (the sum bounds conc. 8)")
+    for col in ("ingress", "path", "ingress", "upstream", "ledger (metering)", "total"):
+        cpu.add_column(col, justify="right")
+    for name, f in runs.items():
+        for path, spent in (("direct", f.direct_cpu), ("through the ingress", f.gated_cpu)):
+            cpu.add_row(
+                name if path == "direct" else "", path,
+                *(f"{spent[p]:.2f}" for p in ("ingress", "upstream", "ledger")),
+                f"{sum(spent.values()):.2f}",
+            )  # fmt: skip
+    console.print(cpu)
     console.print(table(figures()))
     p50, p99 = route_decision_us()
     console.print(f"route decision: p50 {p50:.1f} us, p99 {p99:.1f} us; aim p99 < 100 us")

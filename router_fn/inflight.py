@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 Clock = Callable[[], float]
@@ -37,8 +38,11 @@ class InFlightRequests:
         self._clock = clock  # wall clock: compared with the prober's ``updated_at``
         self._lock = threading.Lock()
         self._tickets = itertools.count()
-        # (cluster, model) -> ticket -> [arrived at, finished at or None]
-        self._sent: dict[tuple[str, str], dict[int, tuple[float, float | None]]] = {}
+        # Per (cluster, model): ticket -> arrived at, of the unfinished; and the finished
+        # (arrived at, finished at) in the order they finished, dropped from the left as they
+        # age, so neither a request nor a decision rescans what is remembered.
+        self._running: dict[tuple[str, str], dict[int, float]] = {}
+        self._finished: dict[tuple[str, str], deque[tuple[float, float]]] = {}
 
     def begin(self, cluster: str, model: str, arrives_in_s: float = 0.0) -> Sent:
         """Count a request to ``model`` on ``cluster``, sent now and reaching it in
@@ -46,23 +50,27 @@ class InFlightRequests:
         key = (cluster, model)
         ticket = next(self._tickets)
         with self._lock:
-            self._sent.setdefault(key, {})[ticket] = (self._clock() + arrives_in_s, None)
+            self._running.setdefault(key, {})[ticket] = self._clock() + arrives_in_s
         return Sent(self, key, ticket)
 
     def view(self) -> dict[tuple[str, str], tuple[tuple[float, float | None], ...]]:
         """(arrived at, finished at or None) of this ingress's requests, per (cluster, model):
-        the unfinished ones and those finished lately (the policy's ``in_flight``)."""
+        the unfinished ones first, then those finished lately in the order they finished (the
+        policy's ``in_flight``)."""
         horizon = self._clock() - KEEP_FINISHED_S
         with self._lock:
-            for sent in self._sent.values():
-                old = [t for t, (_, done) in sent.items() if done is not None and done < horizon]
-                for ticket in old:
-                    del sent[ticket]
-            return {key: tuple(sent.values()) for key, sent in self._sent.items() if sent}
+            view: dict[tuple[str, str], tuple[tuple[float, float | None], ...]] = {}
+            for key in self._running.keys() | self._finished.keys():
+                finished = self._finished.get(key)
+                while finished and finished[0][1] < horizon:
+                    finished.popleft()
+                running = self._running.get(key, {})
+                if running or finished:
+                    view[key] = (*((at, None) for at in running.values()), *(finished or ()))
+            return view
 
     def _end(self, key: tuple[str, str], ticket: int) -> None:
         with self._lock:
-            sent = self._sent.get(key, {})
-            record = sent.get(ticket)
-            if record is not None and record[1] is None:
-                sent[ticket] = (record[0], self._clock())
+            at = self._running.get(key, {}).pop(ticket, None)
+            if at is not None:
+                self._finished.setdefault(key, deque()).append((at, self._clock()))

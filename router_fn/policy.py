@@ -61,7 +61,8 @@ ALL_FULL = "all_clusters_full"  # the error code of the 429 that refuses a reque
 _EMPTY = ClusterState("")
 _NEVER = 2**62  # a wait no slot will end (no replica may run): beyond any plan's maximum
 
-# (cluster, model) -> this ingress's requests there: (arrived, finished or None), epoch seconds
+# (cluster, model) -> this ingress's requests there: (arrived, finished or None), epoch seconds;
+# the unfinished first, then the finished in the order they finished (router_fn/inflight.py).
 InFlight = Mapping[tuple[str, str], Sequence[tuple[float, float | None]]]
 
 
@@ -419,11 +420,18 @@ def _unseen(sent: Sequence[tuple[float, float | None]], load: Load | None) -> in
     finished since."""
     seen = load.updated_at if load is not None else None
     unseen = 0
-    for at, finished in sent:
-        if finished is None:
-            unseen += seen is None or at > seen
-        elif seen is not None and at <= seen < finished:
-            unseen -= 1
+    for at, finished in sent:  # the unfinished come first
+        if finished is not None:
+            break
+        unseen += seen is None or at > seen
+    if seen is None:
+        return unseen
+    # The finished, latest last: only those finished since the probe can matter, and a
+    # decision reads only them (not every request of the last half minute).
+    for at, finished in reversed(sent):
+        if finished is None or finished <= seen:
+            break
+        unseen -= at <= seen
     return unseen
 
 

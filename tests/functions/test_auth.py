@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from joserfc import jwt
 
 from events.capability import Capability, CapabilityError, sign, verify
 from functions.auth.keys import SigningKey, VerifyKeys, rotate
@@ -131,3 +132,22 @@ def test_capability_keys_rotate_and_verifiers_accept_the_current_and_the_previou
     assert verify(second, public.get(), audience="c1").hold_id == "acme:2"
     assert all(not k.is_private for k in public.get().keys)
     assert (tmp_path / "signing.jwk").stat().st_mode & 0o077 == 0  # the private key is private
+
+
+def test_an_ed25519_capability_is_the_jws_joserfc_would_make(tmp_path: Path) -> None:
+    """The ingress signs Ed25519 capabilities with ``cryptography`` directly (cheaper on its
+    request path): byte for byte what joserfc makes (Ed25519 is deterministic), so every
+    verifier takes it; a tampered one is refused."""
+    rotate(tmp_path)
+    key = SigningKey(tmp_path).get()
+    assert key.key_type == "OKP"
+    capability = _capability("acme:7")
+    issued_at = time.time()
+    header = {"alg": "Ed25519", "kid": key.kid}
+    made = jwt.encode(header, capability.claims(issued_at), key, algorithms=["Ed25519"])
+    assert sign(capability, key, issued_at=issued_at) == made
+    assert verify(made, VerifyKeys(tmp_path).get(), audience="c1") == capability
+    head, claims, signature = made.split(".")
+    forged = f"{head}.{claims[:-2]}{'A' if claims[-2] != 'A' else 'B'}{claims[-1]}.{signature}"
+    with pytest.raises(CapabilityError):
+        verify(forged, VerifyKeys(tmp_path).get(), audience="c1")

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
+import urllib3
 
 from functions.auth.tokens import TokenFile
 from functions.cloudevent import Incoming, parse_http
@@ -93,8 +93,8 @@ def test_unreachable_sink_fails_after_bounded_retries(token: TokenFile) -> None:
 
 
 def test_no_sink_sends_nothing() -> None:
-    class NoTraffic(requests.Session):
-        def post(self, *args: object, **kwargs: object) -> requests.Response:
+    class NoTraffic(urllib3.PoolManager):
+        def urlopen(self, *args: object, **kwargs: object) -> urllib3.BaseHTTPResponse:
             raise AssertionError("an emitter without K_SINK must not send anything")
 
-    Emitter(None, None, session=NoTraffic()).emit("io.tollgate.test.v1", "/t", {})
+    Emitter(None, None, pool=NoTraffic()).emit("io.tollgate.test.v1", "/t", {})

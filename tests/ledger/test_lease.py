@@ -10,6 +10,7 @@ import pytest
 
 from functions.errors import BadRequest, Conflict
 from functions.store import Store
+from ledger_fn import footprint
 from ledger_fn.ledger import Ledger
 from tests.clock import Clock
 from tests.ledger.helpers import funded, invariant
@@ -204,3 +205,31 @@ def test_a_closed_lease_is_never_settled_whole(ledger: Ledger) -> None:
     with pytest.raises(Conflict, match="credit lease"):
         ledger.execute("acme", "settle", {"hold_id": h, "usage": usage}, key="forged")
     assert invariant(ledger, "acme")["spent"] == 20
+
+
+def test_a_leases_size_bound_is_kept_exactly_through_captures_and_renewals(
+    ledger: Ledger,
+) -> None:
+    """Captures skip re-sizing the lease (ledger_fn/footprint.py): the kept figure still equals
+    the one computed from scratch, a renewal drawing on a second lot included."""
+
+    def kept_exactly() -> None:
+        loaded = ledger._load("acme")
+        assert loaded.elements == footprint.elements(loaded.state)
+
+    h = lease(ledger, 400)["hold_id"]
+    for n in range(3):
+        capture(ledger, h, f"req-{n}")
+        kept_exactly()
+    ledger.execute("acme", "grant", {"amount": 5000})  # a second lot for the renewal to draw on
+    renewed = lease(ledger, 2000, renew=h)
+    assert len(ledger.state("acme").holds[h].allocations) == 2, renewed
+    kept_exactly()
+    capture(ledger, h, "req-3")
+    kept_exactly()
+    returned = {"hold_id": h, "requests": 5, "bounds": 500, "ttl_seconds": 60}
+    assert not ledger.execute("acme", "return_lease", returned)["closed"]  # one still owed
+    kept_exactly()
+    capture(ledger, h, "req-4")
+    kept_exactly()
+    assert h not in ledger.state("acme").holds

@@ -189,3 +189,19 @@ def test_the_ingress_remembers_finished_requests_for_a_while() -> None:
     late = sent.begin("cloud", "small", arrives_in_s=0.2)
     assert sent.view() == {("cloud", "small"): ((now[0] + 0.2, None),)}
     late.end()
+
+
+def test_the_ingress_lists_unfinished_requests_first_then_the_finished_as_they_finished() -> None:
+    """The order the policy reads them in: only those finished since a probe are looked at."""
+    now = [START + 1.0]
+    sent = InFlightRequests(clock=lambda: now[0])
+    tickets = [sent.begin("cloud", "small", arrives_in_s=i) for i in range(3)]
+    now[0] += 1
+    tickets[2].end()
+    now[0] += 1
+    tickets[0].end()
+    assert sent.view()[("cloud", "small")] == (
+        (START + 2.0, None),
+        (START + 3.0, START + 2.0),
+        (START + 1.0, START + 3.0),
+    )
