@@ -160,7 +160,7 @@ def test_an_operator_sets_and_clears_a_keys_rate_limits(
     limits = keys.lookup(key).rate_limits
     assert limits is not None and limits.wire() == body
     assert keys.lookup(other).rate_limits is None  # one key's override only
-    listed = {k["key_id"]: k for k in client.get("/accounts/acme/keys", headers=AUTH).json["keys"]}
+    listed = keys_by_id(client, "acme")
     assert listed[key_id]["rate_limits"] == body
     # Bad values change nothing and say what is wrong.
     for bad, fragment in (
@@ -178,5 +178,10 @@ def test_an_operator_sets_and_clears_a_keys_rate_limits(
     cleared = client.delete(path, headers=AUTH)
     assert cleared.status_code == 200 and cleared.get_json()["rate_limits"] is None
     assert keys.lookup(key).rate_limits is None
-    listed = {k["key_id"]: k for k in client.get("/accounts/acme/keys", headers=AUTH).json["keys"]}
+    listed = keys_by_id(client, "acme")
     assert listed[key_id]["rate_limits"] is None
+
+
+def keys_by_id(client: FlaskClient, account_id: str) -> dict[str, Any]:
+    listed = client.get(f"/accounts/{account_id}/keys", headers=AUTH).get_json()["keys"]
+    return {k["key_id"]: k for k in listed}
