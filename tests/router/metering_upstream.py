@@ -7,7 +7,8 @@ capability to K_SINK (with its token) after answering, retried until the ledger 
 infer's durable outbox does), a little later each time so that captures race the ingress's lease
 renewals and returns. Each report it delivered is a line of ``METER_LOG`` (JSON: the attempt,
 its hold, the usage), which the test holds the journal to. Usage: ``METER_EXACT=1`` uses all of
-the worst case (the prompt bound and every token), otherwise a seeded share of it."""
+the worst case (the prompt bound and every token), otherwise a seeded share of it;
+``METER_DELAY_S``: how long each answer takes (requests that stay running)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def create_app() -> Flask:
     keys = VerifyKeys(keys_dir_from_env())
     background = ThreadPoolExecutor(max_workers=4)
     exact = os.environ.get("METER_EXACT") == "1"
+    delay_s = float(os.environ.get("METER_DELAY_S") or 0)
     log_path = os.environ["METER_LOG"]
     log_lock = threading.Lock()
     served: set[str] = set()
@@ -82,6 +84,7 @@ def create_app() -> Flask:
             "usage": usage,
             "capability": token,
         }
+        time.sleep(delay_s)
         background.submit(report, data, capability.attempt)
         answer = {
             "object": "chat.completion",

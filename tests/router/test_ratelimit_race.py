@@ -1,0 +1,254 @@
+"""Rate limits raced by real processes: 4 `tollgate serve ingress` replicas on one sqlite store,
+one `tollgate serve ledger`, the metering upstream (tests/router/test_lease_race.py's platform).
+Together the replicas admit at most a key's limit per window and answer 429 with OpenAI's headers
+after it; its running requests are limited across replicas; a key's override replaces its
+plan's; every answer carries the headers; a replica killed holding running slots does not keep
+them past their TTL."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from events import ratelimits as h
+from events import wire
+from events.ratelimits import RateLimits
+from functions.apikeys import ApiKeys
+from functions.store.sqlite import SqliteStore
+from ledger_fn.ledger import Ledger
+from tests.router.test_lease_race import BODY, MAX_TOKENS, MODEL, Platform, run
+from tests.trust import TestIssuer
+
+WINDOW_S = 10  # the ingresses' window (a minute in production)
+SHARE_TTL_S = 2  # how soon a dead replica's running slots lapse
+ENV = {
+    "TOLLGATE_RATE_WINDOW_SECONDS": str(WINDOW_S),
+    "TOLLGATE_RATE_SHARE_TTL_SECONDS": str(SHARE_TTL_S),
+}
+REQUEST = {**BODY, "max_tokens": MAX_TOKENS}
+
+
+@pytest.fixture
+def sqlite_platform(sqlite_store: SqliteStore, tmp_path: Path) -> Iterator[Platform]:
+    """The racer account, on the developer plan, with plenty of credits and a key."""
+    ledger = Ledger(sqlite_store)
+    ledger.open_account("racer", {"plan": "developer"})
+    ledger.execute("racer", "grant", {"amount": 10**12})
+    key = ApiKeys(sqlite_store).issue("racer")["key"]
+    url = f"sqlite://{Path(sqlite_store.path).resolve()}"
+    p = Platform(tmp_path, url, ledger, key, tmp_path / "metered.jsonl")
+    yield p
+    p.stop()
+
+
+def limit_key(p: Platform, limits: RateLimits) -> str:
+    """A new key of the racer account with its own limits."""
+    keys = ApiKeys(p.ledger.store)
+    issued = keys.issue("racer")
+    keys.set_rate_limits("racer", issued["key_id"], limits)
+    return str(issued["key"])
+
+
+def post(url: str, key: str, session: requests.Session | None = None) -> requests.Response:
+    return (session or requests).post(
+        url + "/v1/chat/completions",
+        json=REQUEST,
+        headers={"Authorization": f"Bearer {key}", wire.TIER: "regional"},
+        timeout=30,
+    )
+
+
+def test_four_replicas_admit_at_most_the_limit_per_window(
+    sqlite_platform: Platform, issuer: TestIssuer
+) -> None:
+    p = sqlite_platform
+    run(p, issuer, ingress_env=ENV)
+    limit = 40
+    key = limit_key(p, RateLimits(requests_per_minute=limit))
+    admitted: Counter[int] = Counter()  # per window (by the end its headers report)
+    refused: list[requests.Response] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 4
+
+    def client(url: str) -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            r = post(url, key, session)
+            window = round((time.time() + seconds(r.headers[h.RESET_REQUESTS])) / WINDOW_S)
+            with lock:
+                if r.status_code == 200:
+                    admitted[window] += 1
+                else:
+                    assert r.status_code == 429, r.text
+                    refused.append(r)
+            if r.status_code == 429:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(url,)) for url, _ in p.ingresses * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert admitted and refused
+    assert max(admitted.values()) <= limit, admitted  # 4 replicas, one limit
+    # The limit was used, not stranded in the replicas' shares.
+    assert max(admitted.values()) >= limit - 8, admitted
+    r = refused[-1]
+    error = r.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+    assert f"{limit} requests per minute" in error["message"]
+    assert 1 <= int(r.headers["Retry-After"]) <= WINDOW_S
+    assert r.headers[h.LIMIT_REQUESTS] == str(limit)
+    assert r.headers[h.REMAINING_REQUESTS] == "0"
+    # The official client sees a RateLimitError it can act on (it retries these by itself).
+    client_ = openai.OpenAI(base_url=p.ingresses[0][0] + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        for _ in range(2 * limit + 2):  # a window may have just begun
+            client_.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Capital of France?"}],
+                max_tokens=MAX_TOKENS,
+            )
+    assert caught.value.code == "rate_limit_exceeded"
+
+
+def test_running_requests_are_limited_across_replicas(
+    sqlite_platform: Platform, issuer: TestIssuer
+) -> None:
+    p = sqlite_platform
+    run(p, issuer, ingress_env=ENV, upstream_env={"METER_DELAY_S": "2"})
+    key = limit_key(p, RateLimits(concurrent_requests=3))
+    answers = burst(p, key, 2)
+    statuses = Counter(r.status_code for r in answers)
+    assert set(statuses) == {200, 429} and 1 <= statuses[200] <= 3, statuses
+    busy = next(r for r in answers if r.status_code == 429)
+    assert "3 requests of this API key are already running" in busy.json()["error"]["message"]
+    assert busy.headers["Retry-After"] == "1"
+    assert busy.headers[h.LIMIT_CONCURRENT] == "3"
+
+
+def burst(p: Platform, key: str, each: int) -> list[requests.Response]:
+    """``each`` requests on every replica at once."""
+    answers: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def one(url: str) -> None:
+        r = post(url, key)
+        with lock:
+            answers.append(r)
+
+    threads = [threading.Thread(target=one, args=(url,)) for url, _ in p.ingresses * each]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_headers_on_success_and_a_keys_override_replaces_its_plans_limits(
+    sqlite_platform: Platform, issuer: TestIssuer
+) -> None:
+    p = sqlite_platform
+    run(p, issuer, ingress_env=ENV)
+    url = p.ingresses[0][0]
+    ok = post(url, p.key)  # the developer plan's limits
+    assert ok.status_code == 200, ok.text
+    assert ok.headers[h.LIMIT_REQUESTS] == "600"
+    assert ok.headers[h.LIMIT_TOKENS] == "200000"
+    assert ok.headers[h.LIMIT_CONCURRENT] == "16"
+    assert 0 <= int(ok.headers[h.REMAINING_REQUESTS]) < 600
+    assert 0 <= int(ok.headers[h.REMAINING_TOKENS]) < 200000
+    for name in (h.RESET_REQUESTS, h.RESET_TOKENS):
+        assert 0 < seconds(ok.headers[name]) <= WINDOW_S
+    # The key's override: 3 requests per minute, the plan's tokens.
+    tight = limit_key(p, RateLimits(requests_per_minute=3))
+    answers = [post(url, tight) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert [r.headers[h.REMAINING_REQUESTS] for r in answers] == ["2", "1", "0", "0"]
+    assert answers[0].headers[h.LIMIT_REQUESTS] == "3"
+    assert answers[0].headers[h.LIMIT_TOKENS] == "200000"
+    # An operator clears it: the plan's limits apply again (after the key cache's few seconds).
+    keys = ApiKeys(p.ledger.store)
+    keys.set_rate_limits("racer", keys.lookup(tight).key_id, None)
+    deadline = time.monotonic() + 10
+    while (r := post(url, tight)).status_code == 429:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert r.headers[h.LIMIT_REQUESTS] == "600"
+
+
+def test_a_killed_replicas_running_slots_lapse(
+    sqlite_platform: Platform, issuer: TestIssuer
+) -> None:
+    p = sqlite_platform
+    run(p, issuer, ingress_env=ENV, upstream_env={"METER_DELAY_S": "8"})
+    key = limit_key(p, RateLimits(concurrent_requests=2))
+    key_id = ApiKeys(p.ledger.store).lookup(key).key_id
+    doomed, _ = p.ingresses[0]
+    for _ in range(2):  # both slots taken by requests running on the first replica
+        threading.Thread(target=lambda: _quietly(lambda: post(doomed, key)), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while running_slots(p, key_id) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    other = p.ingresses[1][0]
+    assert _fast_upstream_try(other, key).status_code == 429  # the limit is all held
+    p.ingresses[0][1].send_signal(signal.SIGKILL)
+    p.ingresses[0][1].wait(5)
+    killed = time.monotonic()
+    # The dead replica never renews: its slots are free within the TTL (and a renewal's half).
+    while (r := _fast_upstream_try(other, key)).status_code == 429:
+        assert time.monotonic() - killed < 3 * SHARE_TTL_S + 2, r.text
+        time.sleep(0.2)
+    assert r.status_code == 200
+
+
+def running_slots(p: Platform, key_id: str) -> int:
+    item = p.ledger.store.get(f"RATE#{key_id}", "RUNNING")
+    holders = {} if item is None else item.data["holders"]
+    return sum(int(entry["running"]) for entry in holders.values())
+
+
+def _fast_upstream_try(url: str, key: str) -> requests.Response:
+    """A request whose admission is all that matters here: the upstream answers in 8 s, so
+    admitted ones are left to run (the status of a started request is reported as 200)."""
+    try:
+        return requests.post(
+            url + "/v1/chat/completions",
+            json=REQUEST,
+            headers={"Authorization": f"Bearer {key}", wire.TIER: "regional"},
+            timeout=1.5,
+        )
+    except requests.Timeout:
+        admitted = requests.Response()
+        admitted.status_code = 200  # it was admitted: a refusal answers at once
+        return admitted
+
+
+def _quietly(call: Any) -> None:
+    with contextlib.suppress(requests.RequestException):  # its replica was killed
+        call()
+
+
+def seconds(reset: str) -> float:
+    """OpenAI's reset duration ("1m2.5s", "350ms") in seconds."""
+    if reset.endswith("ms"):
+        return int(reset[:-2]) / 1000
+    total, number = 0.0, ""
+    for char in reset:
+        if char in "hms":
+            total += float(number) * {"h": 3600, "m": 60, "s": 1}[char]
+            number = ""
+        else:
+            number += char
+    return total
