@@ -7,8 +7,9 @@ capability to K_SINK (with its token) after answering, retried until the ledger 
 infer's durable outbox does), a little later each time so that captures race the ingress's lease
 renewals and returns. Each report it delivered is a line of ``METER_LOG`` (JSON: the attempt,
 its hold, the usage), which the test holds the journal to. Usage: ``METER_EXACT=1`` uses all of
-the worst case (the prompt bound and every token), otherwise a seeded share of it;
-``METER_DELAY_S``: how long each answer takes (requests that stay running)."""
+the worst case (the prompt bound and every token), otherwise a seeded share of it. A request
+whose first message reads ``wait <seconds>`` is answered that much later (a request that keeps
+running)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ def create_app() -> Flask:
     keys = VerifyKeys(keys_dir_from_env())
     background = ThreadPoolExecutor(max_workers=4)
     exact = os.environ.get("METER_EXACT") == "1"
-    delay_s = float(os.environ.get("METER_DELAY_S") or 0)
     log_path = os.environ["METER_LOG"]
     log_lock = threading.Lock()
     served: set[str] = set()
@@ -84,7 +84,7 @@ def create_app() -> Flask:
             "usage": usage,
             "capability": token,
         }
-        time.sleep(delay_s)
+        time.sleep(_delay_s(body))
         background.submit(report, data, capability.attempt)
         answer = {
             "object": "chat.completion",
@@ -99,6 +99,11 @@ def create_app() -> Flask:
         return Response('{"status": "ready"}', mimetype="application/json")
 
     return app
+
+
+def _delay_s(body: ChatRequest) -> float:
+    words = body.messages[0].text.split()
+    return float(words[1]) if len(words) == 2 and words[0] == "wait" else 0.0
 
 
 if __name__ == "__main__":

@@ -36,19 +36,28 @@ ENV = {
     "TOLLGATE_RATE_SHARE_TTL_SECONDS": str(SHARE_TTL_S),
 }
 REQUEST = {**BODY, "max_tokens": MAX_TOKENS}
+RUNNING = {**REQUEST, "messages": [{"role": "user", "content": "wait 2"}]}  # answered in 2 s
 
 
-@pytest.fixture
-def sqlite_platform(sqlite_store: SqliteStore, tmp_path: Path) -> Iterator[Platform]:
-    """The racer account, on the developer plan, with plenty of credits and a key."""
-    ledger = Ledger(sqlite_store)
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, issuer: TestIssuer) -> Iterator[Platform]:
+    """One platform for the module (each test limits keys of its own): the racer account, on
+    the developer plan, with plenty of credits and a key."""
+    tmp = tmp_path_factory.mktemp("rates")
+    store = SqliteStore(tmp / "tollgate.db")
+    ledger = Ledger(store)
     ledger.open_account("racer", {"plan": "developer"})
     ledger.execute("racer", "grant", {"amount": 10**12})
-    key = ApiKeys(sqlite_store).issue("racer")["key"]
-    url = f"sqlite://{Path(sqlite_store.path).resolve()}"
-    p = Platform(tmp_path, url, ledger, key, tmp_path / "metered.jsonl")
-    yield p
-    p.stop()
+    key = ApiKeys(store).issue("racer")["key"]
+    url = f"sqlite://{Path(store.path).resolve()}"
+    p = Platform(tmp, url, ledger, key, tmp / "metered.jsonl")
+    try:
+        run(p, issuer, ingress_env=ENV)
+        yield p
+    finally:
+        p.others[1].kill()  # the upstream: what it still owes the ledger does not matter here
+        p.stop()
+        store.close()
 
 
 def limit_key(p: Platform, limits: RateLimits) -> str:
@@ -59,20 +68,19 @@ def limit_key(p: Platform, limits: RateLimits) -> str:
     return str(issued["key"])
 
 
-def post(url: str, key: str, session: requests.Session | None = None) -> requests.Response:
+def post(
+    url: str, key: str, session: requests.Session | None = None, body: Any = REQUEST
+) -> requests.Response:
     return (session or requests).post(
         url + "/v1/chat/completions",
-        json=REQUEST,
+        json=body,
         headers={"Authorization": f"Bearer {key}", wire.TIER: "regional"},
         timeout=30,
     )
 
 
-def test_four_replicas_admit_at_most_the_limit_per_window(
-    sqlite_platform: Platform, issuer: TestIssuer
-) -> None:
-    p = sqlite_platform
-    run(p, issuer, ingress_env=ENV)
+def test_four_replicas_admit_at_most_the_limit_per_window(platform: Platform) -> None:
+    p = platform
     limit = 40
     key = limit_key(p, RateLimits(requests_per_minute=limit))
     admitted: Counter[int] = Counter()  # per window (by the end its headers report)
@@ -122,11 +130,8 @@ def test_four_replicas_admit_at_most_the_limit_per_window(
     assert caught.value.code == "rate_limit_exceeded"
 
 
-def test_running_requests_are_limited_across_replicas(
-    sqlite_platform: Platform, issuer: TestIssuer
-) -> None:
-    p = sqlite_platform
-    run(p, issuer, ingress_env=ENV, upstream_env={"METER_DELAY_S": "2"})
+def test_running_requests_are_limited_across_replicas(platform: Platform) -> None:
+    p = platform
     key = limit_key(p, RateLimits(concurrent_requests=3))
     answers = burst(p, key, 2)
     statuses = Counter(r.status_code for r in answers)
@@ -143,7 +148,7 @@ def burst(p: Platform, key: str, each: int) -> list[requests.Response]:
     lock = threading.Lock()
 
     def one(url: str) -> None:
-        r = post(url, key)
+        r = post(url, key, body=RUNNING)
         with lock:
             answers.append(r)
 
@@ -156,10 +161,9 @@ def burst(p: Platform, key: str, each: int) -> list[requests.Response]:
 
 
 def test_headers_on_success_and_a_keys_override_replaces_its_plans_limits(
-    sqlite_platform: Platform, issuer: TestIssuer
+    platform: Platform,
 ) -> None:
-    p = sqlite_platform
-    run(p, issuer, ingress_env=ENV)
+    p = platform
     url = p.ingresses[0][0]
     ok = post(url, p.key)  # the developer plan's limits
     assert ok.status_code == 200, ok.text
@@ -181,33 +185,33 @@ def test_headers_on_success_and_a_keys_override_replaces_its_plans_limits(
     keys = ApiKeys(p.ledger.store)
     keys.set_rate_limits("racer", keys.lookup(tight).key_id, None)
     deadline = time.monotonic() + 10
-    while (r := post(url, tight)).status_code == 429:
+    while post(url, tight).headers[h.LIMIT_REQUESTS] != "600":
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    assert r.headers[h.LIMIT_REQUESTS] == "600"
 
 
-def test_a_killed_replicas_running_slots_lapse(
-    sqlite_platform: Platform, issuer: TestIssuer
-) -> None:
-    p = sqlite_platform
-    run(p, issuer, ingress_env=ENV, upstream_env={"METER_DELAY_S": "8"})
+def test_a_killed_replicas_running_slots_lapse(platform: Platform) -> None:
+    """Last in the module: it kills a replica of the shared platform."""
+    p = platform
     key = limit_key(p, RateLimits(concurrent_requests=2))
     key_id = ApiKeys(p.ledger.store).lookup(key).key_id
     doomed, _ = p.ingresses[0]
+    slow = {**REQUEST, "messages": [{"role": "user", "content": "wait 8"}]}
     for _ in range(2):  # both slots taken by requests running on the first replica
-        threading.Thread(target=lambda: _quietly(lambda: post(doomed, key)), daemon=True).start()
+        threading.Thread(
+            target=lambda: _quietly(lambda: post(doomed, key, body=slow)), daemon=True
+        ).start()
     deadline = time.monotonic() + 10
     while running_slots(p, key_id) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     other = p.ingresses[1][0]
-    assert _fast_upstream_try(other, key).status_code == 429  # the limit is all held
+    assert post(other, key).status_code == 429  # the limit is all held
     p.ingresses[0][1].send_signal(signal.SIGKILL)
     p.ingresses[0][1].wait(5)
     killed = time.monotonic()
     # The dead replica never renews: its slots are free within the TTL (and a renewal's half).
-    while (r := _fast_upstream_try(other, key)).status_code == 429:
+    while (r := post(other, key)).status_code == 429:
         assert time.monotonic() - killed < 3 * SHARE_TTL_S + 2, r.text
         time.sleep(0.2)
     assert r.status_code == 200
@@ -217,22 +221,6 @@ def running_slots(p: Platform, key_id: str) -> int:
     item = p.ledger.store.get(f"RATE#{key_id}", "RUNNING")
     holders = {} if item is None else item.data["holders"]
     return sum(int(entry["running"]) for entry in holders.values())
-
-
-def _fast_upstream_try(url: str, key: str) -> requests.Response:
-    """A request whose admission is all that matters here: the upstream answers in 8 s, so
-    admitted ones are left to run (the status of a started request is reported as 200)."""
-    try:
-        return requests.post(
-            url + "/v1/chat/completions",
-            json=REQUEST,
-            headers={"Authorization": f"Bearer {key}", wire.TIER: "regional"},
-            timeout=1.5,
-        )
-    except requests.Timeout:
-        admitted = requests.Response()
-        admitted.status_code = 200  # it was admitted: a refusal answers at once
-        return admitted
 
 
 def _quietly(call: Any) -> None:
