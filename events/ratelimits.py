@@ -52,7 +52,11 @@ class RateLimits(BaseModel):
 
     @property
     def empty(self) -> bool:
-        return not self.model_dump(exclude_none=True)
+        return (
+            self.requests_per_minute is None
+            and self.tokens_per_minute is None
+            and self.concurrent_requests is None
+        )
 
     def wire(self) -> dict[str, int]:
         """As stored and shown: camelCase, unset fields left out."""

@@ -101,6 +101,25 @@ class _Key:
     running: _Running = field(default_factory=_Running)
     used_at: float = 0.0
     taking: threading.Lock = field(default_factory=threading.Lock)  # one write at a time
+    counted: dict[str, int] = field(init=False)  # the per-window limits: requests, tokens
+    low: dict[str, float] = field(init=False)  # take the next share under this much free
+
+    def __post_init__(self) -> None:
+        self.limited(self.limits)
+
+    def limited(self, limits: RateLimits) -> None:
+        self.limits = limits
+        self.counted = {
+            kind: limit
+            for kind, limit in (
+                ("requests", limits.requests_per_minute),
+                ("tokens", limits.tokens_per_minute),
+            )
+            if limit is not None
+        }
+        self.low = {
+            kind: share_of(limit, SHARES) * LOW_WATER for kind, limit in self.counted.items()
+        }
 
 
 @dataclass
@@ -254,7 +273,7 @@ class RateLimiter:
     def _hold_window(self, subject: str, key: _Key, needs: Mapping[str, int], now: float) -> None:
         """Top this replica's window share up by a share of each limit (taken at once, so one
         write serves both), or give back down to what it used (``needs`` None)."""
-        limits = self._window_limits(key.limits)
+        limits = key.counted
         with self._lock:
             window = key.window
             targets = {
@@ -344,8 +363,8 @@ class RateLimiter:
                 ticket.end(Usage(prompt_tokens=0, completion_tokens=0))  # nothing was served
             elif response.is_streamed:
                 response.call_on_close(ticket.end)
-            else:
-                ticket.end(_usage(response))
+            else:  # its usage matters only to a tokens limit (it parses the answer again)
+                ticket.end(_usage(response) if ticket.key.counted.get("tokens") else None)
             return response
 
         @bp.teardown_request
@@ -368,28 +387,16 @@ class RateLimiter:
             key = self._keys.get(subject)
             if key is None:
                 key = self._keys[subject] = _Key(limits, _Window(index, ends_at), used_at=now)
-            key.limits = limits  # an operator's new override applies from the next request
+            if key.limits is not limits:  # an operator's new override applies at once
+                key.limited(limits)
             if key.window.index != index:
                 key.window = _Window(index, ends_at)  # the last one's shares lapsed with it
             return key
 
-    def _window_limits(self, limits: RateLimits) -> dict[str, int]:
-        return {
-            kind: limit
-            for kind, limit in (
-                ("requests", limits.requests_per_minute),
-                ("tokens", limits.tokens_per_minute),
-            )
-            if limit is not None
-        }
-
     def _low(self, key: _Key) -> bool:
         """Less than half a share left of some limit: time to take the next one."""
         window = key.window
-        return any(
-            window.free(kind) < share_of(limit, SHARES) * LOW_WATER
-            for kind, limit in self._window_limits(key.limits).items()
-        )
+        return any(window.free(kind) < mark for kind, mark in key.low.items())
 
     def _start(self) -> None:
         if self._worker is None:
@@ -447,7 +454,7 @@ class RateLimiter:
                 log.warning("rate-limit counters of %s not reachable: %s", subject, exc)
 
     def _give_back(self, subject: str, key: _Key) -> None:
-        limits = self._window_limits(key.limits)
+        limits = key.counted
         with self._lock:
             window = key.window
             targets = {kind: window.used[kind] for kind in limits}
