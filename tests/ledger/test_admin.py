@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
+from events.ratelimits import RateLimits
 from functions.apikeys import ApiKeys
 from functions.config import Settings
 from functions.errors import Unauthorized
-from functions.store import Store
+from functions.store import Store, open_store
 from ledger_fn.app import create_app
+from ledger_fn.cli import ledger as ledger_cli
 from ledger_fn.plans import PlanGrant
 from tests.ledger.helpers import senders
 from tests.trust import TestIssuer
@@ -185,3 +189,19 @@ def test_an_operator_sets_and_clears_a_keys_rate_limits(
 def keys_by_id(client: FlaskClient, account_id: str) -> dict[str, Any]:
     listed = client.get(f"/accounts/{account_id}/keys", headers=AUTH).get_json()["keys"]
     return {k["key_id"]: k for k in listed}
+
+
+def test_the_cli_sets_and_clears_a_keys_rate_limits(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = open_store(url)
+    key = ApiKeys(store).issue("acme")
+    runner = CliRunner()
+    args = ["key-limits", "acme", key["key_id"], "--store", url]
+    done = runner.invoke(ledger_cli, [*args, "--requests-per-minute", "7"])
+    assert done.exit_code == 0, done.output
+    assert ApiKeys(store).lookup(key["key"]).rate_limits == RateLimits(requests_per_minute=7)
+    refused = runner.invoke(ledger_cli, [*args, "--tokens-per-minute", "0"])
+    assert refused.exit_code == 2 and "tokens_per_minute" in refused.output
+    assert runner.invoke(ledger_cli, args).exit_code == 2  # neither limits nor --clear
+    assert runner.invoke(ledger_cli, [*args, "--clear"]).exit_code == 0
+    assert ApiKeys(store).lookup(key["key"]).rate_limits is None
