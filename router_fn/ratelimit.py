@@ -43,6 +43,7 @@ from events.ratelimits import RateLimits, reset_after
 from functions.errors import TooManyRequests
 from functions.rateshares import RUNNING_SK, Held, RateShares, window_sk
 from functions.store import Contended, Store, StoreUnavailable
+from router_fn.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,7 @@ class RateLimiter:
         self.clock = clock
         self._keys: dict[str, _Key] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._worker: threading.Thread | None = None
-        self._stopped = False
+        self._upkeep = Upkeep("rate-limits", self.tick, TICK_S)
         self._unreachable_until = 0.0
 
     # -- the request path -------------------------------------------------------------------------
@@ -178,7 +177,7 @@ class RateLimiter:
         and its end when the answer is sent: ``install``)."""
         if limits is None or limits.empty:
             return None
-        self._start()
+        self._upkeep.start()
         tpm = limits.tokens_per_minute
         if tpm is not None and tokens > tpm:
             raise TooManyRequests(
@@ -201,7 +200,7 @@ class RateLimiter:
                     key.running.used += 1
                     key.used_at = now
                     if self._low(key):
-                        self._wake.set()
+                        self._upkeep.poke()
                     ticket = Ticket(self, subject, key, window, tokens, {})
                     ticket.headers.update(self._headers(key, now))
                     break
@@ -398,24 +397,6 @@ class RateLimiter:
         window = key.window
         return any(window.free(kind) < mark for kind, mark in key.low.items())
 
-    def _start(self) -> None:
-        if self._worker is None:
-            with self._lock:
-                if self._worker is None:
-                    self._worker = threading.Thread(
-                        target=self._run, name="rate-limits", daemon=True
-                    )
-                    self._worker.start()
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait(TICK_S)
-            self._wake.clear()
-            try:
-                self.tick()
-            except Exception:  # the worker must outlive any one failure; the next tick retries
-                log.exception("rate-limit upkeep failed")
-
     def tick(self) -> None:
         """Take ahead for keys running low; give back what idle keys hold; renew running
         slots; forget keys idle and holding nothing."""
@@ -467,10 +448,7 @@ class RateLimiter:
 
     def stop(self) -> None:
         """Give every share back (a stopping replica's are the others' at once)."""
-        self._stopped = True
-        self._wake.set()
-        if self._worker is not None:
-            self._worker.join(5)
+        self._upkeep.stop()
         with self._lock:
             keys = list(self._keys.items())
         for subject, key in keys:
