@@ -308,6 +308,7 @@ class RateLimiter:
                 "same": max(running.held, running.used),
                 "used": running.used,
             }[want]
+            running.held = min(running.held, target)  # none admitted from what goes back
         now = self.clock()
         until = now + self.running_ttl_s
         held = self.shares.hold(subject, RUNNING_SK, {"running": target}, {"running": limit}, until)
@@ -434,11 +435,17 @@ class RateLimiter:
             except (Contended, StoreUnavailable) as exc:
                 log.warning("rate-limit counters of %s not reachable: %s", subject, exc)
 
-    def _give_back(self, subject: str, key: _Key) -> None:
+    def _give_back(self, subject: str, key: _Key, *, idle_s: float = IDLE_S) -> None:
+        """Keep only what this replica used of its window share, if the key is still idle."""
         limits = key.counted
         with self._lock:
             window = key.window
+            if self.clock() - key.used_at <= idle_s:
+                return  # busy again since the tick looked
             targets = {kind: window.used[kind] for kind in limits}
+            # Nothing more is admitted from what goes back while it goes (a request that
+            # needs more waits for ``taking``, which the caller holds).
+            window.held.update(targets)
         held = self.shares.hold(
             subject, window_sk(self.window_s, window.index), targets, limits, window.ends_at
         )
@@ -453,7 +460,7 @@ class RateLimiter:
             keys = list(self._keys.items())
         for subject, key in keys:
             try:
-                self._give_back(subject, key)
+                self._give_back(subject, key, idle_s=-1)
                 self._hold_running(subject, key, "used")
             except (Contended, StoreUnavailable) as exc:
                 log.warning("rate-limit shares of %s not given back: %s", subject, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -195,3 +196,37 @@ def test_running_requests_are_limited_across_replicas_and_a_dead_ones_slots_laps
     assert b.admit("key", limits, 1) is not None
     item = sqlite_store.get("RATE#key", RUNNING_SK)
     assert item is not None and set(item.data["holders"]) == {"b"}
+
+
+def test_what_goes_back_is_not_admitted_from_while_it_goes(sqlite_store: Store) -> None:
+    """A request arriving while an idle replica gives its share back waits for the write and
+    takes anew: the replica never admits beyond what the counter says it holds."""
+    app = Flask(__name__)
+    clock = Clock(START - START % WINDOW_S + 1)
+    one = limiter(sqlite_store, clock, "one")
+    limits = RateLimits(requests_per_minute=100)
+    with app.test_request_context():
+        one.admit("key", limits, 1)  # takes a share of 5, uses 1
+    clock.advance(3)  # idle
+    hold = one.shares.hold
+    arrived: list[threading.Thread] = []
+
+    def racing_hold(*args: Any, **kwargs: Any) -> Any:
+        if not arrived:  # the give-back's write: a request arrives meanwhile
+            thread = threading.Thread(target=admit_one)
+            arrived.append(thread)
+            thread.start()
+            thread.join(0.2)  # it cannot be admitted from the share going back
+            assert thread.is_alive()
+        return hold(*args, **kwargs)
+
+    def admit_one() -> None:
+        with app.test_request_context():
+            one.admit("key", limits, 1)
+
+    one.shares.hold = racing_hold  # type: ignore[method-assign]
+    one.tick()
+    arrived[0].join(5)
+    item = sqlite_store.get("RATE#key", window_sk(WINDOW_S, int(clock() // WINDOW_S)))
+    assert item is not None
+    assert item.data["holders"]["one"]["requests"] >= 2  # both admitted requests are held

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from events import ratelimits as h
 from events import wire
 from events.ratelimits import RateLimits
 from functions.apikeys import ApiKeys
+from functions.store import Store
+from functions.store.dynamodb import DynamoStore, create_table
 from functions.store.sqlite import SqliteStore
 from ledger_fn.ledger import Ledger
 from tests.router.test_lease_race import BODY, MAX_TOKENS, MODEL, Platform, run
@@ -39,17 +42,27 @@ REQUEST = {**BODY, "max_tokens": MAX_TOKENS}
 RUNNING = {**REQUEST, "messages": [{"role": "user", "content": "wait 2"}]}  # answered in 2 s
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, issuer: TestIssuer) -> Iterator[Platform]:
-    """One platform for the module (each test limits keys of its own): the racer account, on
-    the developer plan, with plenty of credits and a key."""
+@pytest.fixture(scope="module", params=["sqlite", "dynamodb_local"])
+def platform(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, issuer: TestIssuer
+) -> Iterator[Platform]:
+    """One platform per store for the module (each test limits keys of its own): the racer
+    account, on the developer plan, with plenty of credits and a key."""
     tmp = tmp_path_factory.mktemp("rates")
-    store = SqliteStore(tmp / "tollgate.db")
+    store: Store
+    if request.param == "sqlite":
+        store = SqliteStore(tmp / "tollgate.db")
+        url = f"sqlite://{Path(store.path).resolve()}"
+    else:
+        endpoint = str(request.getfixturevalue("dynamodb_local_endpoint"))
+        table = "t" + uuid.uuid4().hex[:16]
+        create_table(table, endpoint_url=endpoint)
+        store = DynamoStore(table, endpoint_url=endpoint)
+        url = f"dynamodb://{endpoint.split('://', 1)[1]}/{table}"
     ledger = Ledger(store)
     ledger.open_account("racer", {"plan": "developer"})
     ledger.execute("racer", "grant", {"amount": 10**12})
     key = ApiKeys(store).issue("racer")["key"]
-    url = f"sqlite://{Path(store.path).resolve()}"
     p = Platform(tmp, url, ledger, key, tmp / "metered.jsonl")
     try:
         run(p, issuer, ingress_env=ENV)
