@@ -29,6 +29,7 @@ from functions.store import Store
 from functions.store.dynamodb import DynamoStore, create_table
 from functions.store.sqlite import SqliteStore
 from ledger_fn.ledger import Ledger
+from router_fn.ratelimit import SHARES, share_of
 from tests.router.test_lease_race import BODY, MAX_TOKENS, MODEL, Platform, run
 from tests.trust import TestIssuer
 
@@ -95,8 +96,11 @@ def post(
 
 def test_four_replicas_admit_at_most_the_limit_per_window(platform: Platform) -> None:
     p = platform
-    limit = 40
-    key = limit_key(p, RateLimits(requests_per_minute=limit))
+    # Within what the platform serves in a few seconds: on DynamoDB Local the ledger's commits
+    # (~0.1 s each, every request captured on its own) bound it to a few requests a second.
+    limit = 8 if p.store_url.startswith("dynamodb") else 40
+    # Running requests not limited here (the plan says 16): the requests limit is what binds.
+    key = limit_key(p, RateLimits(requests_per_minute=limit, concurrent_requests=1000))
     admitted: Counter[int] = Counter()  # per window (by the end its headers report)
     refused: list[requests.Response] = []
     lock = threading.Lock()
@@ -124,7 +128,7 @@ def test_four_replicas_admit_at_most_the_limit_per_window(platform: Platform) ->
     assert admitted and refused
     assert max(admitted.values()) <= limit, admitted  # 4 replicas, one limit
     # The limit was used, not stranded in the replicas' shares.
-    assert max(admitted.values()) >= limit - 8, admitted
+    assert max(admitted.values()) >= limit - 2 * share_of(limit, SHARES), admitted
     r = refused[-1]
     error = r.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
