@@ -128,7 +128,6 @@ class Ticket:
     """One admitted request: what it reserved, given back when it ends."""
 
     limiter: RateLimiter
-    subject: str
     key: _Key
     window: _Window
     tokens: int
@@ -201,7 +200,7 @@ class RateLimiter:
                     key.used_at = now
                     if self._low(key):
                         self._upkeep.poke()
-                    ticket = Ticket(self, subject, key, window, tokens, {})
+                    ticket = Ticket(self, key, window, tokens, {})
                     ticket.headers.update(self._headers(key, now))
                     break
                 refused = self._refused(key, short, now)
@@ -259,6 +258,10 @@ class RateLimiter:
     ) -> bool:
         """Take the shares a request found short (one write each; they lapse on their own)."""
         with key.taking:
+            with self._lock:  # another request may have taken them (or found none) meanwhile
+                short = self._short(key, needs, "running" in short)
+                if not short or self._refused(key, short, self.clock()) is not None:
+                    return True
             try:
                 if "running" in short:
                     self._hold_running(subject, key, "more")
