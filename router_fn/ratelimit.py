@@ -177,16 +177,18 @@ class RateLimiter:
         if limits is None or limits.empty:
             return None
         self._upkeep.start()
+        now = self.clock()
+        key = self._key(subject, limits, now)
         tpm = limits.tokens_per_minute
         if tpm is not None and tokens > tpm:
+            with self._lock:
+                known = self._headers(key, now)
             raise TooManyRequests(
                 f"this request may use up to {tokens} tokens (its prompt plus max_tokens), more "
                 f"than this API key's limit of {tpm} tokens per minute: lower max_tokens or "
                 "shorten the prompt, or ask your operator for a higher tokensPerMinute",
-                headers={headers.SHOULD_RETRY: "false"},
+                headers={headers.SHOULD_RETRY: "false", **known},
             )
-        now = self.clock()
-        key = self._key(subject, limits, now)
         needs = {"requests": 1, "tokens": tokens}
         running = limits.concurrent_requests is not None
         while True:

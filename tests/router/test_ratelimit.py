@@ -166,6 +166,7 @@ def test_tokens_reserve_the_most_and_keep_only_what_was_used(sqlite_store: Store
     with pytest.raises(TooManyRequests) as too_big:
         one.admit("key", limits, 1001)  # can never pass: the client must not retry it
     assert too_big.value.headers[h.SHOULD_RETRY] == "false"
+    assert too_big.value.headers[h.LIMIT_TOKENS] == "1000"
     assert "max_tokens" in too_big.value.message
 
 
