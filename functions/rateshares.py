@@ -98,6 +98,8 @@ class RateShares:
         """Hold ``targets`` of the limits in item ``sk`` until ``until``; what was granted.
         Raises ``Contended`` or ``StoreUnavailable`` (nothing known to be written)."""
         now = self.clock()
+        if until <= now:  # a window that is over: its holders no longer count, so none is given
+            return Held({kind: 0 for kind in targets}, {kind: 0 for kind in targets})
 
         def change(data: dict[str, Any] | None) -> dict[str, Any]:
             holders = (data or {}).get("holders", {})

@@ -211,6 +211,7 @@ class RateLimiter:
             if not self._take(subject, key, needs, short, now):
                 self._unreachable_until = now + UNREACHABLE_S
             now = self.clock()
+            key = self._key(subject, limits, now)  # a window may have ended meanwhile
         setattr(g, _TICKET, ticket)
         return ticket
 
@@ -280,6 +281,8 @@ class RateLimiter:
         limits = key.counted
         with self._lock:
             window = key.window
+            if self.clock() >= window.ends_at:
+                return  # never into a window that ended: its other holders no longer count
             targets = {
                 kind: window.used[kind]
                 + max(window.free(kind), share_of(limit, SHARES, needs[kind]))
@@ -445,8 +448,8 @@ class RateLimiter:
         limits = key.counted
         with self._lock:
             window = key.window
-            if self.clock() - key.used_at <= idle_s:
-                return  # busy again since the tick looked
+            if self.clock() - key.used_at <= idle_s or self.clock() >= window.ends_at:
+                return  # busy again since the tick looked, or the window is over
             targets = {kind: window.used[kind] for kind in limits}
             # Nothing more is admitted from what goes back while it goes (a request that
             # needs more waits for ``taking``, which the caller holds).

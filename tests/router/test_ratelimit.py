@@ -231,3 +231,26 @@ def test_what_goes_back_is_not_admitted_from_while_it_goes(sqlite_store: Store) 
     item = sqlite_store.get("RATE#key", window_sk(WINDOW_S, int(clock() // WINDOW_S)))
     assert item is not None
     assert item.data["holders"]["one"]["requests"] >= 2  # both admitted requests are held
+
+
+@pytest.mark.usefixtures("context")
+def test_a_take_that_outlasts_its_window_takes_from_the_next(sqlite_store: Store) -> None:
+    """A write begun after its window ended grants nothing (that window's other holders no
+    longer count, so it could grant the whole limit again): the request is admitted from the
+    next window's budget instead."""
+    clock = Clock(START - START % WINDOW_S + WINDOW_S - 0.1)  # 0.1 s before a window ends
+    one, other = limiter(sqlite_store, clock, "one"), limiter(sqlite_store, clock, "other")
+    limits = RateLimits(requests_per_minute=2)
+    other.admit("key", limits, 1)
+    other.admit("key", limits, 1)  # this window's limit, all on the other replica
+    hold = one.shares.hold
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        clock.advance(0.2)  # the write starts after the window ended
+        return hold(*args, **kwargs)
+
+    one.shares.hold = slow  # type: ignore[method-assign]
+    ticket = one.admit("key", limits, 1)
+    assert ticket is not None and ticket.window.index == int(clock() // WINDOW_S)
+    ended = sqlite_store.get("RATE#key", window_sk(WINDOW_S, ticket.window.index - 1))
+    assert ended is not None and set(ended.data["holders"]) == {"other"}
