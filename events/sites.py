@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from events import types
 from events.fields import AccountId, EventData, Name
+from events.ratelimits import RateLimits
 from events.sla import Period
 
 KeyDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -22,12 +23,14 @@ class CallerLookup(EventData):
 
 
 class CallerFound(EventData):
-    """The key's account, the plan its profile names (None: no plan) and the countries its
-    roaming devices are in (None: none roams)."""
+    """The key's account and id, the plan its profile names (None: no plan), the countries its
+    roaming devices are in (None: none roams) and the key's own rate limits (None: the plan's)."""
 
     account_id: AccountId
+    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
     plan: Annotated[str, Field(max_length=256)] | None = None
     roaming_countries: tuple[Country, ...] | None = None
+    rate_limits: RateLimits | None = None
 
 
 class SlaObserved(EventData):

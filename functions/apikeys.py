@@ -2,8 +2,10 @@
 
 Keys belong to the platform, not to one function: the admin API issues and revokes them, the
 ingress resolves them, both through the same items in the shared table:
-  ``APIKEY#<sha256>``/``KEY``  -> {account_id, key_id, revoked}   (what a request resolves)
-  ``ACCT#<id>``/``KEY#<key_id>`` -> {hash, created, revoked}       (the account's listing)
+  ``APIKEY#<sha256>``/``KEY``  -> {account_id, key_id, revoked, rate_limits?}  (what a request
+                                                                              resolves)
+  ``ACCT#<id>``/``KEY#<key_id>`` -> {hash, created, revoked, rate_limits?}   (the account's listing)
+``rate_limits``: the key's own override of its plan's rate limits (events/ratelimits.py).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from events.ratelimits import RateLimits
 from functions.accounts import account_pk
 from functions.errors import NotFound, Unauthorized
-from functions.store import Absent, Item, Store, query_all
+from functions.store import Absent, Item, Store, query_all, update_item
 
 PREFIX = "tg_"
 RESOLVABLE_SK = "KEY"
@@ -35,6 +39,15 @@ def resolvable_pk(digest: str) -> str:
 def listing_sk(key_id: str) -> str:
     """The sort key of a key's entry in its account's partition (the account's listing)."""
     return f"{LISTING_PREFIX}{key_id}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A live key, as a request resolves it."""
+
+    account_id: str
+    key_id: str
+    rate_limits: RateLimits | None = None  # its override of the plan's
 
 
 class ApiKeys:
@@ -89,6 +102,27 @@ class ApiKeys:
         )
         return {"key_id": key_id, "account_id": account_id, "revoked": True}
 
+    def set_rate_limits(
+        self, account_id: str, key_id: str, limits: RateLimits | None
+    ) -> dict[str, Any]:
+        """Override the key's plan's rate limits with ``limits`` (None: clear the override);
+        the ingress applies it within its key cache's few seconds."""
+        listed = self.store.get(account_pk(account_id), listing_sk(key_id))
+        if listed is None:
+            raise NotFound(f"account {account_id} has no key {key_id}")
+        stored = None if limits is None else limits.wire()
+
+        def change(data: dict[str, Any] | None) -> dict[str, Any]:
+            if data is None:  # the resolvable item never existed: nothing to override
+                raise NotFound(f"account {account_id} has no usable key {key_id}")
+            data = {k: v for k, v in data.items() if k != "rate_limits"}
+            return data if stored is None else {**data, "rate_limits": stored}
+
+        # The resolvable item first, as revoke: what requests see is what the listing says.
+        update_item(self.store, resolvable_pk(listed.data["hash"]), RESOLVABLE_SK, change)
+        update_item(self.store, listed.pk, listed.sk, change)
+        return {"key_id": key_id, "account_id": account_id, "rate_limits": stored}
+
     def list(self, account_id: str) -> list[dict[str, Any]]:
         items = query_all(self.store, account_pk(account_id), LISTING_PREFIX)
         return [
@@ -96,20 +130,25 @@ class ApiKeys:
                 "key_id": i.sk.removeprefix(LISTING_PREFIX),
                 "created": i.data["created"],
                 "revoked": i.data["revoked"],
+                "rate_limits": i.data.get("rate_limits"),
             }
             for i in items
         ]
 
-    def resolve(self, key: str) -> str:
-        """The account of a live key; Unauthorized (401) for anything else."""
+    def lookup(self, key: str) -> ApiKey:
+        """A live key's account, id and rate-limit override; Unauthorized (401) otherwise."""
         if not key.startswith(PREFIX):
             raise Unauthorized("invalid API key: Tollgate keys start with tg_")
         return self.resolve_digest(key_digest(key))
 
-    def resolve_digest(self, sha256: str) -> str:
-        """The account of the live key with this SHA-256; Unauthorized (401) for anything else."""
+    def resolve_digest(self, sha256: str) -> ApiKey:
+        """The live key with this SHA-256; Unauthorized (401) for anything else."""
         item = self.store.get(resolvable_pk(sha256), RESOLVABLE_SK)
         if item is None or item.data["revoked"]:
             raise Unauthorized("invalid or revoked API key")
-        account_id: str = item.data["account_id"]
-        return account_id
+        limits = item.data.get("rate_limits")
+        return ApiKey(
+            item.data["account_id"],
+            item.data["key_id"],
+            None if limits is None else RateLimits.model_validate(limits),
+        )

@@ -35,6 +35,7 @@ from infra.wiring import (
 )
 from router_fn.latency import LatencyPromise
 from router_fn.ledger_client import LedgerClient
+from router_fn.ratelimit import RUNNING_TTL_S, WINDOW_S, RateLimiter
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
@@ -170,6 +171,7 @@ def _ingress() -> Flask:
         decisions=RecentLog(store, ROUTE_DECISIONS),
         lease_ttl_s=_lease_ttl(),
         callers=RelayedCallers(ledger, topology) if home_relay else None,
+        limits=_rate_limiter(store),
     )
 
 
@@ -204,6 +206,17 @@ def _lease_ttl() -> int | None:
     if os.environ.get("TOLLGATE_LEASES", "on").lower() in ("off", "0", "false", "no"):
         return None
     return int(os.environ.get("TOLLGATE_LEASE_TTL_SECONDS") or LEASE_TTL_S)
+
+
+def _rate_limiter(store: Store) -> RateLimiter:
+    """Per-minute limits count per minute; ``TOLLGATE_RATE_WINDOW_SECONDS`` and
+    ``TOLLGATE_RATE_SHARE_TTL_SECONDS`` (how soon a dead replica's running slots come back) are
+    shorter only where a test must see windows end and shares lapse."""
+    return RateLimiter(
+        store,
+        window_s=int(os.environ.get("TOLLGATE_RATE_WINDOW_SECONDS") or WINDOW_S),
+        running_ttl_s=int(os.environ.get("TOLLGATE_RATE_SHARE_TTL_SECONDS") or RUNNING_TTL_S),
+    )
 
 
 def _token(target: str) -> tokens.TokenFile:

@@ -105,6 +105,7 @@ def topology(
             max_parameters=getattr(p, "max_parameters", None),
             per_engine_second=p.kind == "perSecond",
             max_queue_wait_ms=None if p.max_queue_wait_ms == "unbounded" else p.max_queue_wait_ms,
+            rate_limits=p.rate_limits,
         )
         for p in template.plans
     }

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from events.fields import AccountId, Amount, EventData, Name, Timestamp
 from events.ledger import Origin
+from events.ratelimits import RateLimits
 from functions.accounts import bind_devices, bind_slices
 from functions.apikeys import ApiKeys
 from functions.deadletters import DeadLetters
@@ -162,6 +163,21 @@ def admin_blueprint(
     @bp.delete("/accounts/<account_id>/keys/<key_id>")
     def revoke_key(account_id: str, key_id: str) -> Response:
         return jsonify(keys.revoke(account_id, key_id))
+
+    @bp.put("/accounts/<account_id>/keys/<key_id>/rate-limits")
+    def set_key_limits(account_id: str, key_id: str) -> Response:
+        # The key's own limits in place of its plan's (those it does not set stay the plan's).
+        limits = json_body(RateLimits)
+        if limits.empty:
+            raise BadRequest(
+                "give at least one of requestsPerMinute, tokensPerMinute, concurrentRequests "
+                "(DELETE this resource to clear the key's override)"
+            )
+        return jsonify(keys.set_rate_limits(account_id, key_id, limits))
+
+    @bp.delete("/accounts/<account_id>/keys/<key_id>/rate-limits")
+    def clear_key_limits(account_id: str, key_id: str) -> Response:
+        return jsonify(keys.set_rate_limits(account_id, key_id, None))
 
     @bp.post("/accounts/<account_id>/grants")
     def grant(account_id: str) -> tuple[Response, int]:

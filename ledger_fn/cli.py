@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
+from events.ratelimits import RateLimits
 from functions.apikeys import ApiKeys
 from functions.config import DEFAULT_STORE
 from functions.errors import FunctionError
@@ -117,6 +119,39 @@ def issue_key(account_id: str, store: str) -> None:
 def revoke_key(account_id: str, key_id: str, store: str) -> None:
     """Revoke an API key by its id."""
     _run(lambda: ApiKeys(open_store(store)).revoke(account_id, key_id))
+
+
+@ledger.command("key-limits")
+@click.argument("account_id")
+@click.argument("key_id")
+@click.option("--requests-per-minute", type=int, default=None)
+@click.option("--tokens-per-minute", type=int, default=None)
+@click.option("--concurrent-requests", type=int, default=None)
+@click.option("--clear", is_flag=True, help="Drop the key's own limits: its plan's apply.")
+@store_option
+def key_limits(
+    account_id: str,
+    key_id: str,
+    requests_per_minute: int | None,
+    tokens_per_minute: int | None,
+    concurrent_requests: int | None,
+    clear: bool,
+    store: str,
+) -> None:
+    """Give an API key its own rate limits in place of its plan's (the ones given), or --clear."""
+    given = {
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+        "concurrent_requests": concurrent_requests,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if clear == bool(given):
+        raise click.UsageError("give --clear, or at least one limit (see --help)")
+    try:
+        limits = None if clear else RateLimits.model_validate(given)
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    _run(lambda: ApiKeys(open_store(store)).set_rate_limits(account_id, key_id, limits))
 
 
 @ledger.command("journal")

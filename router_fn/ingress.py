@@ -36,8 +36,9 @@ from events.openai import (
     Endpoint,
 )
 from events.quote import Quote, Usage
+from events.ratelimits import RateLimits
 from functions.accounts import read_profile, roaming_countries
-from functions.apikeys import ApiKeys
+from functions.apikeys import ApiKey, ApiKeys
 from functions.auth.keys import SigningKey
 from functions.errors import (
     BadRequest,
@@ -70,6 +71,7 @@ from router_fn.policy import (
     decide,
     reason_header,
 )
+from router_fn.ratelimit import RateLimiter, limits_for
 from router_fn.relay import StreamRelay
 from router_fn.tierstate import TierStates
 from router_fn.topology import ModelSpec, PlanSpec, Topology
@@ -98,17 +100,21 @@ class Caller:
     # Where the account's roaming devices allow processing (None: none roams).
     roaming: frozenset[str] | None = None
     unknown_plan: str | None = None  # the account names a plan this platform does not have
+    key_id: str = ""
+    rate_limits: RateLimits | None = None  # its key's: the plan's, with the key's override
 
 
 def caller_of(
-    topology: Topology, account_id: str, plan_name: object, countries: frozenset[str] | None
+    topology: Topology, plan_name: object, countries: frozenset[str] | None, key: ApiKey
 ) -> Caller:
-    """The caller an account's profile (its plan's name) and roaming countries make."""
+    """The caller a key, its account's profile (its plan's name) and roaming countries make."""
     plan = topology.plans.get(plan_name) if isinstance(plan_name, str) else None
     if plan_name is not None and plan is None:
-        return Caller(account_id, None, unknown_plan=str(plan_name)[:256])
+        return Caller(key.account_id, None, unknown_plan=str(plan_name)[:256])
     allowed = None if countries is None else topology.roaming_jurisdictions(countries)
-    return Caller(account_id, plan, allowed)  # no plan: credits alone decide
+    limits = limits_for(plan.rate_limits if plan else None, key.rate_limits)
+    # No plan: credits alone decide (and the key's own limits, if it has any).
+    return Caller(key.account_id, plan, allowed, key_id=key.key_id, rate_limits=limits)
 
 
 @dataclass(frozen=True)
@@ -167,11 +173,14 @@ class Ingress:
         decisions: RecentLog | None = None,
         leases: Leases | None = None,
         callers: Callable[[str], Caller] | None = None,
+        limits: RateLimiter | None = None,
     ) -> None:
         """``leases``: credit leases to admit requests from (None: a hold per request);
-        ``callers``: who an API key is (None: from the store; a site ingress asks the home)."""
+        ``callers``: who an API key is (None: from the store; a site ingress asks the home);
+        ``limits``: this replica's shares of the keys' rate limits."""
         self.topology = topology
         self.leases = leases
+        self.limits = limits or RateLimiter(store)
         self.hold_ttl_s = hold_ttl_s
         self.clock = clock
         self.decisions = decisions  # the last route decisions, for ops (off the hot path)
@@ -218,10 +227,11 @@ class Ingress:
         return caller
 
     def _resolve(self, key: str) -> Caller:
-        account_id = self.keys.resolve(key)
+        api_key = self.keys.lookup(key)
+        account_id = api_key.account_id
         profile = read_profile(self.store, account_id) or {}
         countries = roaming_countries(self.store, account_id)
-        return caller_of(self.topology, account_id, profile.get("plan"), countries)
+        return caller_of(self.topology, profile.get("plan"), countries, api_key)
 
     def allowed_models(self, caller: Caller) -> list[ModelSpec]:
         hosted = {m for c in self.topology.clusters for m in c.infer_urls}
@@ -239,6 +249,8 @@ class Ingress:
         body, parsed = _read_request(endpoint)
         model = self._served_model(caller, parsed.model)
         route = replace(_route_request(model, parsed), roaming=caller.roaming)
+        most = route.prompt_tokens + (route.max_tokens or 0)  # the tokens it may use at most
+        self.limits.admit(caller.key_id, caller.rate_limits, most)
         forward = {**body, "model": model.served_name, "max_tokens": route.max_tokens}
         forward.pop("max_completion_tokens", None)
         if parsed.stream:
@@ -271,6 +283,7 @@ class Ingress:
                 chunk_usage=parsed.continuous_usage, usage_chunk=parsed.include_usage
             )
             relayed = self._relay(attempt, relay, model.served_name)
+            self.limits.metered_by(lambda: relay.usage)
         if self.latency is None:
             if relayed is None:
                 return _whole(attempt, headers)
@@ -593,6 +606,7 @@ class Ingress:
 
     def blueprint(self) -> Blueprint:
         bp = Blueprint("ingress", __name__)
+        self.limits.install(bp)  # x-ratelimit-* on every answer of a limited key
 
         @bp.post(PATHS["chat"])
         def chat() -> Response:

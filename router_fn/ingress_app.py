@@ -21,6 +21,7 @@ from router_fn.latency import LatencyPromise
 from router_fn.lease import Leases
 from router_fn.ledger_client import LedgerClient
 from router_fn.owed import Owed
+from router_fn.ratelimit import RateLimiter
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
@@ -42,6 +43,7 @@ def create_app(
     decisions: RecentLog | None = None,
     lease_ttl_s: int | None = None,
     callers: Callable[[str], Caller] | None = None,
+    limits: RateLimiter | None = None,
 ) -> Flask:
     """``network``: the endpoint network systems POST their notifications to (``/events``);
     ``latency``: waking cold tiers, learning from answers and measuring SLA attainment;
@@ -51,7 +53,9 @@ def create_app(
     ``signing_key``: what the capabilities of inference attempts are signed with;
     ``lease_ttl_s``: admit requests from credit leases of this TTL (router_fn/lease.py; None:
     hold every request on its own); ``callers``: who an API key is (None: from ``store``; a
-    site ingress asks the home, router_fn/site.py)."""
+    site ingress asks the home, router_fn/site.py); ``limits``: this replica's shares of the
+    keys' rate limits (default: a minute's windows)."""
+    limits = limits or RateLimiter(store, clock=clock)
     owed = Owed(ledger, emitter or Emitter.from_env(), outbox or OutboxSettings.from_env("ingress"))
     leases = None
     if lease_ttl_s is not None:
@@ -70,6 +74,7 @@ def create_app(
         decisions=decisions,
         leases=leases,
         callers=callers,
+        limits=limits,
     )
     blueprints = [ingress.blueprint()] + ([network] if network is not None else [])
 
@@ -79,6 +84,7 @@ def create_app(
             raise RuntimeError("the outbox of what this ingress owes the ledger is full")
 
     app = create_function_app("ingress", senders=senders, blueprints=blueprints, ready=ready)
+    on_stop(app, limits.stop)  # its shares of rate limits are the other replicas' at once
     if leases is not None:
         on_stop(app, leases.stop)  # a stopping ingress returns its leases rather than let expire
     return app

@@ -45,6 +45,7 @@ from functions.errors import FunctionError, PaymentRequired, Unavailable
 from router_fn import metrics
 from router_fn.ledger_client import LedgerClient
 from router_fn.owed import Owed
+from router_fn.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,11 @@ class Leases:
     _low: dict[str, _Low] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)  # a lease opened, renewed or refused
-    _wake: threading.Event = field(default_factory=threading.Event)
-    _worker: threading.Thread | None = None
-    _stopped: bool = False
+    _upkeep: Upkeep = field(init=False)
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition(self._lock)
+        self._upkeep = Upkeep("leases", self.tick, TICK_S)
 
     # -- the request path (no network) ----------------------------------------------------------
 
@@ -197,16 +197,11 @@ class Leases:
     # -- the background ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._run, name="leases", daemon=True)
-            self._worker.start()
+        self._upkeep.start()
 
     def stop(self) -> None:
         """Return every lease (owed through the outbox) and stop renewing."""
-        self._stopped = True
-        self._wake.set()
-        if self._worker is not None:
-            self._worker.join(5)
+        self._upkeep.stop()
         with self._lock:
             leases = list(self._leases.values())
             self._leases.clear()
@@ -214,16 +209,7 @@ class Leases:
             self._return(lease)
 
     def _poke(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait(TICK_S)
-            self._wake.clear()
-            try:
-                self.tick()
-            except Exception:  # the worker must outlive any one failure; the next tick retries
-                log.exception("lease upkeep failed")
+        self._upkeep.poke()
 
     def tick(self) -> None:
         """Open what was asked for, renew what runs low or short, return what is idle or low."""

@@ -57,16 +57,18 @@ def ledger_relay_blueprint(
     def lookup(event: Incoming) -> CallerFound:
         asked = validate(CallerLookup, event.data)
         try:
-            account_id = keys.resolve_digest(asked.key_sha256)
+            key = keys.resolve_digest(asked.key_sha256)
         except Unauthorized as exc:  # the site answers its client 401; to the site it is 404
             raise NotFound(exc.message) from exc
-        profile = read_profile(store, account_id) or {}
+        profile = read_profile(store, key.account_id) or {}
         plan = profile.get("plan")
-        countries = roaming_countries(store, account_id)
+        countries = roaming_countries(store, key.account_id)
         return CallerFound(
-            account_id=account_id,
+            account_id=key.account_id,
+            key_id=key.key_id,
             plan=None if plan is None else str(plan)[:256],
             roaming_countries=None if countries is None else tuple(sorted(countries)),
+            rate_limits=key.rate_limits,
         )
 
     def observe(event: Incoming) -> bool:

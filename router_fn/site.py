@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from events import types
 from events.sites import CallerFound, CallerLookup, SlaObserved
-from functions.apikeys import PREFIX, key_digest
+from functions.apikeys import PREFIX, ApiKey, key_digest
 from functions.errors import FunctionError, NotFound, Unauthorized, Unavailable
 from functions.sla import Observation
 from functions.store import StoreUnavailable
@@ -56,7 +56,8 @@ class RelayedCallers:
         except ValidationError as exc:
             raise Unavailable(f"the home answered an invalid caller: {describe(exc)}") from exc
         countries = None if found.roaming_countries is None else frozenset(found.roaming_countries)
-        return caller_of(self.topology, found.account_id, found.plan, countries)
+        holder = ApiKey(found.account_id, found.key_id, found.rate_limits)
+        return caller_of(self.topology, found.plan, countries, holder)
 
 
 def relayed_observation(relay: LedgerClient) -> Callable[[str, str, Observation], object]:

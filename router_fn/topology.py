@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from events.prices import PriceBook
 from events.quote import Quote
+from events.ratelimits import RateLimits
 
 # How long a request may wait for a slot in a cluster's queue when its plan does not say: about
 # what an interactive user tolerates before the first token.
@@ -68,6 +69,7 @@ class PlanSpec:
     per_engine_second: bool = False  # priced per engine second instead of per token
     # The longest a request may queue for a slot; None: unbounded (always the cheapest).
     max_queue_wait_ms: int | None = DEFAULT_MAX_QUEUE_WAIT_MS
+    rate_limits: RateLimits | None = None  # per API key; a key's override replaces fields
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from events.ratelimits import RateLimits
 from infra.template.fields import (
     Credits,
     Cron,
@@ -284,6 +285,9 @@ class _Plan(_Model):
     # it to a dearer cluster that can start it sooner, or answers 429 when none can. "unbounded":
     # always the cheapest cluster, however long the queue (batch work).
     max_queue_wait_ms: MaxQueueWait = DEFAULT_MAX_QUEUE_WAIT_MS
+    # Per API key of the plan (a key's own override replaces the fields it sets); enforced across
+    # every ingress replica together (router_fn/ratelimit.py). None: not limited.
+    rate_limits: RateLimits | None = None
 
 
 class MonthlyBundle(_Plan):

@@ -519,3 +519,32 @@ def test_a_site_ingress_routes_by_rtts_from_its_own_site(shipped: Template) -> N
     home = topology(shipped)  # the home ingress's view is unchanged
     assert {c.name: c.rtt_ms for c in home.clusters}["edge-lyon-5g-1"] == 8
     assert {c.name: c.rtt_ms for c in home.clusters}["regional-paris-1"] == 28
+
+
+def test_plans_declare_rate_limits_per_key() -> None:
+    platform = topology(parse_template(TEXT))
+    for name, plan in platform.plans.items():
+        assert plan.rate_limits is not None and not plan.rate_limits.empty, name
+    developer = platform.plans["developer"].rate_limits
+    assert developer is not None
+    assert developer.requests_per_minute == 600 and developer.concurrent_requests == 16
+    limits = "rateLimits: {requestsPerMinute: 600, tokensPerMinute: 200000, concurrentRequests: 16}"
+    for bad, fragment in (
+        ("requestsPerMinute: 0", "greater than or equal to 1"),
+        ("requestsPerMinute: 1.5", "valid integer"),
+        ("requestsPerMinute: many", "valid integer"),
+    ):
+        text = _broken(limits, limits.replace("requestsPerMinute: 600", bad))
+        _assert_problem(
+            _errors(text),
+            "plans[1].subscription.rateLimits.requestsPerMinute",
+            _line_of(text, bad),
+            fragment,
+        )
+    text = _broken(limits, limits.replace("concurrentRequests", "concurrency"))
+    _assert_problem(
+        _errors(text),
+        "plans[1].subscription.rateLimits.concurrency",
+        _line_of(text, "concurrency: 16}"),
+        "unknown field",
+    )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
+from events.ratelimits import RateLimits
 from functions.apikeys import ApiKeys
 from functions.config import Settings
 from functions.errors import Unauthorized
-from functions.store import Store
+from functions.store import Store, open_store
 from ledger_fn.app import create_app
+from ledger_fn.cli import ledger as ledger_cli
 from ledger_fn.plans import PlanGrant
 from tests.ledger.helpers import senders
 from tests.trust import TestIssuer
@@ -83,13 +87,15 @@ def test_keys_are_shown_once_stored_hashed_and_revocable(
     assert issued.status_code == 201
     key, key_id = issued.get_json()["key"], issued.get_json()["key_id"]
     keys = ApiKeys(sqlite_store)
-    assert keys.resolve(key) == "acme"
+    assert keys.lookup(key).account_id == "acme"
     listed = client.get("/accounts/acme/keys", headers=AUTH).get_json()["keys"]
-    assert listed == [{"key_id": key_id, "created": listed[0]["created"], "revoked": False}]
+    assert listed == [
+        {"key_id": key_id, "created": listed[0]["created"], "revoked": False, "rate_limits": None}
+    ]
     assert key not in str(sqlite_store.query("ACCT#acme", "KEY#"))
     assert client.delete(f"/accounts/acme/keys/{key_id}", headers=AUTH).status_code == 200
     with pytest.raises(Unauthorized):
-        keys.resolve(key)
+        keys.lookup(key)
     assert post(client, "/accounts/nobody/keys", {}).status_code == 404
 
 
@@ -140,3 +146,62 @@ def test_unknown_account_and_bad_json(client: FlaskClient) -> None:
         "/accounts", data="{not json", headers={**AUTH, "Content-Type": "application/json"}
     )
     assert response.status_code == 400
+
+
+def test_an_operator_sets_and_clears_a_keys_rate_limits(
+    client: FlaskClient, sqlite_store: Store
+) -> None:
+    post(client, "/accounts", {"account_id": "acme", "plan": "edge-pro"})
+    issued = post(client, "/accounts/acme/keys", {}).get_json()
+    key, key_id = issued["key"], issued["key_id"]
+    other = post(client, "/accounts/acme/keys", {}).get_json()["key"]
+    path = f"/accounts/acme/keys/{key_id}/rate-limits"
+    body = {"requestsPerMinute": 5, "concurrentRequests": 2}
+    answer = client.put(path, json=body, headers=AUTH)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["rate_limits"] == body
+    keys = ApiKeys(sqlite_store)
+    limits = keys.lookup(key).rate_limits
+    assert limits is not None and limits.wire() == body
+    assert keys.lookup(other).rate_limits is None  # one key's override only
+    listed = keys_by_id(client, "acme")
+    assert listed[key_id]["rate_limits"] == body
+    # Bad values change nothing and say what is wrong.
+    for bad, fragment in (
+        ({"requestsPerMinute": 0}, "requestsPerMinute"),
+        ({"tokensPerMinute": "lots"}, "tokensPerMinute"),
+        ({"burst": 3}, "burst"),
+        ({}, "at least one of"),
+    ):
+        refused = client.put(path, json=bad, headers=AUTH)
+        assert refused.status_code == 400, bad
+        assert fragment in refused.get_json()["error"]["message"], refused.get_json()
+    assert keys.lookup(key).rate_limits == limits
+    missing = client.put("/accounts/acme/keys/nokey/rate-limits", json=body, headers=AUTH)
+    assert missing.status_code == 404
+    cleared = client.delete(path, headers=AUTH)
+    assert cleared.status_code == 200 and cleared.get_json()["rate_limits"] is None
+    assert keys.lookup(key).rate_limits is None
+    listed = keys_by_id(client, "acme")
+    assert listed[key_id]["rate_limits"] is None
+
+
+def keys_by_id(client: FlaskClient, account_id: str) -> dict[str, Any]:
+    listed = client.get(f"/accounts/{account_id}/keys", headers=AUTH).get_json()["keys"]
+    return {k["key_id"]: k for k in listed}
+
+
+def test_the_cli_sets_and_clears_a_keys_rate_limits(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = open_store(url)
+    key = ApiKeys(store).issue("acme")
+    runner = CliRunner()
+    args = ["key-limits", "acme", key["key_id"], "--store", url]
+    done = runner.invoke(ledger_cli, [*args, "--requests-per-minute", "7"])
+    assert done.exit_code == 0, done.output
+    assert ApiKeys(store).lookup(key["key"]).rate_limits == RateLimits(requests_per_minute=7)
+    refused = runner.invoke(ledger_cli, [*args, "--tokens-per-minute", "0"])
+    assert refused.exit_code == 2 and "tokens_per_minute" in refused.output
+    assert runner.invoke(ledger_cli, args).exit_code == 2  # neither limits nor --clear
+    assert runner.invoke(ledger_cli, [*args, "--clear"]).exit_code == 0
+    assert ApiKeys(store).lookup(key["key"]).rate_limits is None

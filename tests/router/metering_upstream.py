@@ -7,7 +7,9 @@ capability to K_SINK (with its token) after answering, retried until the ledger 
 infer's durable outbox does), a little later each time so that captures race the ingress's lease
 renewals and returns. Each report it delivered is a line of ``METER_LOG`` (JSON: the attempt,
 its hold, the usage), which the test holds the journal to. Usage: ``METER_EXACT=1`` uses all of
-the worst case (the prompt bound and every token), otherwise a seeded share of it."""
+the worst case (the prompt bound and every token), otherwise a seeded share of it. A request
+whose first message reads ``wait <seconds>`` is answered that much later (a request that keeps
+running)."""
 
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ def create_app() -> Flask:
             "usage": usage,
             "capability": token,
         }
+        time.sleep(_delay_s(body))
         background.submit(report, data, capability.attempt)
         answer = {
             "object": "chat.completion",
@@ -96,6 +99,11 @@ def create_app() -> Flask:
         return Response('{"status": "ready"}', mimetype="application/json")
 
     return app
+
+
+def _delay_s(body: ChatRequest) -> float:
+    words = body.messages[0].text.split()
+    return float(words[1]) if len(words) == 2 and words[0] == "wait" else 0.0
 
 
 if __name__ == "__main__":

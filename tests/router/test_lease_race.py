@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,15 @@ def platform(
     p.stop()
 
 
-def run(p: Platform, issuer: TestIssuer, *, exact: bool = False) -> None:
-    """Start the ledger, the metering upstream and the ingresses."""
+def run(
+    p: Platform,
+    issuer: TestIssuer,
+    *,
+    exact: bool = False,
+    ingress_env: Mapping[str, str] | None = None,
+    upstream_env: Mapping[str, str] | None = None,
+) -> None:
+    """Start the ledger, the metering upstream and the ingresses (with these env additions)."""
     ids = identities(p.tmp, issuer)
     ledger_port, upstream_port = free_port(), free_port()
     ledger_url = f"http://127.0.0.1:{ledger_port}"
@@ -180,6 +187,7 @@ def run(p: Platform, issuer: TestIssuer, *, exact: bool = False) -> None:
         )
     )
     meter = {"K_SINK": ledger_url, "METER_LOG": str(p.meter_log), "METER_EXACT": str(int(exact))}
+    meter |= upstream_env or {}
     p.others.append(
         start(
             [sys.executable, "-m", "tests.router.metering_upstream", str(upstream_port)],
@@ -203,6 +211,7 @@ def run(p: Platform, issuer: TestIssuer, *, exact: bool = False) -> None:
             "TOLLGATE_HOLD_TTL_SECONDS": "20",
             # DynamoDB Local takes ~0.1 s a commit here: 32 requests queue for seconds.
             "TOLLGATE_LEDGER_TIMEOUT_SECONDS": "30",
+            **(ingress_env or {}),
         }
         log = p.tmp / f"ingress-{n}.log"
         p.ingresses.append((f"http://127.0.0.1:{port}", start([*serve, "ingress"], env, port, log)))
