@@ -8,8 +8,10 @@ Rounds alternate between the two at each concurrency and repeat, and the batched
 ratio is taken per pair of rounds (median), so load from other processes on a shared machine
 drifts out of the comparison. Each client streams its requests back to back (chat, temperature
 0, a story that runs to max_tokens), reading SSE with a thin client; tokens are the usage each
-response reports. Also printed: tokens per CPU-second of the serving process (user+system time
-from /proc), which stays meaningful when other processes take the cores, and the peak RSS.
+response reports. Also printed: tokens per CPU-second of the serving process (its threads' time
+on a core, from /proc schedstat), which stays meaningful when other processes take the cores; the
+share of the round its busiest thread (the decode loop) spent runnable but waiting for a core,
+which tells a round starved by other load from a slow one; and the peak RSS.
 
     .venv/bin/python bench/batching.py [--rounds N] [--requests N] [--max-tokens N] [--threads N]
 """
@@ -48,7 +50,6 @@ TRUST = WORK / "trust.json"
 
 CONCURRENCY = (1, 4, 8)
 TOPICS = ("a robot who learns to paint", "a lighthouse keeper", "a lost dragon", "a tiny island")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Round:
     seconds: float
     tokens: int
     cpu_seconds: float
+    # Of the thread that ran most: seconds runnable but waiting for a core (other processes').
+    waited_seconds: float
     ttfts: list[float]
 
     @property
@@ -101,9 +104,16 @@ class Server:
                 raise RuntimeError(f"the {name} infer process did not start")
             time.sleep(0.2)
 
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    def schedstat(self) -> dict[str, tuple[float, float]]:
+        """Per thread: (seconds on a core, seconds runnable waiting for one)."""
+        threads = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                ran, waited, _ = (task / "schedstat").read_text().split()
+            except FileNotFoundError:  # the thread ended
+                continue
+            threads[task.name] = (int(ran) / 1e9, int(waited) / 1e9)
+        return threads
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -148,12 +158,17 @@ def run_round(server: Server, clients: int, per_client: int, max_tokens: int) ->
     workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for worker in workers:
         worker.start()
-    cpu = server.cpu_seconds()
+    before = server.schedstat()
     start.wait()
     began = time.perf_counter()
     for worker in workers:
         worker.join()
-    return Round(time.perf_counter() - began, tokens[0], server.cpu_seconds() - cpu, ttfts)
+    seconds = time.perf_counter() - began
+    after = server.schedstat()
+    ran = {t: after[t][0] - before.get(t, (0.0, 0.0))[0] for t in after}
+    busiest = max(ran, key=ran.__getitem__)
+    waited = after[busiest][1] - before.get(busiest, (0.0, 0.0))[1]
+    return Round(seconds, tokens[0], sum(ran.values()), waited, ttfts)
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -171,6 +186,10 @@ def per_cpu_second(runs: list[Round]) -> float:
     return sum(r.tokens for r in runs) / sum(r.cpu_seconds for r in runs)
 
 
+def waiting(runs: list[Round]) -> float:
+    return sum(r.waited_seconds for r in runs) / sum(r.seconds for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -181,7 +200,7 @@ def main() -> None:
     keys.rotate(KEYS)
     TRUST.write_text('{"sinks": {}}', encoding="utf-8")
 
-    console = Console(width=140)
+    console = Console(width=170)
     console.print(f"[bold]machine[/]: {describe()}")
     servers = {
         "sequential": Server("sequential", 1, args.threads),
@@ -216,6 +235,7 @@ def main() -> None:
         "TTFT p50 / p99 sequential, s",
         "TTFT p50 / p99 batched, s",
         "tokens per CPU-s seq / batched",
+        "decode thread waiting for a core, seq / batched",
     ):
         table.add_column(column, justify="right")
     for clients in CONCURRENCY:
@@ -232,6 +252,7 @@ def main() -> None:
             ttft(seq),
             ttft(bat),
             f"{per_cpu_second(seq):.0f} / {per_cpu_second(bat):.0f}",
+            f"{waiting(seq):.0%} / {waiting(bat):.0%}",
         )
     console.print(table)
     console.print(
