@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from flask import Flask  # noqa: E402
 
-from bench.gateway import BODY, backends, identities  # noqa: E402
+from bench.gateway import BODY  # noqa: E402
+from bench.ingress_profile import in_process_ingress  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from events import wire  # noqa: E402
 from events.quote import Usage  # noqa: E402
@@ -36,9 +36,6 @@ from events.ratelimits import RateLimits  # noqa: E402
 from functions.apikeys import ApiKeys  # noqa: E402
 from functions.rateshares import RateShares, window_sk  # noqa: E402
 from functions.store import Store, open_store  # noqa: E402
-from infra.local.issuer import Issuer, IssuerServer  # noqa: E402
-from infra.serve import build_app  # noqa: E402
-from ledger_fn.ledger import Ledger  # noqa: E402
 from router_fn.ratelimit import RateLimiter  # noqa: E402
 
 # Large enough never to refuse here: the steady path (admitted from a share) is measured.
@@ -120,26 +117,14 @@ def one_write(store: Store, n: int) -> None:
 
 
 def ingress(n: int) -> None:
-    tmp = Path(tempfile.mkdtemp())
-    store_url = f"sqlite:///{tmp}/gw.db"
-    store = open_store(store_url)
-    Ledger(store).open_account("bench0")
-    Ledger(store).execute("bench0", "grant", {"amount": 10**15})
-    keys = ApiKeys(store)
-    free = keys.issue("bench0")["key"]
-    limited = keys.issue("bench0")
-    keys.set_rate_limits("bench0", limited["key_id"], LIMITS)
-    store.close()
-    issuer = Issuer("tollgate")
-    server = IssuerServer(issuer)
-    server.start()
-    ids = identities(tmp, issuer, server.url)
-    backend = backends(tmp, store_url, ids, "")
-    try:
-        os.environ.update(backend.ingress_env)
-        client = build_app("ingress").test_client()
+    def issue(keys: ApiKeys) -> dict[str, str]:
+        free = keys.issue("bench0")["key"]
+        limited = keys.issue("bench0")
+        keys.set_rate_limits("bench0", limited["key_id"], LIMITS)
+        return {"unlimited key": free, "limited key": limited["key"]}
+
+    with in_process_ingress(issue) as (client, keyed):
         times: dict[str, list[float]] = {"unlimited key": [], "limited key": []}
-        keyed = {"unlimited key": free, "limited key": limited["key"]}
 
         def one(which: str) -> None:
             headers = {"Authorization": f"Bearer {keyed[which]}", wire.TIER: "regional"}
@@ -165,16 +150,6 @@ def ingress(n: int) -> None:
             )
         delta = statistics.median(times["limited key"]) - statistics.median(times["unlimited key"])
         print(f"{'difference':>14}: p50 {delta * 1000:+.0f} µs")
-    finally:
-        for p in backend.procs:
-            p.terminate()
-        for p in backend.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:  # the upstream retries meterings the ledger missed
-                p.kill()
-                p.wait(5)
-        server.stop()
 
 
 def main() -> None:
