@@ -65,9 +65,8 @@ def check_alone(store: Store, n: int) -> None:
     print("\n1. the check alone, admit + end per request (µs)")
     print(f"{'threads':>8} | {'no limits':>24} | {'every limit set':>24} | writes / 1000 req")
     for threads in (1, 8):
-        limiter = RateLimiter(store, window_s=3600)
         counted, writes = counting(store)
-        limiter.shares.store = counted
+        limiter = RateLimiter(counters=RateShares(counted, "bench"), window_s=3600)
         unlimited = measure(limiter, None, n, threads)
         writes[0] = 0
         limited = measure(limiter, LIMITS, n, threads)

@@ -33,6 +33,9 @@ CALLER_FOUND: Final = "io.tollgate.caller.found.v1"
 # ... and records the latency-SLA observation of a request it served (functions/sla.py).
 SLA_OBSERVED: Final = "io.tollgate.sla.observed.v1"
 SLA_RECORDED: Final = "io.tollgate.sla.recorded.v1"
+# ... and takes its rate-limit shares from the home table's counters (functions/rateshares.py).
+RATES_HOLD: Final = "io.tollgate.rates.hold.v1"
+RATES_HELD: Final = "io.tollgate.rates.held.v1"
 
 # Routing.
 ROUTE_REQUESTED: Final = "io.tollgate.route.requested.v1"

@@ -35,7 +35,7 @@ from infra.wiring import (
 )
 from router_fn.latency import LatencyPromise
 from router_fn.ledger_client import LedgerClient
-from router_fn.ratelimit import RUNNING_TTL_S, WINDOW_S, RateLimiter
+from router_fn.ratelimit import RUNNING_TTL_S, WINDOW_S, Counters, RateLimiter
 from router_fn.tierstate import TierStates
 from router_fn.topology import Topology
 
@@ -119,7 +119,7 @@ def _ingress() -> Flask:
     from router_fn.ingress import HOLD_TTL_S
     from router_fn.ingress_app import create_app as ingress_app
     from router_fn.probe import start_probing
-    from router_fn.site import RelayedCallers, relayed_observation
+    from router_fn.site import RelayedCallers, RelayedShares, relayed_observation
 
     settings = Settings.from_env()
     template = template_from_env(os.environ)
@@ -171,7 +171,7 @@ def _ingress() -> Flask:
         decisions=RecentLog(store, ROUTE_DECISIONS),
         lease_ttl_s=_lease_ttl(),
         callers=RelayedCallers(ledger, topology) if home_relay else None,
-        limits=_rate_limiter(store),
+        limits=_rate_limiter(store, RelayedShares(ledger) if home_relay else None),
     )
 
 
@@ -208,12 +208,14 @@ def _lease_ttl() -> int | None:
     return int(os.environ.get("TOLLGATE_LEASE_TTL_SECONDS") or LEASE_TTL_S)
 
 
-def _rate_limiter(store: Store) -> RateLimiter:
-    """Per-minute limits count per minute; ``TOLLGATE_RATE_WINDOW_SECONDS`` and
+def _rate_limiter(store: Store, counters: Counters | None) -> RateLimiter:
+    """Shares from the table of ``store``, or a site's ``counters`` (the home table's, through
+    the relay). Per-minute limits count per minute; ``TOLLGATE_RATE_WINDOW_SECONDS`` and
     ``TOLLGATE_RATE_SHARE_TTL_SECONDS`` (how soon a dead replica's running slots come back) are
     shorter only where a test must see windows end and shares lapse."""
     return RateLimiter(
         store,
+        counters=counters,
         window_s=int(os.environ.get("TOLLGATE_RATE_WINDOW_SECONDS") or WINDOW_S),
         running_ttl_s=int(os.environ.get("TOLLGATE_RATE_SHARE_TTL_SECONDS") or RUNNING_TTL_S),
     )

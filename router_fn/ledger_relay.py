@@ -15,7 +15,9 @@ the site ingresses' identity send, and only:
 - ``caller.lookup``: an API key's account, plan and roaming countries from the home table, by the
   key's SHA-256 (the site holds no table credentials);
 - ``sla.observed``: the latency-SLA observation of a request the site served, recorded in the
-  home table with the home ingress's (put-if-absent by request id: a retry counts once).
+  home table with the home ingress's (put-if-absent by request id: a retry counts once);
+- ``rates.hold``: a site replica's rate-limit share of a key, written in the home table's
+  counters (functions/rateshares.py) as the home replicas' are, answered ``rates.held``.
 
 The relay forwards under the home ingress's own identity, with the event's id, so a site's retry
 is a redelivery the ledger dedupes. Answers the ledger's reply (200), or its refusal with the
@@ -25,29 +27,40 @@ broker (its own cluster's, or the cluster-events endpoint), wherever the request
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from flask import Blueprint, Response, request
 
 from events import types
 from events.ledger import HoldAuthorize, HoldRefund
-from events.sites import CallerFound, CallerLookup, SlaObserved, SlaRecorded
+from events.sites import CallerFound, CallerLookup, RatesHeld, RatesHold, SlaObserved, SlaRecorded
 from functions.accounts import read_profile, roaming_countries
 from functions.apikeys import ApiKeys
+from functions.auth.oidc import Identity
 from functions.auth.policy import SenderPolicy
 from functions.cloudevent import Incoming, make_event, parse_http, to_binary
-from functions.errors import Forbidden, NotFound, Unauthorized
+from functions.errors import Forbidden, NotFound, Unauthorized, Unavailable
+from functions.rateshares import RUNNING_SK, RateShares
 from functions.sla import Observation, record
-from functions.store import Store
+from functions.store import Contended, Store, StoreUnavailable
 from functions.validation import validate
 from router_fn.ledger_client import SOURCE, LedgerClient
 from router_fn.remote_senders import RemoteIssuer, remote_sender
 
 PATH = "/sites/ledger"
+# A site's running slots are held at most this long per write (its replicas renew them sooner):
+# a site cannot keep slots past its death by asking for a far ``until``.
+MAX_RUNNING_HOLD_S = 60
 
 
 def ledger_relay_blueprint(
-    issuers: Sequence[RemoteIssuer], policy: SenderPolicy, ledger: LedgerClient, store: Store
+    issuers: Sequence[RemoteIssuer],
+    policy: SenderPolicy,
+    ledger: LedgerClient,
+    store: Store,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> Blueprint:
     """``issuers``: those of the clusters that run a site ingress (no other cluster's workloads
     may reach the ledger); ``ledger``: the home ingress's own client of it."""
@@ -83,6 +96,34 @@ def ledger_relay_blueprint(
         )
         return record(store, seen.account_id, seen.period, observation)
 
+    def hold_rates(identity: Identity, event: Incoming) -> RatesHeld:
+        """Write the site replica's share as ``site:<issuer>:<subject>:<replica>`` (the verified
+        sender's, so no site can overwrite another's entries or the home replicas' uuids).
+
+        Limits are the site's (what it learned of the key through ``caller.lookup``), checked
+        in shape and size by ``RatesHold``, not looked up again: the hold names only the key id,
+        and the key's override is filed under its account, so a lookup here would need the
+        account and the plans on every write. What home does enforce is what a site could
+        otherwise abuse without knowing any key: its entry is its own, a window share ends
+        with its window (``until`` clamped to the window the ``sk`` names) and running slots
+        within ``MAX_RUNNING_HOLD_S``. A site that lied about a limit is an authenticated,
+        allow-listed cluster of ours: its shares stay within the limit it states minus the
+        other holders', and its entries are named after it in the table."""
+        asked = validate(RatesHold, event.data)
+        now = clock()
+        if asked.sk == RUNNING_SK:
+            until = min(asked.until, now + MAX_RUNNING_HOLD_S)
+        else:
+            _, length, index = asked.sk.split("#")
+            until = min(asked.until, (int(index) + 1) * int(length))
+        replica = f"site:{identity.issuer}:{identity.subject}:{asked.replica}"
+        shares = RateShares(store, replica, clock=clock)
+        try:
+            held = shares.hold(asked.subject, asked.sk, asked.targets, asked.limits, until)
+        except (Contended, StoreUnavailable) as exc:
+            raise Unavailable(f"the rate-limit counters are not reachable: {exc}") from exc
+        return RatesHeld.model_validate({"mine": dict(held.mine), "total": dict(held.total)})
+
     @blueprint.post(PATH)
     def relay() -> Response:
         headers = dict(request.headers)
@@ -95,6 +136,9 @@ def ledger_relay_blueprint(
         elif event.type == types.SLA_OBSERVED:
             recorded = SlaRecorded(recorded=observe(event))
             reply = make_event(types.SLA_RECORDED, SOURCE, recorded.model_dump(mode="json"))
+        elif event.type == types.RATES_HOLD:
+            held = hold_rates(identity, event)
+            reply = make_event(types.RATES_HELD, SOURCE, held.model_dump(mode="json"))
         else:
             answered = ledger.send(event.type, _command(event), event.id)
             reply = make_event(answered.type, answered.source, answered.data, id=answered.id)

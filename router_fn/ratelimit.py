@@ -17,6 +17,9 @@ the limit, then admits from its share in memory, as credit leases do (router_fn/
 - Tokens: a request reserves its prompt bound + ``max_tokens`` (what it may use at most, known
   before it runs, so it cannot be gamed by a long answer) and, when it ends, gives back what the
   answer's metered usage shows it did not use (a stream cut off keeps its whole reservation).
+- Whose counters: the home ingress's replicas write the shared table's (``RateShares``); a site
+  ingress writes the same items through the home's relay (router_fn/site.py ``RelayedShares``),
+  so the home and every site together admit at most the limit, not once each.
 - The counters unreachable: requests are admitted (fail open, like Envoy's and Kong's global
   limits: rate limits guard capacity, credits guard money and stay exact) and it is logged.
 
@@ -34,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from flask import Blueprint, Response, g
 
@@ -68,6 +72,20 @@ def window_of(now: float, window_s: int) -> tuple[int, float]:
     """The index of the window ``now`` is in, and when it ends."""
     index = int(now // window_s)
     return index, (index + 1) * window_s
+
+
+class Counters(Protocol):
+    """Where a replica takes its shares (``RateShares.hold``'s contract): raises ``Contended`` or
+    ``StoreUnavailable`` when nothing is known to be written."""
+
+    def hold(
+        self,
+        subject: str,
+        sk: str,
+        targets: Mapping[str, int],
+        limits: Mapping[str, int],
+        until: float,
+    ) -> Held: ...
 
 
 @dataclass
@@ -147,19 +165,25 @@ class Ticket:
 
 
 class RateLimiter:
-    """One replica's shares of every limited key's limits (``replica`` names it in the
-    counters; ``window_s``/``running_ttl_s`` are shorter only in tests)."""
+    """One replica's shares of every limited key's limits, taken from ``counters`` (default:
+    the table of ``store``, with ``replica`` naming this one's entries; ``window_s``/
+    ``running_ttl_s`` are shorter only in tests)."""
 
     def __init__(
         self,
-        store: Store,
+        store: Store | None = None,
         *,
+        counters: Counters | None = None,
         replica: str | None = None,
         window_s: int = WINDOW_S,
         running_ttl_s: int = RUNNING_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.shares = RateShares(store, replica or uuid.uuid4().hex, clock=clock)
+        if counters is None:
+            if store is None:
+                raise ValueError("a rate limiter needs a store or counters")
+            counters = RateShares(store, replica or uuid.uuid4().hex, clock=clock)
+        self.shares = counters
         self.window_s = window_s
         self.running_ttl_s = running_ttl_s
         self.clock = clock

@@ -9,6 +9,9 @@ relay (router_fn/ledger_relay.py), under the site cluster's own service-account 
   credentials); the ingress caches the answer as it caches its own lookups.
 - Latency-SLA observations of the requests it served: ``relayed_observation`` records them in
   the home table, where the monthly evaluation counts them with the home ingress's.
+- Rate limits: ``RelayedShares`` takes the site's shares of a key's limits from the home table's
+  counters, where the home replicas and every other site take theirs, so a limit is one limit
+  however many sites there are (a pod-local counter would give each site the whole limit).
 
 Metering needs no relay: infer reports usage to its own cluster's broker, or to the home
 ingress's cluster-events endpoint, wherever the request was admitted."""
@@ -16,14 +19,15 @@ ingress's cluster-events endpoint, wherever the request was admitted."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pydantic import ValidationError
 
 from events import types
-from events.sites import CallerFound, CallerLookup, SlaObserved
+from events.sites import CallerFound, CallerLookup, RatesHeld, RatesHold, SlaObserved
 from functions.apikeys import PREFIX, ApiKey, key_digest
 from functions.errors import FunctionError, NotFound, Unauthorized, Unavailable
+from functions.rateshares import Held
 from functions.sla import Observation
 from functions.store import StoreUnavailable
 from functions.validation import describe
@@ -81,3 +85,41 @@ def relayed_observation(relay: LedgerClient) -> Callable[[str, str, Observation]
             raise StoreUnavailable(exc.message) from exc
 
     return record
+
+
+class RelayedShares:
+    """A site replica's rate-limit counters (router_fn/ratelimit.py ``Counters``): the home
+    table's, through the relay. Whatever keeps the home from answering (unreachable, refused,
+    an invalid answer) is ``StoreUnavailable``, which the rate limiter fails open on, as it does
+    when a home replica cannot reach the table."""
+
+    def __init__(self, relay: LedgerClient, replica: str | None = None) -> None:
+        self.relay = relay
+        self.replica = replica or uuid.uuid4().hex
+
+    def hold(
+        self,
+        subject: str,
+        sk: str,
+        targets: Mapping[str, int],
+        limits: Mapping[str, int],
+        until: float,
+    ) -> Held:
+        try:
+            command = RatesHold.model_validate(
+                {
+                    "replica": self.replica,
+                    "subject": subject,
+                    "sk": sk,
+                    "targets": dict(targets),
+                    "limits": dict(limits),
+                    "until": until,
+                }
+            )
+            reply = self.relay.send(types.RATES_HOLD, command, f"rates-{uuid.uuid4().hex}")
+            held = RatesHeld.model_validate(reply.data)
+        except ValidationError as exc:
+            raise StoreUnavailable(f"rate shares not relayed: {describe(exc)}") from exc
+        except FunctionError as exc:
+            raise StoreUnavailable(f"the home's rate-limit counters: {exc.message}") from exc
+        return Held(held.mine, held.total)

@@ -24,7 +24,8 @@ Sinks and their rules (``default-authorization-mode: deny-all``: nothing else pa
   the template's ``clusters[].serviceAccountIssuer``), only what infer emits; from the site
   ingresses, the stand-in metering of streams they relayed;
 - the home ingress's ledger relay: from the site ingresses (the ingresses on clusters other than
-  home) only, their ledger commands, key lookups and SLA observations (router_fn/ledger_relay.py).
+  home) only, their ledger commands, key lookups, SLA observations and rate-limit shares
+  (router_fn/ledger_relay.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ RELAYED = (
     event_types.HOLD_REFUND,
     event_types.CALLER_LOOKUP,
     event_types.SLA_OBSERVED,
+    event_types.RATES_HOLD,
 )
 _LONGEST = 63
 _HEAD = _LONGEST - 32

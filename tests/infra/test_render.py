@@ -442,6 +442,7 @@ def test_only_the_site_ingresses_may_use_the_ledger_relay(shipped: Template) -> 
         "io.tollgate.caller.lookup.v1",
         "io.tollgate.hold.authorize.v1",
         "io.tollgate.hold.refund.v1",
+        "io.tollgate.rates.hold.v1",
         "io.tollgate.sla.observed.v1",
     ]
     # The site clusters' issuers are known; the relay asks only theirs (infra/serve.py).

@@ -20,6 +20,7 @@ import requests
 
 from events import types
 from events.quote import Usage
+from events.ratelimits import RateLimits
 from events.sla import period_of
 from functions.apikeys import ApiKeys, key_digest
 from functions.app import create_app as create_function_app
@@ -28,8 +29,9 @@ from functions.auth.policy import SenderPolicy, SenderRule
 from functions.auth.tokens import TokenFile
 from functions.cloudevent import make_event, to_binary
 from functions.emit import Emitter
+from functions.rateshares import RUNNING_SK, subject_pk, window_sk
 from functions.sla import Observation, tally
-from functions.store import Store
+from functions.store import Store, StoreUnavailable
 from functions.store.sqlite import SqliteStore
 from ledger_fn.ledger import Ledger
 from router_fn import lease
@@ -37,9 +39,10 @@ from router_fn.cluster_events import PATH as CLUSTER_EVENTS
 from router_fn.cluster_events import cluster_events_blueprint
 from router_fn.ingress_app import create_app as ingress_app
 from router_fn.ledger_client import LedgerClient
-from router_fn.ledger_relay import PATH, ledger_relay_blueprint
+from router_fn.ledger_relay import MAX_RUNNING_HOLD_S, PATH, ledger_relay_blueprint
+from router_fn.ratelimit import RateLimiter
 from router_fn.remote_senders import RemoteIssuer
-from router_fn.site import RelayedCallers, relayed_observation
+from router_fn.site import RelayedCallers, RelayedShares, relayed_observation
 from router_fn.tierstate import TierStates
 from tests.http_server import serving
 from tests.ledger.helpers import AUDIENCE, SENDER, ledger_function, senders
@@ -50,7 +53,14 @@ from tests.trust import CapabilityKeys, TestIssuer, nobody, sub
 
 RELAY_AUDIENCE = "https://ingress.tollgate.home.example/sites/ledger"
 SITE = "ingress-edge-a"  # the site ingress's ServiceAccount
-RELAYED = (types.HOLD_AUTHORIZE, types.HOLD_REFUND, types.CALLER_LOOKUP, types.SLA_OBSERVED)
+RELAYED = (
+    types.HOLD_AUTHORIZE,
+    types.HOLD_REFUND,
+    types.CALLER_LOOKUP,
+    types.SLA_OBSERVED,
+    types.RATES_HOLD,
+)
+WINDOW_S = 3600  # rate-limit windows: long, so a test's requests fall in one
 
 
 @dataclass
@@ -104,6 +114,7 @@ def sites(
             states=TierStates(sqlite_store),
             network=relay,
             lease_ttl_s=30,
+            limits=RateLimiter(sqlite_store, window_s=WINDOW_S),
         )
         home_url = stack.enter_context(serving(home))
         relay_url = home_url + PATH
@@ -122,6 +133,7 @@ def sites(
             states=TierStates(site_store),
             lease_ttl_s=30,
             callers=RelayedCallers(to_home, the_topology),
+            limits=RateLimiter(counters=RelayedShares(to_home), window_s=WINDOW_S),
         )
         site_url = stack.enter_context(serving(site))
         home_side = Leased(home_url, ledger, sqlite_store, meter_log)
@@ -187,6 +199,7 @@ def test_forged_relay_calls_are_refused_and_change_nothing(sites: Sites) -> None
     site_token = issuer.token(SITE, RELAY_AUDIENCE)
     hold = {"account_id": "acme", "amount": 500_000, "ttl_seconds": 86_400}
     lookup = {"key_sha256": key_digest(key)}
+    rates = _rates_hold(key_digest(key)[:16], RUNNING_SK, time.time() + 30)
     attempts: dict[str, tuple[str, dict[str, Any], str | None, int]] = {
         "no token": (types.HOLD_AUTHORIZE, hold, None, 401),
         "not a token": (types.HOLD_AUTHORIZE, hold, "forged", 401),
@@ -218,6 +231,15 @@ def test_forged_relay_calls_are_refused_and_change_nothing(sites: Sites) -> None
             403,
         ),
         "a malformed authorize": (types.HOLD_AUTHORIZE, {"amount": -1}, site_token, 400),
+        "a rate share without a token": (types.RATES_HOLD, rates, None, 401),
+        "a rate share with a forged token": (types.RATES_HOLD, rates, "forged", 401),
+        "a rate share by infer": (
+            types.RATES_HOLD,
+            rates,
+            issuer.token("infer-edge", RELAY_AUDIENCE),
+            403,
+        ),
+        "a malformed rate share": (types.RATES_HOLD, {**rates, "limits": {}}, site_token, 400),
         "an SLA observation by infer": (
             types.SLA_OBSERVED,
             _observed("acme", "f" * 32),
@@ -231,9 +253,21 @@ def test_forged_relay_calls_are_refused_and_change_nothing(sites: Sites) -> None
     assert (home.ledger.balance("acme"), json.dumps(home.journal("acme"))) == before
     assert home.ledger.verify().ok
     assert tally(home.store, "acme", period_of(time.time())).requests == 0
+    assert home.store.get(subject_pk(key_digest(key)[:16]), RUNNING_SK) is None
     # The site's own identity is let through, and the lookup answers by the key's hash only.
     answer = _forge(sites, types.CALLER_LOOKUP, lookup, site_token)
     assert answer.status_code == 200 and json.loads(answer.content)["account_id"] == "acme"
+
+
+def _rates_hold(subject: str, sk: str, until: float) -> dict[str, Any]:
+    return {
+        "replica": "e" * 32,
+        "subject": subject,
+        "sk": sk,
+        "targets": {"running": 5},
+        "limits": {"running": 5},
+        "until": until,
+    }
 
 
 def _observed(account: str, request_id: str) -> dict[str, Any]:
@@ -306,3 +340,51 @@ def test_a_site_ingress_reports_its_stand_ins_for_any_cluster_infer_only_its_own
     assert report(SITE, "regional-b", False) == 403
     assert report("infer-edge", "edge-a", False) == 202
     assert [d["cluster"] for _, d in published.events] == ["regional-b", "edge-a"]
+
+
+def test_the_home_and_a_site_together_admit_one_limit_per_window(sites: Sites) -> None:
+    home, site = sites.home, at_site(sites)
+    key = home.key("acme", 1_000_000)
+    key_id = key_digest(key)[:16]
+    ApiKeys(home.store).set_rate_limits("acme", key_id, RateLimits(requests_per_minute=6))
+    # Each alone would admit all 8 (its own share of a pod-local counter was the whole limit).
+    answers: dict[str, list[int]] = {"home": [], "site": []}
+    for _ in range(8):
+        for where, ingress in (("site", site), ("home", home)):
+            answers[where].append(chat(ingress, key, max_tokens=20).status_code)
+    admitted = {where: codes.count(200) for where, codes in answers.items()}
+    assert set(answers["home"] + answers["site"]) == {200, 429}, answers
+    assert sum(admitted.values()) <= 6 and admitted["site"] >= 1 and admitted["home"] >= 1
+    # The site's share is in the home table, under the site's verified identity.
+    item = home.store.get(subject_pk(key_id), window_sk(WINDOW_S, int(time.time() // WINDOW_S)))
+    assert item is not None
+    holders = item.data["holders"]
+    site_entries = [r for r in holders if r.startswith(f"site:{sites.issuer.url}:")]
+    assert len(site_entries) == 1 and SITE in site_entries[0]
+    assert sum(int(h.get("requests", 0)) for h in holders.values()) <= 6
+
+
+def test_a_site_cannot_hold_running_slots_far_ahead(sites: Sites) -> None:
+    token = sites.issuer.token(SITE, RELAY_AUDIENCE)
+    asked = _rates_hold("a" * 16, RUNNING_SK, time.time() + 10**6)
+    answer = _forge(sites, types.RATES_HOLD, asked, token)
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.content) == {"mine": {"running": 5}, "total": {"running": 5}}
+    item = sites.home.store.get(subject_pk("a" * 16), RUNNING_SK)
+    assert item is not None
+    (until,) = [h["until"] for h in item.data["holders"].values()]
+    assert until <= time.time() + MAX_RUNNING_HOLD_S
+
+
+def test_relayed_shares_are_unavailable_while_the_home_cannot_answer(tmp_path: Path) -> None:
+    token = tmp_path / "relay"
+    token.write_text("not-a-token")
+    down = LedgerClient(
+        "http://127.0.0.1:9/sites/ledger",
+        None,
+        authorize_token=TokenFile(token),
+        refund_token=TokenFile(token),
+        timeout_s=1,
+    )
+    with pytest.raises(StoreUnavailable):  # the rate limiter admits (fails open) on it
+        RelayedShares(down).hold("a" * 16, RUNNING_SK, {"running": 1}, {"running": 1}, 1e10)
