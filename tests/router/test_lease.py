@@ -61,6 +61,26 @@ class Leased:
         return self.ledger.journal(account, limit=500)
 
 
+def metering_env(
+    monkeypatch: pytest.MonkeyPatch,
+    issuer: TestIssuer,
+    cap_keys: CapabilityKeys,
+    tmp_path: Path,
+    ledger_url: str,
+) -> Path:
+    """Set the metering upstream's environment: it checks capabilities and sends what it metered
+    to the ledger at ``ledger_url`` as the events' sender. Returns the log of what it metered."""
+    sink_token = tmp_path / "upstream-tokens" / "sink"
+    sink_token.parent.mkdir()
+    sink_token.write_text(issuer.token(SENDER, AUDIENCE, 3600))
+    meter_log = tmp_path / "metered.jsonl"
+    monkeypatch.setenv("K_SINK", ledger_url)
+    monkeypatch.setenv("TOLLGATE_TOKEN_DIR", str(sink_token.parent))
+    monkeypatch.setenv("TOLLGATE_CAPABILITY_KEYS", str(cap_keys.directory))
+    monkeypatch.setenv("METER_LOG", str(meter_log))
+    return meter_log
+
+
 @pytest.fixture
 def leased(
     sqlite_store: Store,
@@ -71,17 +91,10 @@ def leased(
 ) -> Iterator[Leased]:
     monkeypatch.setattr(lease, "IDLE_S", 0.5)  # return leases soon after the test's requests
     ledger = Ledger(sqlite_store)
-    sink_token = tmp_path / "upstream-tokens" / "sink"
-    sink_token.parent.mkdir()
-    sink_token.write_text(issuer.token(SENDER, AUDIENCE, 3600))
     the_ledger = ledger_function(ledger, issuer, cap_keys)
-    meter_log = tmp_path / "metered.jsonl"
     with ExitStack() as stack:
         ledger_url = stack.enter_context(serving(the_ledger))
-        monkeypatch.setenv("K_SINK", ledger_url)
-        monkeypatch.setenv("TOLLGATE_TOKEN_DIR", str(sink_token.parent))
-        monkeypatch.setenv("TOLLGATE_CAPABILITY_KEYS", str(cap_keys.directory))
-        monkeypatch.setenv("METER_LOG", str(meter_log))
+        meter_log = metering_env(monkeypatch, issuer, cap_keys, tmp_path, ledger_url)
         edge_url = stack.enter_context(serving(metering_upstream.create_app()))
         regional_url = stack.enter_context(serving(_failing()))
         app = ingress_app(

@@ -45,10 +45,10 @@ from router_fn.remote_senders import RemoteIssuer
 from router_fn.site import RelayedCallers, RelayedShares, relayed_observation
 from router_fn.tierstate import TierStates
 from tests.http_server import serving
-from tests.ledger.helpers import AUDIENCE, SENDER, ledger_function, senders
+from tests.ledger.helpers import ledger_function, senders
 from tests.router import metering_upstream
 from tests.router.test_ingress import ledger_client, topology
-from tests.router.test_lease import Leased, chat, kinds
+from tests.router.test_lease import Leased, chat, kinds, metering_env
 from tests.trust import CapabilityKeys, TestIssuer, nobody, sub
 
 RELAY_AUDIENCE = "https://ingress.tollgate.home.example/sites/ledger"
@@ -82,10 +82,6 @@ def sites(
 ) -> Iterator[Sites]:
     monkeypatch.setattr(lease, "IDLE_S", 0.5)  # return leases soon after the test's requests
     ledger = Ledger(sqlite_store)
-    sink_token = tmp_path / "upstream-tokens" / "sink"
-    sink_token.parent.mkdir()
-    sink_token.write_text(issuer.token(SENDER, AUDIENCE, 3600))
-    meter_log = tmp_path / "metered.jsonl"
     site_store = SqliteStore(tmp_path / "site.db")  # the site's own: no API key, no ledger
     policy = SenderPolicy(
         RELAY_AUDIENCE,
@@ -95,10 +91,7 @@ def sites(
     with ExitStack() as stack:
         stack.callback(site_store.close)
         ledger_url = stack.enter_context(serving(ledger_function(ledger, issuer, cap_keys)))
-        monkeypatch.setenv("K_SINK", ledger_url)
-        monkeypatch.setenv("TOLLGATE_TOKEN_DIR", str(sink_token.parent))
-        monkeypatch.setenv("TOLLGATE_CAPABILITY_KEYS", str(cap_keys.directory))
-        monkeypatch.setenv("METER_LOG", str(meter_log))
+        meter_log = metering_env(monkeypatch, issuer, cap_keys, tmp_path, ledger_url)
         edge_url = stack.enter_context(serving(metering_upstream.create_app()))
         the_topology = topology(edge_url, edge_url)
         home_ledger = ledger_client(ledger_url, issuer, tmp_path / "home")
