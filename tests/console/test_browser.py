@@ -197,8 +197,16 @@ def test_a_cluster_turns_warm_after_a_request(
     )
     assert r.status_code == 200, r.text
     eventually(lambda: "warm" in warmth("cloud-frankfurt-1"), "the cloud tier to turn warm")
-    decisions = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=decisions-title]")
-    assert "cloud-frankfurt-1" in decisions.text and "pinned to tier cloud" in decisions.text
+
+    def decided() -> bool:
+        # The route-decision log is written in batches (every 0.25 s), so reload until it shows.
+        browser.get(f"{platform['console']}/tiers")
+        decisions = browser.find_element(
+            By.CSS_SELECTOR, "section[aria-labelledby=decisions-title]"
+        )
+        return "cloud-frankfurt-1" in decisions.text and "pinned to tier cloud" in decisions.text
+
+    eventually(decided, "the route decision to be listed")
     page(browser, "06-tiers-warm")
 
 
