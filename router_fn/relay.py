@@ -6,14 +6,15 @@ the server-sent events as they pass: it remembers the usage of the last event re
 reached the client), notices the stream's own end (``[DONE]``, or an error event), and takes out
 of each event what the client did not ask for (per-chunk usage, the final usage-only chunk).
 Events are split on blank lines whatever the network's chunking; anything it cannot read as a
-JSON event passes through untouched."""
+JSON event passes through untouched. This runs once per token of every stream, so orjson reads
+and rewrites the events (46 -> 19 us per event against the standard json, bench/relay.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from events.quote import Usage
@@ -54,8 +55,8 @@ class StreamRelay:
             self.ended = True
             return raw
         try:
-            body = json.loads(data)
-        except ValueError:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return raw
         if not isinstance(body, dict):
             return raw
@@ -71,7 +72,7 @@ class StreamRelay:
         if self._chunk_usage:
             return raw
         del body["usage"]
-        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 def _usage(value: Any) -> Usage | None:
