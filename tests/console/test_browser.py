@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from events import types
@@ -87,12 +87,16 @@ def eventually(check: Callable[[], bool], what: str, timeout_s: float = 60.0) ->
 
 def submit(browser: webdriver.Chrome, button: WebElement) -> None:
     """Click a form's button and wait for the page it leads to: ``click()`` returns once the
-    click is dispatched, before the POST and its redirect have replaced the page."""
-    before = browser.find_element(By.TAG_NAME, "html")
+    click is dispatched, before the POST and its redirect have replaced the page. The old page
+    is marked and the wait is for a complete document without the mark; asking the old page's
+    elements instead (``staleness_of``) races the navigation, and Chromium then answers with
+    errors other than "stale" ("Node ... does not belong to the document")."""
+    browser.execute_script("window.tollgateOldPage = true")
     button.click()
-    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(before))
-    WebDriverWait(browser, 60).until(
-        lambda b: b.execute_script("return document.readyState") == "complete"
+    WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script(
+            "return window.tollgateOldPage === undefined && document.readyState === 'complete'"
+        )
     )
 
 
