@@ -11,7 +11,9 @@ A route may deliver many entries in one go (``Batched``): each pass hands it eve
 (up to ``BATCH``) and it answers one outcome per entry, recorded as a single entry's would be.
 ``batched_sink_route`` packs entries of the types it is told about into one event per source
 (infer: many requests' ``inference.completed`` as one ``inference.usage``), so under load one HTTP
-call carries many entries and at a low rate each still goes out as soon as it is owed. Each entry
+call carries many entries and at a low rate each still goes out as soon as it is owed (``linger_s``:
+after a pass that was not full, wait that long before the next, so a steady stream goes in fewer,
+larger batches; the first event after a quiet spell still goes at once). Each entry
 stays its own row: owing, retrying and dead-lettering are per entry; the batch is only how it
 travels.
 
@@ -159,10 +161,12 @@ class Outbox:
         first_backoff_s: float = FIRST_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         claim_s: float = CLAIM_S,
+        linger_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``claim_s``: how long an attempt keeps its event from other processes sharing the
-        file; also how long a process killed mid-attempt delays it."""
+        file; also how long a process killed mid-attempt delays it. ``linger_s``: the pause after
+        a pass that was not full (see the module's doc)."""
         assert max_pending >= 1 and 0 < warn_fraction <= 1
         self.path = Path(directory) / FILE_NAME
         self.routes = dict(routes)
@@ -173,6 +177,7 @@ class Outbox:
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self.claim_s = claim_s
+        self.linger_s = linger_s
         self._clock = clock
         self._lock = threading.Lock()
         try:
@@ -305,8 +310,11 @@ class Outbox:
                 wait = 0.0 if delivered else self._until_next_due()
             except Exception:  # a bug or a broken file must not end delivery for good
                 log.exception("outbox %s: delivery pass failed", self.name)
-                wait = IDLE_S
-            if wait > 0:
+                delivered, wait = 0, IDLE_S
+            if 0 < delivered < BATCH and self.linger_s > 0:
+                # Not woken by puts: what they owe meanwhile goes in the next pass, together.
+                self._stopping.wait(self.linger_s)
+            elif wait > 0:
                 with self._wake:
                     self._wake.wait(wait)
 
@@ -575,6 +583,7 @@ def batched_sink_route(emitter: Emitter, batching: Mapping[str, Batching]) -> Ba
                 outcomes[entry.seq] = single(entry)
         for (type_, source), grouped in groups.items():
             how = batching[type_]
+            grouped.sort(key=lambda entry: entry.seq)  # in the order owed, retries or not
             for start in range(0, len(grouped), how.limit):
                 chunk = grouped[start : start + how.limit]
                 for entry, outcome in zip(chunk, send_batch(how, source, chunk), strict=True):
@@ -609,11 +618,12 @@ class OutboxSettings:
     max_pending: int = DEFAULT_MAX_PENDING
     keep_seconds: float = DEFAULT_KEEP_S
     max_backoff_s: float = MAX_BACKOFF_S
+    linger_s: float = 0.0
 
     @classmethod
     def from_env(cls, function: str, environ: Mapping[str, str] | None = None) -> OutboxSettings:
         """``TOLLGATE_OUTBOX_DIR`` (default ``.tollgate/outbox/<function>``, beside the default
-        store); ``_MAX_PENDING``, ``_KEEP_SECONDS``, ``_MAX_BACKOFF_SECONDS``."""
+        store); ``_MAX_PENDING``, ``_KEEP_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_LINGER_MS``."""
         env = os.environ if environ is None else environ
         directory = env.get("TOLLGATE_OUTBOX_DIR") or str(DEFAULT_DIR / function)
         prefix = "TOLLGATE_OUTBOX_"
@@ -623,6 +633,7 @@ class OutboxSettings:
                 max_pending=int(env.get(prefix + "MAX_PENDING") or DEFAULT_MAX_PENDING),
                 keep_seconds=float(env.get(prefix + "KEEP_SECONDS") or DEFAULT_KEEP_S),
                 max_backoff_s=float(env.get(prefix + "MAX_BACKOFF_SECONDS") or MAX_BACKOFF_S),
+                linger_s=float(env.get(prefix + "LINGER_MS") or 0) / 1000,
             )
         except ValueError as exc:
             raise ValueError(f"invalid TOLLGATE_OUTBOX_* setting: {exc}") from None
@@ -635,4 +646,5 @@ class OutboxSettings:
             max_pending=self.max_pending,
             keep_seconds=self.keep_seconds,
             max_backoff_s=self.max_backoff_s,
+            linger_s=self.linger_s,
         )
