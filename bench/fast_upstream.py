@@ -24,7 +24,7 @@ from functions.auth.keys import VerifyKeys, keys_dir_from_env
 from functions.emit import Emitter
 from functions.outbox import SINK, OutboxSettings, batched_sink_route, sink_route
 from functions.server import serve
-from infer_fn.metering import USAGE_BATCHING
+from infer_fn.metering import METERING_LINGER_S, USAGE_BATCHING
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
 
@@ -56,7 +56,8 @@ def create_app() -> Flask:
         if batched
         else sink_route(emitter)
     )
-    outbox = OutboxSettings.from_env("fast-upstream").open("fast-upstream", {SINK: route})
+    settings = OutboxSettings.from_env("fast-upstream", linger_s=METERING_LINGER_S)
+    outbox = settings.open("fast-upstream", {SINK: route})
 
     @app.post("/v1/chat/completions")
     def chat() -> Response:

@@ -51,6 +51,7 @@ from functions.apikeys import ApiKeys  # noqa: E402
 from functions.auth import keys, senders, tokens  # noqa: E402
 from functions.auth.policy import SenderPolicy, SenderRule, Trust  # noqa: E402
 from functions.store import open_store  # noqa: E402
+from infer_fn.metering import METERING_LINGER_S  # noqa: E402
 from infra.local.issuer import Issuer, IssuerServer, subject  # noqa: E402
 from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology  # noqa: E402
@@ -351,7 +352,8 @@ def direct_capability(tmp: Path) -> dict[str, str]:
 def main() -> None:
     console = Console(width=150)
     metering = "one event per request" if os.environ.get("BENCH_METER_BATCH") == "0" else "batched"
-    metering += f", linger {os.environ.get('BENCH_METER_LINGER_MS') or 0} ms"
+    linger = os.environ.get("BENCH_METER_LINGER_MS") or f"{METERING_LINGER_S * 1000:.0f} (infer's)"
+    metering += f", linger {linger} ms"
     console.print(
         f"[bold]bench/gateway.py[/] on {describe()}; {REQUESTS} requests per figure; "
         f"upstream metering: outbox, {metering}"

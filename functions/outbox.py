@@ -13,9 +13,8 @@ A route may deliver many entries in one go (``Batched``): each pass hands it eve
 (infer: many requests' ``inference.completed`` as one ``inference.usage``), so under load one HTTP
 call carries many entries and at a low rate each still goes out as soon as it is owed (``linger_s``:
 after a pass that was not full, wait that long before the next, so a steady stream goes in fewer,
-larger batches; the first event after a quiet spell still goes at once). Each entry
-stays its own row: owing, retrying and dead-lettering are per entry; the batch is only how it
-travels.
+larger batches; the first event after a quiet spell still goes at once). Each entry stays its
+own row: owing, retrying and dead-lettering are per entry; the batch is only how it travels.
 
 Bounded: ``max_pending`` undelivered events. Past ``warn_fraction`` of it the outbox says so
 loudly (log and gauge); at the limit ``full`` is true and the function stops taking work that
@@ -621,9 +620,16 @@ class OutboxSettings:
     linger_s: float = 0.0
 
     @classmethod
-    def from_env(cls, function: str, environ: Mapping[str, str] | None = None) -> OutboxSettings:
+    def from_env(
+        cls,
+        function: str,
+        environ: Mapping[str, str] | None = None,
+        *,
+        linger_s: float = 0.0,
+    ) -> OutboxSettings:
         """``TOLLGATE_OUTBOX_DIR`` (default ``.tollgate/outbox/<function>``, beside the default
-        store); ``_MAX_PENDING``, ``_KEEP_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_LINGER_MS``."""
+        store); ``_MAX_PENDING``, ``_KEEP_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_LINGER_MS``
+        (default: the function's ``linger_s``)."""
         env = os.environ if environ is None else environ
         directory = env.get("TOLLGATE_OUTBOX_DIR") or str(DEFAULT_DIR / function)
         prefix = "TOLLGATE_OUTBOX_"
@@ -633,7 +639,7 @@ class OutboxSettings:
                 max_pending=int(env.get(prefix + "MAX_PENDING") or DEFAULT_MAX_PENDING),
                 keep_seconds=float(env.get(prefix + "KEEP_SECONDS") or DEFAULT_KEEP_S),
                 max_backoff_s=float(env.get(prefix + "MAX_BACKOFF_SECONDS") or MAX_BACKOFF_S),
-                linger_s=float(env.get(prefix + "LINGER_MS") or 0) / 1000,
+                linger_s=float(env.get(prefix + "LINGER_MS") or linger_s * 1000) / 1000,
             )
         except ValueError as exc:
             raise ValueError(f"invalid TOLLGATE_OUTBOX_* setting: {exc}") from None

@@ -18,7 +18,7 @@ from infer_fn.config import EngineKind, InferConfig
 from infer_fn.engines import build_engine
 from infer_fn.engines.base import Engine
 from infer_fn.lifecycle import EngineHost
-from infer_fn.metering import USAGE_BATCHING, EventSink
+from infer_fn.metering import METERING_LINGER_S, USAGE_BATCHING, EventSink
 from infer_fn.metrics import bind_load_gauges
 from infer_fn.warmup import warmup_blueprint
 
@@ -89,7 +89,8 @@ def metering_sink() -> EventSink:
     if emitter.sink is None:
         return emitter
     route = batched_sink_route(emitter, {INFERENCE_COMPLETED: USAGE_BATCHING})
-    return OutboxSettings.from_env(NAME).open(NAME, {SINK: route})
+    settings = OutboxSettings.from_env(NAME, linger_s=METERING_LINGER_S)
+    return settings.open(NAME, {SINK: route})
 
 
 def engine_host(app: flask.Flask) -> EngineHost:

@@ -47,6 +47,11 @@ def _usage(entries: Sequence[Entry]) -> dict[str, Any]:
 # How the outbox delivers owed `inference.completed`: what is due in one `inference.usage` event
 # (settle takes each report as its own event); `inference.failed` goes alone, to refund.
 USAGE_BATCHING = Batching(INFERENCE_USAGE, MAX_USAGE_REPORTS, _usage)
+# After a delivery pass that was not full, the outbox waits this long, so a steady stream of
+# requests is reported in fewer, larger batches (the first after a quiet spell goes at once).
+# bench/gateway.py, leased path at concurrency 1, ledger CPU per request: 3.9 ms with none,
+# 2.6 with 10 or 20 ms, 2.1 with 50 ms; settlement trails the answer by at most this much more.
+METERING_LINGER_S = 0.02
 
 
 class EventSink(Protocol):

@@ -33,7 +33,7 @@ from functions.auth.keys import VerifyKeys, keys_dir_from_env
 from functions.emit import Emitter
 from functions.outbox import SINK, OutboxSettings, batched_sink_route
 from functions.server import serve
-from infer_fn.metering import USAGE_BATCHING
+from infer_fn.metering import METERING_LINGER_S, USAGE_BATCHING
 
 
 def create_app() -> Flask:
@@ -41,7 +41,9 @@ def create_app() -> Flask:
     emitter = Emitter.from_env()
     keys = VerifyKeys(keys_dir_from_env())
     route = batched_sink_route(emitter, {INFERENCE_COMPLETED: USAGE_BATCHING})
-    settings = OutboxSettings(Path(os.environ["METER_OUTBOX_DIR"]), max_backoff_s=0.5)
+    settings = OutboxSettings(
+        Path(os.environ["METER_OUTBOX_DIR"]), max_backoff_s=0.5, linger_s=METERING_LINGER_S
+    )
     outbox = settings.open("metering-upstream", {SINK: route})
     exact = os.environ.get("METER_EXACT") == "1"
     log_path = os.environ["METER_LOG"]
