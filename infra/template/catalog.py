@@ -77,13 +77,16 @@ FUNCTION_KINDS: Final = MappingProxyType(
         ),
         # The ingress asks authorize with CloudEvents, voids a failed attempt's hold itself
         # (hold.refund, to the refund function), meters a stream whose infer died (completed,
-        # to the broker); its events endpoint publishes what network systems tell us.
+        # to the broker); its events endpoints publish what network systems tell us and what
+        # the other clusters' infer report (completed, usage batches, failed).
         "ingress": _kind(
             (),
             (
                 t.HOLD_AUTHORIZE,
                 t.HOLD_REFUND,
                 t.INFERENCE_COMPLETED,
+                t.INFERENCE_USAGE,
+                t.INFERENCE_FAILED,
                 *network.MODELS,
                 topups.TOPUP_PAYMENT_CHANGED,
                 topups.TOPUP_REFUND_CHANGED,
