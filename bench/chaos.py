@@ -494,14 +494,20 @@ class Identities:
 def redeliver_old_events(
     state: Path, ledger_url: str, ids: Identities, count: int, rng: random.Random
 ) -> int:
-    """Old settle/refund/failure events straight to the ledger again, long after they were
-    first handled (as a Knative redelivery would, past any dedupe window of recent keys)."""
+    """Old settle/refund/failure events (usage batches too) straight to the ledger again, long
+    after they were first handled (as a Knative redelivery would, past any dedupe window of
+    recent keys)."""
     db = sqlite3.connect(f"file:{state / 'broker.db'}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT body FROM events ORDER BY received").fetchall()
     finally:
         db.close()
-    wanted = {types.INFERENCE_COMPLETED, types.INFERENCE_FAILED, types.HOLD_REFUND}
+    wanted = {
+        types.INFERENCE_COMPLETED,
+        types.INFERENCE_USAGE,
+        types.INFERENCE_FAILED,
+        types.HOLD_REFUND,
+    }
     events = [json.loads(body) for (body,) in rows]
     events = [e for e in events if e.get("type") in wanted]
     sent = 0

@@ -6,8 +6,10 @@ the ledger function, ``TOLLGATE_LEASES=off``), all in one run; plus an account a
 peak memory.
 
 Run: `.venv/bin/python bench/gateway.py`. Starts, as separate processes on loopback, a fast
-canned upstream (bench/fast_upstream.py: it checks the capability as infer does and reports usage
-carrying it), `tollgate serve ledger` and `tollgate serve ingress` (sqlite store in a temp dir),
+canned upstream (bench/fast_upstream.py: it checks the capability and meters as infer does, through
+a durable outbox delivering usage in batches; ``BENCH_METER_BATCH=0``: one event per request;
+``BENCH_METER_LINGER_MS``: its outbox's linger),
+`tollgate serve ledger` and `tollgate serve ingress` (sqlite store in a temp dir),
 with tollgate up's issuer in this process, once per setting. Measures sequential request latency
 (p50/p99) and requests per second with 8 concurrent clients, direct vs through the ingress, the
 route decision time, bench/trust.py's per-check figures, and the CPU each process spends per request
@@ -49,6 +51,7 @@ from functions.apikeys import ApiKeys  # noqa: E402
 from functions.auth import keys, senders, tokens  # noqa: E402
 from functions.auth.policy import SenderPolicy, SenderRule, Trust  # noqa: E402
 from functions.store import open_store  # noqa: E402
+from infer_fn.metering import METERING_LINGER_S  # noqa: E402
 from infra.local.issuer import Issuer, IssuerServer, subject  # noqa: E402
 from infra.template.load import load_template  # noqa: E402
 from infra.wiring import topology  # noqa: E402
@@ -161,7 +164,7 @@ def identities(tmp: Path, issuer: Issuer, issuer_url: str) -> dict[str, dict[str
             {"type": types.INFERENCE_COMPLETED}, {"type": types.INFERENCE_FAILED},
         )),
         SenderRule("infer", (subject("tollgate", "infer-bench"),), (
-            {"type": types.INFERENCE_COMPLETED},
+            {"type": types.INFERENCE_COMPLETED}, {"type": types.INFERENCE_USAGE},
         )),
     )  # fmt: skip
     trust = tmp / "trust.json"
@@ -272,7 +275,12 @@ def backends(tmp: Path, store_url: str, ids: dict[str, dict[str, str]], name: st
     procs.append(
         start(
             [sys.executable, "bench/fast_upstream.py", str(upstream_port)],
-            {"K_SINK": ledger_url, **ids["infer-bench"]},
+            {
+                "K_SINK": ledger_url,
+                "TOLLGATE_OUTBOX_DIR": str(tmp / f"upstream-outbox{name}"),
+                "TOLLGATE_OUTBOX_LINGER_MS": os.environ.get("BENCH_METER_LINGER_MS", ""),
+                **ids["infer-bench"],
+            },
             upstream_port,
         )
     )
@@ -343,7 +351,13 @@ def direct_capability(tmp: Path) -> dict[str, str]:
 
 def main() -> None:
     console = Console(width=150)
-    console.print(f"[bold]bench/gateway.py[/] on {describe()}; {REQUESTS} requests per figure")
+    metering = "one event per request" if os.environ.get("BENCH_METER_BATCH") == "0" else "batched"
+    linger = os.environ.get("BENCH_METER_LINGER_MS") or f"{METERING_LINGER_S * 1000:.0f} (infer's)"
+    metering += f", linger {linger} ms"
+    console.print(
+        f"[bold]bench/gateway.py[/] on {describe()}; {REQUESTS} requests per figure; "
+        f"upstream metering: outbox, {metering}"
+    )
     tmp = Path(tempfile.mkdtemp())
     store_url = f"sqlite:///{tmp}/gw.db"
     store = open_store(store_url)

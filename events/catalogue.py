@@ -26,6 +26,7 @@ MODELS: dict[str, type[BaseModel]] = {
     types.HOLDS_SWEPT: ledger.HoldsSwept,
     types.INFERENCE_COMPLETED: ledger.InferenceCompleted,
     types.INFERENCE_FAILED: ledger.InferenceFailed,
+    types.INFERENCE_USAGE: ledger.InferenceUsage,
     types.ROUTE_REQUESTED: routing.RouteRequested,
     types.ROUTE_DECIDED: routing.RouteDecided,
     types.TIERS_WARM: routing.TiersWarm,

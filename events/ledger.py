@@ -32,9 +32,10 @@ lease closed is charged from what the account has, as a late settle is."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from events.fields import AccountId, Amount, Count, EventData, HoldId, Name, Timestamp
 from events.quote import Quote, Usage
@@ -189,6 +190,64 @@ class InferenceFailed(InferenceOutcome):
     # An attempt that failed before any output (the ingress's own report) used nothing.
     usage: Usage = Usage(prompt_tokens=0, completion_tokens=0)
     error: InferenceError
+
+
+# At most this many reports per ``inference.usage`` event: ~1 KB each (the capability is most of
+# it), so a batch stays far below the 1 MiB a function takes, and one batch is handled well
+# within a delivery's timeout.
+MAX_USAGE_REPORTS = 64
+MAX_REPORT_ID_BYTES = 256  # as a CloudEvent id (functions/cloudevent.py)
+
+
+def _report_id(value: str) -> str:
+    if len(value.encode(errors="surrogatepass")) > MAX_REPORT_ID_BYTES:
+        raise ValueError(f"a report id is at most {MAX_REPORT_ID_BYTES} bytes")
+    return value
+
+
+class UsageReport(EventData):
+    """One request's usage in an ``inference.usage`` batch: the data of the ``inference.completed``
+    event infer would have sent alone, under that event's id. Settle processes it exactly as that
+    event (idempotency key: the batch's source + this id), so a report delivered in a batch and
+    again alone, or in another batch, is charged once.
+
+    Only ``completed`` reports ride in batches: ``inference.failed`` goes to the refund function
+    and is rare (it is not the hot path), so it stays one event per request."""
+
+    id: Annotated[str, Field(min_length=1), AfterValidator(_report_id)]
+    kind: Literal["completed"]
+    data: InferenceCompleted
+
+    @model_validator(mode="after")
+    def _infer_own(self) -> UsageReport:
+        if self.data.stand_in:
+            raise ValueError(
+                "a stand-in report (the ingress's metering of a broken relay) is sent alone as "
+                "inference.completed, never in a batch"
+            )
+        return self
+
+
+class InferenceUsage(EventData):
+    """Usage of many requests in one event (infer's outbox sends what is due in one go), each
+    report still its own journal record."""
+
+    reports: list[UsageReport] = Field(min_length=1, max_length=MAX_USAGE_REPORTS)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> InferenceUsage:
+        ids = [report.id for report in self.reports]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"report ids must be distinct in a batch; repeated: {twice[:5]}")
+        return self
+
+
+def usage_batch(reports: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The data of an ``inference.usage`` event carrying these ``(id, inference.completed data)``
+    reports, in InferenceUsage's shape (built as JSON: each report's data was made by
+    InferenceCompleted already, and the receiver validates the whole)."""
+    return {"reports": [{"id": id_, "kind": "completed", "data": data} for id_, data in reports]}
 
 
 class CreditsGranted(EventData):

@@ -26,6 +26,8 @@ PLANS_RENEWED: Final = "io.tollgate.plans.renewed.v1"
 # The inference path (emitted by infer, consumed by settle/refund).
 INFERENCE_COMPLETED: Final = "io.tollgate.inference.completed.v1"
 INFERENCE_FAILED: Final = "io.tollgate.inference.failed.v1"
+# Many requests' `inference.completed` in one event (infer's outbox batches what is due).
+INFERENCE_USAGE: Final = "io.tollgate.inference.usage.v1"
 
 # A site ingress asks the home ingress who an API key belongs to (router_fn/ledger_relay.py).
 CALLER_LOOKUP: Final = "io.tollgate.caller.lookup.v1"

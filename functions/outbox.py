@@ -7,6 +7,15 @@ counted and logged, never retried) or not yet (retried with capped exponential b
 A restarted process delivers what its predecessor left. Several processes may share one file:
 each delivery is claimed first (its due time pushed past the attempt), so no two send it at once.
 
+A route may deliver many entries in one go (``Batched``): each pass hands it everything due on it
+(up to ``BATCH``) and it answers one outcome per entry, recorded as a single entry's would be.
+``batched_sink_route`` packs entries of the types it is told about into one event per source
+(infer: many requests' ``inference.completed`` as one ``inference.usage``), so under load one HTTP
+call carries many entries and at a low rate each still goes out as soon as it is owed (``linger_s``:
+after a pass that was not full, wait that long before the next, so a steady stream goes in fewer,
+larger batches; the first event after a quiet spell still goes at once). Each entry stays its
+own row: owing, retrying and dead-lettering are per entry; the batch is only how it travels.
+
 Bounded: ``max_pending`` undelivered events. Past ``warn_fraction`` of it the outbox says so
 loudly (log and gauge); at the limit ``full`` is true and the function stops taking work that
 would owe more (infer answers 503, so the ingress fails over). ``put`` itself never refuses: the
@@ -26,8 +35,9 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -35,7 +45,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from functions.emit import Emitter
+from functions.emit import Emitter, Sent
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +58,7 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 CLAIM_S = 15.0  # an attempt's claim: longer than any route's own timeout (5 s)
 IDLE_S = 5.0
-BATCH = 32
+BATCH = 64  # claimed per pass: what a batched route gets at most in one go
 PRUNE_EVERY_S = 60.0
 DRAIN_PAUSE_S = 0.5
 _BUSY_TIMEOUT_S = 30.0
@@ -119,6 +129,18 @@ class Entry:
 
 
 Deliver = Callable[[Entry], Outcome]
+DeliverMany = Callable[[Sequence[Entry]], Sequence[Outcome]]
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A route that delivers many entries at once: ``deliver`` answers one outcome per entry,
+    in their order."""
+
+    deliver: DeliverMany
+
+
+Route = Deliver | Batched
 
 
 class OutboxError(Exception):
@@ -129,7 +151,7 @@ class Outbox:
     def __init__(
         self,
         directory: str | Path,
-        routes: Mapping[str, Deliver],
+        routes: Mapping[str, Route],
         *,
         name: str,
         max_pending: int = DEFAULT_MAX_PENDING,
@@ -138,10 +160,12 @@ class Outbox:
         first_backoff_s: float = FIRST_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         claim_s: float = CLAIM_S,
+        linger_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``claim_s``: how long an attempt keeps its event from other processes sharing the
-        file; also how long a process killed mid-attempt delays it."""
+        file; also how long a process killed mid-attempt delays it. ``linger_s``: the pause after
+        a pass that was not full (see the module's doc)."""
         assert max_pending >= 1 and 0 < warn_fraction <= 1
         self.path = Path(directory) / FILE_NAME
         self.routes = dict(routes)
@@ -152,6 +176,7 @@ class Outbox:
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self.claim_s = claim_s
+        self.linger_s = linger_s
         self._clock = clock
         self._lock = threading.Lock()
         try:
@@ -284,8 +309,11 @@ class Outbox:
                 wait = 0.0 if delivered else self._until_next_due()
             except Exception:  # a bug or a broken file must not end delivery for good
                 log.exception("outbox %s: delivery pass failed", self.name)
-                wait = IDLE_S
-            if wait > 0:
+                delivered, wait = 0, IDLE_S
+            if 0 < delivered < BATCH and self.linger_s > 0:
+                # Not woken by puts: what they owe meanwhile goes in the next pass, together.
+                self._stopping.wait(self.linger_s)
+            elif wait > 0:
                 with self._wake:
                     self._wake.wait(wait)
 
@@ -294,14 +322,40 @@ class Outbox:
         Returns how many were attempted."""
         now = self._clock()
         entries = self._claim(now if horizon is None else horizon, now, BATCH)
+        by_route: dict[str, list[Entry]] = {}
         for entry in entries:
-            try:
-                outcome = self.routes[entry.route](entry)
-            except Exception as exc:  # the route's bug: retry later, loudly
-                log.exception("outbox %s: route %s failed on %s", self.name, entry.route, entry.id)
-                outcome = Outcome(Verdict.RETRY, f"{exc.__class__.__name__}: {exc}")
-            self._record(entry, outcome)
+            by_route.setdefault(entry.route, []).append(entry)
+        for name, owed in by_route.items():
+            route = self.routes[name]
+            if isinstance(route, Batched):
+                self._record(owed, self._attempt_many(name, route, owed))
+            else:
+                self._record(owed, [self._attempt(name, route, entry) for entry in owed])
         return len(entries)
+
+    def _attempt(self, name: str, route: Deliver, entry: Entry) -> Outcome:
+        try:
+            return route(entry)
+        except Exception as exc:  # the route's bug: retry later, loudly
+            log.exception("outbox %s: route %s failed on %s", self.name, name, entry.id)
+            return Outcome(Verdict.RETRY, f"{exc.__class__.__name__}: {exc}")
+
+    def _attempt_many(self, name: str, route: Batched, entries: list[Entry]) -> list[Outcome]:
+        try:
+            outcomes = list(route.deliver(entries))
+        except Exception as exc:  # the route's bug: retry them all later, loudly
+            log.exception("outbox %s: route %s failed on %d entries", self.name, name, len(entries))
+            return [Outcome(Verdict.RETRY, f"{exc.__class__.__name__}: {exc}")] * len(entries)
+        if len(outcomes) != len(entries):
+            log.error(
+                "outbox %s: route %s answered %d outcomes for %d entries; retrying them",
+                self.name,
+                name,
+                len(outcomes),
+                len(entries),
+            )
+            return [Outcome(Verdict.RETRY, "the route answered no outcome for it")] * len(entries)
+        return outcomes
 
     def _claim(self, due_by: float, now: float, limit: int) -> list[Entry]:
         with self._lock:
@@ -325,17 +379,47 @@ class Outbox:
             for seq, route, type_, source, id_, subject, data, attempts in rows
         ]
 
-    def _record(self, entry: Entry, outcome: Outcome) -> None:
+    def _record(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
+        """Every outcome of one attempt in one transaction (one disk sync, not one per entry)."""
         now = self._clock()
-        attempts = entry.attempts + 1
+        retries: list[tuple[int, float, str, int]] = []
+        finals: list[tuple[int, str, float, str | None, int]] = []
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            attempts = entry.attempts + 1
+            if outcome.verdict is Verdict.RETRY:
+                due = now + self._backoff(attempts)
+                retries.append((attempts, due, outcome.detail[:1000], entry.seq))
+            else:
+                state = "delivered" if outcome.verdict is Verdict.DELIVERED else "dead"
+                finals.append((attempts, state, now, outcome.detail[:1000] or None, entry.seq))
+        finished: list[bool] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE outbox SET attempts = ?, due = ?, last_error = ? WHERE seq = ?",
+                    retries,
+                )
+                for final in finals:
+                    finished.append(
+                        self._db.execute(
+                            "UPDATE outbox SET attempts = ?, state = ?, finished = ?, "
+                            "last_error = ? WHERE seq = ? AND state = 'pending'",
+                            final,
+                        ).rowcount
+                        == 1
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._pending = max(0, self._pending - sum(finished))
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            self._report(entry, outcome, entry.attempts + 1)
+
+    def _report(self, entry: Entry, outcome: Outcome, attempts: int) -> None:
         if outcome.verdict is Verdict.RETRY:
             RETRIED.labels(self.name).inc()
-            due = now + self._backoff(attempts)
-            with self._lock:
-                self._db.execute(
-                    "UPDATE outbox SET attempts = ?, due = ?, last_error = ? WHERE seq = ?",
-                    (attempts, due, outcome.detail[:1000], entry.seq),
-                )
             if attempts in (3, 10) or attempts % 50 == 0:
                 log.warning(
                     "outbox %s: %s %s not delivered after %d attempts: %s",
@@ -345,17 +429,7 @@ class Outbox:
                     attempts,
                     outcome.detail,
                 )
-            return
-        state = "delivered" if outcome.verdict is Verdict.DELIVERED else "dead"
-        with self._lock:
-            changed = self._db.execute(
-                "UPDATE outbox SET attempts = ?, state = ?, finished = ?, last_error = ? "
-                "WHERE seq = ? AND state = 'pending'",
-                (attempts, state, now, outcome.detail[:1000] or None, entry.seq),
-            ).rowcount
-            if changed:
-                self._pending = max(0, self._pending - 1)
-        if state == "delivered":
+        elif outcome.verdict is Verdict.DELIVERED:
             DELIVERED.labels(self.name).inc()
         else:
             DEAD.labels(self.name).inc()
@@ -462,11 +536,77 @@ def sink_route(emitter: Emitter) -> Deliver:
         sent = emitter.send(
             entry.type, entry.source, entry.data, id=entry.id, subject=entry.subject
         )
-        if sent.delivered:
-            return Outcome(Verdict.DELIVERED)
-        return Outcome(Verdict.REFUSED if sent.refused else Verdict.RETRY, sent.problem)
+        return _outcome(sent)
 
     return deliver
+
+
+def _outcome(sent: Sent) -> Outcome:
+    if sent.delivered:
+        return Outcome(Verdict.DELIVERED)
+    return Outcome(Verdict.REFUSED if sent.refused else Verdict.RETRY, sent.problem)
+
+
+Pack = Callable[[Sequence[Entry]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How owed events of one type travel together: as one event of ``type`` whose data ``pack``
+    makes of at most ``limit`` of them (all of one source: the batch's source is theirs)."""
+
+    type: str
+    limit: int
+    pack: Pack
+
+
+# Batch ids derive from the entries in them, so a batch resent unchanged has the same id and one
+# of other entries never shares it (a receiver deduping on source + id drops only true repeats).
+_BATCH_NAMESPACE = uuid.UUID("0b6f7c1e-4f0a-4c39-9a59-51d8a3c2e7b4")
+
+
+def batched_sink_route(emitter: Emitter, batching: Mapping[str, Batching]) -> Batched:
+    """K_SINK, as ``sink_route``, but entries of a type in ``batching`` go as batches (per
+    source, up to the limit). A batch the sink refuses for good (a receiver that does not take
+    the batch type yet, a policy that does not allow it) is sent again one entry at a time, so
+    each entry gets its own verdict; a batch not delivered yet is retried as a whole."""
+    single = sink_route(emitter)
+
+    def deliver(entries: Sequence[Entry]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        groups: dict[tuple[str, str], list[Entry]] = {}
+        for entry in entries:
+            if entry.type in batching:
+                groups.setdefault((entry.type, entry.source), []).append(entry)
+            else:
+                outcomes[entry.seq] = single(entry)
+        for (type_, source), grouped in groups.items():
+            how = batching[type_]
+            grouped.sort(key=lambda entry: entry.seq)  # in the order owed, retries or not
+            for start in range(0, len(grouped), how.limit):
+                chunk = grouped[start : start + how.limit]
+                for entry, outcome in zip(chunk, send_batch(how, source, chunk), strict=True):
+                    outcomes[entry.seq] = outcome
+        return [outcomes[entry.seq] for entry in entries]
+
+    def send_batch(how: Batching, source: str, chunk: list[Entry]) -> list[Outcome]:
+        if emitter.sink is None:
+            return [single(entry) for entry in chunk]
+        ids = "\n".join(f"{entry.source}#{entry.id}" for entry in chunk)
+        batch_id = str(uuid.uuid5(_BATCH_NAMESPACE, ids))
+        sent = emitter.send(how.type, source, how.pack(chunk), id=batch_id)
+        if sent.refused:
+            log.warning(
+                "%s to %s refused (%s): sending its %d entries one by one",
+                how.type,
+                emitter.sink,
+                sent.problem,
+                len(chunk),
+            )
+            return [single(entry) for entry in chunk]
+        return [_outcome(sent)] * len(chunk)
+
+    return Batched(deliver)
 
 
 @dataclass(frozen=True)
@@ -477,11 +617,19 @@ class OutboxSettings:
     max_pending: int = DEFAULT_MAX_PENDING
     keep_seconds: float = DEFAULT_KEEP_S
     max_backoff_s: float = MAX_BACKOFF_S
+    linger_s: float = 0.0
 
     @classmethod
-    def from_env(cls, function: str, environ: Mapping[str, str] | None = None) -> OutboxSettings:
+    def from_env(
+        cls,
+        function: str,
+        environ: Mapping[str, str] | None = None,
+        *,
+        linger_s: float = 0.0,
+    ) -> OutboxSettings:
         """``TOLLGATE_OUTBOX_DIR`` (default ``.tollgate/outbox/<function>``, beside the default
-        store); ``_MAX_PENDING``, ``_KEEP_SECONDS``, ``_MAX_BACKOFF_SECONDS``."""
+        store); ``_MAX_PENDING``, ``_KEEP_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_LINGER_MS``
+        (default: the function's ``linger_s``)."""
         env = os.environ if environ is None else environ
         directory = env.get("TOLLGATE_OUTBOX_DIR") or str(DEFAULT_DIR / function)
         prefix = "TOLLGATE_OUTBOX_"
@@ -491,11 +639,12 @@ class OutboxSettings:
                 max_pending=int(env.get(prefix + "MAX_PENDING") or DEFAULT_MAX_PENDING),
                 keep_seconds=float(env.get(prefix + "KEEP_SECONDS") or DEFAULT_KEEP_S),
                 max_backoff_s=float(env.get(prefix + "MAX_BACKOFF_SECONDS") or MAX_BACKOFF_S),
+                linger_s=float(env.get(prefix + "LINGER_MS") or linger_s * 1000) / 1000,
             )
         except ValueError as exc:
             raise ValueError(f"invalid TOLLGATE_OUTBOX_* setting: {exc}") from None
 
-    def open(self, name: str, routes: Mapping[str, Deliver]) -> Outbox:
+    def open(self, name: str, routes: Mapping[str, Route]) -> Outbox:
         return Outbox(
             self.directory,
             routes,
@@ -503,4 +652,5 @@ class OutboxSettings:
             max_pending=self.max_pending,
             keep_seconds=self.keep_seconds,
             max_backoff_s=self.max_backoff_s,
+            linger_s=self.linger_s,
         )

@@ -1,5 +1,6 @@
 """infer: the scale-to-zero inference function — OpenAI-compatible serving over one engine, with
-exact metering reported as `inference.completed` / `inference.failed` events.
+exact metering reported as `inference.completed` / `inference.failed` events (the completed ones
+delivered in `inference.usage` batches of what is due, each report still its own record).
 
 Configuration (environment, as Knative sets it; see `infer_fn.config`):
     TOLLGATE_ENGINE               llamacpp (default) | openai-upstream

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import flask
 
+from events.types import INFERENCE_COMPLETED
 from functions.app import create_app as create_function_app
 from functions.auth.keys import VerifyKeys
 from functions.auth.senders import Senders
 from functions.emit import Emitter
-from functions.outbox import SINK, Outbox, OutboxSettings, sink_route
+from functions.outbox import SINK, Outbox, OutboxSettings, batched_sink_route
 from functions.server import THREADS_CONFIG
 from infer_fn.admission import Admission
 from infer_fn.api import build_blueprint, count_refusal
@@ -17,7 +18,7 @@ from infer_fn.config import EngineKind, InferConfig
 from infer_fn.engines import build_engine
 from infer_fn.engines.base import Engine
 from infer_fn.lifecycle import EngineHost
-from infer_fn.metering import EventSink
+from infer_fn.metering import METERING_LINGER_S, USAGE_BATCHING, EventSink
 from infer_fn.metrics import bind_load_gauges
 from infer_fn.warmup import warmup_blueprint
 
@@ -81,12 +82,15 @@ def create_app(
 
 
 def metering_sink() -> EventSink:
-    """Where metering events go: owed through the durable outbox to K_SINK; with no K_SINK
-    nobody takes them, so they are not emitted (a lone function run by hand)."""
+    """Where metering events go: owed through the durable outbox to K_SINK, `inference.completed`
+    in batches of what is due; with no K_SINK nobody takes them, so they are not emitted (a lone
+    function run by hand)."""
     emitter = Emitter.from_env()
     if emitter.sink is None:
         return emitter
-    return OutboxSettings.from_env(NAME).open(NAME, {SINK: sink_route(emitter)})
+    route = batched_sink_route(emitter, {INFERENCE_COMPLETED: USAGE_BATCHING})
+    settings = OutboxSettings.from_env(NAME, linger_s=METERING_LINGER_S)
+    return settings.open(NAME, {SINK: route})
 
 
 def engine_host(app: flask.Flask) -> EngineHost:

@@ -9,25 +9,49 @@ outbox (functions/outbox.py) — before its response's last bytes go out (`bill`
 client saw end is never unbilled, even if this process dies the next instant; delivery happens
 afterwards and never delays a client. A client that disconnects mid-stream got what was produced:
 that is `completed`, with the usage up to the cut; an engine that fails after producing output is
-`failed` with that usage (the ledger charges it; with no output it voids the hold)."""
+`failed` with that usage (the ledger charges it; with no output it voids the hold).
+The outbox sends the `completed` events due at once as one `inference.usage` batch
+(`USAGE_BATCHING`): one call to the ledger for many requests, each still its own record."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from events.ledger import InferenceCompleted, InferenceError, InferenceFailed, Timings
+from events.ledger import (
+    MAX_USAGE_REPORTS,
+    InferenceCompleted,
+    InferenceError,
+    InferenceFailed,
+    Timings,
+    usage_batch,
+)
 from events.quote import Usage
-from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED
+from events.types import INFERENCE_COMPLETED, INFERENCE_FAILED, INFERENCE_USAGE
 from functions.emit import EmitFailed
-from functions.outbox import OutboxError
+from functions.outbox import Batching, Entry, OutboxError
 from infer_fn import metrics
 from infer_fn.capability import Vouched
 from infer_fn.engines.base import Generation
 
 log = logging.getLogger(__name__)
+
+
+def _usage(entries: Sequence[Entry]) -> dict[str, Any]:
+    return usage_batch((entry.id, entry.data) for entry in entries)
+
+
+# How the outbox delivers owed `inference.completed`: what is due in one `inference.usage` event
+# (settle takes each report as its own event); `inference.failed` goes alone, to refund.
+USAGE_BATCHING = Batching(INFERENCE_USAGE, MAX_USAGE_REPORTS, _usage)
+# After a delivery pass that was not full, the outbox waits this long, so a steady stream of
+# requests is reported in fewer, larger batches (the first after a quiet spell goes at once).
+# bench/gateway.py, leased path at concurrency 1, ledger CPU per request: 3.9 ms with none,
+# 2.6 with 10 or 20 ms, 2.1 with 50 ms; settlement trails the answer by at most this much more.
+METERING_LINGER_S = 0.02
 
 
 class EventSink(Protocol):

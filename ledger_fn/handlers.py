@@ -3,11 +3,22 @@
 Each command is applied under its event's source + id as idempotency key, claimed by the same
 journal write as its effect (ledger_fn/ledger.py), so a redelivery — even one after a crash, for
 as long as the dedupe window — returns the first result and a redelivery with different data is
-refused (409)."""
+refused (409).
+
+``inference.usage`` carries many ``inference.completed`` reports (infer's outbox sends what is due
+at once): each is taken exactly as that event alone would be, under its own key (the batch's
+source + the report's id), so a report seen in a batch and again alone or in another batch is
+charged once. A report refused for good (bad capability, a hold already resolved...) does not
+hold back the others: it is kept as a dead letter, where the broker keeps a refused single event,
+logged and counted; a transient failure (store down) fails the whole batch, which is retried and
+dedupes what was done."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +41,7 @@ from events.ledger import (
     InferenceCompleted,
     InferenceFailed,
     InferenceOutcome,
+    InferenceUsage,
     LeaseRequest,
     LeaseState,
     PlansRenew,
@@ -41,10 +53,12 @@ from functions.accounts import account_for_slice
 from functions.app import Handler
 from functions.auth.keys import VerifyKeys
 from functions.cloudevent import Incoming, Reply
+from functions.deadletters import DeadLetters
 from functions.emit import Emitter
-from functions.errors import BadRequest, Conflict, Forbidden, Unavailable
+from functions.errors import BadRequest, Conflict, Forbidden, FunctionError, Unavailable
 from functions.validation import validate
 from ledger_fn.ledger import Ledger
+from ledger_fn.metrics import USAGE_REPORTS
 from ledger_fn.plans import Plans
 from ledger_fn.state import OpKind, account_of
 
@@ -97,6 +111,7 @@ class LedgerHandlers:
         self.emitter = emitter
         self.capability_keys = capability_keys
         self.source = source
+        self.dead_letters = DeadLetters(ledger.store)
 
     def _run(
         self, event: Incoming, account_id: str, kind: OpKind, args: dict[str, Any]
@@ -187,6 +202,57 @@ class LedgerHandlers:
 
     def completed(self, event: Incoming) -> Reply | None:
         done = validate(InferenceCompleted, event.data, f"{event.type} data")
+        return self._complete(event, done)
+
+    def usage(self, event: Incoming) -> None:
+        """Each report of the batch as its own ``inference.completed`` (see the module's doc).
+        Answers nothing: what each report did is in the journal (and a reply per report would be
+        the per-request traffic the batch exists to save)."""
+        batch = validate(InferenceUsage, event.data, f"{event.type} data")
+        for report, sent in zip(batch.reports, event.data["reports"], strict=True):
+            single = replace(
+                event,
+                type=types.INFERENCE_COMPLETED,
+                id=report.id,
+                subject=None,
+                data=sent["data"],  # as sent: the dedupe compares it with a single's data
+                extensions={},
+            )
+            try:
+                self._complete(single, report.data)
+            except FunctionError as exc:
+                if exc.status >= 500:
+                    raise  # transient: the whole batch is retried; what was done dedupes
+                self._refused(event, single, exc)
+                continue
+            USAGE_REPORTS.labels("taken").inc()
+
+    def _refused(self, batch: Incoming, report: Incoming, exc: FunctionError) -> None:
+        """A report refused for good: kept as the broker keeps a refused event (its dead letters,
+        with Knative's error extensions), logged and counted."""
+        USAGE_REPORTS.labels("refused").inc()
+        log.error(
+            "usage report %s of %s (batch %s) refused (%d), kept as a dead letter: %s",
+            report.id,
+            report.source,
+            batch.id,
+            exc.status,
+            exc.message,
+        )
+        body = json.dumps(exc.body()).encode()
+        self.dead_letters.keep(
+            replace(
+                report,
+                extensions={
+                    "knativeerrordest": self.source,
+                    "knativeerrorcode": str(exc.status),
+                    "knativeerrordata": base64.b64encode(body).decode("ascii"),
+                    "tollgatebatch": batch.id,
+                },
+            )
+        )
+
+    def _complete(self, event: Incoming, done: InferenceCompleted) -> Reply | None:
         capability = self._vouched(done)
         account_id = self._owner(done.hold_id, done.account_id)
         if capability.credits is not None:  # one request of a lease: a second report of it
@@ -313,7 +379,11 @@ class LedgerHandlers:
                 types.PLANS_RENEW_ACCOUNT: self.renew_account,
             },
             "authorize": {types.HOLD_AUTHORIZE: self.authorize},
-            "settle": {types.HOLD_SETTLE: self.settle, types.INFERENCE_COMPLETED: self.completed},
+            "settle": {
+                types.HOLD_SETTLE: self.settle,
+                types.INFERENCE_COMPLETED: self.completed,
+                types.INFERENCE_USAGE: self.usage,
+            },
             "refund": {types.HOLD_REFUND: self.refund, types.INFERENCE_FAILED: self.failed},
             "sweep": {types.HOLDS_SWEEP: self.sweep},
         }

@@ -30,6 +30,12 @@ INDEX_FAILURES = Counter(
     "tollgate_ledger_claim_index_failures_total",
     "Claim index writes that failed after their journal entry committed (repaired later).",
 )
+USAGE_REPORTS = Counter(
+    "tollgate_ledger_usage_reports_total",
+    "Reports of inference.usage batches: taken (settled or a duplicate) or refused for good "
+    "(kept as dead letters).",
+    ["outcome"],
+)
 CACHE_GAUGE = Gauge(
     "tollgate_ledger_cache_bytes",
     "Estimated memory held by the ledger's account cache.",

@@ -6,7 +6,8 @@ cluster, checked against that cluster's issuer (template ``clusters[].serviceAcc
 by OIDC discovery) for this endpoint's audience; the sink's event policy says who may send what
 (infer, its metering events; a site ingress, the stand-in metering of a stream it relayed), and
 the event must be about a cluster that issuer speaks for (a stand-in excepted: a site ingress
-routes to every cluster, and settle checks the capability it names for that cluster). Then
+routes to every cluster, and settle checks the capability it names for that cluster); a batch of
+infer's reports (``inference.usage``) must be about such clusters in every report. Then
 it is published to the home broker unchanged (same source and id, so a redelivery is deduped
 there) under the ingress's own identity. Answers 202; 401 unknown sender; 403 not allowed; 400
 malformed. Settle and refund still check the event's capability."""
@@ -17,10 +18,13 @@ from collections.abc import Sequence
 
 from flask import Blueprint, Response, request
 
+from events.ledger import InferenceUsage
+from events.types import INFERENCE_USAGE
 from functions.auth.policy import SenderPolicy
-from functions.cloudevent import parse_http
+from functions.cloudevent import Incoming, parse_http
 from functions.emit import Emitter
 from functions.errors import Forbidden
+from functions.validation import validate
 from router_fn.remote_senders import RemoteIssuer, remote_sender
 
 PATH = "/events/clusters"
@@ -37,13 +41,23 @@ def cluster_events_blueprint(
         identity, issuer = remote_sender(issuers, headers, PATH, policy.audience)
         event = parse_http(headers, request.get_data())
         policy.check(identity.subject, event.attributes())
-        cluster = event.data.get("cluster")
-        if cluster not in issuer.clusters and event.data.get("stand_in") is not True:
-            raise Forbidden(
-                f"{identity.subject} of {identity.issuer} speaks for "
-                f"{', '.join(sorted(issuer.clusters))}, not for cluster {cluster!r}"
-            )
+        for cluster in _clusters(event):
+            if cluster not in issuer.clusters:
+                raise Forbidden(
+                    f"{identity.subject} of {identity.issuer} speaks for "
+                    f"{', '.join(sorted(issuer.clusters))}, not for cluster {cluster!r}"
+                )
         emitter.emit(event.type, event.source, event.data, id=event.id, subject=event.subject)
         return Response(status=202)
 
     return blueprint
+
+
+def _clusters(event: Incoming) -> set[object]:
+    """The clusters an event reports about (none for a stand-in: see the module's doc)."""
+    if event.type == INFERENCE_USAGE:
+        batch = validate(InferenceUsage, event.data, f"{event.type} data")
+        return {report.data.cluster for report in batch.reports}
+    if event.data.get("stand_in") is True:
+        return set()
+    return {event.data.get("cluster")}

@@ -92,6 +92,7 @@ class CapabilityKeys:
         engine_ms: int = 300_000,
         deadline_s: float = 300,
         attempt: str | None = None,
+        credits: int | None = None,
     ) -> str:
         claims = Capability(
             hold_id=hold_id,
@@ -103,6 +104,7 @@ class CapabilityKeys:
             engine_ms=engine_ms,
             deadline=int(time.time() + deadline_s),
             attempt=attempt or f"{hold_id}#{time.monotonic_ns()}",
+            credits=credits,
         )
         return sign(claims, self.signing.get())
 

@@ -32,7 +32,9 @@ def _kind(consumes: tuple[str, ...] = (), emits: tuple[str, ...] = ()) -> Functi
 FUNCTION_KINDS: Final = MappingProxyType(
     {
         "authorize": _kind((t.HOLD_AUTHORIZE,), (t.HOLD_AUTHORIZED, t.HOLD_DECLINED)),
-        "settle": _kind((t.HOLD_SETTLE, t.INFERENCE_COMPLETED), (t.HOLD_SETTLED,)),
+        "settle": _kind(
+            (t.HOLD_SETTLE, t.INFERENCE_COMPLETED, t.INFERENCE_USAGE), (t.HOLD_SETTLED,)
+        ),
         "refund": _kind((t.HOLD_REFUND, t.INFERENCE_FAILED), (t.HOLD_REFUNDED,)),
         "grant": _kind(
             (
@@ -75,19 +77,24 @@ FUNCTION_KINDS: Final = MappingProxyType(
         ),
         # The ingress asks authorize with CloudEvents, voids a failed attempt's hold itself
         # (hold.refund, to the refund function), meters a stream whose infer died (completed,
-        # to the broker); its events endpoint publishes what network systems tell us.
+        # to the broker); its events endpoints publish what network systems tell us and what
+        # the other clusters' infer report (completed, usage batches, failed).
         "ingress": _kind(
             (),
             (
                 t.HOLD_AUTHORIZE,
                 t.HOLD_REFUND,
                 t.INFERENCE_COMPLETED,
+                t.INFERENCE_USAGE,
+                t.INFERENCE_FAILED,
                 *network.MODELS,
                 topups.TOPUP_PAYMENT_CHANGED,
                 topups.TOPUP_REFUND_CHANGED,
             ),
         ),
-        "infer": _kind((), (t.INFERENCE_COMPLETED, t.INFERENCE_FAILED)),
+        # Infer's outbox batches its completed reports as inference.usage; a batch refused for
+        # good is sent again one inference.completed at a time (functions/outbox.py).
+        "infer": _kind((), (t.INFERENCE_COMPLETED, t.INFERENCE_USAGE, t.INFERENCE_FAILED)),
     }
 )
 

@@ -26,7 +26,9 @@ from openai.types.chat import ChatCompletionMessageParam
 from waitress.server import create_server
 
 from events import wire
+from events.ledger import InferenceUsage
 from events.openai import PATHS
+from events.types import INFERENCE_COMPLETED, INFERENCE_USAGE
 from functions.auth.oidc import Discovery, TokenVerifier
 from functions.auth.policy import SenderPolicy
 from functions.auth.senders import Senders
@@ -81,10 +83,13 @@ class Server:
 
 
 class Sink:
-    """A CloudEvents sink (as K_SINK) recording what it receives, parsed by the SDK."""
+    """A CloudEvents sink (as K_SINK) recording what it receives, parsed by the SDK. A batch of
+    usage reports is validated against its contract and recorded as the single
+    ``inference.completed`` events it carries (as settle takes them); ``batches`` keeps it."""
 
     def __init__(self) -> None:
         self.events: list[CloudEvent] = []
+        self.batches: list[CloudEvent] = []
         self._arrived = threading.Condition()
         sink = self
 
@@ -93,7 +98,11 @@ class Sink:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 event = from_http(dict(self.headers.items()), body)
                 with sink._arrived:
-                    sink.events.append(event)
+                    if event["type"] == INFERENCE_USAGE:
+                        sink.batches.append(event)
+                        sink.events.extend(reported(event))
+                    else:
+                        sink.events.append(event)
                     sink._arrived.notify_all()
                 self.send_response(202)
                 self.end_headers()
@@ -114,6 +123,18 @@ class Sink:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def reported(batch: CloudEvent) -> list[CloudEvent]:
+    """The ``inference.completed`` events an ``inference.usage`` batch carries."""
+    usage = InferenceUsage.model_validate(batch.data)
+    return [
+        CloudEvent(
+            {"type": INFERENCE_COMPLETED, "source": batch["source"], "id": report.id},
+            report.data.model_dump(mode="json"),
+        )
+        for report in usage.reports
+    ]
 
 
 @pytest.fixture

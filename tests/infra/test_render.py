@@ -383,6 +383,9 @@ def test_event_policies_let_each_type_reach_the_broker_only_from_its_producers(
 
     assert senders_of("io.tollgate.credits.grant.v1") == {"operator-bss"}
     assert senders_of("io.tollgate.inference.completed.v1") == {"infer-*", "ingress"}
+    # The home ingress publishes what the other clusters' infer report (/events/clusters).
+    assert senders_of("io.tollgate.inference.usage.v1") == {"infer-*", "ingress"}
+    assert senders_of("io.tollgate.inference.failed.v1") == {"infer-*", "ingress"}
     assert senders_of("io.tollgate.network.site.degraded.v1") == {"ingress"}
     settle = policies["settle-from-settle-inference-completed"]["spec"]
     assert settle["from"] == [

@@ -140,7 +140,7 @@ def test_trigger_for_an_event_type_nobody_emits() -> None:
     err = _errors(text)
     _assert_problem(
         err,
-        "eventing.triggers[10].type",
+        "eventing.triggers[11].type",
         _line_of(text, "- type: io.tollgate.hold.settle.v1"),
         "trigger for io.tollgate.hold.settle.v1, which nobody emits",
     )

@@ -2,12 +2,13 @@
 ``python -m tests.router.metering_upstream PORT``).
 
 Like infer it serves only attempts with a valid capability (signature, model, ``max_tokens``
-within the bound), answers with usage, and reports ``inference.completed`` carrying the
-capability to K_SINK (with its token) after answering, retried until the ledger takes it (as
-infer's durable outbox does), a little later each time so that captures race the ingress's lease
-renewals and returns. Each report it delivered is a line of ``METER_LOG`` (JSON: the attempt,
-its hold, the usage), which the test holds the journal to. Usage: ``METER_EXACT=1`` uses all of
-the worst case (the prompt bound and every token), otherwise a seeded share of it. A request
+within the bound), answers with usage, and owes ``inference.completed`` carrying the capability
+in a durable outbox (``METER_OUTBOX_DIR``) before answering, delivered to K_SINK (with its token)
+as infer delivers it: what is due in one ``inference.usage`` batch (infer_fn/metering.py), retried
+until the ledger takes it; each is due a little later than owed, so that captures race the
+ingress's lease renewals and returns. Each report it owed is a line of ``METER_LOG`` (JSON: the
+attempt, its hold, the usage), which the test holds the journal to. Usage: ``METER_EXACT=1`` uses
+all of the worst case (the prompt bound and every token), otherwise a seeded share of it. A request
 whose first message reads ``wait <seconds>`` is answered that much later (a request that keeps
 running)."""
 
@@ -19,8 +20,7 @@ import random
 import sys
 import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
@@ -30,15 +30,21 @@ from events.capability import CapabilityError, verify
 from events.openai import ChatRequest
 from events.types import INFERENCE_COMPLETED
 from functions.auth.keys import VerifyKeys, keys_dir_from_env
-from functions.emit import EmitFailed, Emitter
+from functions.emit import Emitter
+from functions.outbox import SINK, OutboxSettings, batched_sink_route
 from functions.server import serve
+from infer_fn.metering import METERING_LINGER_S, USAGE_BATCHING
 
 
 def create_app() -> Flask:
     app = Flask("metering-upstream")
     emitter = Emitter.from_env()
     keys = VerifyKeys(keys_dir_from_env())
-    background = ThreadPoolExecutor(max_workers=4)
+    route = batched_sink_route(emitter, {INFERENCE_COMPLETED: USAGE_BATCHING})
+    settings = OutboxSettings(
+        Path(os.environ["METER_OUTBOX_DIR"]), max_backoff_s=0.5, linger_s=METERING_LINGER_S
+    )
+    outbox = settings.open("metering-upstream", {SINK: route})
     exact = os.environ.get("METER_EXACT") == "1"
     log_path = os.environ["METER_LOG"]
     log_lock = threading.Lock()
@@ -46,15 +52,8 @@ def create_app() -> Flask:
     chance = random.Random(int(os.environ.get("METER_SEED", "13")))
 
     def report(data: dict[str, Any], attempt: str) -> None:
-        time.sleep(chance.uniform(0, 0.05))
-        for _ in range(100):  # as infer's outbox: until the ledger takes it
-            try:
-                emitter.emit(INFERENCE_COMPLETED, "/tests/upstream", data, id=uuid.uuid4().hex)
-                break
-            except EmitFailed:
-                time.sleep(0.2)
-        else:
-            return
+        delay = chance.uniform(0, 0.05)
+        outbox.put(INFERENCE_COMPLETED, "/tests/upstream", data, id=attempt, delay_s=delay)
         with log_lock, open(log_path, "a", encoding="utf-8") as out:
             out.write(json.dumps({"attempt": attempt, **data, "capability": None}) + "\n")
 
@@ -85,7 +84,7 @@ def create_app() -> Flask:
             "capability": token,
         }
         time.sleep(_delay_s(body))
-        background.submit(report, data, capability.attempt)
+        report(data, capability.attempt)
         answer = {
             "object": "chat.completion",
             "model": capability.model,

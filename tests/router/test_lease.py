@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ import pytest
 import requests
 from flask import Flask, Response
 
+from events import types
 from events.quote import Usage
 from functions.apikeys import ApiKeys
+from functions.metrics import EVENTS
 from functions.store import Store
 from ledger_fn.ledger import Ledger
 from router_fn import lease
@@ -78,18 +81,22 @@ def metering_env(
     monkeypatch.setenv("TOLLGATE_TOKEN_DIR", str(sink_token.parent))
     monkeypatch.setenv("TOLLGATE_CAPABILITY_KEYS", str(cap_keys.directory))
     monkeypatch.setenv("METER_LOG", str(meter_log))
+    monkeypatch.setenv("METER_OUTBOX_DIR", str(tmp_path / "upstream-outbox"))
     return meter_log
 
 
 @pytest.fixture
 def leased(
+    request: pytest.FixtureRequest,
     sqlite_store: Store,
     issuer: TestIssuer,
     cap_keys: CapabilityKeys,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Leased]:
+    """Parametrized indirectly: how many requests the edge cluster's replica takes at once."""
     monkeypatch.setattr(lease, "IDLE_S", 0.5)  # return leases soon after the test's requests
+    concurrency: int = getattr(request, "param", 1)
     ledger = Ledger(sqlite_store)
     the_ledger = ledger_function(ledger, issuer, cap_keys)
     with ExitStack() as stack:
@@ -98,7 +105,7 @@ def leased(
         edge_url = stack.enter_context(serving(metering_upstream.create_app()))
         regional_url = stack.enter_context(serving(_failing()))
         app = ingress_app(
-            topology(edge_url, regional_url),
+            topology(edge_url, regional_url, concurrency=concurrency),
             sqlite_store,
             ledger_client(ledger_url, issuer, tmp_path),
             senders=senders(issuer),
@@ -148,6 +155,32 @@ def test_requests_are_admitted_from_a_lease_and_captured_one_by_one(leased: Leas
     metered = sum(edge.charge(Usage.model_validate(m["usage"])) for m in leased.metered())
     assert balance["spent"] == charged == metered
     assert (balance["held"], balance["available"]) == (0, 1_000_000 - charged)
+    assert leased.ledger.verify().ok
+
+
+@pytest.mark.parametrize("leased", [8], indirect=True)
+def test_concurrent_leased_requests_are_reported_in_batches_each_captured_once(
+    leased: Leased,
+) -> None:
+    """Infer's metering (the upstream's outbox) sends what is due as one inference.usage: under
+    load one call to the ledger carries several requests, each still its own journal record."""
+    key = leased.key("acme", 1_000_000)
+    batches = EVENTS.labels("ledger", types.INFERENCE_USAGE, "2xx")
+    before = batches._value.get()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: chat(leased, key, max_tokens=20), range(48)))
+    assert [r.status_code for r in answers] == [200] * 48, answers[-1].text
+    balance = leased.settled("acme", 48)
+    # One record per request: a capture from the lease, or a settle of the request's own hold
+    # when the lease was being renewed under this load.
+    records = [e for e in leased.journal("acme") if e["op"]["kind"] in ("capture", "settle")]
+    assert len(records) == 48
+    charged = sum(int(r.headers["x-tollgate-credits-charged"]) for r in answers)
+    edge = topology("", "").quote("tiny", "edge")
+    assert edge is not None
+    metered = sum(edge.charge(Usage.model_validate(m["usage"])) for m in leased.metered())
+    assert balance["spent"] == charged == metered
+    assert 1 <= batches._value.get() - before < 48  # fewer calls than requests
     assert leased.ledger.verify().ok
 
 

@@ -124,7 +124,8 @@ def identities(tmp: Path, issuer: TestIssuer) -> dict[str, dict[str, str]]:
             {"type": types.INFERENCE_COMPLETED}, {"type": types.INFERENCE_FAILED},
         )),
         SenderRule("infer", (sub("infer"),), (
-            {"type": types.INFERENCE_COMPLETED}, {"type": types.INFERENCE_FAILED},
+            {"type": types.INFERENCE_COMPLETED}, {"type": types.INFERENCE_USAGE},
+            {"type": types.INFERENCE_FAILED},
         )),
     )  # fmt: skip
     trust = tmp / "trust.json"
@@ -186,7 +187,12 @@ def run(
             p.tmp / "ledger.log",
         )
     )
-    meter = {"K_SINK": ledger_url, "METER_LOG": str(p.meter_log), "METER_EXACT": str(int(exact))}
+    meter = {
+        "K_SINK": ledger_url,
+        "METER_LOG": str(p.meter_log),
+        "METER_EXACT": str(int(exact)),
+        "METER_OUTBOX_DIR": str(p.tmp / "upstream-outbox"),
+    }
     meter |= upstream_env or {}
     p.others.append(
         start(

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from events import types
+from events.ledger import usage_batch
 from events.quote import Usage
 from events.ratelimits import RateLimits
 from events.sla import period_of
@@ -333,6 +334,40 @@ def test_a_site_ingress_reports_its_stand_ins_for_any_cluster_infer_only_its_own
     assert report(SITE, "regional-b", False) == 403
     assert report("infer-edge", "edge-a", False) == 202
     assert [d["cluster"] for _, d in published.events] == ["regional-b", "edge-a"]
+
+
+def test_a_batch_of_infer_reports_passes_only_if_every_report_is_about_its_clusters(
+    issuer: TestIssuer,
+) -> None:
+    events = "https://ingress.tollgate.home.example/events/clusters"
+    usage = ({"type": types.INFERENCE_USAGE},)
+    policy = SenderPolicy(events, (SenderRule("from-infer", (sub("infer-*"),), usage),))
+    published = _Published()
+    verifier = TokenVerifier(Discovery(issuer.url), events)
+    blueprint = cluster_events_blueprint(
+        [RemoteIssuer(verifier, frozenset({"edge-a"}))], policy, published
+    )
+    client = create_function_app("ingress", senders=nobody(), blueprints=[blueprint]).test_client()
+
+    def batch(*clusters: str) -> int:
+        done = {
+            "hold_id": "acme:1",
+            "account_id": "acme",
+            "model": "m",
+            "cluster": "edge-a",
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            "capability": "c" * 32,
+        }
+        data = usage_batch((f"r{i}", {**done, "cluster": c}) for i, c in enumerate(clusters))
+        message = to_binary(make_event(types.INFERENCE_USAGE, "/tests", data))
+        auth = {"Authorization": f"Bearer {issuer.token('infer-edge', events)}"}
+        answer = client.post(CLUSTER_EVENTS, headers={**message.headers, **auth}, data=message.body)
+        return answer.status_code
+
+    assert batch("edge-a", "edge-a") == 202
+    assert batch("edge-a", "regional-b") == 403  # one report about a cluster it cannot speak for
+    assert batch() == 400  # no reports: malformed
+    assert [t for t, _ in published.events] == [types.INFERENCE_USAGE]
 
 
 def test_the_home_and_a_site_together_admit_one_limit_per_window(sites: Sites) -> None:

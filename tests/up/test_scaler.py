@@ -21,6 +21,7 @@ from cloudevents.v1.http import from_http
 from flask import Flask, Response, request
 
 from events import wire
+from events.types import INFERENCE_COMPLETED, INFERENCE_USAGE
 from functions.outbox import Outbox, Outcome, Verdict, owed
 from infra.local.activator import ActivatorServer
 from infra.local.platform import InferService, free_port, plan, write_json
@@ -40,7 +41,8 @@ CLUSTER = "regional-paris-1"
 
 @dataclass
 class Broker:
-    """Stands in for the broker: takes CloudEvents (202), or refuses them (503) while told to."""
+    """Stands in for the broker: takes CloudEvents (202), or refuses them (503) while told to;
+    records the hold of each (of each report of a usage batch)."""
 
     refusing: threading.Event = field(default_factory=threading.Event)
     events: list[tuple[str, str]] = field(default_factory=list)  # (type, hold id)
@@ -53,7 +55,11 @@ class Broker:
             if self.refusing.is_set():
                 return Response("busy", status=503)
             event = from_http(dict(request.headers), request.get_data())
-            self.events.append((event["type"], (event.get_data() or {})["hold_id"]))
+            if event["type"] == INFERENCE_USAGE:  # each report, as settle takes them
+                reports = (event.get_data() or {})["reports"]
+                self.events.extend((INFERENCE_COMPLETED, r["data"]["hold_id"]) for r in reports)
+            else:
+                self.events.append((event["type"], (event.get_data() or {})["hold_id"]))
             return Response(status=202)
 
         return app
