@@ -115,16 +115,21 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_events_owed_by_a_killed_process_are_delivered_by_its_successor(
-    tmp_path: Path, sink: Sink
-) -> None:
+def run_until_killed(script: str, directory: Path) -> None:
+    """Run ``script`` (given ``directory`` as its argument) in a child that SIGKILLs itself."""
     child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(OWE_AND_DIE), str(tmp_path)],
+        [sys.executable, "-c", textwrap.dedent(script), str(directory)],
         cwd=ROOT,
         capture_output=True,
         timeout=60,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr
+
+
+def test_events_owed_by_a_killed_process_are_delivered_by_its_successor(
+    tmp_path: Path, sink: Sink
+) -> None:
+    run_until_killed(OWE_AND_DIE, tmp_path)
     successor = outbox(tmp_path, sink.url)  # it starts delivering what it finds
     wait_until(lambda: successor.counts() == {"delivered": 5})
     assert sorted(e.id for e in sink.received) == [f"c-{i}" for i in range(5)]

@@ -6,10 +6,6 @@ process killed mid-attempt are delivered by its successor, and a linger gathers 
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -31,7 +27,7 @@ from functions.outbox import (
     batched_sink_route,
 )
 from tests.functions.test_emit import Sink
-from tests.functions.test_outbox import ROOT, TOKEN, sink, wait_until
+from tests.functions.test_outbox import TOKEN, run_until_killed, sink, wait_until
 
 __all__ = ["sink"]  # the fixture, shared with test_outbox
 
@@ -166,13 +162,7 @@ box.deliver_due(horizon=float("inf"))
 def test_entries_claimed_by_a_killed_process_are_delivered_by_its_successor(
     tmp_path: Path, sink: Sink
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CLAIM_AND_DIE), str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    run_until_killed(CLAIM_AND_DIE, tmp_path)
     successor = outbox(tmp_path, sink.url, limit=8)
     assert successor.deliver_due() == 0  # still claimed by the dead attempt (claim_s)...
     time.sleep(1.1)
