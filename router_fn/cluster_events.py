@@ -21,11 +21,11 @@ from flask import Blueprint, Response, request
 from events.ledger import InferenceUsage
 from events.types import INFERENCE_USAGE
 from functions.auth.policy import SenderPolicy
-from functions.cloudevent import Incoming, parse_http
+from functions.cloudevent import Incoming
 from functions.emit import Emitter
 from functions.errors import Forbidden
 from functions.validation import validate
-from router_fn.remote_senders import RemoteIssuer, remote_sender
+from router_fn.remote_senders import RemoteIssuer, remote_event
 
 PATH = "/events/clusters"
 
@@ -37,10 +37,9 @@ def cluster_events_blueprint(
 
     @blueprint.post(PATH)
     def receive() -> Response:
-        headers = dict(request.headers)
-        identity, issuer = remote_sender(issuers, headers, PATH, policy.audience)
-        event = parse_http(headers, request.get_data())
-        policy.check(identity.subject, event.attributes())
+        identity, issuer, event = remote_event(
+            issuers, policy, PATH, dict(request.headers), request.get_data()
+        )
         for cluster in _clusters(event):
             if cluster not in issuer.clusters:
                 raise Forbidden(

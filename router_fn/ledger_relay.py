@@ -39,14 +39,14 @@ from functions.accounts import read_profile, roaming_countries
 from functions.apikeys import ApiKeys
 from functions.auth.oidc import Identity
 from functions.auth.policy import SenderPolicy
-from functions.cloudevent import Incoming, make_event, parse_http, to_binary
+from functions.cloudevent import Incoming, make_event, to_binary
 from functions.errors import Forbidden, NotFound, Unauthorized, Unavailable
 from functions.rateshares import RUNNING_SK, RateShares
 from functions.sla import Observation, record
 from functions.store import Contended, Store, StoreUnavailable
 from functions.validation import validate
 from router_fn.ledger_client import SOURCE, LedgerClient
-from router_fn.remote_senders import RemoteIssuer, remote_sender
+from router_fn.remote_senders import RemoteIssuer, remote_event
 
 PATH = "/sites/ledger"
 # A site's running slots are held at most this long per write (its replicas renew them sooner):
@@ -126,10 +126,9 @@ def ledger_relay_blueprint(
 
     @blueprint.post(PATH)
     def relay() -> Response:
-        headers = dict(request.headers)
-        identity, _ = remote_sender(issuers, headers, PATH, policy.audience)
-        event = parse_http(headers, request.get_data())
-        policy.check(identity.subject, event.attributes())
+        identity, _, event = remote_event(
+            issuers, policy, PATH, dict(request.headers), request.get_data()
+        )
         if event.type == types.CALLER_LOOKUP:
             found = lookup(event)
             reply = make_event(types.CALLER_FOUND, SOURCE, found.model_dump(mode="json"))

@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from functions.auth.oidc import Identity, TokenVerifier
+from functions.auth.policy import SenderPolicy
 from functions.auth.senders import bearer
+from functions.cloudevent import Incoming, parse_http
 from functions.errors import Unauthorized
 
 
@@ -36,3 +38,18 @@ def remote_sender(
         except Unauthorized as exc:
             problems.append(exc.message)
     raise Unauthorized("no cluster's issuer vouches for this token: " + "; ".join(problems))
+
+
+def remote_event(
+    issuers: Sequence[RemoteIssuer],
+    policy: SenderPolicy,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> tuple[Identity, RemoteIssuer, Incoming]:
+    """A remote cluster's CloudEvent, once its sender is known (401) and ``policy`` lets that
+    sender send it (403); nothing is read of it before."""
+    identity, issuer = remote_sender(issuers, headers, path, policy.audience)
+    event = parse_http(headers, body)
+    policy.check(identity.subject, event.attributes())
+    return identity, issuer, event
